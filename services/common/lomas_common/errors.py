@@ -1,0 +1,124 @@
+"""The one error model of Lomas mesh, free of gRPC.
+
+Domain code raises a `LomasError` subclass; each declares its status code (by gRPC name) and its
+`ErrorInfo.reason`. One server interceptor turns it into a `google.rpc.Status`; the Python client turns
+the reason back into a typed exception. Messages describe schema and parameters, never data values.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+
+ERROR_DOMAIN = "lomas.mesh"
+
+
+class Code(enum.Enum):
+    """The gRPC status codes the platform uses, by name (mapped to grpc.StatusCode at the edge)."""
+
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    ABORTED = "ABORTED"
+    UNAVAILABLE = "UNAVAILABLE"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    INTERNAL = "INTERNAL"
+
+
+class LomasError(Exception):
+    """Base of every error the platform reports to a caller."""
+
+    code: Code = Code.INTERNAL
+    reason: str = "INTERNAL"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        retry_after_seconds: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+        self.metadata: dict[str, str] = {k: str(v) for k, v in (metadata or {}).items()}
+        self.retry_after_seconds = retry_after_seconds
+
+
+class InvalidArgument(LomasError):
+    code = Code.INVALID_ARGUMENT
+    reason = "INVALID_ARGUMENT"
+
+
+class InvalidQuery(InvalidArgument):
+    reason = "QUERY_INVALID"
+
+
+class InvalidMetadata(InvalidArgument):
+    reason = "METADATA_INVALID"
+
+
+class NotFound(LomasError):
+    code = Code.NOT_FOUND
+    reason = "NOT_FOUND"
+
+
+class AlreadyExists(LomasError):
+    code = Code.ALREADY_EXISTS
+    reason = "ALREADY_EXISTS"
+
+
+class PermissionDenied(LomasError):
+    code = Code.PERMISSION_DENIED
+    reason = "PERMISSION_DENIED"
+
+
+class DatasetAccessDenied(PermissionDenied):
+    reason = "DATASET_ACCESS_DENIED"
+
+
+class AdminRoleRequired(PermissionDenied):
+    reason = "ADMIN_ROLE_REQUIRED"
+
+
+class Unauthenticated(LomasError):
+    code = Code.UNAUTHENTICATED
+    reason = "TOKEN_INVALID"
+
+
+class BudgetExhausted(LomasError):
+    code = Code.RESOURCE_EXHAUSTED
+    reason = "PRIVACY_BUDGET_EXHAUSTED"
+
+
+class FailedPrecondition(LomasError):
+    code = Code.FAILED_PRECONDITION
+    reason = "FAILED_PRECONDITION"
+
+
+class Conflict(LomasError):
+    code = Code.ABORTED
+    reason = "CONFLICT"
+
+
+class BackendUnavailable(LomasError):
+    code = Code.UNAVAILABLE
+    reason = "BACKEND_UNAVAILABLE"
+
+
+class QueryTimeout(LomasError):
+    code = Code.DEADLINE_EXCEEDED
+    reason = "QUERY_TIMEOUT"
+
+
+class ExecutionFailed(LomasError):
+    """A query failed after touching data: the charge is kept, the message carries no data values."""
+
+    code = Code.INTERNAL
+    reason = "QUERY_EXECUTION_FAILED"
