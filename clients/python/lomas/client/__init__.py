@@ -1,0 +1,31 @@
+"""The Lomas mesh researcher client."""
+
+from lomas.client.client import Client
+from lomas.client.errors import (
+    AccessDenied,
+    AlreadyExists,
+    BackendUnavailable,
+    BudgetExhausted,
+    ExecutionFailed,
+    InvalidArgument,
+    InvalidQuery,
+    LomasError,
+    NotFound,
+    QueryTimeout,
+    Unauthenticated,
+)
+
+__all__ = [
+    "AccessDenied",
+    "AlreadyExists",
+    "BackendUnavailable",
+    "BudgetExhausted",
+    "Client",
+    "ExecutionFailed",
+    "InvalidArgument",
+    "InvalidQuery",
+    "LomasError",
+    "NotFound",
+    "QueryTimeout",
+    "Unauthenticated",
+]

@@ -1,0 +1,302 @@
+"""The researcher's client: pandas in, pandas out, exact budgets, typed errors.
+
+    from lomas.client import Client
+    client = Client("localhost:50051", token=TOKEN, dataset="PENGUIN")
+    client.smartnoise_sql.query("SELECT COUNT(*) AS n FROM df", epsilon=1.0, delta=1e-5)
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import grpc
+import pandas as pd
+import pyarrow as pa
+from google.protobuf import json_format
+
+from lomas.client.errors import from_rpc_error
+from lomas.common.v1 import privacy_pb2, query_pb2
+from lomas.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+T = TypeVar("T")
+
+_INT_METADATA_KEYS = {
+    "max_ids",
+    "rows",
+    "precision",
+    "cardinality",
+    "max_partition_length",
+    "max_influenced_partitions",
+}
+
+
+def frame_from_ipc(data: bytes) -> pd.DataFrame:
+    """An Arrow IPC stream as a pandas DataFrame."""
+    if not data:
+        return pd.DataFrame()
+    with pa.ipc.open_stream(data) as reader:
+        return reader.read_all().to_pandas()
+
+
+def _decimal_text(value: float | int | str | Decimal, name: str) -> str:
+    """Parameters travel as exact decimal strings; floats go through their shortest repr."""
+    if isinstance(value, bool) or not isinstance(value, float | int | str | Decimal):
+        raise TypeError(f"{name} must be a number")
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def loss_to_dict(loss: privacy_pb2.PrivacyLoss, prefix: str = "") -> dict[str, Decimal]:
+    """A privacy loss as exact Decimals, keyed like Lomas (`epsilon`, `delta`) or `rho`."""
+    kind = loss.WhichOneof("loss")
+    if kind == "approx_dp":
+        return {
+            f"{prefix}epsilon": Decimal(loss.approx_dp.epsilon),
+            f"{prefix}delta": Decimal(loss.approx_dp.delta),
+        }
+    if kind == "pure_dp":
+        return {f"{prefix}epsilon": Decimal(loss.pure_dp.epsilon), f"{prefix}delta": Decimal(0)}
+    if kind == "rho_zcdp":
+        return {f"{prefix}rho": Decimal(loss.rho_zcdp.rho)}
+    return {}
+
+
+def _restore_ints(metadata: dict[str, Any]) -> dict[str, Any]:
+    """JSON numbers arrive as floats; give integer fields (and int column bounds) back their type."""
+
+    def fix(node: dict[str, Any], int_bounds: bool) -> dict[str, Any]:
+        out = {}
+        for key, value in node.items():
+            integral = isinstance(value, float) and value.is_integer()
+            if integral and (key in _INT_METADATA_KEYS or (int_bounds and key in ("lower", "upper"))):
+                value = int(value)
+            out[key] = value
+        return out
+
+    result = fix(metadata, False)
+    columns = metadata.get("columns")
+    if isinstance(columns, dict):
+        result["columns"] = {
+            name: fix(column, column.get("type") == "int") if isinstance(column, dict) else column
+            for name, column in columns.items()
+        }
+    return result
+
+
+class Client:
+    """A researcher's connection to one dataset on a Lomas mesh gateway."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str,
+        dataset: str,
+        credentials: grpc.ChannelCredentials | None = None,
+        timeout_seconds: float = 600.0,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        self._channel = (
+            grpc.secure_channel(target, credentials, options=options)
+            if credentials is not None
+            else grpc.insecure_channel(target, options=options)
+        )
+        self._stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),)
+        self._timeout = timeout_seconds
+        self.dataset = dataset
+        self.smartnoise_sql = SmartnoiseSqlClient(self)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: Callable[..., T], request: Any) -> T:
+        try:
+            return method(request, metadata=self._metadata, timeout=self._timeout)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    # Datasets ----------------------------------------------------------------------------------
+
+    def list_datasets(self) -> list[str]:
+        """Names of the datasets you hold a grant on."""
+        names: list[str] = []
+        token = ""
+        while True:
+            response = self._call(
+                self._stub.ListAccessibleDatasets,
+                gateway_pb2.ListAccessibleDatasetsRequest(page_token=token),
+            )
+            names.extend(response.dataset_names)
+            token = response.next_page_token
+            if not token:
+                return names
+
+    def get_dataset_metadata(self) -> dict[str, Any]:
+        """The dataset's metadata, in the SmartNoise-SQL YAML form used by Lomas."""
+        response = self._call(
+            self._stub.GetDatasetMetadata, gateway_pb2.GetDatasetMetadataRequest(dataset=self.dataset)
+        )
+        return _restore_ints(json_format.MessageToDict(response.metadata))
+
+    def get_dummy_dataset(self, nb_rows: int = 100, seed: int = 42) -> pd.DataFrame:
+        """Seeded dummy data that follows the metadata (no private data, free)."""
+        response = self._call(
+            self._stub.GetDummyDataset,
+            gateway_pb2.GetDummyDatasetRequest(dataset=self.dataset, row_count=nb_rows, seed=seed),
+        )
+        return frame_from_ipc(response.arrow_ipc)
+
+    # Budget ------------------------------------------------------------------------------------
+
+    def _budget(self) -> gateway_pb2.GetBudgetResponse:
+        return self._call(self._stub.GetBudget, gateway_pb2.GetBudgetRequest(dataset=self.dataset))
+
+    def get_initial_budget(self) -> dict[str, Decimal]:
+        """The budget granted, e.g. {"initial_epsilon": Decimal("10"), "initial_delta": ...}."""
+        return loss_to_dict(self._budget().initial, "initial_")
+
+    def get_total_spent_budget(self) -> dict[str, Decimal]:
+        """The budget charged so far, e.g. {"total_spent_epsilon": ..., "total_spent_delta": ...}."""
+        return loss_to_dict(self._budget().spent, "total_spent_")
+
+    def get_remaining_budget(self) -> dict[str, Decimal]:
+        """What is left, e.g. {"remaining_epsilon": ..., "remaining_delta": ...}."""
+        return loss_to_dict(self._budget().remaining, "remaining_")
+
+    # Archive -----------------------------------------------------------------------------------
+
+    def _previous(self) -> Iterator[gateway_pb2.PreviousQuery]:
+        token = ""
+        while True:
+            response = self._call(
+                self._stub.ListQueries,
+                gateway_pb2.ListQueriesRequest(dataset=self.dataset, page_token=token),
+            )
+            yield from response.queries
+            token = response.next_page_token
+            if not token:
+                return
+
+    def get_previous_queries(self) -> list[dict[str, Any]]:
+        """Your previous real queries on this dataset, newest first, with their releases."""
+        return [
+            {
+                "query_id": q.query_id,
+                "dataset": q.dataset,
+                "query_kind": q.query.WhichOneof("kind"),
+                "query": json_format.MessageToDict(
+                    q.query, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+                ),
+                "cost": loss_to_dict(q.cost),
+                "result": frame_from_ipc(q.release) if q.release else None,
+                "error_reason": q.error_reason or None,
+                "submitted_at": q.submit_time.ToDatetime(),
+            }
+            for q in self._previous()
+        ]
+
+    # Queries -----------------------------------------------------------------------------------
+
+    def _estimate(self, query: query_pb2.Query) -> dict[str, Decimal]:
+        response = self._call(
+            self._stub.EstimateQueryCost,
+            gateway_pb2.EstimateQueryCostRequest(dataset=self.dataset, query=query),
+        )
+        return loss_to_dict(response.cost)
+
+    def _execute(
+        self,
+        query: query_pb2.Query,
+        *,
+        dummy: bool,
+        nb_rows: int,
+        seed: int,
+        request_id: str | None,
+    ) -> pd.DataFrame:
+        request = gateway_pb2.ExecuteQueryRequest(
+            dataset=self.dataset,
+            query=query,
+            dummy=dummy,
+            dummy_row_count=nb_rows if dummy else 0,
+            dummy_seed=seed if dummy else 0,
+            # Always send a request id, so the transport's own retries can never charge twice.
+            request_id=request_id or ("" if dummy else str(uuid.uuid4())),
+        )
+        response = self._call(self._stub.ExecuteQuery, request)
+        frame = frame_from_ipc(response.release)
+        frame.attrs["query_id"] = response.query_id
+        frame.attrs["cost"] = loss_to_dict(response.cost)
+        return frame
+
+
+class SmartnoiseSqlClient:
+    """DP SQL with SmartNoise-SQL. The SQL names the table `df`, as in Lomas."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    @staticmethod
+    def _query(
+        query: str,
+        epsilon: float | str | Decimal,
+        delta: float | str | Decimal,
+        mechanisms: Mapping[str, str] | None,
+        postprocess: bool,
+    ) -> query_pb2.Query:
+        return query_pb2.Query(
+            smartnoise_sql=query_pb2.SmartnoiseSqlQuery(
+                sql=query,
+                epsilon=_decimal_text(epsilon, "epsilon"),
+                delta=_decimal_text(delta, "delta"),
+                mechanisms=dict(mechanisms or {}),
+                postprocess=postprocess,
+            )
+        )
+
+    def cost(
+        self,
+        query: str,
+        epsilon: float | str | Decimal,
+        delta: float | str | Decimal,
+        mechanisms: Mapping[str, str] | None = None,
+    ) -> dict[str, Decimal]:
+        """The exact cost the query would be charged (SmartNoise-SQL charges per mechanism)."""
+        return self._client._estimate(self._query(query, epsilon, delta, mechanisms, True))
+
+    def query(
+        self,
+        query: str,
+        epsilon: float | str | Decimal,
+        delta: float | str | Decimal,
+        mechanisms: Mapping[str, str] | None = None,
+        postprocess: bool = True,
+        dummy: bool = False,
+        nb_rows: int = 100,
+        seed: int = 42,
+        request_id: str | None = None,
+    ) -> pd.DataFrame:
+        """Run the query and return the DP release (`frame.attrs` holds the query id and cost).
+
+        With `dummy=True` it runs on seeded dummy data and costs nothing. A retry with the same
+        `request_id` returns the first release and is never charged twice.
+        """
+        return self._client._execute(
+            self._query(query, epsilon, delta, mechanisms, postprocess),
+            dummy=dummy,
+            nb_rows=nb_rows,
+            seed=seed,
+            request_id=request_id,
+        )

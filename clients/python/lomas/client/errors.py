@@ -1,0 +1,94 @@
+"""Typed exceptions, chosen by the server's `ErrorInfo.reason` (and, failing that, by status code)."""
+
+from __future__ import annotations
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+
+class LomasError(Exception):
+    """An error reported by the platform."""
+
+    def __init__(self, code: str, reason: str, message: str, metadata: dict[str, str]) -> None:
+        super().__init__(f"{reason}: {message}" if message else reason)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.metadata = metadata
+
+
+class Unauthenticated(LomasError):
+    """No token, or a token that is expired, malformed or not signed by the trusted issuer."""
+
+
+class AccessDenied(LomasError):
+    """No grant on the dataset, querying suspended, or an admin call without the admin role."""
+
+
+class BudgetExhausted(LomasError):
+    """The query costs more than what is left; `metadata` has `requested` and `remaining`."""
+
+
+class InvalidQuery(LomasError):
+    """The query is not valid for the dataset's metadata (nothing was spent)."""
+
+
+class InvalidArgument(LomasError):
+    """A parameter is malformed or out of range (nothing was spent)."""
+
+
+class NotFound(LomasError):
+    """The named resource does not exist."""
+
+
+class AlreadyExists(LomasError):
+    """A different resource with that name exists."""
+
+
+class BackendUnavailable(LomasError):
+    """A platform service is down; retrying later (with the same request id) is safe."""
+
+
+class QueryTimeout(LomasError):
+    """The query did not finish in time; retry with the same request id to collect its release."""
+
+
+class ExecutionFailed(LomasError):
+    """The query failed after touching data; its cost is charged (no refund after data access)."""
+
+
+_BY_REASON: dict[str, type[LomasError]] = {
+    "PRIVACY_BUDGET_EXHAUSTED": BudgetExhausted,
+    "QUERY_INVALID": InvalidQuery,
+    "QUERY_TOO_LONG": InvalidQuery,
+    "QUERY_TIMEOUT": QueryTimeout,
+    "QUERY_EXECUTION_FAILED": ExecutionFailed,
+    "BACKEND_UNAVAILABLE": BackendUnavailable,
+}
+_BY_CODE: dict[grpc.StatusCode, type[LomasError]] = {
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: AccessDenied,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: BudgetExhausted,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.UNAVAILABLE: BackendUnavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: QueryTimeout,
+}
+
+
+def from_rpc_error(error: grpc.RpcError) -> LomasError:
+    code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+    message = error.details() if isinstance(error, grpc.Call) else str(error)
+    reason, metadata = code.name, {}
+    status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
+    if status is not None:
+        message = status.message
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason, metadata = info.reason, dict(info.metadata)
+    cls = _BY_REASON.get(reason) or _BY_CODE.get(code, LomasError)
+    return cls(code.name, reason, message or "", metadata)

@@ -1,0 +1,73 @@
+"""Run the admin store: `lomas-admin-store` (configured by LOMAS_ environment variables)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from lomas.admin.v1 import admin_store_pb2_grpc
+
+from lomas_admin.api import AdminStoreServicer
+from lomas_admin.store import AdminStore
+from lomas_common.db import Database
+from lomas_common.server import (
+    RunningServer,
+    Service,
+    configure_logging,
+    serve_until_signalled,
+    start_server,
+)
+from lomas_common.settings import ServerSettings, env_required, env_str
+
+DEFAULT_PORT = 50052
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    server: ServerSettings
+    database_url: str
+    bootstrap_admin: str  # subject made admin at start-up ("" for none)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> AdminSettings:
+        env = os.environ if env is None else env
+        return cls(
+            server=ServerSettings.from_env(env, default_port=DEFAULT_PORT),
+            database_url=env_required(env, "DATABASE_URL"),
+            bootstrap_admin=env_str(env, "BOOTSTRAP_ADMIN", ""),
+        )
+
+
+async def start(settings: AdminSettings) -> tuple[RunningServer, Database]:
+    db = Database.from_url(settings.database_url)
+    store = AdminStore(db)
+    if settings.bootstrap_admin:
+        store.ensure_admin(settings.bootstrap_admin)
+    running = await start_server(
+        settings.server,
+        [
+            Service(
+                admin_store_pb2_grpc.add_AdminStoreServiceServicer_to_server,
+                AdminStoreServicer(store),
+                "lomas.admin.v1.AdminStoreService",
+            )
+        ],
+    )
+    return running, db
+
+
+async def run(settings: AdminSettings) -> None:
+    running, db = await start(settings)
+    await serve_until_signalled(running, on_stop=[db.close])
+
+
+def main() -> None:
+    settings = AdminSettings.from_env()
+    configure_logging(settings.server.log_level)
+    asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    main()

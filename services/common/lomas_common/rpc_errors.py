@@ -1,0 +1,80 @@
+"""The gRPC edge of the error model: `LomasError` <-> `google.rpc.Status` with one `ErrorInfo`.
+
+Servers turn domain errors into a rich status (code, message, ErrorInfo, RetryInfo); peers and clients
+turn that status back into a `LomasError` carrying the same code and reason, so an error raised deep in
+the budget ledger reaches the researcher unchanged through the gateway.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from lomas_common.errors import ERROR_DOMAIN, BackendUnavailable, Code, LomasError
+
+log = logging.getLogger(__name__)
+
+_GRPC_CODES: dict[Code, grpc.StatusCode] = {code: grpc.StatusCode[code.value] for code in Code}
+_CODES_BY_GRPC: dict[grpc.StatusCode, Code] = {v: k for k, v in _GRPC_CODES.items()}
+
+
+def grpc_code(error: LomasError) -> grpc.StatusCode:
+    return _GRPC_CODES[error.code]
+
+
+def to_status(error: LomasError) -> status_pb2.Status:
+    """A domain error as a `google.rpc.Status` with its ErrorInfo (and RetryInfo when it has one)."""
+    details = []
+    info = error_details_pb2.ErrorInfo(
+        reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+    )
+    packed = any_pb2.Any()
+    packed.Pack(info)
+    details.append(packed)
+    if error.retry_after_seconds is not None:
+        retry = error_details_pb2.RetryInfo(
+            retry_delay=duration_pb2.Duration(
+                seconds=int(error.retry_after_seconds),
+                nanos=int((error.retry_after_seconds % 1) * 1e9),
+            )
+        )
+        packed_retry = any_pb2.Any()
+        packed_retry.Pack(retry)
+        details.append(packed_retry)
+    return status_pb2.Status(
+        code=getattr(code_pb2, error.code.value), message=error.message, details=details
+    )
+
+
+def internal_status() -> status_pb2.Status:
+    """What a caller sees for an unexpected failure: nothing about its cause."""
+    return to_status(LomasError("internal error", reason="INTERNAL"))
+
+
+class RemoteError(LomasError):
+    """An error reported by a peer service, re-raised with the peer's code and reason."""
+
+    def __init__(self, code: Code, message: str, reason: str, metadata: dict[str, str]) -> None:
+        self.code = code
+        super().__init__(message, reason=reason, metadata=metadata)
+
+
+def from_rpc_error(error: grpc.RpcError) -> LomasError:
+    """Rebuild the domain error from a peer's status; transport failures become BACKEND_UNAVAILABLE."""
+    status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
+    if status is not None:
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                code = _CODES_BY_GRPC.get(error.code(), Code.INTERNAL)
+                return RemoteError(code, status.message, info.reason, dict(info.metadata))
+    code = error.code() if isinstance(error, grpc.Call) else None
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return BackendUnavailable("a backend service is unavailable", retry_after_seconds=1.0)
+    log.warning("peer call failed without ErrorInfo: %s", code)
+    return LomasError("internal error", reason="INTERNAL")

@@ -1,0 +1,205 @@
+"""The one server factory: production and test servers are built the same way.
+
+Every server gets: a request-id interceptor, an optional authentication interceptor, the error-mapping
+interceptor, gRPC health checking and reflection, explicit message-size limits, OpenTelemetry when an
+exporter is configured, and a graceful shutdown on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextvars
+import hmac
+import logging
+import signal
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+from google.rpc import status_pb2
+
+from lomas_common.errors import LomasError, PermissionDenied
+from lomas_common.rpc_errors import internal_status, to_status
+from lomas_common.settings import ServerSettings
+from lomas_common.telemetry import server_interceptors
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "x-request-id"
+SERVICE_TOKEN_HEADER = "x-lomas-service-token"
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+
+
+class Authenticator(abc.ABC):
+    """Decides who is calling; raises a LomasError to refuse. Runs before every handler."""
+
+    @abc.abstractmethod
+    async def authenticate(self, method: str, metadata: dict[str, str]) -> None:
+        """Refuse the call by raising, or record the caller (for example in a context variable)."""
+
+
+class ServiceTokenAuthenticator(Authenticator):
+    """Internal services: only mesh peers holding the shared service token may call (health excepted)."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token.encode()
+
+    async def authenticate(self, method: str, metadata: dict[str, str]) -> None:
+        if method.startswith("/grpc.health.") or method.startswith("/grpc.reflection."):
+            return
+        presented = metadata.get(SERVICE_TOKEN_HEADER, "").encode()
+        if not hmac.compare_digest(presented, self._token):
+            raise PermissionDenied(
+                "this service accepts calls from mesh peers only", reason="PEER_CREDENTIAL_REQUIRED"
+            )
+
+
+def _wrap_unary(
+    behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
+    method: str,
+    authenticator: Authenticator | None,
+) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        request_id_var.set(metadata.get(REQUEST_ID_HEADER) or uuid.uuid4().hex)
+        try:
+            if authenticator is not None:
+                await authenticator.authenticate(method, metadata)
+            return await behavior(request, context)
+        except LomasError as error:
+            log.info("%s refused: %s %s", method, error.code.value, error.reason)
+            await context.abort_with_status(_rich_status(to_status(error)))
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - the edge: anything unknown becomes INTERNAL
+            if isinstance(error, grpc.aio.AbortError):
+                raise
+            log.exception("%s failed (request %s)", method, request_id_var.get())
+            await context.abort_with_status(_rich_status(internal_status()))
+
+    return handler
+
+
+def _rich_status(status: status_pb2.Status) -> grpc.Status:
+    return rpc_status.to_status(status)
+
+
+class _EdgeInterceptor(grpc.aio.ServerInterceptor):
+    """Request id, authentication and error mapping around every unary-unary handler."""
+
+    def __init__(self, authenticator: Authenticator | None) -> None:
+        self._authenticator = authenticator
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method
+        return grpc.unary_unary_rpc_method_handler(
+            _wrap_unary(handler.unary_unary, method, self._authenticator),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+@dataclass
+class Service:
+    """A servicer and how to register it."""
+
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    servicer: Any
+    full_name: str  # e.g. "lomas.budget.v1.BudgetService"
+
+
+class RunningServer:
+    """A started server with its bound port."""
+
+    def __init__(self, server: grpc.aio.Server, port: int, grace: float) -> None:
+        self.server = server
+        self.port = port
+        self._grace = grace
+
+    async def stop(self) -> None:
+        await self.server.stop(self._grace)
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()
+
+
+async def start_server(
+    settings: ServerSettings,
+    services: Sequence[Service],
+    *,
+    authenticator: Authenticator | None = None,
+    credentials: grpc.ServerCredentials | None = None,
+) -> RunningServer:
+    """Build, bind and start a server (port 0 picks a free port; see `RunningServer.port`)."""
+    if authenticator is None and settings.service_token:
+        authenticator = ServiceTokenAuthenticator(settings.service_token)
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        *server_interceptors(settings.otel_exporter),
+        _EdgeInterceptor(authenticator),
+    ]
+    server = grpc.aio.server(interceptors=interceptors, options=options)
+    for service in services:
+        service.add_to_server(service.servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [s.full_name for s in services]
+    reflection.enable_server_reflection(
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    if credentials is None:
+        port = server.add_insecure_port(settings.listen)
+    else:
+        port = server.add_secure_port(settings.listen, credentials)
+    if port == 0:
+        raise SystemExit(f"cannot listen on {settings.listen}")
+    await server.start()
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving %s on port %d", ", ".join(names), port)
+    return RunningServer(server, port, settings.grace_seconds)
+
+
+async def serve_until_signalled(
+    running: RunningServer, on_stop: Iterable[Callable[[], Awaitable[None] | None]] = ()
+) -> None:
+    """Serve until SIGTERM or SIGINT, then drain in-flight calls for the grace period and clean up."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.create_task(running.wait())
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    log.info("shutting down")
+    await running.stop()
+    for callback in on_stop:
+        result = callback()
+        if result is not None:
+            await result
+    stopper.cancel()
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )

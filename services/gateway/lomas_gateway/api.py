@@ -1,0 +1,273 @@
+"""Thin servicers of the public API: researcher (GatewayService) and administrator (AdminService)."""
+
+from __future__ import annotations
+
+from lomas.admin.v1 import admin_store_pb2, resources_pb2
+from lomas.budget.v1 import budget_pb2
+from lomas.common.v1 import dataset_pb2
+from lomas.executor.v1 import executor_pb2
+from lomas.gateway.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
+
+from lomas_common.convert import definition_from_proto, privacy_loss_from_proto
+from lomas_common.errors import AdminRoleRequired, InvalidArgument
+from lomas_common.rpc_errors import RemoteError
+from lomas_gateway.auth import current_caller
+from lomas_gateway.lifecycle import Peers, QueryLifecycle
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
+    def __init__(self, lifecycle: QueryLifecycle, peers: Peers) -> None:
+        self._lifecycle = lifecycle
+        self._peers = peers
+
+    async def ListAccessibleDatasets(self, request, context):  # type: ignore[no-untyped-def]
+        names, token = await self._lifecycle.grant_dataset_names(
+            current_caller().subject, request.page_size, request.page_token
+        )
+        return gateway_pb2.ListAccessibleDatasetsResponse(dataset_names=names, next_page_token=token)
+
+    async def GetDatasetMetadata(self, request, context):  # type: ignore[no-untyped-def]
+        access = await self._lifecycle.authorize(current_caller().subject, request.dataset)
+        return gateway_pb2.GetDatasetMetadataResponse(metadata=access.dataset.metadata)
+
+    async def GetDummyDataset(self, request, context):  # type: ignore[no-untyped-def]
+        access = await self._lifecycle.authorize(current_caller().subject, request.dataset)
+        rows = self._lifecycle.check_dummy_rows(request.row_count)
+        response = await self._peers.executor.call(
+            "GetDummyDataset",
+            executor_pb2.GetDummyDatasetRequest(
+                dataset=access.dataset, row_count=rows, seed=request.seed
+            ),
+        )
+        return gateway_pb2.GetDummyDatasetResponse(arrow_ipc=response.arrow_ipc)
+
+    async def EstimateQueryCost(self, request, context):  # type: ignore[no-untyped-def]
+        access = await self._lifecycle.authorize(current_caller().subject, request.dataset)
+        response = await self._lifecycle.estimate_cost(access.dataset, request.query)
+        return gateway_pb2.EstimateQueryCostResponse(cost=response.cost)
+
+    async def ExecuteQuery(self, request, context):  # type: ignore[no-untyped-def]
+        subject = current_caller().subject
+        access = await self._lifecycle.authorize(subject, request.dataset)
+        if request.dummy:
+            outcome = await self._lifecycle.run_dummy(
+                access.dataset, request.query, request.dummy_row_count, request.dummy_seed
+            )
+        else:
+            outcome = await self._lifecycle.run(subject, access, request.query, request.request_id)
+        return gateway_pb2.ExecuteQueryResponse(
+            query_id=outcome.query_id, release=outcome.release, cost=outcome.cost, dummy=outcome.dummy
+        )
+
+    async def GetBudget(self, request, context):  # type: ignore[no-untyped-def]
+        subject = current_caller().subject
+        access = await self._lifecycle.authorize(subject, request.dataset)
+        ledger = (
+            await self._peers.budget.call(
+                "GetLedger", budget_pb2.GetLedgerRequest(user=subject, dataset=access.dataset.name)
+            )
+        ).ledger
+        return gateway_pb2.GetBudgetResponse(
+            definition=ledger.definition,
+            initial=ledger.allocation,
+            spent=ledger.spent,
+            reserved=ledger.reserved,
+            remaining=ledger.remaining,
+        )
+
+    async def ListQueries(self, request, context):  # type: ignore[no-untyped-def]
+        subject = current_caller().subject
+        access = await self._lifecycle.authorize(subject, request.dataset)
+        response = await self._peers.admin.call(
+            "ListArchivedQueries",
+            admin_store_pb2.ListArchivedQueriesRequest(
+                user=subject,
+                dataset=access.dataset.name,
+                page_size=request.page_size,
+                page_token=request.page_token,
+            ),
+        )
+        return gateway_pb2.ListQueriesResponse(
+            queries=[
+                gateway_pb2.PreviousQuery(
+                    query_id=q.query_id,
+                    dataset=q.dataset,
+                    query=q.query,
+                    cost=q.cost,
+                    release=q.release,
+                    error_reason=q.error_reason,
+                    submit_time=q.submit_time,
+                )
+                for q in response.queries
+            ],
+            next_page_token=response.next_page_token,
+        )
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    """Every RPC first checks that the verified caller holds the admin role in the admin store."""
+
+    def __init__(self, peers: Peers) -> None:
+        self._peers = peers
+
+    async def _require_admin(self) -> str:
+        subject = current_caller().subject
+        try:
+            user = (
+                await self._peers.admin.call("GetUser", admin_store_pb2.GetUserRequest(name=subject))
+            ).user
+        except RemoteError as error:
+            if error.code.value != "NOT_FOUND":
+                raise
+            user = None
+        if user is None or user.role != resources_pb2.ROLE_ADMIN:
+            raise AdminRoleRequired("this call needs the admin role")
+        return subject
+
+    async def CreateUser(self, request, context):  # type: ignore[no-untyped-def]
+        await self._require_admin()
+        response = await self._peers.admin.call(
+            "CreateUser",
+            admin_store_pb2.CreateUserRequest(user=request.user, request_id=request.request_id),
+        )
+        return admin_pb2.CreateUserResponse(user=response.user)
+
+    async def DeleteUser(self, request, context):  # type: ignore[no-untyped-def]
+        await self._require_admin()
+        await self._peers.admin.call("DeleteUser", admin_store_pb2.DeleteUserRequest(name=request.name))
+        return admin_pb2.DeleteUserResponse()
+
+    async def ListUsers(self, request, context):  # type: ignore[no-untyped-def]
+        await self._require_admin()
+        response = await self._peers.admin.call(
+            "ListUsers",
+            admin_store_pb2.ListUsersRequest(page_size=request.page_size, page_token=request.page_token),
+        )
+        return admin_pb2.ListUsersResponse(users=response.users, next_page_token=response.next_page_token)
+
+    async def CreateDataset(self, request, context):  # type: ignore[no-untyped-def]
+        await self._require_admin()
+        dataset = request.dataset
+        validated = await self._peers.executor.call(
+            "ValidateDataset",
+            executor_pb2.ValidateDatasetRequest(
+                dataset=dataset_pb2.DatasetDescriptor(
+                    name=dataset.name,
+                    source=dataset.source,
+                    format=dataset.format,
+                    metadata=dataset.metadata,
+                )
+            ),
+        )
+        stored = resources_pb2.Dataset()
+        stored.CopyFrom(dataset)
+        stored.metadata.CopyFrom(validated.dataset.metadata)
+        response = await self._peers.admin.call(
+            "CreateDataset",
+            admin_store_pb2.CreateDatasetRequest(dataset=stored, request_id=request.request_id),
+        )
+        return admin_pb2.CreateDatasetResponse(dataset=response.dataset)
+
+    async def DeleteDataset(self, request, context):  # type: ignore[no-untyped-def]
+        await self._require_admin()
+        await self._peers.admin.call(
+            "DeleteDataset", admin_store_pb2.DeleteDatasetRequest(name=request.name)
+        )
+        return admin_pb2.DeleteDatasetResponse()
+
+    async def ListDatasets(self, request, context):  # type: ignore[no-untyped-def]
+        await self._require_admin()
+        response = await self._peers.admin.call(
+            "ListDatasets",
+            admin_store_pb2.ListDatasetsRequest(
+                page_size=request.page_size, page_token=request.page_token
+            ),
+        )
+        return admin_pb2.ListDatasetsResponse(
+            datasets=response.datasets, next_page_token=response.next_page_token
+        )
+
+    async def CreateGrant(self, request, context):  # type: ignore[no-untyped-def]
+        actor = await self._require_admin()
+        grant = request.grant
+        allocation = privacy_loss_from_proto(grant.allocation, field="grant.allocation")
+        if grant.definition and definition_from_proto(grant.definition) is not allocation.definition:
+            raise InvalidArgument(
+                "grant.definition does not match the kind of grant.allocation",
+                reason="PRIVACY_DEFINITION_MISMATCH",
+            )
+        # Both must exist before a ledger is opened (admins may learn that names do not exist).
+        await self._peers.admin.call("GetUser", admin_store_pb2.GetUserRequest(name=grant.user))
+        await self._peers.admin.call(
+            "GetDataset", admin_store_pb2.GetDatasetRequest(name=grant.dataset)
+        )
+        opened = await self._peers.budget.call(
+            "OpenLedger",
+            budget_pb2.OpenLedgerRequest(
+                user=grant.user,
+                dataset=grant.dataset,
+                allocation=grant.allocation,
+                already_spent=request.already_spent if request.HasField("already_spent") else None,
+                actor=actor,
+                request_id=request.request_id,
+            ),
+        )
+        stored = resources_pb2.Grant(
+            user=grant.user,
+            dataset=grant.dataset,
+            definition=opened.ledger.definition,
+            allocation=opened.ledger.allocation,
+        )
+        response = await self._peers.admin.call(
+            "CreateGrant", admin_store_pb2.CreateGrantRequest(grant=stored, request_id=request.request_id)
+        )
+        return admin_pb2.CreateGrantResponse(grant=response.grant)
+
+    async def DeleteGrant(self, request, context):  # type: ignore[no-untyped-def]
+        await self._require_admin()
+        await self._peers.admin.call(
+            "DeleteGrant", admin_store_pb2.DeleteGrantRequest(user=request.user, dataset=request.dataset)
+        )
+        return admin_pb2.DeleteGrantResponse()
+
+    async def ListGrants(self, request, context):  # type: ignore[no-untyped-def]
+        await self._require_admin()
+        response = await self._peers.admin.call(
+            "ListGrants",
+            admin_store_pb2.ListGrantsRequest(
+                user=request.user, page_size=request.page_size, page_token=request.page_token
+            ),
+        )
+        return admin_pb2.ListGrantsResponse(grants=response.grants, next_page_token=response.next_page_token)
+
+    async def ListLedgers(self, request, context):  # type: ignore[no-untyped-def]
+        await self._require_admin()
+        response = await self._peers.budget.call(
+            "ListLedgers",
+            budget_pb2.ListLedgersRequest(
+                user=request.user, page_size=request.page_size, page_token=request.page_token
+            ),
+        )
+        return admin_pb2.ListLedgersResponse(ledgers=response.ledgers, next_page_token=response.next_page_token)
+
+    async def ListArchivedQueries(self, request, context):  # type: ignore[no-untyped-def]
+        await self._require_admin()
+        response = await self._peers.admin.call(
+            "ListArchivedQueries",
+            admin_store_pb2.ListArchivedQueriesRequest(
+                user=request.user,
+                dataset=request.dataset,
+                page_size=request.page_size,
+                page_token=request.page_token,
+            ),
+        )
+        return admin_pb2.ListArchivedQueriesResponse(
+            queries=response.queries, next_page_token=response.next_page_token
+        )
+
+    async def VerifyLedgers(self, request, context):  # type: ignore[no-untyped-def]
+        await self._require_admin()
+        response = await self._peers.budget.call("VerifyLedgers", budget_pb2.VerifyLedgersRequest())
+        return admin_pb2.VerifyLedgersResponse(
+            ledgers_checked=response.ledgers_checked, problems=response.problems
+        )

@@ -1,0 +1,88 @@
+"""Waiting for a query's outcome: workers announce it on Redis pub/sub; the archive is the truth.
+
+One pattern subscription serves every waiting call. A missed announcement (a reconnect, say) costs at
+most one poll interval, because the waiter also checks the archive periodically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+
+from lomas_common.queue import QueueSettings
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL_SECONDS = 2.0
+
+
+class CompletionWaiter:
+    def __init__(self, settings: QueueSettings) -> None:
+        self._settings = settings
+        self._redis = aioredis.Redis.from_url(settings.broker_url)
+        self._waiting: dict[str, asyncio.Event] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._prefix = settings.done_channel("")
+
+    async def start(self) -> None:
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.psubscribe(self._settings.done_pattern)
+        self._listener = asyncio.create_task(self._listen(pubsub))
+
+    async def _listen(self, pubsub: aioredis.client.PubSub) -> None:
+        while True:
+            try:
+                message = await pubsub.get_message(timeout=5.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - keep listening; waiters fall back to polling
+                log.warning("completion listener lost Redis; retrying", exc_info=True)
+                await asyncio.sleep(1.0)
+                with contextlib.suppress(Exception):
+                    await pubsub.psubscribe(self._settings.done_pattern)
+                continue
+            if message is None:
+                continue
+            channel = message["channel"].decode()
+            event = self._waiting.get(channel.removeprefix(self._prefix))
+            if event is not None:
+                event.set()
+
+    def expect(self, query_id: str) -> None:
+        """Register interest before the task is sent, so an early announcement is not missed."""
+        self._waiting.setdefault(query_id, asyncio.Event())
+
+    def forget(self, query_id: str) -> None:
+        self._waiting.pop(query_id, None)
+
+    async def wait(
+        self, query_id: str, timeout: float, is_done: Callable[[], Awaitable[bool]]
+    ) -> bool:
+        """True once the outcome is stored, False on timeout."""
+        event = self._waiting.setdefault(query_id, asyncio.Event())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return False
+                try:
+                    await asyncio.wait_for(event.wait(), min(POLL_INTERVAL_SECONDS, remaining))
+                    return True
+                except TimeoutError:
+                    if await is_done():
+                        return True
+        finally:
+            self.forget(query_id)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        await self._redis.aclose()

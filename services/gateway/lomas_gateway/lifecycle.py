@@ -1,0 +1,259 @@
+"""The query lifecycle of DESIGN.md, run by the gateway for one verified caller.
+
+1. grant check (permission before existence), 2. validation and true cost by an executor (no data),
+3. atomic reservation keyed by the query id, 4. a Celery task that runs the query and stores the release
+before it is acknowledged, 5. the stored release is returned.
+
+This module orchestrates peers, so it speaks their protobuf messages; the rules it applies
+(ledger arithmetic, query semantics) live in the peers' domain code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+
+from celery import Celery
+from google.protobuf import json_format
+from lomas.admin.v1 import admin_store_pb2, admin_store_pb2_grpc, resources_pb2
+from lomas.budget.v1 import budget_pb2, budget_pb2_grpc
+from lomas.common.v1 import archive_pb2, dataset_pb2, query_pb2
+from lomas.executor.v1 import executor_pb2, executor_pb2_grpc, task_pb2
+
+from lomas_common.convert import now_timestamp
+from lomas_common.errors import (
+    BackendUnavailable,
+    DatasetAccessDenied,
+    InvalidArgument,
+    InvalidQuery,
+    Code,
+    LomasError,
+    PermissionDenied,
+    QueryTimeout,
+)
+from lomas_common.peers import AsyncPeer
+from lomas_common.queue import EXECUTE_QUERY_TASK
+from lomas_common.rpc_errors import RemoteError
+from lomas_gateway.completion import CompletionWaiter
+from lomas_gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+# Query ids derived from (subject, request id) so a retry maps to the same reservation and release.
+_QUERY_ID_NAMESPACE = uuid.UUID("5b0e6c53-7f8e-4d55-9a3b-2f0a5a1d6c11")
+DEFAULT_DUMMY_ROWS = 100
+
+
+@dataclass(frozen=True)
+class QueryOutcome:
+    query_id: str
+    release: bytes
+    cost: object  # lomas.common.v1.PrivacyLoss
+    dummy: bool
+
+
+class Peers:
+    """The gateway's clients of the internal services."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.admin = AsyncPeer(
+            settings.admin_target, admin_store_pb2_grpc.AdminStoreServiceStub, settings.peers
+        )
+        self.budget = AsyncPeer(
+            settings.budget_target, budget_pb2_grpc.BudgetServiceStub, settings.peers
+        )
+        self.executor = AsyncPeer(
+            settings.executor_target, executor_pb2_grpc.ExecutorServiceStub, settings.peers
+        )
+
+    async def close(self) -> None:
+        for peer in (self.admin, self.budget, self.executor):
+            await peer.close()
+
+
+def query_id_for(subject: str, request_id: str) -> str:
+    if not request_id:
+        return str(uuid.uuid4())
+    return str(uuid.uuid5(_QUERY_ID_NAMESPACE, f"{subject}\x00{request_id}"))
+
+
+class QueryLifecycle:
+    def __init__(
+        self, settings: GatewaySettings, peers: Peers, celery: Celery, waiter: CompletionWaiter
+    ) -> None:
+        self._settings = settings
+        self._peers = peers
+        self._celery = celery
+        self._waiter = waiter
+
+    async def authorize(
+        self, subject: str, dataset: str
+    ) -> admin_store_pb2.AuthorizeDatasetAccessResponse:
+        """The caller's grant on the dataset, or DATASET_ACCESS_DENIED (also for unknown datasets)."""
+        if not dataset:
+            raise InvalidArgument("dataset must be set", reason="DATASET_REQUIRED")
+        try:
+            return await self._peers.admin.call(
+                "AuthorizeDatasetAccess",
+                admin_store_pb2.AuthorizeDatasetAccessRequest(user=subject, dataset=dataset),
+            )
+        except RemoteError as error:
+            if error.code.value in ("NOT_FOUND", "PERMISSION_DENIED"):
+                raise DatasetAccessDenied(
+                    f"no access to dataset {dataset!r}", metadata={"dataset": dataset}
+                ) from None
+            raise
+
+    def check_query(self, query: query_pb2.Query) -> None:
+        kind = query.WhichOneof("kind")
+        if kind is None:
+            raise InvalidQuery("query must be set", reason="QUERY_INVALID")
+        if kind == "smartnoise_sql" and len(query.smartnoise_sql.sql) > self._settings.max_query_chars:
+            raise InvalidQuery(
+                f"query text longer than {self._settings.max_query_chars} characters",
+                reason="QUERY_TOO_LONG",
+            )
+
+    def check_dummy_rows(self, rows: int) -> int:
+        rows = rows or DEFAULT_DUMMY_ROWS
+        if rows < 1 or rows > self._settings.max_dummy_rows:
+            raise InvalidArgument(
+                f"dummy row count must be between 1 and {self._settings.max_dummy_rows}",
+                reason="DUMMY_ROWS_OUT_OF_RANGE",
+            )
+        return rows
+
+    async def estimate_cost(
+        self, descriptor: dataset_pb2.DatasetDescriptor, query: query_pb2.Query
+    ) -> executor_pb2.EstimateCostResponse:
+        self.check_query(query)
+        return await self._peers.executor.call(
+            "EstimateCost", executor_pb2.EstimateCostRequest(dataset=descriptor, query=query)
+        )
+
+    async def run_dummy(
+        self, descriptor: dataset_pb2.DatasetDescriptor, query: query_pb2.Query, rows: int, seed: int
+    ) -> QueryOutcome:
+        self.check_query(query)
+        response = await self._peers.executor.call(
+            "RunDummyQuery",
+            executor_pb2.RunDummyQueryRequest(
+                dataset=descriptor, query=query, row_count=self.check_dummy_rows(rows), seed=seed
+            ),
+        )
+        return QueryOutcome(query_id="", release=response.arrow_ipc, cost=response.cost, dummy=True)
+
+    async def run(
+        self,
+        subject: str,
+        access: admin_store_pb2.AuthorizeDatasetAccessResponse,
+        query: query_pb2.Query,
+        request_id: str,
+    ) -> QueryOutcome:
+        """Run a real query: one charge, at most one release."""
+        if not access.user.may_query:
+            raise PermissionDenied("querying is suspended for this user", reason="USER_MAY_NOT_QUERY")
+        self.check_query(query)
+        query_id = query_id_for(subject, request_id)
+        if request_id:
+            stored = await self._stored_outcome(query_id)
+            if stored is not None:
+                return self._outcome(stored)
+        cost = (await self.estimate_cost(access.dataset, query)).cost
+        await self._peers.budget.call(
+            "ReserveBudget",
+            budget_pb2.ReserveBudgetRequest(
+                query_id=query_id,
+                user=subject,
+                dataset=access.dataset.name,
+                cost=cost,
+                actor=subject,
+            ),
+        )
+        task = task_pb2.ExecuteQueryTask(
+            query_id=query_id,
+            user=subject,
+            dataset=access.dataset,
+            query=query,
+            cost=cost,
+            submit_time=now_timestamp(),
+        )
+        self._waiter.expect(query_id)
+        try:
+            await self._enqueue(task)
+        except Exception:
+            self._waiter.forget(query_id)
+            await self._release_unstarted(query_id)
+            raise BackendUnavailable("the query queue is unavailable", retry_after_seconds=1.0) from None
+
+        async def is_done() -> bool:
+            return await self._stored_outcome(query_id) is not None
+
+        if not await self._waiter.wait(query_id, self._settings.query_timeout_seconds, is_done):
+            raise QueryTimeout(
+                "the query did not finish in time; retry with the same request id to collect it",
+                metadata={"query_id": query_id},
+            )
+        stored = await self._stored_outcome(query_id)
+        if stored is None:  # announced but not readable: the archive is the truth
+            raise BackendUnavailable("the query outcome is not readable yet", retry_after_seconds=1.0)
+        return self._outcome(stored)
+
+    async def _enqueue(self, task: task_pb2.ExecuteQueryTask) -> None:
+        body = json_format.MessageToJson(task, indent=None)
+        await asyncio.to_thread(
+            self._celery.send_task,
+            EXECUTE_QUERY_TASK,
+            args=[body],
+            task_id=task.query_id,
+            queue=self._settings.queue.light_queue,
+        )
+
+    async def _release_unstarted(self, query_id: str) -> None:
+        try:
+            await self._peers.budget.call(
+                "ReleaseReservation", budget_pb2.ReleaseReservationRequest(query_id=query_id)
+            )
+        except LomasError:
+            log.exception("could not release reservation %s; the sweep will", query_id)
+
+    async def _stored_outcome(self, query_id: str) -> archive_pb2.ArchivedQuery | None:
+        try:
+            response = await self._peers.admin.call(
+                "GetArchivedQuery", admin_store_pb2.GetArchivedQueryRequest(query_id=query_id)
+            )
+        except RemoteError as error:
+            if error.code.value == "NOT_FOUND":
+                return None
+            raise
+        return response.query
+
+    @staticmethod
+    def _outcome(stored: archive_pb2.ArchivedQuery) -> QueryOutcome:
+        if stored.status != archive_pb2.QUERY_STATUS_SUCCEEDED:
+            raise RemoteErrorFromArchive(stored)
+        return QueryOutcome(
+            query_id=stored.query_id, release=stored.release, cost=stored.cost, dummy=False
+        )
+
+    async def grant_dataset_names(self, subject: str, page_size: int, page_token: str) -> tuple[list[str], str]:
+        response = await self._peers.admin.call(
+            "ListGrants",
+            admin_store_pb2.ListGrantsRequest(user=subject, page_size=page_size, page_token=page_token),
+        )
+        grants: list[resources_pb2.Grant] = list(response.grants)
+        return [g.dataset for g in grants], response.next_page_token
+
+
+class RemoteErrorFromArchive(LomasError):
+    """A stored failure, reported again with its original reason (its charge is kept)."""
+
+    def __init__(self, stored: archive_pb2.ArchivedQuery) -> None:
+        self.code = Code.INVALID_ARGUMENT if stored.error_reason == "QUERY_INVALID" else Code.INTERNAL
+        super().__init__(
+            stored.error_message or "the query failed after data access; its cost is charged",
+            reason=stored.error_reason or "QUERY_EXECUTION_FAILED",
+            metadata={"query_id": stored.query_id},
+        )

@@ -1,0 +1,79 @@
+"""Run the gateway: `lomas-gateway` (configured by LOMAS_ environment variables)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from lomas.gateway.v1 import admin_pb2_grpc, gateway_pb2_grpc
+
+from lomas_common.queue import make_celery_app
+from lomas_common.server import (
+    RunningServer,
+    Service,
+    configure_logging,
+    serve_until_signalled,
+    start_server,
+)
+from lomas_gateway.api import AdminServicer, GatewayServicer
+from lomas_gateway.auth import BearerAuthenticator, JwksKeys, JwtVerifier
+from lomas_gateway.completion import CompletionWaiter
+from lomas_gateway.lifecycle import Peers, QueryLifecycle
+from lomas_gateway.settings import GatewaySettings
+
+
+class Gateway:
+    """A running gateway and everything it holds open."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.peers = Peers(settings)
+        self.waiter = CompletionWaiter(settings.queue)
+        self.celery = make_celery_app(settings.queue)
+        self.server: RunningServer | None = None
+
+    async def start(self) -> RunningServer:
+        await self.waiter.start()
+        lifecycle = QueryLifecycle(self.settings, self.peers, self.celery, self.waiter)
+        verifier = JwtVerifier(
+            JwksKeys(self.settings.jwks),
+            issuer=self.settings.issuer,
+            audience=self.settings.audience,
+        )
+        self.server = await start_server(
+            self.settings.server,
+            [
+                Service(
+                    gateway_pb2_grpc.add_GatewayServiceServicer_to_server,
+                    GatewayServicer(lifecycle, self.peers),
+                    "lomas.gateway.v1.GatewayService",
+                ),
+                Service(
+                    admin_pb2_grpc.add_AdminServiceServicer_to_server,
+                    AdminServicer(self.peers),
+                    "lomas.gateway.v1.AdminService",
+                ),
+            ],
+            authenticator=BearerAuthenticator(verifier),
+        )
+        return self.server
+
+    async def close(self) -> None:
+        await self.waiter.close()
+        await self.peers.close()
+        self.celery.close()
+
+
+async def run(settings: GatewaySettings) -> None:
+    gateway = Gateway(settings)
+    running = await gateway.start()
+    await serve_until_signalled(running, on_stop=[gateway.close])
+
+
+def main() -> None:
+    settings = GatewaySettings.from_env()
+    configure_logging(settings.server.log_level)
+    asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    main()
