@@ -12,7 +12,6 @@ import logging
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from lomas_common.errors import ERROR_DOMAIN, BackendUnavailable, Code, LomasError
 
@@ -63,17 +62,27 @@ class RemoteError(LomasError):
         super().__init__(message, reason=reason, metadata=metadata)
 
 
+def _status_of(error: grpc.RpcError) -> status_pb2.Status | None:
+    """The rich status in the trailing metadata (works for sync calls and grpc.aio errors alike)."""
+    trailing = getattr(error, "trailing_metadata", None)
+    for key, value in (trailing() if callable(trailing) else None) or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            return status_pb2.Status.FromString(value)
+    return None
+
+
 def from_rpc_error(error: grpc.RpcError) -> LomasError:
     """Rebuild the domain error from a peer's status; transport failures become BACKEND_UNAVAILABLE."""
-    status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
+    code_method = getattr(error, "code", None)
+    code = code_method() if callable(code_method) else None
+    status = _status_of(error)
     if status is not None:
         for detail in status.details:
             if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
                 info = error_details_pb2.ErrorInfo()
                 detail.Unpack(info)
-                code = _CODES_BY_GRPC.get(error.code(), Code.INTERNAL)
-                return RemoteError(code, status.message, info.reason, dict(info.metadata))
-    code = error.code() if isinstance(error, grpc.Call) else None
+                domain_code = _CODES_BY_GRPC.get(code, Code.INTERNAL) if code else Code.INTERNAL
+                return RemoteError(domain_code, status.message, info.reason, dict(info.metadata))
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return BackendUnavailable("a backend service is unavailable", retry_after_seconds=1.0)
     log.warning("peer call failed without ErrorInfo: %s", code)

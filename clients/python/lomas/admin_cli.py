@@ -1,0 +1,190 @@
+"""`lomas-admin`: administer a Lomas mesh through its gateway (needs an admin token).
+
+The token comes from --token, --token-file or the LOMAS_TOKEN environment variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from lomas.client.admin import (
+    DATA_FORMATS,
+    AdminClient,
+    approx_dp,
+    format_from_path,
+    local_source,
+    pure_dp,
+    rho_zcdp,
+    s3_source,
+    url_source,
+)
+from lomas.client.errors import LomasError
+
+
+def _print(value: Message | list[Message] | dict[str, Any]) -> None:
+    def plain(item: Any) -> Any:
+        if isinstance(item, Message):
+            data = json_format.MessageToDict(item, preserving_proto_field_name=True)
+            if "release" in data:
+                data["release"] = f"<{len(item.release)} bytes of Arrow IPC>"  # type: ignore[attr-defined]
+            return data
+        return item
+
+    payload = [plain(v) for v in value] if isinstance(value, list) else plain(value)
+    print(json.dumps(payload, indent=2, sort_keys=True))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lomas-admin", description=__doc__)
+    parser.add_argument("--target", default=os.environ.get("LOMAS_TARGET", "localhost:50051"))
+    parser.add_argument("--token", default=os.environ.get("LOMAS_TOKEN", ""))
+    parser.add_argument("--token-file", type=Path)
+    groups = parser.add_subparsers(dest="group", required=True)
+
+    users = groups.add_parser("users", help="add, remove or list users").add_subparsers(
+        dest="action", required=True
+    )
+    add_user = users.add_parser("add")
+    add_user.add_argument("name")
+    add_user.add_argument("--admin", action="store_true", help="give the admin role")
+    add_user.add_argument("--no-query", action="store_true", help="may not run queries")
+    users.add_parser("remove").add_argument("name")
+    users.add_parser("list")
+
+    datasets = groups.add_parser("datasets", help="add, remove or list datasets").add_subparsers(
+        dest="action", required=True
+    )
+    add_dataset = datasets.add_parser("add")
+    add_dataset.add_argument("name")
+    where = add_dataset.add_mutually_exclusive_group(required=True)
+    where.add_argument("--path", help="a file on the workers' file system")
+    where.add_argument("--url", help="an HTTP(S) URL")
+    where.add_argument("--s3-bucket")
+    add_dataset.add_argument("--s3-key")
+    add_dataset.add_argument("--s3-endpoint", default="")
+    add_dataset.add_argument("--s3-credentials", default="", help="credentials name in the workers' secrets")
+    add_dataset.add_argument("--metadata", type=Path, required=True, help="SmartNoise-SQL YAML metadata")
+    add_dataset.add_argument("--format", choices=sorted(DATA_FORMATS))
+    datasets.add_parser("remove").add_argument("name")
+    datasets.add_parser("list")
+
+    grants = groups.add_parser("grants", help="grant, revoke or list access").add_subparsers(
+        dest="action", required=True
+    )
+    add_grant = grants.add_parser("add")
+    add_grant.add_argument("user")
+    add_grant.add_argument("dataset")
+    add_grant.add_argument("--epsilon", help="approximate DP (with --delta) or pure DP (alone with --pure)")
+    add_grant.add_argument("--delta")
+    add_grant.add_argument("--pure", action="store_true", help="a pure-DP ledger (epsilon only)")
+    add_grant.add_argument("--rho", help="a zCDP ledger")
+    remove_grant = grants.add_parser("remove")
+    remove_grant.add_argument("user")
+    remove_grant.add_argument("dataset")
+    grants.add_parser("list").add_argument("--user", default="")
+
+    groups.add_parser("budgets", help="a user's budgets").add_argument("user")
+    archive = groups.add_parser("archive", help="archived queries")
+    archive.add_argument("--user", default="")
+    archive.add_argument("--dataset", default="")
+
+    load = groups.add_parser("load", help="bulk-load Lomas collection files").add_subparsers(
+        dest="action", required=True
+    )
+    load.add_parser("users", help="a Lomas user_collection.yaml").add_argument("file", type=Path)
+    load.add_parser("datasets", help="a Lomas dataset_collection.yaml").add_argument("file", type=Path)
+
+    ledger = groups.add_parser("ledger", help="budget ledger integrity").add_subparsers(
+        dest="action", required=True
+    )
+    ledger.add_parser("verify", help="recompute every balance and check every hash chain")
+    return parser
+
+
+def _grant_allocation(args: argparse.Namespace) -> Any:
+    if args.rho is not None:
+        return rho_zcdp(args.rho)
+    if args.epsilon is None:
+        raise SystemExit("give --epsilon (with --delta or --pure) or --rho")
+    if args.pure:
+        return pure_dp(args.epsilon)
+    if args.delta is None:
+        raise SystemExit("give --delta with --epsilon (or --pure for a pure-DP ledger)")
+    return approx_dp(args.epsilon, args.delta)
+
+
+def _run(admin: AdminClient, args: argparse.Namespace) -> int:
+    group, action = args.group, getattr(args, "action", None)
+    if group == "users":
+        if action == "add":
+            _print(admin.add_user(args.name, admin=args.admin, may_query=not args.no_query))
+        elif action == "remove":
+            admin.remove_user(args.name)
+        else:
+            _print(admin.list_users())
+    elif group == "datasets":
+        if action == "add":
+            if args.path:
+                source, location = local_source(args.path), args.path
+            elif args.url:
+                source, location = url_source(args.url), args.url
+            else:
+                if not args.s3_key:
+                    raise SystemExit("--s3-bucket needs --s3-key")
+                source = s3_source(args.s3_bucket, args.s3_key, args.s3_endpoint, args.s3_credentials)
+                location = args.s3_key
+            data_format = DATA_FORMATS[args.format] if args.format else format_from_path(location)
+            metadata = yaml.safe_load(args.metadata.read_text())
+            _print(admin.add_dataset(args.name, source, metadata, data_format))
+        elif action == "remove":
+            admin.remove_dataset(args.name)
+        else:
+            _print(admin.list_datasets())
+    elif group == "grants":
+        if action == "add":
+            _print(admin.grant(args.user, args.dataset, _grant_allocation(args)))
+        elif action == "remove":
+            admin.revoke(args.user, args.dataset)
+        else:
+            _print(admin.list_grants(args.user))
+    elif group == "budgets":
+        _print(admin.budgets(args.user))
+    elif group == "archive":
+        _print(admin.archive(args.user, args.dataset))
+    elif group == "load":
+        if action == "users":
+            _print({"loaded_users": admin.load_user_collection(args.file)})
+        else:
+            _print({"loaded_datasets": admin.load_dataset_collection(args.file)})
+    elif group == "ledger":
+        report = admin.verify_ledgers()
+        _print(report)
+        return 1 if report.problems else 0
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    token = args.token_file.read_text().strip() if args.token_file else args.token
+    if not token:
+        print("lomas-admin: an admin token is required (--token, --token-file or LOMAS_TOKEN)", file=sys.stderr)
+        return 2
+    try:
+        with AdminClient(args.target, token=token) as admin:
+            return _run(admin, args)
+    except LomasError as error:
+        print(f"lomas-admin: {error.code} {error.reason}: {error.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,270 @@
+"""The administrator's client (what `lomas-admin` uses): users, datasets, grants, budgets, archive.
+
+Also reads the Lomas bulk-registration files (user and dataset collections) unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import yaml
+from google.protobuf import struct_pb2
+
+from lomas.admin.v1 import resources_pb2
+from lomas.budget.v1 import budget_pb2
+from lomas.client.errors import AlreadyExists, from_rpc_error
+from lomas.common.v1 import archive_pb2, dataset_pb2, privacy_pb2
+from lomas.gateway.v1 import admin_pb2, admin_pb2_grpc
+
+T = TypeVar("T")
+
+DATA_FORMATS = {
+    "csv": dataset_pb2.DATA_FORMAT_CSV,
+    "parquet": dataset_pb2.DATA_FORMAT_PARQUET,
+}
+
+
+def _text(value: float | int | str | Decimal) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def approx_dp(epsilon: float | str | Decimal, delta: float | str | Decimal) -> privacy_pb2.PrivacyLoss:
+    return privacy_pb2.PrivacyLoss(
+        approx_dp=privacy_pb2.ApproxDp(epsilon=_text(epsilon), delta=_text(delta))
+    )
+
+
+def pure_dp(epsilon: float | str | Decimal) -> privacy_pb2.PrivacyLoss:
+    return privacy_pb2.PrivacyLoss(pure_dp=privacy_pb2.PureDp(epsilon=_text(epsilon)))
+
+
+def rho_zcdp(rho: float | str | Decimal) -> privacy_pb2.PrivacyLoss:
+    return privacy_pb2.PrivacyLoss(rho_zcdp=privacy_pb2.RhoZcdp(rho=_text(rho)))
+
+
+def format_from_path(path: str) -> int:
+    suffix = path.rsplit(".", 1)[-1].lower()
+    if suffix not in DATA_FORMATS:
+        raise ValueError(f"cannot tell the format of {path!r}: use .csv or .parquet, or pass a format")
+    return DATA_FORMATS[suffix]
+
+
+def local_source(path: str | Path) -> dataset_pb2.DataSource:
+    return dataset_pb2.DataSource(local=dataset_pb2.LocalSource(path=str(Path(path).resolve())))
+
+
+def url_source(url: str) -> dataset_pb2.DataSource:
+    return dataset_pb2.DataSource(url=dataset_pb2.UrlSource(url=url))
+
+
+def s3_source(bucket: str, key: str, endpoint_url: str = "", credentials_name: str = "") -> dataset_pb2.DataSource:
+    return dataset_pb2.DataSource(
+        s3=dataset_pb2.S3Source(
+            bucket=bucket, key=key, endpoint_url=endpoint_url, credentials_name=credentials_name
+        )
+    )
+
+
+class AdminClient:
+    """A connection to a gateway's AdminService with an admin token."""
+
+    def __init__(
+        self, target: str, *, token: str, credentials: grpc.ChannelCredentials | None = None
+    ) -> None:
+        self._channel = (
+            grpc.secure_channel(target, credentials)
+            if credentials is not None
+            else grpc.insecure_channel(target)
+        )
+        self._stub = admin_pb2_grpc.AdminServiceStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: Callable[..., T], request: Any) -> T:
+        try:
+            return method(request, metadata=self._metadata, timeout=60.0)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    def _pages(self, method: Callable[..., Any], request: Any, field: str) -> Iterator[Any]:
+        while True:
+            response = self._call(method, request)
+            yield from getattr(response, field)
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+
+    # Users
+    def add_user(self, name: str, *, admin: bool = False, may_query: bool = True) -> resources_pb2.User:
+        role = resources_pb2.ROLE_ADMIN if admin else resources_pb2.ROLE_RESEARCHER
+        user = resources_pb2.User(name=name, role=role, may_query=may_query)
+        return self._call(self._stub.CreateUser, admin_pb2.CreateUserRequest(user=user)).user
+
+    def remove_user(self, name: str) -> None:
+        self._call(self._stub.DeleteUser, admin_pb2.DeleteUserRequest(name=name))
+
+    def list_users(self) -> list[resources_pb2.User]:
+        return list(self._pages(self._stub.ListUsers, admin_pb2.ListUsersRequest(), "users"))
+
+    # Datasets
+    def add_dataset(
+        self,
+        name: str,
+        source: dataset_pb2.DataSource,
+        metadata: Mapping[str, Any],
+        data_format: int,
+    ) -> resources_pb2.Dataset:
+        struct = struct_pb2.Struct()
+        struct.update(dict(metadata))
+        dataset = resources_pb2.Dataset(
+            name=name, source=source, format=data_format, metadata=struct
+        )
+        return self._call(
+            self._stub.CreateDataset, admin_pb2.CreateDatasetRequest(dataset=dataset)
+        ).dataset
+
+    def remove_dataset(self, name: str) -> None:
+        self._call(self._stub.DeleteDataset, admin_pb2.DeleteDatasetRequest(name=name))
+
+    def list_datasets(self) -> list[resources_pb2.Dataset]:
+        return list(self._pages(self._stub.ListDatasets, admin_pb2.ListDatasetsRequest(), "datasets"))
+
+    # Grants and budgets
+    def grant(
+        self,
+        user: str,
+        dataset: str,
+        allocation: privacy_pb2.PrivacyLoss,
+        already_spent: privacy_pb2.PrivacyLoss | None = None,
+    ) -> resources_pb2.Grant:
+        request = admin_pb2.CreateGrantRequest(
+            grant=resources_pb2.Grant(user=user, dataset=dataset, allocation=allocation),
+            already_spent=already_spent,
+        )
+        return self._call(self._stub.CreateGrant, request).grant
+
+    def revoke(self, user: str, dataset: str) -> None:
+        self._call(self._stub.DeleteGrant, admin_pb2.DeleteGrantRequest(user=user, dataset=dataset))
+
+    def list_grants(self, user: str = "") -> list[resources_pb2.Grant]:
+        return list(self._pages(self._stub.ListGrants, admin_pb2.ListGrantsRequest(user=user), "grants"))
+
+    def budgets(self, user: str) -> list[budget_pb2.Ledger]:
+        return list(self._pages(self._stub.ListLedgers, admin_pb2.ListLedgersRequest(user=user), "ledgers"))
+
+    def archive(self, user: str = "", dataset: str = "") -> list[archive_pb2.ArchivedQuery]:
+        request = admin_pb2.ListArchivedQueriesRequest(user=user, dataset=dataset)
+        return list(self._pages(self._stub.ListArchivedQueries, request, "queries"))
+
+    def verify_ledgers(self) -> admin_pb2.VerifyLedgersResponse:
+        return self._call(self._stub.VerifyLedgers, admin_pb2.VerifyLedgersRequest())
+
+    # Lomas bulk files
+    def load_user_collection(self, path: str | Path) -> list[str]:
+        """Register users and their per-dataset budgets from a Lomas `user_collection.yaml`.
+
+        Re-running it is safe: identical users and grants are left as they are.
+        """
+        document = yaml.safe_load(Path(path).read_text())
+        done = []
+        for entry in document.get("users", []):
+            name = entry["user_name"]
+            self._idempotent(lambda: self.add_user(name, may_query=bool(entry.get("may_query", True))))
+            for access in entry.get("datasets_list", []):
+                spent = approx_dp(
+                    access.get("total_spent_epsilon", 0.0), access.get("total_spent_delta", 0.0)
+                )
+                self._idempotent(
+                    lambda: self.grant(
+                        name,
+                        access["dataset_name"],
+                        approx_dp(access["initial_epsilon"], access["initial_delta"]),
+                        already_spent=spent,
+                    )
+                )
+            done.append(name)
+        return done
+
+    def load_dataset_collection(self, path: str | Path) -> list[str]:
+        """Register datasets from a Lomas `dataset_collection.yaml` (PATH_DB or S3_DB entries).
+
+        Relative paths are read relative to the collection file, as Lomas administrators write them.
+        """
+        path = Path(path)
+        document = yaml.safe_load(path.read_text())
+        done = []
+        for entry in document.get("datasets", []):
+            access = entry["dataset_access"]
+            source, location = _collection_source(access, path.parent)
+            data_format = (
+                DATA_FORMATS[access["format"].lower()] if "format" in access else format_from_path(location)
+            )
+            metadata = _collection_metadata(entry["metadata_access"], path.parent)
+            self._idempotent(
+                lambda: self.add_dataset(entry["dataset_name"], source, metadata, data_format)
+            )
+            done.append(entry["dataset_name"])
+        return done
+
+    @staticmethod
+    def _idempotent(action: Callable[[], Any]) -> None:
+        try:
+            action()
+        except AlreadyExists:
+            pass
+
+
+def _collection_source(access: Mapping[str, Any], base: Path) -> tuple[dataset_pb2.DataSource, str]:
+    kind = access.get("database_type")
+    if kind == "PATH_DB":
+        location = str(access["path"])
+        if location.startswith(("http://", "https://")):
+            return url_source(location), location
+        return local_source(base / location), location
+    if kind == "S3_DB":
+        key = str(access["key"])
+        return (
+            s3_source(
+                access["bucket"],
+                key,
+                access.get("endpoint_url", ""),
+                access.get("credentials_name", ""),
+            ),
+            key,
+        )
+    raise ValueError(f"unsupported database_type {kind!r} (PATH_DB or S3_DB)")
+
+
+def _collection_metadata(access: Mapping[str, Any], base: Path) -> dict[str, Any]:
+    kind = access.get("database_type")
+    if kind == "PATH_DB":
+        location = str(access["path"])
+        if location.startswith(("http://", "https://")):
+            import urllib.request
+
+            with urllib.request.urlopen(location, timeout=30) as response:  # noqa: S310 - admin-given URL
+                return dict(yaml.safe_load(response.read()))
+        return dict(yaml.safe_load((base / location).read_text()))
+    if kind == "S3_DB":
+        import boto3  # only administrators who register S3 metadata need it
+
+        session = boto3.session.Session(
+            aws_access_key_id=access.get("access_key_id"),
+            aws_secret_access_key=access.get("secret_access_key"),
+        )
+        client = session.client("s3", endpoint_url=access.get("endpoint_url") or None)
+        body = client.get_object(Bucket=access["bucket"], Key=access["key"])["Body"].read()
+        return dict(yaml.safe_load(body))
+    raise ValueError(f"unsupported metadata database_type {kind!r} (PATH_DB or S3_DB)")

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up (pinned) and run every check and test: contracts, generated code, lint, the whole suite.
+# Exits with pytest's exit code when the checks pass.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --dev
+scripts/ensure-services.sh
+scripts/check-protos.sh
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+exec .venv/bin/pytest "$@"

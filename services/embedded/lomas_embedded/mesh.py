@@ -1,0 +1,196 @@
+"""Start a whole mesh as separate processes: admin store, budget ledger, executor, Celery workers, gateway.
+
+The embedded default and the tests use this; it runs each service exactly as an operator would, with
+`LOMAS_` environment variables, so the embedded default and the mesh share one code path.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from lomas_embedded.ports import free_port
+
+
+@dataclass
+class MeshConfig:
+    """Everything that differs between meshes. Unset ports are picked free."""
+
+    data_dir: Path
+    redis_url: str
+    admin_database_url: str
+    budget_database_url: str
+    jwks: str
+    issuer: str
+    audience: str = "lomas"
+    gateway_listen: str = ""
+    queue_prefix: str = field(default_factory=lambda: f"lomas-{secrets.token_hex(4)}")
+    service_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    bootstrap_admin: str = ""
+    worker_count: int = 1
+    worker_concurrency: int = 2
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    process: subprocess.Popen[bytes]
+    target: str  # host:port for gRPC services, "" for workers
+    log_path: Path
+
+
+class Mesh:
+    """A running mesh. `gateway_target` is where clients connect."""
+
+    def __init__(self, config: MeshConfig) -> None:
+        self.config = config
+        self.processes: list[ServiceProcess] = []
+        self.logs = config.data_dir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.admin_target = f"127.0.0.1:{free_port()}"
+        self.budget_target = f"127.0.0.1:{free_port()}"
+        self.executor_target = f"127.0.0.1:{free_port()}"
+        self.gateway_target = config.gateway_listen or f"127.0.0.1:{free_port()}"
+
+    def _common_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LOMAS_")}
+        env.update(
+            {
+                "LOMAS_SERVICE_TOKEN": self.config.service_token,
+                "LOMAS_REDIS_URL": self.config.redis_url,
+                "LOMAS_QUEUE_PREFIX": self.config.queue_prefix,
+                "LOMAS_ADMIN_TARGET": self.admin_target,
+                "LOMAS_BUDGET_TARGET": self.budget_target,
+                "LOMAS_EXECUTOR_TARGET": self.executor_target,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(self.config.extra_env)
+        return env
+
+    def _spawn(self, name: str, module: str, target: str, env: dict[str, str]) -> ServiceProcess:
+        log_path = self.logs / f"{name}.log"
+        log_file = log_path.open("ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", module],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C in a terminal reaches the launcher, which stops us in order
+        )
+        log_file.close()
+        service = ServiceProcess(name, process, target, log_path)
+        self.processes.append(service)
+        return service
+
+    def start_service(self, name: str) -> ServiceProcess:
+        env = self._common_env()
+        if name == "admin":
+            env |= {
+                "LOMAS_LISTEN": self.admin_target,
+                "LOMAS_DATABASE_URL": self.config.admin_database_url,
+                "LOMAS_BOOTSTRAP_ADMIN": self.config.bootstrap_admin,
+            }
+            return self._spawn(name, "lomas_admin.main", self.admin_target, env)
+        if name == "budget":
+            env |= {
+                "LOMAS_LISTEN": self.budget_target,
+                "LOMAS_DATABASE_URL": self.config.budget_database_url,
+            }
+            return self._spawn(name, "lomas_budget.main", self.budget_target, env)
+        if name == "executor":
+            env |= {"LOMAS_LISTEN": self.executor_target}
+            return self._spawn(name, "lomas_executor.main", self.executor_target, env)
+        if name.startswith("worker"):
+            env |= {"LOMAS_WORKER_CONCURRENCY": str(self.config.worker_concurrency)}
+            return self._spawn(name, "lomas_executor.worker", "", env)
+        if name == "gateway":
+            env |= {
+                "LOMAS_LISTEN": self.gateway_target,
+                "LOMAS_JWKS": self.config.jwks,
+                "LOMAS_JWT_ISSUER": self.config.issuer,
+                "LOMAS_JWT_AUDIENCE": self.config.audience,
+            }
+            return self._spawn(name, "lomas_gateway.main", self.gateway_target, env)
+        raise ValueError(f"unknown service {name}")
+
+    def start(self, timeout: float = 60.0) -> Mesh:
+        try:
+            backends = [self.start_service(n) for n in ("admin", "budget", "executor")]
+            for index in range(self.config.worker_count):
+                self.start_service(f"worker-{index}")
+            for service in backends:
+                self.wait_healthy(service, timeout)
+            self.wait_healthy(self.start_service("gateway"), timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_healthy(self, service: ServiceProcess, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(service.target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if service.process.poll() is not None:
+                    raise RuntimeError(
+                        f"{service.name} exited with {service.process.returncode}; "
+                        f"see {service.log_path}:\n{self.tail(service)}"
+                    )
+                try:
+                    response = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                    if response.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{service.name} did not become healthy; see {service.log_path}")
+                time.sleep(0.1)
+
+    @staticmethod
+    def tail(service: ServiceProcess, lines: int = 30) -> str:
+        try:
+            return "\n".join(service.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def service(self, name: str) -> ServiceProcess:
+        return next(s for s in self.processes if s.name == name)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send a signal to one service (tests use it to crash processes)."""
+        service = self.service(name)
+        os.killpg(service.process.pid, sig)
+        service.process.wait(30)
+        self.processes.remove(service)
+
+    def stop(self, grace: float = 15.0) -> None:
+        """SIGTERM everything (gateway first, so no new work arrives), then SIGKILL stragglers."""
+        for service in reversed(self.processes):
+            if service.process.poll() is None:
+                try:
+                    os.killpg(service.process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + grace
+        for service in self.processes:
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                service.process.wait(remaining)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(service.process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                service.process.wait()
+        self.processes.clear()

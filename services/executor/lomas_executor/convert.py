@@ -1,0 +1,74 @@
+"""Executor messages <-> executor domain values (the one module that touches both)."""
+
+from __future__ import annotations
+
+from lomas.common.v1 import dataset_pb2, query_pb2
+from lomas_common.convert import dict_from_struct, struct_from_dict
+from lomas_common.errors import InvalidArgument, InvalidQuery
+from lomas_common.privacy import PrivacyValueError, parse_decimal
+from lomas_executor.engine import DatasetRef, Query
+from lomas_executor.metadata import DatasetMetadata
+from lomas_executor.smartnoise_sql import SmartnoiseSqlQuery
+from lomas_executor.sources import DataFormat, DataSource
+
+_FORMATS = {dataset_pb2.DATA_FORMAT_CSV: DataFormat.CSV, dataset_pb2.DATA_FORMAT_PARQUET: DataFormat.PARQUET}
+
+
+def source_from_proto(source: dataset_pb2.DataSource) -> DataSource:
+    kind = source.WhichOneof("location")
+    if kind == "local":
+        return DataSource.local(source.local.path)
+    if kind == "url":
+        return DataSource.http(source.url.url)
+    if kind == "s3":
+        return DataSource.s3(
+            source.s3.bucket,
+            source.s3.key,
+            endpoint_url=source.s3.endpoint_url,
+            credentials_name=source.s3.credentials_name,
+        )
+    raise InvalidArgument("dataset source must be set", reason="DATASET_SOURCE_INVALID")
+
+
+def metadata_from_proto(descriptor: dataset_pb2.DatasetDescriptor) -> DatasetMetadata:
+    return DatasetMetadata.from_dict(dict_from_struct(descriptor.metadata))
+
+
+def dataset_from_proto(descriptor: dataset_pb2.DatasetDescriptor) -> DatasetRef:
+    if descriptor.format not in _FORMATS:
+        raise InvalidArgument("dataset format must be CSV or PARQUET", reason="DATASET_FORMAT_INVALID")
+    return DatasetRef(
+        name=descriptor.name,
+        version=descriptor.version,
+        source=source_from_proto(descriptor.source),
+        fmt=_FORMATS[descriptor.format],
+        metadata=metadata_from_proto(descriptor),
+    )
+
+
+def normalised_descriptor(descriptor: dataset_pb2.DatasetDescriptor) -> dataset_pb2.DatasetDescriptor:
+    """The descriptor with validated, normalised metadata (what the admin store keeps)."""
+    dataset_from_proto(descriptor)  # validates source and format too
+    result = dataset_pb2.DatasetDescriptor()
+    result.CopyFrom(descriptor)
+    result.metadata.CopyFrom(struct_from_dict(metadata_from_proto(descriptor).to_dict()))
+    return result
+
+
+def query_from_proto(query: query_pb2.Query) -> Query:
+    kind = query.WhichOneof("kind")
+    if kind == "smartnoise_sql":
+        sql = query.smartnoise_sql
+        try:
+            epsilon = parse_decimal(sql.epsilon or "0", name="epsilon")
+            delta = parse_decimal(sql.delta or "0", name="delta")
+        except PrivacyValueError as error:
+            raise InvalidQuery(str(error)) from None
+        return SmartnoiseSqlQuery(
+            sql=sql.sql,
+            epsilon=epsilon,
+            delta=delta,
+            mechanisms=dict(sql.mechanisms),
+            postprocess=sql.postprocess,
+        )
+    raise InvalidQuery("query must be set")

@@ -1,0 +1,302 @@
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from decimal import Decimal
+
+import numpy as np
+import pandas as pd
+import pytest
+import snsql
+from snsql.sql._mechanisms.gaussian import Gaussian
+from snsql.sql._mechanisms.laplace import Laplace
+
+from lomas_common.errors import ExecutionFailed, InvalidQuery
+from lomas_common.privacy import PrivacyDefinition, PrivacyLoss
+from lomas_executor import smartnoise_sql as sn
+from lomas_executor.metadata import DatasetMetadata
+from lomas_executor.smartnoise_sql import SmartnoiseSqlQuery
+
+AVG_BY_SPECIES = "SELECT species, AVG(bill_length_mm) AS avg_bill FROM df GROUP BY species"
+QUERIES = [
+    "SELECT COUNT(*) AS n FROM df",
+    AVG_BY_SPECIES,
+    "SELECT island, sex, COUNT(*) AS n, SUM(body_mass_g) AS mass FROM df GROUP BY island, sex",
+    "SELECT VARIANCE(flipper_length_mm) AS v FROM df WHERE species = 'Gentoo'",
+    "SELECT STDDEV(bill_depth_mm) AS s, AVG(bill_depth_mm) AS a FROM df",
+]
+
+
+def _query(
+    sql: str,
+    epsilon: str = "1",
+    delta: str = "0.00001",
+    mechanisms: Mapping[str, str] | None = None,
+    postprocess: bool = True,
+) -> SmartnoiseSqlQuery:
+    return SmartnoiseSqlQuery(sql, Decimal(epsilon), Decimal(delta), mechanisms or {}, postprocess)
+
+
+def _library_cost(
+    query: SmartnoiseSqlQuery, frame: pd.DataFrame, md: DatasetMetadata
+) -> PrivacyLoss:
+    """What smartnoise-sql itself says, over the real data, the way Lomas asks it."""
+    privacy = snsql.Privacy(epsilon=float(query.epsilon), delta=float(query.delta))
+    for stat, mechanism in query.mechanisms.items():
+        privacy.mechanisms.map[snsql.Stat[stat]] = snsql.Mechanism[mechanism]
+    reader = snsql.from_df(frame, privacy=privacy, metadata=md.to_smartnoise())
+    epsilon, delta = reader.get_privacy_cost(query.sql)
+    return PrivacyLoss.approx_dp(Decimal(repr(float(epsilon))), Decimal(repr(float(delta))))
+
+
+@pytest.mark.parametrize("sql", QUERIES)
+def test_cost_is_the_library_cost_as_exact_decimals(
+    sql: str, penguin_frame: pd.DataFrame, penguin_md: DatasetMetadata
+) -> None:
+    query = _query(sql, epsilon="0.7", delta="0.0001")
+    cost = sn.estimate_cost(query, penguin_md)
+    assert cost.definition is PrivacyDefinition.APPROX_DP
+    assert isinstance(cost.epsilon, Decimal) and isinstance(cost.delta, Decimal)
+    assert cost == _library_cost(query, penguin_frame, penguin_md).as_cost()
+
+
+def test_cost_counts_every_mechanism(penguin_md: DatasetMetadata) -> None:
+    count = sn.estimate_cost(_query("SELECT COUNT(*) FROM df", epsilon="0.5"), penguin_md)
+    average = sn.estimate_cost(_query(AVG_BY_SPECIES, epsilon="0.5"), penguin_md)
+    assert count.epsilon == Decimal("0.5")
+    assert average.epsilon == Decimal("1")  # AVG is a noisy SUM and a noisy COUNT
+
+
+def test_cost_rounds_up_to_the_ledger_quantum(penguin_md: DatasetMetadata) -> None:
+    cost = sn.estimate_cost(_query("SELECT COUNT(*) FROM df"), penguin_md)
+    # The library's delta is 1.4999949999983109e-05: 19 significant digits, rounded up at 1e-18.
+    assert cost.delta == Decimal("0.000014999949999984")
+
+
+def test_mechanisms_change_the_cost_where_they_apply(
+    penguin_frame: pd.DataFrame, penguin_md: DatasetMetadata
+) -> None:
+    default = _query(AVG_BY_SPECIES)
+    gaussian_count = _query(AVG_BY_SPECIES, mechanisms={"count": "gaussian"})
+    gaussian_sum = _query(AVG_BY_SPECIES, mechanisms={"sum_float": "gaussian"})
+    unrelated = _query(AVG_BY_SPECIES, mechanisms={"sum_int": "gaussian"})
+    costs = {
+        name: sn.estimate_cost(query, penguin_md)
+        for name, query in [
+            ("default", default),
+            ("gaussian_count", gaussian_count),
+            ("gaussian_sum", gaussian_sum),
+            ("unrelated", unrelated),
+        ]
+    }
+    assert costs["gaussian_count"].delta > costs["default"].delta
+    assert costs["gaussian_sum"].delta > costs["default"].delta
+    assert costs["unrelated"] == costs["default"]  # no integer sum in this query
+    assert (
+        costs["gaussian_count"]
+        == _library_cost(gaussian_count, penguin_frame, penguin_md).as_cost()
+    )
+    assert costs["gaussian_sum"] == _library_cost(gaussian_sum, penguin_frame, penguin_md).as_cost()
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        ("SELEC COUNT(*) FROM df", "Bad token SELEC"),
+        ("", "the SQL query is empty"),
+        ("SELECT MAX(bill_length_mm) FROM df", "don't know how to rewrite aggregate function"),
+        ("SELECT AVG(wing_span) FROM df", "Column cannot be found wing_span"),
+        ("SELECT COUNT(*) FROM penguins", "No metadata available for penguins"),
+        ("SELECT COUNT(*) FROM df; SELECT COUNT(*) FROM df", "Too many queries"),
+        ("SELECT species FROM df", "does not include an aggregate"),
+    ],
+)
+def test_invalid_queries_are_query_invalid(
+    sql: str, message: str, penguin_md: DatasetMetadata
+) -> None:
+    with pytest.raises(InvalidQuery) as caught:
+        sn.estimate_cost(_query(sql), penguin_md)
+    assert caught.value.reason == "QUERY_INVALID"
+    assert message in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("epsilon", "delta", "mechanisms", "message"),
+    [
+        ("0", "0.00001", {}, "epsilon must be greater than 0"),
+        ("-1", "0.00001", {}, "epsilon must be greater than 0"),
+        ("1", "1", {}, "delta must be at least 0 and less than 1"),
+        ("1", "-0.1", {}, "delta must be at least 0 and less than 1"),
+        ("NaN", "0.1", {}, "epsilon must be a finite decimal"),
+        ("1", "0.00001", {"median": "laplace"}, "unknown statistic 'median'"),
+        ("1", "0.00001", {"count": "exponential"}, "unknown mechanism 'exponential' for count"),
+    ],
+)
+def test_out_of_range_parameters_are_query_invalid(
+    epsilon: str, delta: str, mechanisms: dict[str, str], message: str
+) -> None:
+    with pytest.raises(InvalidQuery, match=message):
+        _query("SELECT COUNT(*) FROM df", epsilon, delta, mechanisms)
+
+
+def test_library_refusals_of_parameters_are_query_invalid(penguin_md: DatasetMetadata) -> None:
+    with pytest.raises(InvalidQuery, match="Noise scale is too large") as caught:
+        sn.estimate_cost(_query(AVG_BY_SPECIES, epsilon="0.000000001"), penguin_md)
+    assert "\n" not in caught.value.message
+    gaussian_without_delta = _query(AVG_BY_SPECIES, delta="0", mechanisms={"count": "gaussian"})
+    with pytest.raises(InvalidQuery, match="delta must be greater than 0"):
+        sn.estimate_cost(gaussian_without_delta, penguin_md)
+
+
+def test_unbounded_columns_can_be_counted_but_not_summed() -> None:
+    md = DatasetMetadata.from_dict(
+        {
+            "max_ids": 1,
+            "rows": 10,
+            "row_privacy": True,
+            "columns": {
+                "x": {"type": "float"},
+                "k": {"type": "int", "cardinality": 2, "categories": [1, 2]},
+            },
+        }
+    )
+    count = sn.estimate_cost(_query("SELECT COUNT(x) AS n FROM df"), md)
+    assert count.epsilon == Decimal("1")
+    for sql in ("SELECT SUM(x) FROM df", "SELECT AVG(k) FROM df"):
+        with pytest.raises(InvalidQuery, match="aggregates a column without bounds") as caught:
+            sn.estimate_cost(_query(sql), md)
+        assert caught.value.message.endswith("on: x, k)")
+
+
+def test_execute_returns_the_release_with_the_query_columns(
+    penguin_reader: sn.SqliteTableReader, penguin_md: DatasetMetadata
+) -> None:
+    result = sn.execute(_query(AVG_BY_SPECIES), penguin_reader, penguin_md)
+    assert isinstance(result, pd.DataFrame)
+    assert list(result.columns) == ["species", "avg_bill"]
+    assert sorted(result["species"]) == ["Adelie", "Chinstrap", "Gentoo"]
+    assert result["avg_bill"].map(np.isfinite).all()
+    ordered = sn.execute(
+        _query("SELECT island, COUNT(*) AS n FROM df GROUP BY island ORDER BY island"),
+        penguin_reader,
+        penguin_md,
+    )
+    assert list(ordered.columns) == ["island", "n"]
+    assert list(ordered["island"]) == ["Biscoe", "Dream", "Torgersen"]
+    assert (ordered["n"] >= 0).all()  # counts are clamped in post-processing
+
+
+def test_execute_without_postprocessing_returns_raw_noisy_aggregates(
+    penguin_reader: sn.SqliteTableReader, penguin_md: DatasetMetadata
+) -> None:
+    result = sn.execute(
+        _query("SELECT AVG(bill_length_mm) AS a FROM df", postprocess=False),
+        penguin_reader,
+        penguin_md,
+    )
+    assert len(result) == 1
+    assert list(result.columns) == ["res_0", "res_1"]  # the noisy COUNT and SUM behind AVG
+
+
+def test_execute_validates_before_touching_data(
+    penguin_reader: sn.SqliteTableReader, penguin_md: DatasetMetadata
+) -> None:
+    with pytest.raises(InvalidQuery, match="don't know how to rewrite"):
+        sn.execute(_query("SELECT MAX(body_mass_g) FROM df"), penguin_reader, penguin_md)
+
+
+def test_prepared_reader_serves_other_threads_concurrently(
+    penguin_reader: sn.SqliteTableReader, penguin_md: DatasetMetadata
+) -> None:
+    # The stock PandasReader fails here with "no such table: df" (per-thread SQLite memory
+    # databases).
+    results: list[pd.DataFrame] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            results.append(sn.execute(_query(AVG_BY_SPECIES), penguin_reader, penguin_md))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert [len(result) for result in results] == [3, 3, 3, 3]
+
+
+def test_failures_after_reading_data_carry_no_data_values() -> None:
+    md = DatasetMetadata.from_dict(
+        {
+            "max_ids": 1,
+            "rows": 10,
+            "row_privacy": True,
+            "columns": {"d": {"type": "datetime"}, "x": {"type": "float", "lower": 0, "upper": 1}},
+        }
+    )
+    # A datetime column holding text the library cannot parse: its error quotes the value.
+    frame = pd.DataFrame({"d": ["SECRET-VALUE"] * 5 + ["2020-01-01"] * 5, "x": [0.5] * 10})
+    reader = sn.prepare_reader(frame, md)
+    with pytest.raises(ExecutionFailed) as caught:
+        sn.execute(_query("SELECT d, COUNT(*) AS n FROM df GROUP BY d"), reader, md)
+    assert caught.value.reason == "QUERY_EXECUTION_FAILED"
+    assert "SECRET" not in caught.value.message
+    assert caught.value.message == "smartnoise-sql failed while running the query (ValueError)"
+
+
+@pytest.mark.parametrize(
+    ("mechanism_class", "epsilon", "delta", "lower", "upper", "max_contrib"),
+    [
+        (Laplace, 1.0, 0.0, 0, 1, 1),
+        (Laplace, 0.3, 0.0, 30.0, 65.0, 1),
+        (Laplace, 2.5, 0.0, 0, 7000.0, 3),
+        (Gaussian, 1.0, 1e-5, 0, 1, 1),
+        (Gaussian, 0.7, 1e-4, 0, 65.0, 2),
+    ],
+)
+def test_memoised_noise_scale_equals_a_fresh_search(
+    mechanism_class: type,
+    epsilon: float,
+    delta: float,
+    lower: float,
+    upper: float,
+    max_contrib: int,
+) -> None:
+    sn.NOISE_SCALE_MEMO.clear()
+    first = mechanism_class(epsilon, delta=delta, lower=lower, upper=upper, max_contrib=max_contrib)
+    hits = sn.NOISE_SCALE_MEMO.hits
+    second = mechanism_class(
+        epsilon, delta=delta, lower=lower, upper=upper, max_contrib=max_contrib
+    )
+    assert sn.NOISE_SCALE_MEMO.hits == hits + 1  # the second one came from the memo
+
+    search = mechanism_class.__dict__["_compute_noise_scale"].__wrapped__
+    fresh = mechanism_class(epsilon, delta=delta, lower=lower, upper=upper, max_contrib=max_contrib)
+    fresh.scale = None
+    search(fresh)  # the library's own binary search, bypassing the memo
+    assert second.scale == first.scale == fresh.scale
+
+
+def test_memo_keys_keep_every_input_apart() -> None:
+    sn.NOISE_SCALE_MEMO.clear()
+    base = Laplace(1.0, lower=0, upper=1, max_contrib=1)
+    wider = Laplace(1.0, lower=0, upper=2, max_contrib=1)
+    more_contrib = Laplace(1.0, lower=0, upper=1, max_contrib=2)
+    gaussian = Gaussian(1.0, delta=1e-5, lower=0, upper=1, max_contrib=1)
+    assert sn.NOISE_SCALE_MEMO.misses == 4
+    assert len({base.scale, wider.scale, more_contrib.scale, gaussian.scale}) == 4
+    assert sn.NoiseScaleMemo.key(Laplace(1, lower=0, upper=1)) != sn.NoiseScaleMemo.key(base)
+
+
+def test_repeated_costs_use_the_memo(penguin_md: DatasetMetadata) -> None:
+    sn.NOISE_SCALE_MEMO.clear()
+    query = _query(AVG_BY_SPECIES, epsilon="0.9")
+    first = sn.estimate_cost(query, penguin_md)
+    misses = sn.NOISE_SCALE_MEMO.misses
+    assert misses == 2  # the SUM and the COUNT
+    assert sn.estimate_cost(query, penguin_md) == first
+    assert sn.NOISE_SCALE_MEMO.misses == misses
+    assert sn.NOISE_SCALE_MEMO.hits >= 2
