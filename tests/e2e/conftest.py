@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from lomas.client import Client
 from lomas.client.admin import AdminClient
 from lomas_common.testing import fresh_postgres_url
@@ -83,5 +84,7 @@ def _start(mode: str, tmp: Path) -> Iterator[RunningMesh]:
 
 
 @pytest.fixture(scope="session", params=["embedded", "mesh"])
-def platform(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
+def platform(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningMesh]:
     yield from _start(request.param, tmp_path_factory.mktemp(request.param))

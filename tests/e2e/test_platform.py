@@ -6,9 +6,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
+import jwt
 import pandas as pd
 import pytest
 import yaml
+
 from lomas.client import (
     AccessDenied,
     BudgetExhausted,
@@ -46,7 +48,9 @@ def test_metadata_is_the_registered_penguin_metadata(platform) -> None:  # type:
     expected = yaml.safe_load(penguin_metadata_text())
     assert metadata["rows"] == expected["rows"] == 344
     assert metadata["max_ids"] == 1
-    assert metadata["columns"]["species"]["categories"] == expected["columns"]["species"]["categories"]
+    assert (
+        metadata["columns"]["species"]["categories"] == expected["columns"]["species"]["categories"]
+    )
     assert metadata["columns"]["bill_length_mm"]["lower"] == 30.0
 
 
@@ -97,7 +101,9 @@ def test_cost_and_dummy_queries_are_free_and_real_queries_charge_exactly(platfor
     pd.testing.assert_frame_equal(entry["result"], release, check_like=True)
 
 
-def test_a_retry_with_the_same_request_id_returns_the_same_release_without_a_second_charge(platform) -> None:  # type: ignore[no-untyped-def]
+def test_a_retry_with_the_same_request_id_returns_the_same_release_without_a_second_charge(
+    platform,
+) -> None:  # type: ignore[no-untyped-def]
     client = new_researcher(platform, "10", "0.005")
     first = client.smartnoise_sql.query(COUNT, epsilon=1.0, delta=0, request_id="retry-1")
     spent = client.get_total_spent_budget()
@@ -117,9 +123,9 @@ def test_refusals_carry_code_and_reason_and_change_no_budget(platform) -> None: 
     before = budget_state(client)
 
     with pytest.raises(AccessDenied) as unknown:
-        Client(platform.target, token=client_token(platform, client), dataset="NO_SUCH_DATASET").smartnoise_sql.query(
-            COUNT, epsilon=0.1, delta=0
-        )
+        Client(
+            platform.target, token=client_token(platform, client), dataset="NO_SUCH_DATASET"
+        ).smartnoise_sql.query(COUNT, epsilon=0.1, delta=0)
     assert_refused(unknown.value, "PERMISSION_DENIED", "DATASET_ACCESS_DENIED")
 
     with platform.admin() as admin:  # a dataset that exists, without a grant for this researcher
@@ -133,9 +139,13 @@ def test_refusals_carry_code_and_reason_and_change_no_budget(platform) -> None: 
         except LomasError as error:
             assert error.reason == "DATASET_EXISTS"
     with pytest.raises(AccessDenied) as no_grant:
-        Client(platform.target, token=client_token(platform, client), dataset="PENGUIN_PRIVATE").get_dataset_metadata()
+        Client(
+            platform.target, token=client_token(platform, client), dataset="PENGUIN_PRIVATE"
+        ).get_dataset_metadata()
     assert_refused(no_grant.value, "PERMISSION_DENIED", "DATASET_ACCESS_DENIED")
-    assert no_grant.value.message == unknown.value.message.replace("NO_SUCH_DATASET", "PENGUIN_PRIVATE")
+    assert no_grant.value.message == unknown.value.message.replace(
+        "NO_SUCH_DATASET", "PENGUIN_PRIVATE"
+    )
 
     with pytest.raises(BudgetExhausted) as exhausted:
         client.smartnoise_sql.query(COUNT, epsilon=5.0, delta=0)
@@ -156,15 +166,14 @@ def client_token(platform, client: Client) -> str:  # type: ignore[no-untyped-de
 def test_bad_tokens_are_refused(platform, tmp_path) -> None:  # type: ignore[no-untyped-def]
     client = new_researcher(platform, "1", "0.001")
     before = budget_state(client)
-    subject = Client  # noqa: F841 - readability of the cases below
-    name = client_token(platform, client)
-    import jwt
-
-    claims = jwt.decode(name, options={"verify_signature": False})
+    claims = jwt.decode(client_token(platform, client), options={"verify_signature": False})
     cases = {
         "": ("UNAUTHENTICATED", "TOKEN_MISSING"),
         platform.token(claims["sub"], ttl_seconds=-60): ("UNAUTHENTICATED", "TOKEN_EXPIRED"),
-        DevIssuer.load_or_create(tmp_path / "rogue").token(claims["sub"]): ("UNAUTHENTICATED", "TOKEN_INVALID"),
+        DevIssuer.load_or_create(tmp_path / "rogue").token(claims["sub"]): (
+            "UNAUTHENTICATED",
+            "TOKEN_INVALID",
+        ),
         "not-a-jwt": ("UNAUTHENTICATED", "TOKEN_INVALID"),
     }
     for token, (code, reason) in cases.items():
@@ -188,11 +197,11 @@ def test_researchers_cannot_call_admin_rpcs(platform) -> None:  # type: ignore[n
 
 
 def test_concurrent_queries_never_overspend(platform) -> None:  # type: ignore[no-untyped-def]
-    # COUNT with delta 0 costs exactly epsilon 1 (one Laplace mechanism), so 10.5 affords 10 queries.
-    client = new_researcher(platform, "10.5", "0")
+    # COUNT at epsilon 1 costs (1, 1e-15) (SmartNoise-SQL's own delta), so (10.5, 1e-12) affords 10.
+    client = new_researcher(platform, "10.5", "0.000000000001")
     assert client.smartnoise_sql.cost(COUNT, epsilon=1, delta=0) == {
         "epsilon": Decimal("1"),
-        "delta": Decimal("0"),
+        "delta": Decimal("1E-15"),
     }
 
     def attempt(_: int) -> str:

@@ -71,8 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--s3-bucket")
     add_dataset.add_argument("--s3-key")
     add_dataset.add_argument("--s3-endpoint", default="")
-    add_dataset.add_argument("--s3-credentials", default="", help="credentials name in the workers' secrets")
-    add_dataset.add_argument("--metadata", type=Path, required=True, help="SmartNoise-SQL YAML metadata")
+    add_dataset.add_argument(
+        "--s3-credentials", default="", help="credentials name in the workers' secrets"
+    )
+    add_dataset.add_argument(
+        "--metadata", type=Path, required=True, help="SmartNoise-SQL YAML metadata"
+    )
     add_dataset.add_argument("--format", choices=sorted(DATA_FORMATS))
     datasets.add_parser("remove").add_argument("name")
     datasets.add_parser("list")
@@ -83,7 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     add_grant = grants.add_parser("add")
     add_grant.add_argument("user")
     add_grant.add_argument("dataset")
-    add_grant.add_argument("--epsilon", help="approximate DP (with --delta) or pure DP (alone with --pure)")
+    add_grant.add_argument(
+        "--epsilon", help="approximate DP (with --delta) or pure DP (alone with --pure)"
+    )
     add_grant.add_argument("--delta")
     add_grant.add_argument("--pure", action="store_true", help="a pure-DP ledger (epsilon only)")
     add_grant.add_argument("--rho", help="a zCDP ledger")
@@ -101,7 +107,9 @@ def _parser() -> argparse.ArgumentParser:
         dest="action", required=True
     )
     load.add_parser("users", help="a Lomas user_collection.yaml").add_argument("file", type=Path)
-    load.add_parser("datasets", help="a Lomas dataset_collection.yaml").add_argument("file", type=Path)
+    load.add_parser("datasets", help="a Lomas dataset_collection.yaml").add_argument(
+        "file", type=Path
+    )
 
     ledger = groups.add_parser("ledger", help="budget ledger integrity").add_subparsers(
         dest="action", required=True
@@ -140,7 +148,9 @@ def _run(admin: AdminClient, args: argparse.Namespace) -> int:
             else:
                 if not args.s3_key:
                     raise SystemExit("--s3-bucket needs --s3-key")
-                source = s3_source(args.s3_bucket, args.s3_key, args.s3_endpoint, args.s3_credentials)
+                source = s3_source(
+                    args.s3_bucket, args.s3_key, args.s3_endpoint, args.s3_credentials
+                )
                 location = args.s3_key
             data_format = DATA_FORMATS[args.format] if args.format else format_from_path(location)
             metadata = yaml.safe_load(args.metadata.read_text())
@@ -176,7 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     token = args.token_file.read_text().strip() if args.token_file else args.token
     if not token:
-        print("lomas-admin: an admin token is required (--token, --token-file or LOMAS_TOKEN)", file=sys.stderr)
+        print(
+            "lomas-admin: an admin token is required (--token, --token-file or LOMAS_TOKEN)",
+            file=sys.stderr,
+        )
         return 2
     try:
         with AdminClient(args.target, token=token) as admin:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 from lomas.admin.v1 import admin_store_pb2, admin_store_pb2_grpc
-
 from lomas_admin import convert
 from lomas_admin.store import AdminStore
 from lomas_common.convert import next_page_token, page_bounds
@@ -16,7 +15,9 @@ class AdminStoreServicer(admin_store_pb2_grpc.AdminStoreServiceServicer):
         self._store = store
 
     async def CreateUser(self, request, context):  # type: ignore[no-untyped-def]
-        user = await asyncio.to_thread(self._store.create_user, convert.user_from_proto(request.user))
+        user = await asyncio.to_thread(
+            self._store.create_user, convert.user_from_proto(request.user)
+        )
         return admin_store_pb2.CreateUserResponse(user=convert.user_to_proto(user))
 
     async def GetUser(self, request, context):  # type: ignore[no-untyped-def]

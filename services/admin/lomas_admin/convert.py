@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 from google.protobuf import json_format
+
 from lomas.admin.v1 import resources_pb2
 from lomas.common.v1 import archive_pb2, dataset_pb2, query_pb2
-
 from lomas_admin.store import ArchiveRecord, DatasetRecord, GrantRecord, UserRecord
 from lomas_common.convert import (
     DEFINITION_TO_PROTO,
-    dict_from_struct,
+    metadata_from_json,
     privacy_loss_from_proto,
     privacy_loss_to_proto,
-    struct_from_dict,
     timestamp_from_datetime,
 )
 from lomas_common.errors import InvalidArgument
@@ -44,14 +44,16 @@ def user_to_proto(user: UserRecord) -> resources_pb2.User:
 
 def dataset_from_proto(dataset: resources_pb2.Dataset) -> DatasetRecord:
     if dataset.format not in _FORMATS:
-        raise InvalidArgument("dataset format must be CSV or PARQUET", reason="DATASET_FORMAT_INVALID")
+        raise InvalidArgument(
+            "dataset format must be CSV or PARQUET", reason="DATASET_FORMAT_INVALID"
+        )
     if dataset.source.WhichOneof("location") is None:
         raise InvalidArgument("dataset source must be set", reason="DATASET_SOURCE_INVALID")
     return DatasetRecord(
         name=dataset.name,
         source=json_format.MessageToDict(dataset.source, preserving_proto_field_name=True),
         format=_FORMATS[dataset.format],
-        metadata=dict_from_struct(dataset.metadata),
+        metadata=metadata_from_json(dataset.metadata_json),
     )
 
 
@@ -60,7 +62,7 @@ def dataset_to_proto(dataset: DatasetRecord) -> resources_pb2.Dataset:
         name=dataset.name,
         source=json_format.ParseDict(dataset.source, dataset_pb2.DataSource()),
         format=_FORMATS_BACK[dataset.format],
-        metadata=struct_from_dict(dataset.metadata),
+        metadata_json=json.dumps(dataset.metadata),
         version=dataset.version,
         create_time=timestamp_from_datetime(dataset.created_at),
     )
@@ -72,7 +74,7 @@ def descriptor_to_proto(dataset: DatasetRecord) -> dataset_pb2.DatasetDescriptor
         version=dataset.version,
         source=json_format.ParseDict(dataset.source, dataset_pb2.DataSource()),
         format=_FORMATS_BACK[dataset.format],
-        metadata=struct_from_dict(dataset.metadata),
+        metadata_json=json.dumps(dataset.metadata),
     )
 
 
@@ -96,7 +98,9 @@ def grant_to_proto(grant: GrantRecord) -> resources_pb2.Grant:
 
 def archive_from_proto(query: archive_pb2.ArchivedQuery) -> ArchiveRecord:
     if not query.query_id or not query.user or not query.dataset:
-        raise InvalidArgument("query_id, user and dataset must be set", reason="ARCHIVE_ENTRY_INVALID")
+        raise InvalidArgument(
+            "query_id, user and dataset must be set", reason="ARCHIVE_ENTRY_INVALID"
+        )
     return ArchiveRecord(
         query_id=query.query_id,
         user=query.user,
@@ -120,7 +124,9 @@ def archive_to_proto(record: ArchiveRecord) -> archive_pb2.ArchivedQuery:
         query=json_format.Parse(record.query_json, query_pb2.Query()),
         cost=privacy_loss_to_proto(record.cost),
         status=(
-            archive_pb2.QUERY_STATUS_SUCCEEDED if record.succeeded else archive_pb2.QUERY_STATUS_FAILED
+            archive_pb2.QUERY_STATUS_SUCCEEDED
+            if record.succeeded
+            else archive_pb2.QUERY_STATUS_FAILED
         ),
         release=record.release,
         error_reason=record.error_reason,

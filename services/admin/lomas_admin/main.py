@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from lomas.admin.v1 import admin_store_pb2_grpc
-
 from lomas_admin.api import AdminStoreServicer
 from lomas_admin.store import AdminStore
 from lomas_common.db import Database

@@ -36,7 +36,8 @@ def _parse_stamp(value: Any) -> dt.datetime:
 def check_name(value: str, what: str) -> str:
     if not value or len(value) > MAX_NAME_CHARS or not value.isprintable():
         raise InvalidArgument(
-            f"{what} must be 1 to {MAX_NAME_CHARS} printable characters", reason=f"{what.upper()}_INVALID"
+            f"{what} must be 1 to {MAX_NAME_CHARS} printable characters",
+            reason=f"{what.upper()}_INVALID",
         )
     return value
 
@@ -245,17 +246,17 @@ class AdminStore:
 
     def create_dataset(self, dataset: DatasetRecord) -> DatasetRecord:
         check_name(dataset.name, "dataset")
-        source_json = json.dumps(dataset.source, sort_keys=True)
-        metadata_json = json.dumps(dataset.metadata, sort_keys=True)
+        source_json = json.dumps(dataset.source)
+        metadata_json = json.dumps(dataset.metadata)  # key order kept: it is the column order
 
         def work(tx: Transaction) -> DatasetRecord:
             row = tx.fetchone("SELECT * FROM datasets WHERE name = ?", (dataset.name,))
             if row is not None:
                 existing = _dataset(row)
                 same = (
-                    row["source"] == source_json
-                    and row["metadata"] == metadata_json
-                    and row["format"] == dataset.format
+                    existing.source == dataset.source
+                    and existing.metadata == dataset.metadata
+                    and existing.format == dataset.format
                 )
                 if not same:
                     raise AlreadyExists(
@@ -265,10 +266,22 @@ class AdminStore:
             tx.execute(
                 "INSERT INTO datasets (name, source, format, metadata, version, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (dataset.name, source_json, dataset.format, metadata_json, 1, _stamp(dataset.created_at)),
+                (
+                    dataset.name,
+                    source_json,
+                    dataset.format,
+                    metadata_json,
+                    1,
+                    _stamp(dataset.created_at),
+                ),
             )
             return DatasetRecord(
-                dataset.name, dataset.source, dataset.format, dataset.metadata, 1, dataset.created_at
+                dataset.name,
+                dataset.source,
+                dataset.format,
+                dataset.metadata,
+                1,
+                dataset.created_at,
             )
 
         return self._db.run(work)
@@ -302,7 +315,8 @@ class AdminStore:
             if tx.fetchone("SELECT name FROM datasets WHERE name = ?", (grant.dataset,)) is None:
                 raise NotFound(f"dataset {grant.dataset!r} not found", reason="DATASET_NOT_FOUND")
             row = tx.fetchone(
-                "SELECT * FROM grants WHERE user_name = ? AND dataset = ?", (grant.user, grant.dataset)
+                "SELECT * FROM grants WHERE user_name = ? AND dataset = ?",
+                (grant.user, grant.dataset),
             )
             if row is not None:
                 existing = _grant(row)
@@ -315,7 +329,12 @@ class AdminStore:
             tx.execute(
                 "INSERT INTO grants (user_name, dataset, definition, epsilon, delta, rho, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (grant.user, grant.dataset, *_loss_params(grant.allocation), _stamp(grant.created_at)),
+                (
+                    grant.user,
+                    grant.dataset,
+                    *_loss_params(grant.allocation),
+                    _stamp(grant.created_at),
+                ),
             )
             return grant
 
@@ -423,4 +442,3 @@ class AdminStore:
                 (*params, limit + 1, offset),
             )
         return [_archive(r) for r in rows[:limit]], len(rows) > limit
-

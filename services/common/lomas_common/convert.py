@@ -8,13 +8,12 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
-from lomas.common.v1 import privacy_pb2
+from google.protobuf import timestamp_pb2
 
+from lomas.common.v1 import privacy_pb2
 from lomas_common.errors import InvalidArgument
 from lomas_common.privacy import (
     PrivacyDefinition,
@@ -81,15 +80,15 @@ def privacy_loss_to_proto(loss: PrivacyLoss) -> privacy_pb2.PrivacyLoss:
     return privacy_pb2.PrivacyLoss(rho_zcdp=privacy_pb2.RhoZcdp(rho=format_decimal(loss.rho)))
 
 
-def struct_from_dict(value: Mapping[str, Any]) -> struct_pb2.Struct:
-    message = struct_pb2.Struct()
-    # Round-trip through JSON so dates, Decimals and numpy scalars arrive as plain JSON values.
-    message.update(json.loads(json.dumps(value, default=str)))
-    return message
-
-
-def dict_from_struct(message: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(message)
+def metadata_from_json(text: str) -> dict[str, Any]:
+    """Dataset metadata from its JSON text (the wire form, which keeps the column order)."""
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        raise InvalidArgument("metadata must be a JSON object", reason="METADATA_INVALID") from None
+    if not isinstance(value, dict):
+        raise InvalidArgument("metadata must be a JSON object", reason="METADATA_INVALID")
+    return value
 
 
 def timestamp_from_datetime(value: dt.datetime) -> timestamp_pb2.Timestamp:

@@ -58,12 +58,12 @@ def parse_decimal(text: str | int | float | Decimal, *, name: str) -> Decimal:
 
 def round_cost(value: Decimal) -> Decimal:
     """Round a charge up to the ledger quantum."""
-    return value.quantize(QUANTUM, rounding=ROUND_CEILING, context=_CONTEXT).normalize(_CONTEXT) + 0
+    return _CONTEXT.plus(value.quantize(QUANTUM, rounding=ROUND_CEILING, context=_CONTEXT))
 
 
 def round_allocation(value: Decimal) -> Decimal:
     """Round a grant down to the ledger quantum."""
-    return value.quantize(QUANTUM, rounding=ROUND_FLOOR, context=_CONTEXT).normalize(_CONTEXT) + 0
+    return _CONTEXT.plus(value.quantize(QUANTUM, rounding=ROUND_FLOOR, context=_CONTEXT))
 
 
 def format_decimal(value: Decimal) -> str:

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.rpc import status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
-from google.rpc import status_pb2
 
 from lomas_common.errors import LomasError, PermissionDenied
 from lomas_common.rpc_errors import internal_status, to_status
@@ -32,7 +32,7 @@ from lomas_common.telemetry import server_interceptors
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
-SERVICE_TOKEN_HEADER = "x-lomas-service-token"
+SERVICE_TOKEN_HEADER = "x-lomas-service-token"  # noqa: S105 - a header name
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
@@ -78,7 +78,7 @@ def _wrap_unary(
             await context.abort_with_status(_rich_status(to_status(error)))
         except asyncio.CancelledError:
             raise
-        except Exception as error:  # noqa: BLE001 - the edge: anything unknown becomes INTERNAL
+        except Exception as error:
             if isinstance(error, grpc.aio.AbortError):
                 raise
             log.exception("%s failed (request %s)", method, request_id_var.get())
@@ -163,7 +163,11 @@ async def start_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [s.full_name for s in services]
     reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
         server,
     )
     if credentials is None:

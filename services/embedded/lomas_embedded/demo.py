@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+
 from lomas.client.admin import AdminClient, approx_dp, local_source
 from lomas.client.errors import AlreadyExists
 from lomas.common.v1 import dataset_pb2

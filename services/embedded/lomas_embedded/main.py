@@ -9,7 +9,6 @@ import threading
 from pathlib import Path
 
 from lomas.client.admin import AdminClient
-
 from lomas_embedded import demo
 from lomas_embedded.devkeys import DevIssuer
 from lomas_embedded.mesh import Mesh, MeshConfig

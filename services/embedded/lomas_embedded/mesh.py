@@ -154,7 +154,9 @@ class Mesh:
                 except grpc.RpcError:
                     pass
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"{service.name} did not become healthy; see {service.log_path}")
+                    raise RuntimeError(
+                        f"{service.name} did not become healthy; see {service.log_path}"
+                    )
                 time.sleep(0.1)
 
     @staticmethod

@@ -44,5 +44,6 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
 
         release, cost = await asyncio.to_thread(run)
         return executor_pb2.RunDummyQueryResponse(
-            arrow_ipc=release, cost=privacy_loss_to_proto(cost)  # type: ignore[arg-type]
+            arrow_ipc=release,
+            cost=privacy_loss_to_proto(cost),  # type: ignore[arg-type]
         )

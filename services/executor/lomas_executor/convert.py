@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 from lomas.common.v1 import dataset_pb2, query_pb2
-from lomas_common.convert import dict_from_struct, struct_from_dict
+from lomas_common.convert import metadata_from_json
 from lomas_common.errors import InvalidArgument, InvalidQuery
 from lomas_common.privacy import PrivacyValueError, parse_decimal
 from lomas_executor.engine import DatasetRef, Query
@@ -11,7 +13,10 @@ from lomas_executor.metadata import DatasetMetadata
 from lomas_executor.smartnoise_sql import SmartnoiseSqlQuery
 from lomas_executor.sources import DataFormat, DataSource
 
-_FORMATS = {dataset_pb2.DATA_FORMAT_CSV: DataFormat.CSV, dataset_pb2.DATA_FORMAT_PARQUET: DataFormat.PARQUET}
+_FORMATS = {
+    dataset_pb2.DATA_FORMAT_CSV: DataFormat.CSV,
+    dataset_pb2.DATA_FORMAT_PARQUET: DataFormat.PARQUET,
+}
 
 
 def source_from_proto(source: dataset_pb2.DataSource) -> DataSource:
@@ -31,12 +36,14 @@ def source_from_proto(source: dataset_pb2.DataSource) -> DataSource:
 
 
 def metadata_from_proto(descriptor: dataset_pb2.DatasetDescriptor) -> DatasetMetadata:
-    return DatasetMetadata.from_dict(dict_from_struct(descriptor.metadata))
+    return DatasetMetadata.from_dict(metadata_from_json(descriptor.metadata_json))
 
 
 def dataset_from_proto(descriptor: dataset_pb2.DatasetDescriptor) -> DatasetRef:
     if descriptor.format not in _FORMATS:
-        raise InvalidArgument("dataset format must be CSV or PARQUET", reason="DATASET_FORMAT_INVALID")
+        raise InvalidArgument(
+            "dataset format must be CSV or PARQUET", reason="DATASET_FORMAT_INVALID"
+        )
     return DatasetRef(
         name=descriptor.name,
         version=descriptor.version,
@@ -46,12 +53,14 @@ def dataset_from_proto(descriptor: dataset_pb2.DatasetDescriptor) -> DatasetRef:
     )
 
 
-def normalised_descriptor(descriptor: dataset_pb2.DatasetDescriptor) -> dataset_pb2.DatasetDescriptor:
+def normalised_descriptor(
+    descriptor: dataset_pb2.DatasetDescriptor,
+) -> dataset_pb2.DatasetDescriptor:
     """The descriptor with validated, normalised metadata (what the admin store keeps)."""
     dataset_from_proto(descriptor)  # validates source and format too
     result = dataset_pb2.DatasetDescriptor()
     result.CopyFrom(descriptor)
-    result.metadata.CopyFrom(struct_from_dict(metadata_from_proto(descriptor).to_dict()))
+    result.metadata_json = json.dumps(metadata_from_proto(descriptor).to_dict())
     return result
 
 

@@ -59,7 +59,11 @@ class QueryRunner:
             except RemoteError as error:
                 if error.reason in ("RESERVATION_RELEASED", "RESERVATION_NOT_FOUND"):
                     # The gateway gave up on this query before any data access: nothing to run.
-                    log.warning("query %s has no live reservation (%s); dropped", task.query_id, error.reason)
+                    log.warning(
+                        "query %s has no live reservation (%s); dropped",
+                        task.query_id,
+                        error.reason,
+                    )
                     return
                 raise
             outcome = self._run(task)
@@ -97,7 +101,9 @@ class QueryRunner:
             outcome.release = frame_to_ipc(self._engine.run(query, dataset))
             outcome.status = archive_pb2.QUERY_STATUS_SUCCEEDED
         except SoftTimeLimitExceeded:
-            self._fail(outcome, "QUERY_TIMEOUT", "the query exceeded its time limit; its cost is charged")
+            self._fail(
+                outcome, "QUERY_TIMEOUT", "the query exceeded its time limit; its cost is charged"
+            )
         except InvalidQuery as error:
             # The engine's messages describe the query, never data values.
             self._fail(outcome, "QUERY_INVALID", error.message)

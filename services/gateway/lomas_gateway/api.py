@@ -7,7 +7,6 @@ from lomas.budget.v1 import budget_pb2
 from lomas.common.v1 import dataset_pb2
 from lomas.executor.v1 import executor_pb2
 from lomas.gateway.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
-
 from lomas_common.convert import definition_from_proto, privacy_loss_from_proto
 from lomas_common.errors import AdminRoleRequired, InvalidArgument
 from lomas_common.rpc_errors import RemoteError
@@ -24,11 +23,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         names, token = await self._lifecycle.grant_dataset_names(
             current_caller().subject, request.page_size, request.page_token
         )
-        return gateway_pb2.ListAccessibleDatasetsResponse(dataset_names=names, next_page_token=token)
+        return gateway_pb2.ListAccessibleDatasetsResponse(
+            dataset_names=names, next_page_token=token
+        )
 
     async def GetDatasetMetadata(self, request, context):  # type: ignore[no-untyped-def]
         access = await self._lifecycle.authorize(current_caller().subject, request.dataset)
-        return gateway_pb2.GetDatasetMetadataResponse(metadata=access.dataset.metadata)
+        return gateway_pb2.GetDatasetMetadataResponse(metadata_json=access.dataset.metadata_json)
 
     async def GetDummyDataset(self, request, context):  # type: ignore[no-untyped-def]
         access = await self._lifecycle.authorize(current_caller().subject, request.dataset)
@@ -56,7 +57,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         else:
             outcome = await self._lifecycle.run(subject, access, request.query, request.request_id)
         return gateway_pb2.ExecuteQueryResponse(
-            query_id=outcome.query_id, release=outcome.release, cost=outcome.cost, dummy=outcome.dummy
+            query_id=outcome.query_id,
+            release=outcome.release,
+            cost=outcome.cost,
+            dummy=outcome.dummy,
         )
 
     async def GetBudget(self, request, context):  # type: ignore[no-untyped-def]
@@ -114,7 +118,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         subject = current_caller().subject
         try:
             user = (
-                await self._peers.admin.call("GetUser", admin_store_pb2.GetUserRequest(name=subject))
+                await self._peers.admin.call(
+                    "GetUser", admin_store_pb2.GetUserRequest(name=subject)
+                )
             ).user
         except RemoteError as error:
             if error.code.value != "NOT_FOUND":
@@ -134,16 +140,22 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     async def DeleteUser(self, request, context):  # type: ignore[no-untyped-def]
         await self._require_admin()
-        await self._peers.admin.call("DeleteUser", admin_store_pb2.DeleteUserRequest(name=request.name))
+        await self._peers.admin.call(
+            "DeleteUser", admin_store_pb2.DeleteUserRequest(name=request.name)
+        )
         return admin_pb2.DeleteUserResponse()
 
     async def ListUsers(self, request, context):  # type: ignore[no-untyped-def]
         await self._require_admin()
         response = await self._peers.admin.call(
             "ListUsers",
-            admin_store_pb2.ListUsersRequest(page_size=request.page_size, page_token=request.page_token),
+            admin_store_pb2.ListUsersRequest(
+                page_size=request.page_size, page_token=request.page_token
+            ),
         )
-        return admin_pb2.ListUsersResponse(users=response.users, next_page_token=response.next_page_token)
+        return admin_pb2.ListUsersResponse(
+            users=response.users, next_page_token=response.next_page_token
+        )
 
     async def CreateDataset(self, request, context):  # type: ignore[no-untyped-def]
         await self._require_admin()
@@ -155,13 +167,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                     name=dataset.name,
                     source=dataset.source,
                     format=dataset.format,
-                    metadata=dataset.metadata,
+                    metadata_json=dataset.metadata_json,
                 )
             ),
         )
         stored = resources_pb2.Dataset()
         stored.CopyFrom(dataset)
-        stored.metadata.CopyFrom(validated.dataset.metadata)
+        stored.metadata_json = validated.dataset.metadata_json
         response = await self._peers.admin.call(
             "CreateDataset",
             admin_store_pb2.CreateDatasetRequest(dataset=stored, request_id=request.request_id),
@@ -191,7 +203,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         actor = await self._require_admin()
         grant = request.grant
         allocation = privacy_loss_from_proto(grant.allocation, field="grant.allocation")
-        if grant.definition and definition_from_proto(grant.definition) is not allocation.definition:
+        if (
+            grant.definition
+            and definition_from_proto(grant.definition) is not allocation.definition
+        ):
             raise InvalidArgument(
                 "grant.definition does not match the kind of grant.allocation",
                 reason="PRIVACY_DEFINITION_MISMATCH",
@@ -219,14 +234,16 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             allocation=opened.ledger.allocation,
         )
         response = await self._peers.admin.call(
-            "CreateGrant", admin_store_pb2.CreateGrantRequest(grant=stored, request_id=request.request_id)
+            "CreateGrant",
+            admin_store_pb2.CreateGrantRequest(grant=stored, request_id=request.request_id),
         )
         return admin_pb2.CreateGrantResponse(grant=response.grant)
 
     async def DeleteGrant(self, request, context):  # type: ignore[no-untyped-def]
         await self._require_admin()
         await self._peers.admin.call(
-            "DeleteGrant", admin_store_pb2.DeleteGrantRequest(user=request.user, dataset=request.dataset)
+            "DeleteGrant",
+            admin_store_pb2.DeleteGrantRequest(user=request.user, dataset=request.dataset),
         )
         return admin_pb2.DeleteGrantResponse()
 
@@ -238,7 +255,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 user=request.user, page_size=request.page_size, page_token=request.page_token
             ),
         )
-        return admin_pb2.ListGrantsResponse(grants=response.grants, next_page_token=response.next_page_token)
+        return admin_pb2.ListGrantsResponse(
+            grants=response.grants, next_page_token=response.next_page_token
+        )
 
     async def ListLedgers(self, request, context):  # type: ignore[no-untyped-def]
         await self._require_admin()
@@ -248,7 +267,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 user=request.user, page_size=request.page_size, page_token=request.page_token
             ),
         )
-        return admin_pb2.ListLedgersResponse(ledgers=response.ledgers, next_page_token=response.next_page_token)
+        return admin_pb2.ListLedgersResponse(
+            ledgers=response.ledgers, next_page_token=response.next_page_token
+        )
 
     async def ListArchivedQueries(self, request, context):  # type: ignore[no-untyped-def]
         await self._require_admin()

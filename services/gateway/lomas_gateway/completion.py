@@ -39,7 +39,7 @@ class CompletionWaiter:
                 message = await pubsub.get_message(timeout=5.0)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - keep listening; waiters fall back to polling
+            except Exception:
                 log.warning("completion listener lost Redis; retrying", exc_info=True)
                 await asyncio.sleep(1.0)
                 with contextlib.suppress(Exception):

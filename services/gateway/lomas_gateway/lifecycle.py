@@ -17,18 +17,18 @@ from dataclasses import dataclass
 
 from celery import Celery
 from google.protobuf import json_format
+
 from lomas.admin.v1 import admin_store_pb2, admin_store_pb2_grpc, resources_pb2
 from lomas.budget.v1 import budget_pb2, budget_pb2_grpc
 from lomas.common.v1 import archive_pb2, dataset_pb2, query_pb2
 from lomas.executor.v1 import executor_pb2, executor_pb2_grpc, task_pb2
-
 from lomas_common.convert import now_timestamp
 from lomas_common.errors import (
     BackendUnavailable,
+    Code,
     DatasetAccessDenied,
     InvalidArgument,
     InvalidQuery,
-    Code,
     LomasError,
     PermissionDenied,
     QueryTimeout,
@@ -110,7 +110,10 @@ class QueryLifecycle:
         kind = query.WhichOneof("kind")
         if kind is None:
             raise InvalidQuery("query must be set", reason="QUERY_INVALID")
-        if kind == "smartnoise_sql" and len(query.smartnoise_sql.sql) > self._settings.max_query_chars:
+        if (
+            kind == "smartnoise_sql"
+            and len(query.smartnoise_sql.sql) > self._settings.max_query_chars
+        ):
             raise InvalidQuery(
                 f"query text longer than {self._settings.max_query_chars} characters",
                 reason="QUERY_TOO_LONG",
@@ -134,7 +137,11 @@ class QueryLifecycle:
         )
 
     async def run_dummy(
-        self, descriptor: dataset_pb2.DatasetDescriptor, query: query_pb2.Query, rows: int, seed: int
+        self,
+        descriptor: dataset_pb2.DatasetDescriptor,
+        query: query_pb2.Query,
+        rows: int,
+        seed: int,
     ) -> QueryOutcome:
         self.check_query(query)
         response = await self._peers.executor.call(
@@ -154,7 +161,9 @@ class QueryLifecycle:
     ) -> QueryOutcome:
         """Run a real query: one charge, at most one release."""
         if not access.user.may_query:
-            raise PermissionDenied("querying is suspended for this user", reason="USER_MAY_NOT_QUERY")
+            raise PermissionDenied(
+                "querying is suspended for this user", reason="USER_MAY_NOT_QUERY"
+            )
         self.check_query(query)
         query_id = query_id_for(subject, request_id)
         if request_id:
@@ -186,7 +195,9 @@ class QueryLifecycle:
         except Exception:
             self._waiter.forget(query_id)
             await self._release_unstarted(query_id)
-            raise BackendUnavailable("the query queue is unavailable", retry_after_seconds=1.0) from None
+            raise BackendUnavailable(
+                "the query queue is unavailable", retry_after_seconds=1.0
+            ) from None
 
         async def is_done() -> bool:
             return await self._stored_outcome(query_id) is not None
@@ -198,7 +209,9 @@ class QueryLifecycle:
             )
         stored = await self._stored_outcome(query_id)
         if stored is None:  # announced but not readable: the archive is the truth
-            raise BackendUnavailable("the query outcome is not readable yet", retry_after_seconds=1.0)
+            raise BackendUnavailable(
+                "the query outcome is not readable yet", retry_after_seconds=1.0
+            )
         return self._outcome(stored)
 
     async def _enqueue(self, task: task_pb2.ExecuteQueryTask) -> None:
@@ -238,10 +251,14 @@ class QueryLifecycle:
             query_id=stored.query_id, release=stored.release, cost=stored.cost, dummy=False
         )
 
-    async def grant_dataset_names(self, subject: str, page_size: int, page_token: str) -> tuple[list[str], str]:
+    async def grant_dataset_names(
+        self, subject: str, page_size: int, page_token: str
+    ) -> tuple[list[str], str]:
         response = await self._peers.admin.call(
             "ListGrants",
-            admin_store_pb2.ListGrantsRequest(user=subject, page_size=page_size, page_token=page_token),
+            admin_store_pb2.ListGrantsRequest(
+                user=subject, page_size=page_size, page_token=page_token
+            ),
         )
         grants: list[resources_pb2.Grant] = list(response.grants)
         return [g.dataset for g in grants], response.next_page_token
@@ -251,7 +268,9 @@ class RemoteErrorFromArchive(LomasError):
     """A stored failure, reported again with its original reason (its charge is kept)."""
 
     def __init__(self, stored: archive_pb2.ArchivedQuery) -> None:
-        self.code = Code.INVALID_ARGUMENT if stored.error_reason == "QUERY_INVALID" else Code.INTERNAL
+        self.code = (
+            Code.INVALID_ARGUMENT if stored.error_reason == "QUERY_INVALID" else Code.INTERNAL
+        )
         super().__init__(
             stored.error_message or "the query failed after data access; its cost is charged",
             reason=stored.error_reason or "QUERY_EXECUTION_FAILED",

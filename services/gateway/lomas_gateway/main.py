@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 from lomas.gateway.v1 import admin_pb2_grpc, gateway_pb2_grpc
-
 from lomas_common.queue import make_celery_app
 from lomas_common.server import (
     RunningServer,

@@ -5,6 +5,7 @@ Also reads the Lomas bulk-registration files (user and dataset collections) unch
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -12,7 +13,6 @@ from typing import Any, TypeVar
 
 import grpc
 import yaml
-from google.protobuf import struct_pb2
 
 from lomas.admin.v1 import resources_pb2
 from lomas.budget.v1 import budget_pb2
@@ -32,7 +32,9 @@ def _text(value: float | int | str | Decimal) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def approx_dp(epsilon: float | str | Decimal, delta: float | str | Decimal) -> privacy_pb2.PrivacyLoss:
+def approx_dp(
+    epsilon: float | str | Decimal, delta: float | str | Decimal
+) -> privacy_pb2.PrivacyLoss:
     return privacy_pb2.PrivacyLoss(
         approx_dp=privacy_pb2.ApproxDp(epsilon=_text(epsilon), delta=_text(delta))
     )
@@ -49,7 +51,9 @@ def rho_zcdp(rho: float | str | Decimal) -> privacy_pb2.PrivacyLoss:
 def format_from_path(path: str) -> int:
     suffix = path.rsplit(".", 1)[-1].lower()
     if suffix not in DATA_FORMATS:
-        raise ValueError(f"cannot tell the format of {path!r}: use .csv or .parquet, or pass a format")
+        raise ValueError(
+            f"cannot tell the format of {path!r}: use .csv or .parquet, or pass a format"
+        )
     return DATA_FORMATS[suffix]
 
 
@@ -61,7 +65,9 @@ def url_source(url: str) -> dataset_pb2.DataSource:
     return dataset_pb2.DataSource(url=dataset_pb2.UrlSource(url=url))
 
 
-def s3_source(bucket: str, key: str, endpoint_url: str = "", credentials_name: str = "") -> dataset_pb2.DataSource:
+def s3_source(
+    bucket: str, key: str, endpoint_url: str = "", credentials_name: str = ""
+) -> dataset_pb2.DataSource:
     return dataset_pb2.DataSource(
         s3=dataset_pb2.S3Source(
             bucket=bucket, key=key, endpoint_url=endpoint_url, credentials_name=credentials_name
@@ -107,7 +113,9 @@ class AdminClient:
             request.page_token = response.next_page_token
 
     # Users
-    def add_user(self, name: str, *, admin: bool = False, may_query: bool = True) -> resources_pb2.User:
+    def add_user(
+        self, name: str, *, admin: bool = False, may_query: bool = True
+    ) -> resources_pb2.User:
         role = resources_pb2.ROLE_ADMIN if admin else resources_pb2.ROLE_RESEARCHER
         user = resources_pb2.User(name=name, role=role, may_query=may_query)
         return self._call(self._stub.CreateUser, admin_pb2.CreateUserRequest(user=user)).user
@@ -126,10 +134,8 @@ class AdminClient:
         metadata: Mapping[str, Any],
         data_format: int,
     ) -> resources_pb2.Dataset:
-        struct = struct_pb2.Struct()
-        struct.update(dict(metadata))
         dataset = resources_pb2.Dataset(
-            name=name, source=source, format=data_format, metadata=struct
+            name=name, source=source, format=data_format, metadata_json=json.dumps(dict(metadata))
         )
         return self._call(
             self._stub.CreateDataset, admin_pb2.CreateDatasetRequest(dataset=dataset)
@@ -139,7 +145,9 @@ class AdminClient:
         self._call(self._stub.DeleteDataset, admin_pb2.DeleteDatasetRequest(name=name))
 
     def list_datasets(self) -> list[resources_pb2.Dataset]:
-        return list(self._pages(self._stub.ListDatasets, admin_pb2.ListDatasetsRequest(), "datasets"))
+        return list(
+            self._pages(self._stub.ListDatasets, admin_pb2.ListDatasetsRequest(), "datasets")
+        )
 
     # Grants and budgets
     def grant(
@@ -159,10 +167,14 @@ class AdminClient:
         self._call(self._stub.DeleteGrant, admin_pb2.DeleteGrantRequest(user=user, dataset=dataset))
 
     def list_grants(self, user: str = "") -> list[resources_pb2.Grant]:
-        return list(self._pages(self._stub.ListGrants, admin_pb2.ListGrantsRequest(user=user), "grants"))
+        return list(
+            self._pages(self._stub.ListGrants, admin_pb2.ListGrantsRequest(user=user), "grants")
+        )
 
     def budgets(self, user: str) -> list[budget_pb2.Ledger]:
-        return list(self._pages(self._stub.ListLedgers, admin_pb2.ListLedgersRequest(user=user), "ledgers"))
+        return list(
+            self._pages(self._stub.ListLedgers, admin_pb2.ListLedgersRequest(user=user), "ledgers")
+        )
 
     def archive(self, user: str = "", dataset: str = "") -> list[archive_pb2.ArchivedQuery]:
         request = admin_pb2.ListArchivedQueriesRequest(user=user, dataset=dataset)
@@ -181,19 +193,19 @@ class AdminClient:
         done = []
         for entry in document.get("users", []):
             name = entry["user_name"]
-            self._idempotent(lambda: self.add_user(name, may_query=bool(entry.get("may_query", True))))
+            try:
+                self.add_user(name, may_query=bool(entry.get("may_query", True)))
+            except AlreadyExists:
+                pass
             for access in entry.get("datasets_list", []):
+                allocation = approx_dp(access["initial_epsilon"], access["initial_delta"])
                 spent = approx_dp(
                     access.get("total_spent_epsilon", 0.0), access.get("total_spent_delta", 0.0)
                 )
-                self._idempotent(
-                    lambda: self.grant(
-                        name,
-                        access["dataset_name"],
-                        approx_dp(access["initial_epsilon"], access["initial_delta"]),
-                        already_spent=spent,
-                    )
-                )
+                try:
+                    self.grant(name, access["dataset_name"], allocation, already_spent=spent)
+                except AlreadyExists:
+                    pass
             done.append(name)
         return done
 
@@ -209,21 +221,17 @@ class AdminClient:
             access = entry["dataset_access"]
             source, location = _collection_source(access, path.parent)
             data_format = (
-                DATA_FORMATS[access["format"].lower()] if "format" in access else format_from_path(location)
+                DATA_FORMATS[access["format"].lower()]
+                if "format" in access
+                else format_from_path(location)
             )
             metadata = _collection_metadata(entry["metadata_access"], path.parent)
-            self._idempotent(
-                lambda: self.add_dataset(entry["dataset_name"], source, metadata, data_format)
-            )
+            try:
+                self.add_dataset(entry["dataset_name"], source, metadata, data_format)
+            except AlreadyExists:
+                pass
             done.append(entry["dataset_name"])
         return done
-
-    @staticmethod
-    def _idempotent(action: Callable[[], Any]) -> None:
-        try:
-            action()
-        except AlreadyExists:
-            pass
 
 
 def _collection_source(access: Mapping[str, Any], base: Path) -> tuple[dataset_pb2.DataSource, str]:

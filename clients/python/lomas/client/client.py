@@ -1,12 +1,13 @@
 """The researcher's client: pandas in, pandas out, exact budgets, typed errors.
 
-    from lomas.client import Client
-    client = Client("localhost:50051", token=TOKEN, dataset="PENGUIN")
-    client.smartnoise_sql.query("SELECT COUNT(*) AS n FROM df", epsilon=1.0, delta=1e-5)
+from lomas.client import Client
+client = Client("localhost:50051", token=TOKEN, dataset="PENGUIN")
+client.smartnoise_sql.query("SELECT COUNT(*) AS n FROM df", epsilon=1.0, delta=1e-5)
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
@@ -22,15 +23,6 @@ from lomas.common.v1 import privacy_pb2, query_pb2
 from lomas.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 T = TypeVar("T")
-
-_INT_METADATA_KEYS = {
-    "max_ids",
-    "rows",
-    "precision",
-    "cardinality",
-    "max_partition_length",
-    "max_influenced_partitions",
-}
 
 
 def frame_from_ipc(data: bytes) -> pd.DataFrame:
@@ -61,28 +53,6 @@ def loss_to_dict(loss: privacy_pb2.PrivacyLoss, prefix: str = "") -> dict[str, D
     if kind == "rho_zcdp":
         return {f"{prefix}rho": Decimal(loss.rho_zcdp.rho)}
     return {}
-
-
-def _restore_ints(metadata: dict[str, Any]) -> dict[str, Any]:
-    """JSON numbers arrive as floats; give integer fields (and int column bounds) back their type."""
-
-    def fix(node: dict[str, Any], int_bounds: bool) -> dict[str, Any]:
-        out = {}
-        for key, value in node.items():
-            integral = isinstance(value, float) and value.is_integer()
-            if integral and (key in _INT_METADATA_KEYS or (int_bounds and key in ("lower", "upper"))):
-                value = int(value)
-            out[key] = value
-        return out
-
-    result = fix(metadata, False)
-    columns = metadata.get("columns")
-    if isinstance(columns, dict):
-        result["columns"] = {
-            name: fix(column, column.get("type") == "int") if isinstance(column, dict) else column
-            for name, column in columns.items()
-        }
-    return result
 
 
 class Client:
@@ -147,9 +117,10 @@ class Client:
     def get_dataset_metadata(self) -> dict[str, Any]:
         """The dataset's metadata, in the SmartNoise-SQL YAML form used by Lomas."""
         response = self._call(
-            self._stub.GetDatasetMetadata, gateway_pb2.GetDatasetMetadataRequest(dataset=self.dataset)
+            self._stub.GetDatasetMetadata,
+            gateway_pb2.GetDatasetMetadataRequest(dataset=self.dataset),
         )
-        return _restore_ints(json_format.MessageToDict(response.metadata))
+        return dict(json.loads(response.metadata_json))
 
     def get_dummy_dataset(self, nb_rows: int = 100, seed: int = 42) -> pd.DataFrame:
         """Seeded dummy data that follows the metadata (no private data, free)."""
@@ -198,7 +169,9 @@ class Client:
                 "dataset": q.dataset,
                 "query_kind": q.query.WhichOneof("kind"),
                 "query": json_format.MessageToDict(
-                    q.query, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+                    q.query,
+                    preserving_proto_field_name=True,
+                    always_print_fields_with_no_presence=True,
                 ),
                 "cost": loss_to_dict(q.cost),
                 "result": frame_from_ipc(q.release) if q.release else None,

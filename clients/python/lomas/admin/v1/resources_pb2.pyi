@@ -5,7 +5,6 @@ isort:skip_file
 
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from lomas.common.v1 import dataset_pb2 as _dataset_pb2
@@ -90,22 +89,20 @@ class Dataset(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
-    METADATA_FIELD_NUMBER: _builtins.int
+    METADATA_JSON_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name, for example "PENGUIN"."""
     format: _dataset_pb2.DataFormat.ValueType
     """File format."""
+    metadata_json: _builtins.str
+    """Metadata in the SmartNoise-SQL YAML form used by Lomas, as JSON text (keeps the column order)."""
     version: _builtins.int
     """Version, bumped on every change of source or metadata."""
     @_builtins.property
     def source(self) -> _dataset_pb2.DataSource:
         """Where the data lives."""
-
-    @_builtins.property
-    def metadata(self) -> _struct_pb2.Struct:
-        """Metadata in the SmartNoise-SQL YAML form used by Lomas, as a JSON object."""
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -117,13 +114,13 @@ class Dataset(_message.Message):
         name: _builtins.str = ...,
         source: _dataset_pb2.DataSource | None = ...,
         format: _dataset_pb2.DataFormat.ValueType = ...,
-        metadata: _struct_pb2.Struct | None = ...,
+        metadata_json: _builtins.str = ...,
         version: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "metadata", b"metadata", "source", b"source"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "format", b"format", "metadata", b"metadata", "name", b"name", "source", b"source", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "format", b"format", "metadata_json", b"metadata_json", "name", b"name", "source", b"source", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

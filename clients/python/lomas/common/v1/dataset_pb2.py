@@ -22,26 +22,25 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dlomas/common/v1/dataset.proto\x12\x0flomas.common.v1\x1a\x1cgoogle/protobuf/struct.proto\"\x1b\n\x0bLocalSource\x12\x0c\n\x04path\x18\x01 \x01(\t\"W\n\x08S3Source\x12\x0e\n\x06\x62ucket\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x14\n\x0c\x65ndpoint_url\x18\x03 \x01(\t\x12\x18\n\x10\x63redentials_name\x18\x04 \x01(\t\"\x18\n\tUrlSource\x12\x0b\n\x03url\x18\x01 \x01(\t\"\x9b\x01\n\nDataSource\x12-\n\x05local\x18\x01 \x01(\x0b\x32\x1c.lomas.common.v1.LocalSourceH\x00\x12\'\n\x02s3\x18\x02 \x01(\x0b\x32\x19.lomas.common.v1.S3SourceH\x00\x12)\n\x03url\x18\x03 \x01(\x0b\x32\x1a.lomas.common.v1.UrlSourceH\x00\x42\n\n\x08location\"\xb7\x01\n\x11\x44\x61tasetDescriptor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12+\n\x06source\x18\x03 \x01(\x0b\x32\x1b.lomas.common.v1.DataSource\x12+\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x1b.lomas.common.v1.DataFormat\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct*W\n\nDataFormat\x12\x1b\n\x17\x44\x41TA_FORMAT_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44\x41TA_FORMAT_CSV\x10\x01\x12\x17\n\x13\x44\x41TA_FORMAT_PARQUET\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dlomas/common/v1/dataset.proto\x12\x0flomas.common.v1\"\x1b\n\x0bLocalSource\x12\x0c\n\x04path\x18\x01 \x01(\t\"W\n\x08S3Source\x12\x0e\n\x06\x62ucket\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x14\n\x0c\x65ndpoint_url\x18\x03 \x01(\t\x12\x18\n\x10\x63redentials_name\x18\x04 \x01(\t\"\x18\n\tUrlSource\x12\x0b\n\x03url\x18\x01 \x01(\t\"\x9b\x01\n\nDataSource\x12-\n\x05local\x18\x01 \x01(\x0b\x32\x1c.lomas.common.v1.LocalSourceH\x00\x12\'\n\x02s3\x18\x02 \x01(\x0b\x32\x19.lomas.common.v1.S3SourceH\x00\x12)\n\x03url\x18\x03 \x01(\x0b\x32\x1a.lomas.common.v1.UrlSourceH\x00\x42\n\n\x08location\"\xb3\x01\n\x11\x44\x61tasetDescriptor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12+\n\x06source\x18\x03 \x01(\x0b\x32\x1b.lomas.common.v1.DataSource\x12+\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x1b.lomas.common.v1.DataFormat\x12\x15\n\rmetadata_json\x18\x06 \x01(\tJ\x04\x08\x05\x10\x06R\x08metadata*W\n\nDataFormat\x12\x1b\n\x17\x44\x41TA_FORMAT_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44\x41TA_FORMAT_CSV\x10\x01\x12\x17\n\x13\x44\x41TA_FORMAT_PARQUET\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lomas.common.v1.dataset_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DATAFORMAT']._serialized_start=568
-  _globals['_DATAFORMAT']._serialized_end=655
-  _globals['_LOCALSOURCE']._serialized_start=80
-  _globals['_LOCALSOURCE']._serialized_end=107
-  _globals['_S3SOURCE']._serialized_start=109
-  _globals['_S3SOURCE']._serialized_end=196
-  _globals['_URLSOURCE']._serialized_start=198
-  _globals['_URLSOURCE']._serialized_end=222
-  _globals['_DATASOURCE']._serialized_start=225
-  _globals['_DATASOURCE']._serialized_end=380
-  _globals['_DATASETDESCRIPTOR']._serialized_start=383
-  _globals['_DATASETDESCRIPTOR']._serialized_end=566
+  _globals['_DATAFORMAT']._serialized_start=534
+  _globals['_DATAFORMAT']._serialized_end=621
+  _globals['_LOCALSOURCE']._serialized_start=50
+  _globals['_LOCALSOURCE']._serialized_end=77
+  _globals['_S3SOURCE']._serialized_start=79
+  _globals['_S3SOURCE']._serialized_end=166
+  _globals['_URLSOURCE']._serialized_start=168
+  _globals['_URLSOURCE']._serialized_end=192
+  _globals['_DATASOURCE']._serialized_start=195
+  _globals['_DATASOURCE']._serialized_end=350
+  _globals['_DATASETDESCRIPTOR']._serialized_start=353
+  _globals['_DATASETDESCRIPTOR']._serialized_end=532
 # @@protoc_insertion_point(module_scope)

@@ -5,7 +5,6 @@ isort:skip_file
 
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -168,20 +167,20 @@ class DatasetDescriptor(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
-    METADATA_FIELD_NUMBER: _builtins.int
+    METADATA_JSON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Dataset name, for example "PENGUIN"."""
     version: _builtins.int
     """Version, bumped whenever the source or metadata changes (caches are keyed on it)."""
     format: Global___DataFormat.ValueType
     """File format."""
+    metadata_json: _builtins.str
+    """Metadata in the SmartNoise-SQL YAML form used by Lomas, as JSON text (text keeps the column order,
+    which a protobuf Struct does not).
+    """
     @_builtins.property
     def source(self) -> Global___DataSource:
         """Where the data lives."""
-
-    @_builtins.property
-    def metadata(self) -> _struct_pb2.Struct:
-        """Metadata in the SmartNoise-SQL YAML form used by Lomas, as a JSON object."""
 
     def __init__(
         self,
@@ -190,11 +189,11 @@ class DatasetDescriptor(_message.Message):
         version: _builtins.int = ...,
         source: Global___DataSource | None = ...,
         format: Global___DataFormat.ValueType = ...,
-        metadata: _struct_pb2.Struct | None = ...,
+        metadata_json: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "source", b"source"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "metadata", b"metadata", "name", b"name", "source", b"source", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "metadata_json", b"metadata_json", "name", b"name", "source", b"source", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -22,49 +22,48 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from lomas.common.v1 import privacy_pb2 as lomas_dot_common_dot_v1_dot_privacy__pb2
 from lomas.common.v1 import query_pb2 as lomas_dot_common_dot_v1_dot_query__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1elomas/gateway/v1/gateway.proto\x12\x10lomas.gateway.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dlomas/common/v1/privacy.proto\x1a\x1blomas/common/v1/query.proto\"F\n\x1dListAccessibleDatasetsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"P\n\x1eListAccessibleDatasetsResponse\x12\x15\n\rdataset_names\x18\x01 \x03(\t\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\",\n\x19GetDatasetMetadataRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\"G\n\x1aGetDatasetMetadataResponse\x12)\n\x08metadata\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\"J\n\x16GetDummyDatasetRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x11\n\trow_count\x18\x02 \x01(\x05\x12\x0c\n\x04seed\x18\x03 \x01(\x03\",\n\x17GetDummyDatasetResponse\x12\x11\n\tarrow_ipc\x18\x01 \x01(\x0c\"R\n\x18\x45stimateQueryCostRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12%\n\x05query\x18\x02 \x01(\x0b\x32\x16.lomas.common.v1.Query\"G\n\x19\x45stimateQueryCostResponse\x12*\n\x04\x63ost\x18\x01 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\"\x9d\x01\n\x13\x45xecuteQueryRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12%\n\x05query\x18\x02 \x01(\x0b\x32\x16.lomas.common.v1.Query\x12\r\n\x05\x64ummy\x18\x03 \x01(\x08\x12\x17\n\x0f\x64ummy_row_count\x18\x04 \x01(\x05\x12\x12\n\ndummy_seed\x18\x05 \x01(\x03\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"t\n\x14\x45xecuteQueryResponse\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x0f\n\x07release\x18\x02 \x01(\x0c\x12*\n\x04\x63ost\x18\x03 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12\r\n\x05\x64ummy\x18\x04 \x01(\x08\"#\n\x10GetBudgetRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\"\x88\x02\n\x11GetBudgetResponse\x12\x36\n\ndefinition\x18\x01 \x01(\x0e\x32\".lomas.common.v1.PrivacyDefinition\x12-\n\x07initial\x18\x02 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12+\n\x05spent\x18\x03 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12.\n\x08reserved\x18\x04 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12/\n\tremaining\x18\x05 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\"L\n\x12ListQueriesRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\xdd\x01\n\rPreviousQuery\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12%\n\x05query\x18\x03 \x01(\x0b\x32\x16.lomas.common.v1.Query\x12*\n\x04\x63ost\x18\x04 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12\x0f\n\x07release\x18\x05 \x01(\x0c\x12\x14\n\x0c\x65rror_reason\x18\x06 \x01(\t\x12/\n\x0bsubmit_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"`\n\x13ListQueriesResponse\x12\x30\n\x07queries\x18\x01 \x03(\x0b\x32\x1f.lomas.gateway.v1.PreviousQuery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xe5\x05\n\x0eGatewayService\x12{\n\x16ListAccessibleDatasets\x12/.lomas.gateway.v1.ListAccessibleDatasetsRequest\x1a\x30.lomas.gateway.v1.ListAccessibleDatasetsResponse\x12o\n\x12GetDatasetMetadata\x12+.lomas.gateway.v1.GetDatasetMetadataRequest\x1a,.lomas.gateway.v1.GetDatasetMetadataResponse\x12\x66\n\x0fGetDummyDataset\x12(.lomas.gateway.v1.GetDummyDatasetRequest\x1a).lomas.gateway.v1.GetDummyDatasetResponse\x12l\n\x11\x45stimateQueryCost\x12*.lomas.gateway.v1.EstimateQueryCostRequest\x1a+.lomas.gateway.v1.EstimateQueryCostResponse\x12]\n\x0c\x45xecuteQuery\x12%.lomas.gateway.v1.ExecuteQueryRequest\x1a&.lomas.gateway.v1.ExecuteQueryResponse\x12T\n\tGetBudget\x12\".lomas.gateway.v1.GetBudgetRequest\x1a#.lomas.gateway.v1.GetBudgetResponse\x12Z\n\x0bListQueries\x12$.lomas.gateway.v1.ListQueriesRequest\x1a%.lomas.gateway.v1.ListQueriesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1elomas/gateway/v1/gateway.proto\x12\x10lomas.gateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dlomas/common/v1/privacy.proto\x1a\x1blomas/common/v1/query.proto\"F\n\x1dListAccessibleDatasetsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"P\n\x1eListAccessibleDatasetsResponse\x12\x15\n\rdataset_names\x18\x01 \x03(\t\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\",\n\x19GetDatasetMetadataRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\"C\n\x1aGetDatasetMetadataResponse\x12\x15\n\rmetadata_json\x18\x02 \x01(\tJ\x04\x08\x01\x10\x02R\x08metadata\"J\n\x16GetDummyDatasetRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x11\n\trow_count\x18\x02 \x01(\x05\x12\x0c\n\x04seed\x18\x03 \x01(\x03\",\n\x17GetDummyDatasetResponse\x12\x11\n\tarrow_ipc\x18\x01 \x01(\x0c\"R\n\x18\x45stimateQueryCostRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12%\n\x05query\x18\x02 \x01(\x0b\x32\x16.lomas.common.v1.Query\"G\n\x19\x45stimateQueryCostResponse\x12*\n\x04\x63ost\x18\x01 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\"\x9d\x01\n\x13\x45xecuteQueryRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12%\n\x05query\x18\x02 \x01(\x0b\x32\x16.lomas.common.v1.Query\x12\r\n\x05\x64ummy\x18\x03 \x01(\x08\x12\x17\n\x0f\x64ummy_row_count\x18\x04 \x01(\x05\x12\x12\n\ndummy_seed\x18\x05 \x01(\x03\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"t\n\x14\x45xecuteQueryResponse\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x0f\n\x07release\x18\x02 \x01(\x0c\x12*\n\x04\x63ost\x18\x03 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12\r\n\x05\x64ummy\x18\x04 \x01(\x08\"#\n\x10GetBudgetRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\"\x88\x02\n\x11GetBudgetResponse\x12\x36\n\ndefinition\x18\x01 \x01(\x0e\x32\".lomas.common.v1.PrivacyDefinition\x12-\n\x07initial\x18\x02 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12+\n\x05spent\x18\x03 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12.\n\x08reserved\x18\x04 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12/\n\tremaining\x18\x05 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\"L\n\x12ListQueriesRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\xdd\x01\n\rPreviousQuery\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12%\n\x05query\x18\x03 \x01(\x0b\x32\x16.lomas.common.v1.Query\x12*\n\x04\x63ost\x18\x04 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12\x0f\n\x07release\x18\x05 \x01(\x0c\x12\x14\n\x0c\x65rror_reason\x18\x06 \x01(\t\x12/\n\x0bsubmit_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"`\n\x13ListQueriesResponse\x12\x30\n\x07queries\x18\x01 \x03(\x0b\x32\x1f.lomas.gateway.v1.PreviousQuery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xe5\x05\n\x0eGatewayService\x12{\n\x16ListAccessibleDatasets\x12/.lomas.gateway.v1.ListAccessibleDatasetsRequest\x1a\x30.lomas.gateway.v1.ListAccessibleDatasetsResponse\x12o\n\x12GetDatasetMetadata\x12+.lomas.gateway.v1.GetDatasetMetadataRequest\x1a,.lomas.gateway.v1.GetDatasetMetadataResponse\x12\x66\n\x0fGetDummyDataset\x12(.lomas.gateway.v1.GetDummyDatasetRequest\x1a).lomas.gateway.v1.GetDummyDatasetResponse\x12l\n\x11\x45stimateQueryCost\x12*.lomas.gateway.v1.EstimateQueryCostRequest\x1a+.lomas.gateway.v1.EstimateQueryCostResponse\x12]\n\x0c\x45xecuteQuery\x12%.lomas.gateway.v1.ExecuteQueryRequest\x1a&.lomas.gateway.v1.ExecuteQueryResponse\x12T\n\tGetBudget\x12\".lomas.gateway.v1.GetBudgetRequest\x1a#.lomas.gateway.v1.GetBudgetResponse\x12Z\n\x0bListQueries\x12$.lomas.gateway.v1.ListQueriesRequest\x1a%.lomas.gateway.v1.ListQueriesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lomas.gateway.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LISTACCESSIBLEDATASETSREQUEST']._serialized_start=175
-  _globals['_LISTACCESSIBLEDATASETSREQUEST']._serialized_end=245
-  _globals['_LISTACCESSIBLEDATASETSRESPONSE']._serialized_start=247
-  _globals['_LISTACCESSIBLEDATASETSRESPONSE']._serialized_end=327
-  _globals['_GETDATASETMETADATAREQUEST']._serialized_start=329
-  _globals['_GETDATASETMETADATAREQUEST']._serialized_end=373
-  _globals['_GETDATASETMETADATARESPONSE']._serialized_start=375
-  _globals['_GETDATASETMETADATARESPONSE']._serialized_end=446
-  _globals['_GETDUMMYDATASETREQUEST']._serialized_start=448
-  _globals['_GETDUMMYDATASETREQUEST']._serialized_end=522
-  _globals['_GETDUMMYDATASETRESPONSE']._serialized_start=524
-  _globals['_GETDUMMYDATASETRESPONSE']._serialized_end=568
-  _globals['_ESTIMATEQUERYCOSTREQUEST']._serialized_start=570
-  _globals['_ESTIMATEQUERYCOSTREQUEST']._serialized_end=652
-  _globals['_ESTIMATEQUERYCOSTRESPONSE']._serialized_start=654
-  _globals['_ESTIMATEQUERYCOSTRESPONSE']._serialized_end=725
-  _globals['_EXECUTEQUERYREQUEST']._serialized_start=728
-  _globals['_EXECUTEQUERYREQUEST']._serialized_end=885
-  _globals['_EXECUTEQUERYRESPONSE']._serialized_start=887
-  _globals['_EXECUTEQUERYRESPONSE']._serialized_end=1003
-  _globals['_GETBUDGETREQUEST']._serialized_start=1005
-  _globals['_GETBUDGETREQUEST']._serialized_end=1040
-  _globals['_GETBUDGETRESPONSE']._serialized_start=1043
-  _globals['_GETBUDGETRESPONSE']._serialized_end=1307
-  _globals['_LISTQUERIESREQUEST']._serialized_start=1309
-  _globals['_LISTQUERIESREQUEST']._serialized_end=1385
-  _globals['_PREVIOUSQUERY']._serialized_start=1388
-  _globals['_PREVIOUSQUERY']._serialized_end=1609
-  _globals['_LISTQUERIESRESPONSE']._serialized_start=1611
-  _globals['_LISTQUERIESRESPONSE']._serialized_end=1707
-  _globals['_GATEWAYSERVICE']._serialized_start=1710
-  _globals['_GATEWAYSERVICE']._serialized_end=2451
+  _globals['_LISTACCESSIBLEDATASETSREQUEST']._serialized_start=145
+  _globals['_LISTACCESSIBLEDATASETSREQUEST']._serialized_end=215
+  _globals['_LISTACCESSIBLEDATASETSRESPONSE']._serialized_start=217
+  _globals['_LISTACCESSIBLEDATASETSRESPONSE']._serialized_end=297
+  _globals['_GETDATASETMETADATAREQUEST']._serialized_start=299
+  _globals['_GETDATASETMETADATAREQUEST']._serialized_end=343
+  _globals['_GETDATASETMETADATARESPONSE']._serialized_start=345
+  _globals['_GETDATASETMETADATARESPONSE']._serialized_end=412
+  _globals['_GETDUMMYDATASETREQUEST']._serialized_start=414
+  _globals['_GETDUMMYDATASETREQUEST']._serialized_end=488
+  _globals['_GETDUMMYDATASETRESPONSE']._serialized_start=490
+  _globals['_GETDUMMYDATASETRESPONSE']._serialized_end=534
+  _globals['_ESTIMATEQUERYCOSTREQUEST']._serialized_start=536
+  _globals['_ESTIMATEQUERYCOSTREQUEST']._serialized_end=618
+  _globals['_ESTIMATEQUERYCOSTRESPONSE']._serialized_start=620
+  _globals['_ESTIMATEQUERYCOSTRESPONSE']._serialized_end=691
+  _globals['_EXECUTEQUERYREQUEST']._serialized_start=694
+  _globals['_EXECUTEQUERYREQUEST']._serialized_end=851
+  _globals['_EXECUTEQUERYRESPONSE']._serialized_start=853
+  _globals['_EXECUTEQUERYRESPONSE']._serialized_end=969
+  _globals['_GETBUDGETREQUEST']._serialized_start=971
+  _globals['_GETBUDGETREQUEST']._serialized_end=1006
+  _globals['_GETBUDGETRESPONSE']._serialized_start=1009
+  _globals['_GETBUDGETRESPONSE']._serialized_end=1273
+  _globals['_LISTQUERIESREQUEST']._serialized_start=1275
+  _globals['_LISTQUERIESREQUEST']._serialized_end=1351
+  _globals['_PREVIOUSQUERY']._serialized_start=1354
+  _globals['_PREVIOUSQUERY']._serialized_end=1575
+  _globals['_LISTQUERIESRESPONSE']._serialized_start=1577
+  _globals['_LISTQUERIESRESPONSE']._serialized_end=1673
+  _globals['_GATEWAYSERVICE']._serialized_start=1676
+  _globals['_GATEWAYSERVICE']._serialized_end=2417
 # @@protoc_insertion_point(module_scope)

@@ -6,7 +6,6 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from lomas.common.v1 import privacy_pb2 as _privacy_pb2
@@ -104,19 +103,17 @@ class GetDatasetMetadataResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    METADATA_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def metadata(self) -> _struct_pb2.Struct:
-        """Metadata in the SmartNoise-SQL YAML form used by Lomas, as a JSON object."""
-
+    METADATA_JSON_FIELD_NUMBER: _builtins.int
+    metadata_json: _builtins.str
+    """Metadata in the SmartNoise-SQL YAML form used by Lomas, as JSON text (keeps the column order)."""
     def __init__(
         self,
         *,
-        metadata: _struct_pb2.Struct | None = ...,
+        metadata_json: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metadata_json", b"metadata_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
