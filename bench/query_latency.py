@@ -1,0 +1,139 @@
+"""End-to-end query latency through the client, beside the in-process smartnoise-sql floor.
+
+Starts an embedded mesh (private Redis, SQLite stores, one Celery worker), then times a COUNT and a
+GROUP BY AVG on the 344-row PENGUIN dataset through `lomas.client`, and the same queries run in-process
+with smartnoise-sql, its reader built once and reused (in a clean process, so the library is stock).
+
+    .venv/bin/python bench/query_latency.py [--runs 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from lomas.client import Client
+from lomas.client.admin import AdminClient, approx_dp
+from lomas_embedded import demo
+from lomas_embedded.devkeys import DevIssuer
+from lomas_embedded.mesh import Mesh, MeshConfig
+from lomas_embedded.redis_server import PrivateRedis
+
+QUERIES = {
+    "COUNT": "SELECT COUNT(*) AS n FROM df",
+    "GROUP BY AVG": "SELECT species, AVG(bill_length_mm) AS avg_bill FROM df GROUP BY species",
+}
+EPSILON, DELTA = 1.0, 1e-5
+
+FLOOR_SCRIPT = """
+import json, sys, time, yaml, pandas as pd, snsql
+from snsql import Privacy
+csv, metadata_path, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+queries = json.loads(sys.argv[4])
+meta = yaml.safe_load(open(metadata_path))
+columns = meta.pop("columns")
+reader = snsql.from_df(pd.read_csv(csv), privacy=Privacy(epsilon=1.0, delta=1e-5),
+                       metadata={"": {"": {"df": {**meta, **columns}}}})
+out = {}
+for name, sql in queries.items():
+    for _ in range(5):
+        reader.execute_df(sql)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        reader.execute_df(sql)
+        times.append((time.perf_counter() - start) * 1000)
+    out[name] = times
+print(json.dumps(out))
+"""
+
+
+def summary(times: list[float]) -> str:
+    ordered = sorted(times)
+    p95 = ordered[int(0.95 * (len(ordered) - 1))]
+    return f"p50 {statistics.median(ordered):6.1f} ms   p95 {p95:6.1f} ms"
+
+
+def floor(csv: Path, metadata: Path, runs: int) -> dict[str, list[float]]:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            FLOOR_SCRIPT,
+            str(csv),
+            str(metadata),
+            str(runs),
+            json.dumps(QUERIES),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return dict(json.loads(result.stdout))
+
+
+def through_platform(tmp: Path, runs: int) -> dict[str, list[float]]:
+    issuer = DevIssuer.load_or_create(tmp / "issuer")
+    redis_server = PrivateRedis(tmp / "redis")
+    mesh = Mesh(
+        MeshConfig(
+            data_dir=tmp,
+            redis_url=redis_server.url,
+            admin_database_url=f"sqlite:///{tmp / 'admin.db'}",
+            budget_database_url=f"sqlite:///{tmp / 'budget.db'}",
+            jwks=str(issuer.jwks_path),
+            issuer=issuer.issuer,
+            audience=issuer.audience,
+            bootstrap_admin=demo.ADMIN,
+        )
+    )
+    try:
+        mesh.start()
+        with AdminClient(mesh.gateway_target, token=issuer.token(demo.ADMIN)) as admin:
+            demo.seed(admin, tmp)
+            admin.add_user("bench")
+            admin.grant("bench", demo.DATASET, approx_dp("1000000", "0.9"))
+        client = Client(mesh.gateway_target, token=issuer.token("bench"), dataset=demo.DATASET)
+        out = {}
+        for name, sql in QUERIES.items():
+            for _ in range(5):
+                client.smartnoise_sql.query(sql, epsilon=EPSILON, delta=DELTA)
+            times = []
+            for _ in range(runs):
+                start = time.perf_counter()
+                client.smartnoise_sql.query(sql, epsilon=EPSILON, delta=DELTA)
+                times.append((time.perf_counter() - start) * 1000)
+            out[name] = times
+        client.close()
+        return out
+    finally:
+        mesh.stop()
+        redis_server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=200)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as directory:
+        tmp = Path(directory)
+        csv = demo.write_penguin_dataset(tmp / "datasets")
+        metadata = tmp / "penguin_metadata.yaml"
+        from lomas_executor.demo import penguin_metadata_text
+
+        metadata.write_text(penguin_metadata_text())
+        floors = floor(csv, metadata, args.runs)
+        platform = through_platform(tmp, args.runs)
+    print(f"{'query':<14} {'in-process smartnoise-sql (floor)':<36} through the platform (client)")
+    for name in QUERIES:
+        print(f"{name:<14} {summary(floors[name]):<36} {summary(platform[name])}")
+
+
+if __name__ == "__main__":
+    main()
