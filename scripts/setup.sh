@@ -18,6 +18,8 @@ for p in "${packages[@]}"; do editables+=(-e "$p"); done
 if [ "${1:-}" = "--dev" ]; then
   "${pip[@]}" install -c constraints.txt -r requirements-dev.txt
   if [ ! -x node_modules/.bin/buf ]; then
-    npm ci --no-audit --no-fund --loglevel=error
+    # npm ci refuses a lock that records only this platform's optional buf binary; install
+    # exactly what package-lock.json pins, without rewriting it.
+    npm install --no-audit --no-fund --no-save --loglevel=error
   fi
 fi

@@ -235,6 +235,7 @@ class ExecuteQueryRequest(_message.Message):
     DUMMY_ROW_COUNT_FIELD_NUMBER: _builtins.int
     DUMMY_SEED_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    FRESH_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
     """Dataset name."""
     dummy: _builtins.bool
@@ -245,6 +246,8 @@ class ExecuteQueryRequest(_message.Message):
     """Seed of the dummy data; only with dummy."""
     request_id: _builtins.str
     """Optional idempotency key: a retry with the same key returns the first release and is never charged twice."""
+    fresh: _builtins.bool
+    """Pay for a new draw even if the same query was already released to the caller (no free replay)."""
     @_builtins.property
     def query(self) -> _query_pb2.Query:
         """The query."""
@@ -258,10 +261,11 @@ class ExecuteQueryRequest(_message.Message):
         dummy_row_count: _builtins.int = ...,
         dummy_seed: _builtins.int = ...,
         request_id: _builtins.str = ...,
+        fresh: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "dummy", b"dummy", "dummy_row_count", b"dummy_row_count", "dummy_seed", b"dummy_seed", "query", b"query", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "dummy", b"dummy", "dummy_row_count", b"dummy_row_count", "dummy_seed", b"dummy_seed", "fresh", b"fresh", "query", b"query", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -277,12 +281,15 @@ class ExecuteQueryResponse(_message.Message):
     RELEASE_FIELD_NUMBER: _builtins.int
     COST_FIELD_NUMBER: _builtins.int
     DUMMY_FIELD_NUMBER: _builtins.int
+    REPLAY_FIELD_NUMBER: _builtins.int
     query_id: _builtins.str
     """Query id (empty for dummy queries)."""
     release: _builtins.bytes
     """The release as an Arrow IPC stream."""
     dummy: _builtins.bool
     """Whether this ran on dummy data."""
+    replay: _builtins.bool
+    """Whether this is a free replay of the caller's earlier release of the same query (nothing charged)."""
     @_builtins.property
     def cost(self) -> _privacy_pb2.PrivacyLoss:
         """The cost charged (for dummy queries: what the real query costs)."""
@@ -294,10 +301,11 @@ class ExecuteQueryResponse(_message.Message):
         release: _builtins.bytes = ...,
         cost: _privacy_pb2.PrivacyLoss | None = ...,
         dummy: _builtins.bool = ...,
+        replay: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "dummy", b"dummy", "query_id", b"query_id", "release", b"release"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "dummy", b"dummy", "query_id", b"query_id", "release", b"release", "replay", b"replay"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
