@@ -206,7 +206,7 @@ def test_concurrent_queries_never_overspend(platform) -> None:  # type: ignore[n
 
     def attempt(_: int) -> str:
         try:
-            client.smartnoise_sql.query(COUNT, epsilon=1, delta=0)
+            client.smartnoise_sql.query(COUNT, epsilon=1, delta=0, fresh=True)
             return "ok"
         except BudgetExhausted:
             return "exhausted"
@@ -218,3 +218,35 @@ def test_concurrent_queries_never_overspend(platform) -> None:  # type: ignore[n
     assert client.get_total_spent_budget()["total_spent_epsilon"] == Decimal("10")
     assert client.get_remaining_budget()["remaining_epsilon"] == Decimal("0.5")
     assert len(client.get_previous_queries()) == 10
+
+
+def test_asking_the_same_query_again_is_a_free_replay_and_fresh_pays_for_new_noise(
+    platform,
+) -> None:  # type: ignore[no-untyped-def]
+    client = new_researcher(platform, "10", "0.005")
+    first = client.smartnoise_sql.query(GROUP_AVG, epsilon=0.5, delta=1e-5)
+    assert first.attrs["replay"] is False
+    spent = client.get_total_spent_budget()
+
+    # The same query, written with other white space: the stored release again, at no cost.
+    again = client.smartnoise_sql.query(GROUP_AVG.replace(" ", "  "), epsilon=0.5, delta=1e-5)
+    assert again.attrs["replay"] is True
+    assert again.attrs["query_id"] == first.attrs["query_id"]
+    assert again.attrs["cost"] == {"epsilon": Decimal(0), "delta": Decimal(0)}
+    pd.testing.assert_frame_equal(again, first)
+    assert client.get_total_spent_budget() == spent
+
+    # Other parameters make another query: charged.
+    other = client.smartnoise_sql.query(GROUP_AVG, epsilon=0.6, delta=1e-5)
+    assert other.attrs["replay"] is False
+
+    fresh = client.smartnoise_sql.query(GROUP_AVG, epsilon=0.5, delta=1e-5, fresh=True)
+    assert fresh.attrs["replay"] is False
+    assert fresh.attrs["query_id"] != first.attrs["query_id"]
+    assert fresh.attrs["cost"] == first.attrs["cost"]
+    assert not fresh["avg_bill"].equals(first["avg_bill"])  # a new draw of noise
+    total = client.get_total_spent_budget()
+    assert total["total_spent_epsilon"] == spent["total_spent_epsilon"] + (
+        other.attrs["cost"]["epsilon"] + fresh.attrs["cost"]["epsilon"]
+    )
+    assert len(client.get_previous_queries()) == 3

@@ -103,3 +103,13 @@ class AdminStoreServicer(admin_store_pb2_grpc.AdminStoreServiceServicer):
             queries=[convert.archive_to_proto(r) for r in records],
             next_page_token=next_page_token(offset, len(records), has_more=more),
         )
+
+    async def FindReleasedQuery(self, request, context):  # type: ignore[no-untyped-def]
+        record = await asyncio.to_thread(
+            self._store.find_released_query, request.user, request.fingerprint
+        )
+        if record is None:
+            return admin_store_pb2.FindReleasedQueryResponse(found=False)
+        return admin_store_pb2.FindReleasedQueryResponse(
+            found=True, query=convert.archive_to_proto(record)
+        )

@@ -113,6 +113,7 @@ def archive_from_proto(query: archive_pb2.ArchivedQuery) -> ArchiveRecord:
         error_message=query.error_message,
         submitted_at=query.submit_time.ToDatetime(tzinfo=dt.UTC),
         completed_at=query.complete_time.ToDatetime(tzinfo=dt.UTC),
+        fingerprint=query.fingerprint,
     )
 
 
@@ -133,4 +134,5 @@ def archive_to_proto(record: ArchiveRecord) -> archive_pb2.ArchivedQuery:
         error_message=record.error_message,
         submit_time=timestamp_from_datetime(record.submitted_at),
         complete_time=timestamp_from_datetime(record.completed_at),
+        fingerprint=record.fingerprint,
     )

@@ -83,6 +83,7 @@ class ArchiveRecord:
     error_message: str
     submitted_at: dt.datetime
     completed_at: dt.datetime
+    fingerprint: str = ""  # key of free replays; "" for queries that may not be replayed
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,10 @@ def schema(db: Database) -> list[str]:
             query_json TEXT NOT NULL, definition TEXT NOT NULL,
             epsilon {dec} NOT NULL, delta {dec} NOT NULL, rho {dec} NOT NULL,
             succeeded INTEGER NOT NULL, release {blob} NOT NULL, error_reason TEXT NOT NULL,
-            error_message TEXT NOT NULL, submitted_at TEXT NOT NULL, completed_at TEXT NOT NULL)""",
+            error_message TEXT NOT NULL, submitted_at TEXT NOT NULL, completed_at TEXT NOT NULL,
+            fingerprint TEXT NOT NULL DEFAULT '')""",
         "CREATE INDEX IF NOT EXISTS archive_by_user ON archive (user_name, dataset, submitted_at)",
+        "CREATE INDEX IF NOT EXISTS archive_by_fingerprint ON archive (user_name, fingerprint)",
     ]
 
 
@@ -176,6 +179,7 @@ def _archive(row: Mapping[str, Any]) -> ArchiveRecord:
         error_message=row["error_message"],
         submitted_at=_parse_stamp(row["submitted_at"]),
         completed_at=_parse_stamp(row["completed_at"]),
+        fingerprint=row["fingerprint"],
     )
 
 
@@ -395,7 +399,7 @@ class AdminStore:
             tx.execute(
                 "INSERT INTO archive (query_id, user_name, dataset, query_json, definition, epsilon,"
                 " delta, rho, succeeded, release, error_reason, error_message, submitted_at,"
-                " completed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " completed_at, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.query_id,
                     record.user,
@@ -408,6 +412,7 @@ class AdminStore:
                     record.error_message,
                     _stamp(record.submitted_at),
                     _stamp(record.completed_at),
+                    record.fingerprint,
                 ),
             )
             return record
@@ -423,6 +428,18 @@ class AdminStore:
         if row is None:
             raise NotFound("no such archived query", reason="QUERY_NOT_FOUND")
         return _archive(row)
+
+    def find_released_query(self, user: str, fingerprint: str) -> ArchiveRecord | None:
+        """The user's latest successful release of the query with this fingerprint, if any."""
+        if not fingerprint:
+            return None
+        with self._db.transaction(readonly=True) as tx:
+            row = tx.fetchone(
+                "SELECT * FROM archive WHERE user_name = ? AND fingerprint = ? AND succeeded = 1"
+                " ORDER BY completed_at DESC LIMIT 1",
+                (user, fingerprint),
+            )
+        return None if row is None else _archive(row)
 
     def list_archived_queries(
         self, user: str, dataset: str, offset: int, limit: int

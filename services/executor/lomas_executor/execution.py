@@ -94,6 +94,7 @@ class QueryRunner:
             query=task.query,
             cost=task.cost,
             submit_time=task.submit_time,
+            fingerprint=task.fingerprint,
         )
         try:
             dataset = convert.dataset_from_proto(task.dataset)

@@ -55,12 +55,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 access.dataset, request.query, request.dummy_row_count, request.dummy_seed
             )
         else:
-            outcome = await self._lifecycle.run(subject, access, request.query, request.request_id)
+            outcome = await self._lifecycle.run(
+                subject, access, request.query, request.request_id, fresh=request.fresh
+            )
         return gateway_pb2.ExecuteQueryResponse(
             query_id=outcome.query_id,
             release=outcome.release,
             cost=outcome.cost,
             dummy=outcome.dummy,
+            replay=outcome.replay,
         )
 
     async def GetBudget(self, request, context):  # type: ignore[no-untyped-def]

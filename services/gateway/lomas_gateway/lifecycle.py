@@ -11,6 +11,7 @@ This module orchestrates peers, so it speaks their protobuf messages; the rules 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import uuid
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from google.protobuf import json_format
 
 from lomas.admin.v1 import admin_store_pb2, admin_store_pb2_grpc, resources_pb2
 from lomas.budget.v1 import budget_pb2, budget_pb2_grpc
-from lomas.common.v1 import archive_pb2, dataset_pb2, query_pb2
+from lomas.common.v1 import archive_pb2, dataset_pb2, privacy_pb2, query_pb2
 from lomas.executor.v1 import executor_pb2, executor_pb2_grpc, task_pb2
 from lomas_common.convert import now_timestamp
 from lomas_common.errors import (
@@ -50,8 +51,9 @@ DEFAULT_DUMMY_ROWS = 100
 class QueryOutcome:
     query_id: str
     release: bytes
-    cost: object  # lomas.common.v1.PrivacyLoss
+    cost: privacy_pb2.PrivacyLoss
     dummy: bool
+    replay: bool = False
 
 
 class Peers:
@@ -71,6 +73,33 @@ class Peers:
     async def close(self) -> None:
         for peer in (self.admin, self.budget, self.executor):
             await peer.close()
+
+
+def query_fingerprint(
+    subject: str, dataset: dataset_pb2.DatasetDescriptor, query: query_pb2.Query
+) -> str:
+    """What makes two queries "the same" for a free replay: caller, dataset version and the query in
+    canonical form (deterministic serialization; SQL with its white space collapsed)."""
+    canonical = query_pb2.Query()
+    canonical.CopyFrom(query)
+    if canonical.WhichOneof("kind") == "smartnoise_sql":
+        canonical.smartnoise_sql.sql = " ".join(canonical.smartnoise_sql.sql.split())
+    digest = hashlib.sha256()
+    for part in (subject, dataset.name, str(dataset.version)):
+        digest.update(part.encode())
+        digest.update(b"\x00")
+    digest.update(canonical.SerializeToString(deterministic=True))
+    return digest.hexdigest()
+
+
+def _zero_like(cost: privacy_pb2.PrivacyLoss) -> privacy_pb2.PrivacyLoss:
+    """A zero loss of the same kind: what a replay costs."""
+    kind = cost.WhichOneof("loss")
+    if kind == "pure_dp":
+        return privacy_pb2.PrivacyLoss(pure_dp=privacy_pb2.PureDp(epsilon="0"))
+    if kind == "rho_zcdp":
+        return privacy_pb2.PrivacyLoss(rho_zcdp=privacy_pb2.RhoZcdp(rho="0"))
+    return privacy_pb2.PrivacyLoss(approx_dp=privacy_pb2.ApproxDp(epsilon="0", delta="0"))
 
 
 def query_id_for(subject: str, request_id: str) -> str:
@@ -158,8 +187,15 @@ class QueryLifecycle:
         access: admin_store_pb2.AuthorizeDatasetAccessResponse,
         query: query_pb2.Query,
         request_id: str,
+        *,
+        fresh: bool = False,
     ) -> QueryOutcome:
-        """Run a real query: one charge, at most one release."""
+        """Run a real query: one charge, at most one release.
+
+        The same query asked again by the same caller on the same dataset version is a free replay of
+        the stored release (re-releasing a release is post-processing), unless `fresh` asks for a new
+        draw, which is charged.
+        """
         if not access.user.may_query:
             raise PermissionDenied(
                 "querying is suspended for this user", reason="USER_MAY_NOT_QUERY"
@@ -170,6 +206,20 @@ class QueryLifecycle:
             stored = await self._stored_outcome(query_id)
             if stored is not None:
                 return self._outcome(stored)
+        fingerprint = query_fingerprint(subject, access.dataset, query)
+        if not fresh:
+            earlier = await self._peers.admin.call(
+                "FindReleasedQuery",
+                admin_store_pb2.FindReleasedQueryRequest(user=subject, fingerprint=fingerprint),
+            )
+            if earlier.found:
+                return QueryOutcome(
+                    query_id=earlier.query.query_id,
+                    release=earlier.query.release,
+                    cost=_zero_like(earlier.query.cost),
+                    dummy=False,
+                    replay=True,
+                )
         cost = (await self.estimate_cost(access.dataset, query)).cost
         await self._peers.budget.call(
             "ReserveBudget",
@@ -188,6 +238,7 @@ class QueryLifecycle:
             query=query,
             cost=cost,
             submit_time=now_timestamp(),
+            fingerprint=fingerprint,
         )
         self._waiter.expect(query_id)
         try:

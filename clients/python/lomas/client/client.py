@@ -198,6 +198,7 @@ class Client:
         nb_rows: int,
         seed: int,
         request_id: str | None,
+        fresh: bool,
     ) -> pd.DataFrame:
         request = gateway_pb2.ExecuteQueryRequest(
             dataset=self.dataset,
@@ -207,11 +208,13 @@ class Client:
             dummy_seed=seed if dummy else 0,
             # Always send a request id, so the transport's own retries can never charge twice.
             request_id=request_id or ("" if dummy else str(uuid.uuid4())),
+            fresh=fresh,
         )
         response = self._call(self._stub.ExecuteQuery, request)
         frame = frame_from_ipc(response.release)
         frame.attrs["query_id"] = response.query_id
         frame.attrs["cost"] = loss_to_dict(response.cost)
+        frame.attrs["replay"] = response.replay
         return frame
 
 
@@ -260,11 +263,14 @@ class SmartnoiseSqlClient:
         nb_rows: int = 100,
         seed: int = 42,
         request_id: str | None = None,
+        fresh: bool = False,
     ) -> pd.DataFrame:
-        """Run the query and return the DP release (`frame.attrs` holds the query id and cost).
+        """Run the query and return the DP release (`frame.attrs` holds query_id, cost and replay).
 
-        With `dummy=True` it runs on seeded dummy data and costs nothing. A retry with the same
-        `request_id` returns the first release and is never charged twice.
+        With `dummy=True` it runs on seeded dummy data and costs nothing. Asking the same query again
+        returns your earlier release for free (`attrs["replay"]` is True): re-releasing a release is
+        post-processing. `fresh=True` pays for a new draw instead. A retry with the same `request_id`
+        returns the first release and is never charged twice.
         """
         return self._client._execute(
             self._query(query, epsilon, delta, mechanisms, postprocess),
@@ -272,4 +278,5 @@ class SmartnoiseSqlClient:
             nb_rows=nb_rows,
             seed=seed,
             request_id=request_id,
+            fresh=fresh,
         )

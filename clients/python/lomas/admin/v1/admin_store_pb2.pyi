@@ -773,3 +773,57 @@ class ListArchivedQueriesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListArchivedQueriesResponse: _TypeAlias = ListArchivedQueriesResponse  # noqa: Y015
+
+@_typing.final
+class FindReleasedQueryRequest(_message.Message):
+    """FindReleasedQueryRequest looks up a release by fingerprint."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    user: _builtins.str
+    """User name (token subject)."""
+    fingerprint: _builtins.str
+    """Query fingerprint (see ArchivedQuery.fingerprint)."""
+    def __init__(
+        self,
+        *,
+        user: _builtins.str = ...,
+        fingerprint: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fingerprint", b"fingerprint", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindReleasedQueryRequest: _TypeAlias = FindReleasedQueryRequest  # noqa: Y015
+
+@_typing.final
+class FindReleasedQueryResponse(_message.Message):
+    """FindReleasedQueryResponse carries the release, if there is one."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FOUND_FIELD_NUMBER: _builtins.int
+    QUERY_FIELD_NUMBER: _builtins.int
+    found: _builtins.bool
+    """Whether a release was found."""
+    @_builtins.property
+    def query(self) -> _archive_pb2.ArchivedQuery:
+        """The latest successful archived query with that fingerprint."""
+
+    def __init__(
+        self,
+        *,
+        found: _builtins.bool = ...,
+        query: _archive_pb2.ArchivedQuery | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["found", b"found", "query", b"query"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindReleasedQueryResponse: _TypeAlias = FindReleasedQueryResponse  # noqa: Y015

@@ -111,6 +111,11 @@ class AdminStoreServiceStub:
                 request_serializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.ListArchivedQueriesRequest.SerializeToString,
                 response_deserializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.ListArchivedQueriesResponse.FromString,
                 _registered_method=True)
+        self.FindReleasedQuery = channel.unary_unary(
+                '/lomas.admin.v1.AdminStoreService/FindReleasedQuery',
+                request_serializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.FindReleasedQueryRequest.SerializeToString,
+                response_deserializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.FindReleasedQueryResponse.FromString,
+                _registered_method=True)
 
 
 class AdminStoreServiceServicer:
@@ -223,6 +228,13 @@ class AdminStoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FindReleasedQuery(self, request, context):
+        """Finds the caller's latest successful release with a fingerprint (for free replays).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminStoreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -300,6 +312,11 @@ def add_AdminStoreServiceServicer_to_server(servicer, server):
                     servicer.ListArchivedQueries,
                     request_deserializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.ListArchivedQueriesRequest.FromString,
                     response_serializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.ListArchivedQueriesResponse.SerializeToString,
+            ),
+            'FindReleasedQuery': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindReleasedQuery,
+                    request_deserializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.FindReleasedQueryRequest.FromString,
+                    response_serializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.FindReleasedQueryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -709,6 +726,33 @@ class AdminStoreService:
             '/lomas.admin.v1.AdminStoreService/ListArchivedQueries',
             lomas_dot_admin_dot_v1_dot_admin__store__pb2.ListArchivedQueriesRequest.SerializeToString,
             lomas_dot_admin_dot_v1_dot_admin__store__pb2.ListArchivedQueriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindReleasedQuery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lomas.admin.v1.AdminStoreService/FindReleasedQuery',
+            lomas_dot_admin_dot_v1_dot_admin__store__pb2.FindReleasedQueryRequest.SerializeToString,
+            lomas_dot_admin_dot_v1_dot_admin__store__pb2.FindReleasedQueryResponse.FromString,
             options,
             channel_credentials,
             insecure,

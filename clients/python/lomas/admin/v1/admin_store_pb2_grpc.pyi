@@ -65,6 +65,8 @@ class AdminStoreServiceStub:
     """Returns the archived outcome of one query."""
     ListArchivedQueries: _grpc.UnaryUnaryMultiCallable[_admin_store_pb2.ListArchivedQueriesRequest, _admin_store_pb2.ListArchivedQueriesResponse]
     """Lists archived queries, newest first, optionally of one user and one dataset."""
+    FindReleasedQuery: _grpc.UnaryUnaryMultiCallable[_admin_store_pb2.FindReleasedQueryRequest, _admin_store_pb2.FindReleasedQueryResponse]
+    """Finds the caller's latest successful release with a fingerprint (for free replays)."""
 
 @_typing.type_check_only
 class AdminStoreServiceAsyncStub(AdminStoreServiceStub):
@@ -103,6 +105,8 @@ class AdminStoreServiceAsyncStub(AdminStoreServiceStub):
     """Returns the archived outcome of one query."""
     ListArchivedQueries: _aio.UnaryUnaryMultiCallable[_admin_store_pb2.ListArchivedQueriesRequest, _admin_store_pb2.ListArchivedQueriesResponse]  # type: ignore[assignment]
     """Lists archived queries, newest first, optionally of one user and one dataset."""
+    FindReleasedQuery: _aio.UnaryUnaryMultiCallable[_admin_store_pb2.FindReleasedQueryRequest, _admin_store_pb2.FindReleasedQueryResponse]  # type: ignore[assignment]
+    """Finds the caller's latest successful release with a fingerprint (for free replays)."""
 
 class AdminStoreServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminStoreService is the internal store of users, datasets, grants and the query archive.
@@ -228,5 +232,13 @@ class AdminStoreServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_store_pb2.ListArchivedQueriesResponse, _abc.Awaitable[_admin_store_pb2.ListArchivedQueriesResponse]]:
         """Lists archived queries, newest first, optionally of one user and one dataset."""
+
+    @_abc_1.abstractmethod
+    def FindReleasedQuery(
+        self,
+        request: _admin_store_pb2.FindReleasedQueryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_store_pb2.FindReleasedQueryResponse, _abc.Awaitable[_admin_store_pb2.FindReleasedQueryResponse]]:
+        """Finds the caller's latest successful release with a fingerprint (for free replays)."""
 
 def add_AdminStoreServiceServicer_to_server(servicer: AdminStoreServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -61,6 +61,7 @@ class ArchivedQuery(_message.Message):
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
     SUBMIT_TIME_FIELD_NUMBER: _builtins.int
     COMPLETE_TIME_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
     query_id: _builtins.str
     """Query id (UUID); a release is stored under it exactly once."""
     user: _builtins.str
@@ -75,6 +76,8 @@ class ArchivedQuery(_message.Message):
     """For a failed query: the ErrorInfo reason (never carries data values)."""
     error_message: _builtins.str
     """For a failed query: a message that describes the failure without data values."""
+    fingerprint: _builtins.str
+    """Fingerprint of (user, dataset version, canonical query): the key of free replays."""
     @_builtins.property
     def query(self) -> _query_pb2.Query:
         """The query as submitted."""
@@ -105,10 +108,11 @@ class ArchivedQuery(_message.Message):
         error_message: _builtins.str = ...,
         submit_time: _timestamp_pb2.Timestamp | None = ...,
         complete_time: _timestamp_pb2.Timestamp | None = ...,
+        fingerprint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "cost", b"cost", "query", b"query", "submit_time", b"submit_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "cost", b"cost", "dataset", b"dataset", "error_message", b"error_message", "error_reason", b"error_reason", "query", b"query", "query_id", b"query_id", "release", b"release", "status", b"status", "submit_time", b"submit_time", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "cost", b"cost", "dataset", b"dataset", "error_message", b"error_message", "error_reason", b"error_reason", "fingerprint", b"fingerprint", "query", b"query", "query_id", b"query_id", "release", b"release", "status", b"status", "submit_time", b"submit_time", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

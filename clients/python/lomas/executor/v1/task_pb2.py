@@ -28,7 +28,7 @@ from lomas.common.v1 import privacy_pb2 as lomas_dot_common_dot_v1_dot_privacy__
 from lomas.common.v1 import query_pb2 as lomas_dot_common_dot_v1_dot_query__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clomas/executor/v1/task.proto\x12\x11lomas.executor.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dlomas/common/v1/dataset.proto\x1a\x1dlomas/common/v1/privacy.proto\x1a\x1blomas/common/v1/query.proto\"\xeb\x01\n\x10\x45xecuteQueryTask\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x33\n\x07\x64\x61taset\x18\x03 \x01(\x0b\x32\".lomas.common.v1.DatasetDescriptor\x12%\n\x05query\x18\x04 \x01(\x0b\x32\x16.lomas.common.v1.Query\x12*\n\x04\x63ost\x18\x05 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12/\n\x0bsubmit_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clomas/executor/v1/task.proto\x12\x11lomas.executor.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dlomas/common/v1/dataset.proto\x1a\x1dlomas/common/v1/privacy.proto\x1a\x1blomas/common/v1/query.proto\"\x80\x02\n\x10\x45xecuteQueryTask\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x33\n\x07\x64\x61taset\x18\x03 \x01(\x0b\x32\".lomas.common.v1.DatasetDescriptor\x12%\n\x05query\x18\x04 \x01(\x0b\x32\x16.lomas.common.v1.Query\x12*\n\x04\x63ost\x18\x05 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12/\n\x0bsubmit_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x66ingerprint\x18\x07 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,5 +36,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lomas.executor.v1.task_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EXECUTEQUERYTASK']._serialized_start=176
-  _globals['_EXECUTEQUERYTASK']._serialized_end=411
+  _globals['_EXECUTEQUERYTASK']._serialized_end=432
 # @@protoc_insertion_point(module_scope)

@@ -34,10 +34,13 @@ class ExecuteQueryTask(_message.Message):
     QUERY_FIELD_NUMBER: _builtins.int
     COST_FIELD_NUMBER: _builtins.int
     SUBMIT_TIME_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
     query_id: _builtins.str
     """Query id: the reservation, the archive entry and the Celery task share it."""
     user: _builtins.str
     """The caller's subject."""
+    fingerprint: _builtins.str
+    """Fingerprint of (user, dataset version, canonical query), stored with the release for free replays."""
     @_builtins.property
     def dataset(self) -> _dataset_pb2.DatasetDescriptor:
         """The dataset."""
@@ -63,10 +66,11 @@ class ExecuteQueryTask(_message.Message):
         query: _query_pb2.Query | None = ...,
         cost: _privacy_pb2.PrivacyLoss | None = ...,
         submit_time: _timestamp_pb2.Timestamp | None = ...,
+        fingerprint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "dataset", b"dataset", "query", b"query", "submit_time", b"submit_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "dataset", b"dataset", "query", b"query", "query_id", b"query_id", "submit_time", b"submit_time", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "dataset", b"dataset", "fingerprint", b"fingerprint", "query", b"query", "query_id", b"query_id", "submit_time", b"submit_time", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
