@@ -97,6 +97,16 @@ class BudgetExhausted(LomasError):
     reason = "PRIVACY_BUDGET_EXHAUSTED"
 
 
+class RateLimited(LomasError):
+    code = Code.RESOURCE_EXHAUSTED
+    reason = "RATE_LIMITED"
+
+
+class TooManyConcurrentQueries(LomasError):
+    code = Code.RESOURCE_EXHAUSTED
+    reason = "TOO_MANY_CONCURRENT_QUERIES"
+
+
 class FailedPrecondition(LomasError):
     code = Code.FAILED_PRECONDITION
     reason = "FAILED_PRECONDITION"

@@ -25,12 +25,23 @@ def grpc_code(error: LomasError) -> grpc.StatusCode:
     return _GRPC_CODES[error.code]
 
 
+# Statuses travel in HTTP/2 trailers (about 8 KiB in all): messages may echo caller input (a name),
+# so both are capped here, once, for every error.
+MAX_MESSAGE_CHARS = 1024
+MAX_METADATA_VALUE_CHARS = 256
+
+
+def _capped(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def to_status(error: LomasError) -> status_pb2.Status:
     """A domain error as a `google.rpc.Status` with its ErrorInfo (and RetryInfo when it has one)."""
     details = []
-    info = error_details_pb2.ErrorInfo(
-        reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
-    )
+    metadata = {
+        _capped(k, 64): _capped(v, MAX_METADATA_VALUE_CHARS) for k, v in error.metadata.items()
+    }
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata)
     packed = any_pb2.Any()
     packed.Pack(info)
     details.append(packed)
@@ -45,7 +56,9 @@ def to_status(error: LomasError) -> status_pb2.Status:
         packed_retry.Pack(retry)
         details.append(packed_retry)
     return status_pb2.Status(
-        code=getattr(code_pb2, error.code.value), message=error.message, details=details
+        code=getattr(code_pb2, error.code.value),
+        message=_capped(error.message, MAX_MESSAGE_CHARS),
+        details=details,
     )
 
 
