@@ -17,6 +17,7 @@ for p in "${packages[@]}"; do editables+=(-e "$p"); done
 "${pip[@]}" install -c constraints.txt --no-build-isolation "${editables[@]}"
 if [ "${1:-}" = "--dev" ]; then
   "${pip[@]}" install -c constraints.txt -r requirements-dev.txt
+  scripts/setup-envoy.sh
   if [ ! -x node_modules/.bin/buf ]; then
     # npm ci refuses a lock that records only this platform's optional buf binary; install
     # exactly what package-lock.json pins, without rewriting it.

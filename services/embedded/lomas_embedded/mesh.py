@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +39,14 @@ class MeshConfig:
     bootstrap_admin: str = ""
     worker_count: int = 1
     worker_concurrency: int = 2
+    # Workers of the heavy queue (DP ML, synthetic data); the `worker-N` ones consume the light one.
+    heavy_worker_count: int = 0
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Gateway authentication (lomas_gateway.settings.AuthSettings). Unset keeps the gateway's default:
+    # `jwt` mode against `jwks` (the embedded default's development JWKS file). An empty `jwks` in
+    # `jwt` mode means OIDC discovery from `issuer`; `envoy` mode trusts an Envoy sidecar's claims.
+    auth_mode: str = ""
+    gateway_env: dict[str, str] = field(default_factory=dict)  # e.g. LOMAS_JWKS_MAX_AGE_SECONDS
 
 
 @dataclass
@@ -93,7 +101,11 @@ class Mesh:
         self.processes.append(service)
         return service
 
-    def start_service(self, name: str) -> ServiceProcess:
+    def start_service(
+        self, name: str, *, listen: str = "", gateway_env: Mapping[str, str] | None = None
+    ) -> ServiceProcess:
+        """Start one service. A gateway may be named `gateway-...` to run beside the main one, with its
+        own `listen` address and `gateway_env` (for example another LOMAS_AUTH_MODE)."""
         env = self._common_env()
         if name == "admin":
             env |= {
@@ -114,14 +126,22 @@ class Mesh:
         if name.startswith("worker"):
             env |= {"LOMAS_WORKER_CONCURRENCY": str(self.config.worker_concurrency)}
             return self._spawn(name, "lomas_executor.worker", "", env)
-        if name == "gateway":
+        if name.startswith("heavy-worker"):
+            env |= {"LOMAS_WORKER_CONCURRENCY": "1", "LOMAS_WORKER_QUEUES": "heavy"}
+            return self._spawn(name, "lomas_executor.worker", "", env)
+        if name == "gateway" or name.startswith("gateway-"):
+            target = listen or self.gateway_target
             env |= {
-                "LOMAS_LISTEN": self.gateway_target,
+                "LOMAS_LISTEN": target,
                 "LOMAS_JWKS": self.config.jwks,
                 "LOMAS_JWT_ISSUER": self.config.issuer,
                 "LOMAS_JWT_AUDIENCE": self.config.audience,
             }
-            return self._spawn(name, "lomas_gateway.main", self.gateway_target, env)
+            if self.config.auth_mode:
+                env["LOMAS_AUTH_MODE"] = self.config.auth_mode
+            env |= self.config.gateway_env
+            env |= gateway_env or {}
+            return self._spawn(name, "lomas_gateway.main", target, env)
         raise ValueError(f"unknown service {name}")
 
     def start(self, timeout: float = 60.0) -> Mesh:
@@ -129,6 +149,8 @@ class Mesh:
             backends = [self.start_service(n) for n in ("admin", "budget", "executor")]
             for index in range(self.config.worker_count):
                 self.start_service(f"worker-{index}")
+            for index in range(self.config.heavy_worker_count):
+                self.start_service(f"heavy-worker-{index}")
             for service in backends:
                 self.wait_healthy(service, timeout)
             self.wait_healthy(self.start_service("gateway"), timeout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from lomas.gateway.v1 import admin_pb2_grpc, gateway_pb2_grpc
 from lomas_common.queue import make_celery_app
@@ -14,10 +15,12 @@ from lomas_common.server import (
     start_server,
 )
 from lomas_gateway.api import AdminServicer, GatewayServicer
-from lomas_gateway.auth import BearerAuthenticator, JwksKeys, JwtVerifier
+from lomas_gateway.auth import make_authenticator
 from lomas_gateway.completion import CompletionWaiter
 from lomas_gateway.lifecycle import Peers, QueryLifecycle
 from lomas_gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
 
 
 class Gateway:
@@ -33,11 +36,7 @@ class Gateway:
     async def start(self) -> RunningServer:
         await self.waiter.start()
         lifecycle = QueryLifecycle(self.settings, self.peers, self.celery, self.waiter)
-        verifier = JwtVerifier(
-            JwksKeys(self.settings.jwks),
-            issuer=self.settings.issuer,
-            audience=self.settings.audience,
-        )
+        log.info("authentication: %s", self.settings.auth.describe())
         self.server = await start_server(
             self.settings.server,
             [
@@ -52,7 +51,7 @@ class Gateway:
                     "lomas.gateway.v1.AdminService",
                 ),
             ],
-            authenticator=BearerAuthenticator(verifier),
+            authenticator=make_authenticator(self.settings.auth),
         )
         return self.server
 
