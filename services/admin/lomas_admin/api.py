@@ -113,3 +113,19 @@ class AdminStoreServicer(admin_store_pb2_grpc.AdminStoreServiceServicer):
         return admin_store_pb2.FindReleasedQueryResponse(
             found=True, query=convert.archive_to_proto(record)
         )
+
+    async def RecordAuditEvent(self, request, context):  # type: ignore[no-untyped-def]
+        await asyncio.to_thread(
+            self._store.record_audit_event, convert.audit_from_proto(request.event)
+        )
+        return admin_store_pb2.RecordAuditEventResponse()
+
+    async def ListAuditEvents(self, request, context):  # type: ignore[no-untyped-def]
+        offset, limit = page_bounds(request.page_size, request.page_token)
+        events, more = await asyncio.to_thread(
+            self._store.list_audit_events, request.actor, offset, limit
+        )
+        return admin_store_pb2.ListAuditEventsResponse(
+            events=[convert.audit_to_proto(e) for e in events],
+            next_page_token=next_page_token(offset, len(events), has_more=more),
+        )

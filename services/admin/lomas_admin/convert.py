@@ -7,9 +7,9 @@ import json
 
 from google.protobuf import json_format
 
-from lomas.admin.v1 import resources_pb2
+from lomas.admin.v1 import admin_store_pb2, resources_pb2
 from lomas.common.v1 import archive_pb2, dataset_pb2, query_pb2
-from lomas_admin.store import ArchiveRecord, DatasetRecord, GrantRecord, UserRecord
+from lomas_admin.store import ArchiveRecord, AuditRecord, DatasetRecord, GrantRecord, UserRecord
 from lomas_common.convert import (
     DEFINITION_TO_PROTO,
     metadata_from_json,
@@ -135,4 +135,26 @@ def archive_to_proto(record: ArchiveRecord) -> archive_pb2.ArchivedQuery:
         submit_time=timestamp_from_datetime(record.submitted_at),
         complete_time=timestamp_from_datetime(record.completed_at),
         fingerprint=record.fingerprint,
+    )
+
+
+def audit_from_proto(event: admin_store_pb2.AuditEvent) -> AuditRecord:
+    return AuditRecord(
+        time=event.time.ToDatetime(tzinfo=dt.UTC),
+        actor=event.actor,
+        method=event.method,
+        request_json=event.request_json,
+        code=event.code,
+        reason=event.reason,
+    )
+
+
+def audit_to_proto(record: AuditRecord) -> admin_store_pb2.AuditEvent:
+    return admin_store_pb2.AuditEvent(
+        time=timestamp_from_datetime(record.time),
+        actor=record.actor,
+        method=record.method,
+        request_json=record.request_json,
+        code=record.code,
+        reason=record.reason,
     )

@@ -87,6 +87,18 @@ class ArchiveRecord:
 
 
 @dataclass(frozen=True)
+class AuditRecord:
+    """One call to the public API: who, what, and how it ended."""
+
+    time: dt.datetime
+    actor: str
+    method: str
+    request_json: str
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Access:
     user: UserRecord
     grant: GrantRecord
@@ -116,6 +128,11 @@ def schema(db: Database) -> list[str]:
             fingerprint TEXT NOT NULL DEFAULT '')""",
         "CREATE INDEX IF NOT EXISTS archive_by_user ON archive (user_name, dataset, submitted_at)",
         "CREATE INDEX IF NOT EXISTS archive_by_fingerprint ON archive (user_name, fingerprint)",
+        f"""CREATE TABLE IF NOT EXISTS audit_log (
+            id {"BIGSERIAL" if db.dialect == "postgresql" else "INTEGER"} PRIMARY KEY,
+            time TEXT NOT NULL, actor TEXT NOT NULL, method TEXT NOT NULL,
+            request_json TEXT NOT NULL, code TEXT NOT NULL, reason TEXT NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS audit_by_actor ON audit_log (actor, id)",
     ]
 
 
@@ -459,3 +476,43 @@ class AdminStore:
                 (*params, limit + 1, offset),
             )
         return [_archive(r) for r in rows[:limit]], len(rows) > limit
+
+    # Audit trail --------------------------------------------------------------------------------
+
+    def record_audit_event(self, event: AuditRecord) -> None:
+        """Append one event; the trail is append-only (no update or delete path exists)."""
+        with self._db.transaction() as tx:
+            tx.execute(
+                "INSERT INTO audit_log (time, actor, method, request_json, code, reason)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    _stamp(event.time),
+                    event.actor,
+                    event.method,
+                    event.request_json,
+                    event.code,
+                    event.reason,
+                ),
+            )
+
+    def list_audit_events(
+        self, actor: str, offset: int, limit: int
+    ) -> tuple[list[AuditRecord], bool]:
+        where, params = ("WHERE actor = ?", (actor,)) if actor else ("", ())
+        with self._db.transaction(readonly=True) as tx:
+            rows = tx.fetchall(
+                f"SELECT * FROM audit_log {where} ORDER BY id DESC LIMIT ? OFFSET ?",
+                (*params, limit + 1, offset),
+            )
+        events = [
+            AuditRecord(
+                time=_parse_stamp(r["time"]),
+                actor=r["actor"],
+                method=r["method"],
+                request_json=r["request_json"],
+                code=r["code"],
+                reason=r["reason"],
+            )
+            for r in rows[:limit]
+        ]
+        return events, len(rows) > limit

@@ -61,28 +61,52 @@ class ServiceTokenAuthenticator(Authenticator):
             )
 
 
+@dataclass(frozen=True)
+class CallOutcome:
+    """How one call ended, for observers such as an audit trail (code name, ErrorInfo reason)."""
+
+    method: str
+    request: Any
+    code: str
+    reason: str
+
+
+Observer = Callable[[CallOutcome], Awaitable[None]]
+
+
 def _wrap_unary(
     behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
     method: str,
     authenticator: Authenticator | None,
+    observer: Observer | None,
 ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         request_id_var.set(metadata.get(REQUEST_ID_HEADER) or uuid.uuid4().hex)
+        code, reason = "OK", ""
         try:
             if authenticator is not None:
                 await authenticator.authenticate(method, metadata)
             return await behavior(request, context)
         except LomasError as error:
-            log.info("%s refused: %s %s", method, error.code.value, error.reason)
+            code, reason = error.code.value, error.reason
+            log.info("%s refused: %s %s", method, code, reason)
             await context.abort_with_status(_rich_status(to_status(error)))
         except asyncio.CancelledError:
+            code, reason = "CANCELLED", ""
             raise
         except Exception as error:
             if isinstance(error, grpc.aio.AbortError):
                 raise
+            code, reason = "INTERNAL", "INTERNAL"
             log.exception("%s failed (request %s)", method, request_id_var.get())
             await context.abort_with_status(_rich_status(internal_status()))
+        finally:
+            if observer is not None and not method.startswith("/grpc."):
+                try:
+                    await observer(CallOutcome(method, request, code, reason))
+                except Exception:
+                    log.exception("observer failed for %s", method)
 
     return handler
 
@@ -94,8 +118,9 @@ def _rich_status(status: status_pb2.Status) -> grpc.Status:
 class _EdgeInterceptor(grpc.aio.ServerInterceptor):
     """Request id, authentication and error mapping around every unary-unary handler."""
 
-    def __init__(self, authenticator: Authenticator | None) -> None:
+    def __init__(self, authenticator: Authenticator | None, observer: Observer | None) -> None:
         self._authenticator = authenticator
+        self._observer = observer
 
     async def intercept_service(
         self,
@@ -107,7 +132,7 @@ class _EdgeInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method = handler_call_details.method
         return grpc.unary_unary_rpc_method_handler(
-            _wrap_unary(handler.unary_unary, method, self._authenticator),
+            _wrap_unary(handler.unary_unary, method, self._authenticator, self._observer),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -143,6 +168,7 @@ async def start_server(
     *,
     authenticator: Authenticator | None = None,
     credentials: grpc.ServerCredentials | None = None,
+    observer: Observer | None = None,
 ) -> RunningServer:
     """Build, bind and start a server (port 0 picks a free port; see `RunningServer.port`)."""
     if authenticator is None and settings.service_token:
@@ -154,7 +180,7 @@ async def start_server(
     ]
     interceptors: list[grpc.aio.ServerInterceptor] = [
         *server_interceptors(settings.otel_exporter),
-        _EdgeInterceptor(authenticator),
+        _EdgeInterceptor(authenticator, observer),
     ]
     server = grpc.aio.server(interceptors=interceptors, options=options)
     for service in services:

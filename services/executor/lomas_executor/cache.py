@@ -1,8 +1,11 @@
 """A thread-safe LRU cache bounded by bytes, for loaded datasets.
 
 Entries are keyed by (dataset name, version): a new version of a dataset is a new key, and the old
-one ages out. A value holds the Arrow table and what the engines prepare from it (the SQLite copy
-that smartnoise-sql queries), because preparing is the expensive part (~6.5 s per million rows).
+one ages out (and `invalidate_dataset` drops every version of a name at once). A value holds the
+Arrow table and what each engine prepares from it, on first use by that engine: the SQLite copy that
+smartnoise-sql queries (the expensive part, ~6.5 s per million rows), the Polars frame and the CSV
+text that OpenDP reads. A preparation grows its entry: the cache re-measures it (`refresh`) and
+evicts others to stay under its byte budget.
 
 Concurrent misses for the same key load once: the first caller loads (outside the cache lock, so
 other keys stay served), the others wait for its result or its exception. Failed loads are not
@@ -23,21 +26,58 @@ from lomas_executor.smartnoise_sql import SqliteTableReader
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+P = TypeVar("P")
+
+SQL_READER = "smartnoise_sql"  # the name of smartnoise-sql's preparation
 
 DatasetKey = tuple[str, int]  # (dataset name, version)
 
 
-@dataclass(frozen=True, slots=True)
 class LoadedDataset:
-    """One dataset version in memory: the Arrow table and the smartnoise-sql reader built on it."""
+    """One dataset version in memory: the Arrow table and what each engine prepared from it."""
 
-    table: pa.Table
-    sql_reader: SqliteTableReader
+    def __init__(self, table: pa.Table, sql_reader: SqliteTableReader | None = None) -> None:
+        self.table = table
+        self._lock = threading.Lock()
+        self._prepared: dict[str, tuple[object, int]] = {}
+        self._building: dict[str, threading.Lock] = {}
+        if sql_reader is not None:
+            self._prepared[SQL_READER] = (sql_reader, sql_reader.nbytes)
+
+    def prepared(self, name: str, build: Callable[[pa.Table], P], size_of: Callable[[P], int]) -> P:
+        """What engine `name` prepares from the table, built once (concurrent callers wait)."""
+        with self._lock:
+            entry = self._prepared.get(name)
+            if entry is not None:
+                return entry[0]  # type: ignore[return-value]
+            building = self._building.setdefault(name, threading.Lock())
+        with building:
+            with self._lock:
+                entry = self._prepared.get(name)
+            if entry is not None:
+                return entry[0]  # type: ignore[return-value]
+            value = build(self.table)
+            with self._lock:
+                self._prepared[name] = (value, int(size_of(value)))
+            return value
+
+    def has(self, name: str) -> bool:
+        with self._lock:
+            return name in self._prepared
+
+    @property
+    def sql_reader(self) -> SqliteTableReader:
+        with self._lock:
+            entry = self._prepared.get(SQL_READER)
+        if entry is None:
+            raise LookupError("the smartnoise-sql reader is not prepared")
+        return entry[0]  # type: ignore[return-value]
 
     @property
     def nbytes(self) -> int:
-        """Memory estimate: the Arrow buffers plus the measured size of the SQLite copy."""
-        return int(self.table.nbytes) + self.sql_reader.nbytes
+        """Memory estimate: the Arrow buffers plus the measured size of each preparation."""
+        with self._lock:
+            return int(self.table.nbytes) + sum(size for _, size in self._prepared.values())
 
 
 @dataclass
@@ -129,6 +169,34 @@ class ByteLruCache(Generic[K, V]):
             if entry is not None:
                 self._bytes -= entry[1]
 
+    def invalidate_where(self, predicate: Callable[[K], bool]) -> int:
+        """Drop every entry whose key matches; returns how many were dropped."""
+        with self._lock:
+            doomed = [key for key in self._entries if predicate(key)]
+            for key in doomed:
+                self._bytes -= self._entries.pop(key)[1]
+            return len(doomed)
+
+    def refresh(self, key: K) -> None:
+        """Re-measure `key`'s value (it grew in place) and evict others to fit the byte budget.
+
+        A value that alone exceeds the budget is dropped from the cache (its users keep it).
+        """
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return
+            size = self._size_of(entry[0])
+            self._bytes += size - entry[1]
+            if size > self._max_bytes:
+                del self._entries[key]
+                self._bytes -= size
+                self._evictions += 1
+                return
+            self._entries[key] = (entry[0], size)
+            self._entries.move_to_end(key)
+            self._evict_over_budget()
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
@@ -162,3 +230,9 @@ class DatasetCache(ByteLruCache[DatasetKey, LoadedDataset]):
 
     def __init__(self, max_bytes: int) -> None:
         super().__init__(max_bytes, size_of=lambda loaded: loaded.nbytes)
+
+    def invalidate_dataset(self, name: str, *, older_than: int | None = None) -> int:
+        """Drop the cached versions of dataset `name` (only those below `older_than` if given)."""
+        return self.invalidate_where(
+            lambda key: key[0] == name and (older_than is None or key[1] < older_than)
+        )

@@ -10,12 +10,18 @@ from lomas_common.errors import InvalidArgument, InvalidQuery
 from lomas_common.privacy import PrivacyValueError, parse_decimal
 from lomas_executor.engine import DatasetRef, Query
 from lomas_executor.metadata import DatasetMetadata
+from lomas_executor.opendp_queries import OpenDpMeasurementQuery, OpenDpPolarsQuery
 from lomas_executor.smartnoise_sql import SmartnoiseSqlQuery
 from lomas_executor.sources import DataFormat, DataSource
 
 _FORMATS = {
     dataset_pb2.DATA_FORMAT_CSV: DataFormat.CSV,
     dataset_pb2.DATA_FORMAT_PARQUET: DataFormat.PARQUET,
+}
+_MECHANISMS = {
+    query_pb2.OPEN_DP_MECHANISM_UNSPECIFIED: "laplace",
+    query_pb2.OPEN_DP_MECHANISM_LAPLACE: "laplace",
+    query_pb2.OPEN_DP_MECHANISM_GAUSSIAN: "gaussian",
 }
 
 
@@ -80,4 +86,40 @@ def query_from_proto(query: query_pb2.Query) -> Query:
             mechanisms=dict(sql.mechanisms),
             postprocess=sql.postprocess,
         )
+    if kind == "opendp":
+        return _opendp_from_proto(query.opendp)
     raise InvalidQuery("query must be set")
+
+
+def _opendp_from_proto(
+    query: query_pb2.OpenDpQuery,
+) -> OpenDpMeasurementQuery | OpenDpPolarsQuery:
+    try:
+        fixed_delta = (
+            parse_decimal(query.fixed_delta, name="fixed_delta") if query.fixed_delta else None
+        )
+    except PrivacyValueError as error:
+        raise InvalidQuery(str(error)) from None
+    form = query.WhichOneof("pipeline")
+    if form == "measurement_json":
+        return OpenDpMeasurementQuery(query.measurement_json, fixed_delta=fixed_delta)
+    if form == "polars":
+        polars = query.polars
+        if polars.mechanism not in _MECHANISMS:
+            raise InvalidQuery("unknown OpenDP mechanism")
+        try:
+            scale = (
+                float(parse_decimal(polars.global_scale, name="global_scale"))
+                if polars.global_scale
+                else None
+            )
+        except PrivacyValueError as error:
+            raise InvalidQuery(str(error)) from None
+        return OpenDpPolarsQuery(
+            plan_json=polars.plan_json,
+            mechanism=_MECHANISMS[polars.mechanism],  # type: ignore[arg-type]
+            global_scale=scale,
+            threshold=polars.threshold or None,
+            fixed_delta=fixed_delta,
+        )
+    raise InvalidQuery("an OpenDP query needs a measurement or a Polars plan")

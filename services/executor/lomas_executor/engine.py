@@ -1,30 +1,41 @@
 """The executor's facade: what the gRPC servicer and the Celery worker call.
 
-`QueryEngine` dispatches on the query's type (only `SmartnoiseSqlQuery` today; OpenDP and others add
-a `case`), loads datasets through the byte-bounded cache, and keeps the phases honest:
+`QueryEngine` dispatches on the query's type (SmartNoise-SQL, OpenDP measurement, OpenDP Polars),
+loads datasets through the byte-bounded cache, and keeps the phases honest:
 
 * `estimate_cost`, `dummy_frame` and `run_dummy` never touch the real data;
 * `run` validates the query before loading anything, so an invalid query fails with QUERY_INVALID
-  and no data access; after loading, failures are QUERY_EXECUTION_FAILED without data values.
+  (or a more specific refusal) and no data access; after loading, failures are
+  QUERY_EXECUTION_FAILED without data values.
+
+A loaded dataset is the Arrow table plus what each engine prepares from it, built on the engine's
+first query and kept with the table in the cache. Loading version N of a dataset drops its older
+versions from the cache, table and preparations alike.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import pandas as pd
+import polars as pl
 
 from lomas_common.errors import InvalidQuery
 from lomas_common.privacy import PrivacyLoss
-from lomas_executor import smartnoise_sql
-from lomas_executor.cache import DatasetCache, LoadedDataset
+from lomas_executor import opendp_queries, smartnoise_sql
+from lomas_executor.cache import SQL_READER, DatasetCache, LoadedDataset
 from lomas_executor.dummy import make_dummy_frame
 from lomas_executor.metadata import DatasetMetadata
+from lomas_executor.opendp_queries import OpenDpMeasurementQuery, OpenDpPolarsQuery
 from lomas_executor.smartnoise_sql import SmartnoiseSqlQuery
-from lomas_executor.sources import DataFormat, DataSource, load_table
+from lomas_executor.sources import DataFormat, DataSource, S3Secrets, load_table
 
 # Every query kind the engine runs. Add new dataclasses here and a `case` in each dispatch below.
-Query = SmartnoiseSqlQuery
+Query = SmartnoiseSqlQuery | OpenDpMeasurementQuery | OpenDpPolarsQuery
+
+OPENDP_CSV = "opendp_csv"
+OPENDP_POLARS = "opendp_polars"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,14 +50,21 @@ class DatasetRef:
 
 
 class QueryEngine:
-    def __init__(self, cache: DatasetCache) -> None:
+    def __init__(self, cache: DatasetCache, s3_secrets: S3Secrets | None = None) -> None:
         self._cache = cache
+        self._s3_secrets = s3_secrets or S3Secrets()
+
+    @property
+    def cache(self) -> DatasetCache:
+        return self._cache
 
     def estimate_cost(self, query: Query, dataset: DatasetRef) -> PrivacyLoss:
         """The privacy loss `query` will be charged (rounded up); validates it; no data access."""
         match query:
             case SmartnoiseSqlQuery():
                 return smartnoise_sql.estimate_cost(query, dataset.metadata)
+            case OpenDpMeasurementQuery() | OpenDpPolarsQuery():
+                return opendp_queries.estimate_cost(query, dataset.metadata).as_cost()
             case _:
                 raise _unsupported(query)
 
@@ -56,36 +74,95 @@ class QueryEngine:
 
     def run_dummy(self, query: Query, dataset: DatasetRef, rows: int, seed: int) -> pd.DataFrame:
         """Run `query` on seeded dummy data (free: the caller reports the real cost separately)."""
+        metadata = dataset.metadata
         match query:
             case SmartnoiseSqlQuery():
-                smartnoise_sql.estimate_cost(query, dataset.metadata)  # validate before building
-                frame = make_dummy_frame(dataset.metadata, rows, seed)
-                prepared = smartnoise_sql.prepare_reader(frame, dataset.metadata)
-                return smartnoise_sql.execute(query, prepared, dataset.metadata, validated=True)
+                smartnoise_sql.estimate_cost(query, metadata)  # validate before building
+                frame = make_dummy_frame(metadata, rows, seed)
+                prepared = smartnoise_sql.prepare_reader(frame, metadata)
+                return smartnoise_sql.execute(query, prepared, metadata, validated=True)
+            case OpenDpMeasurementQuery():
+                measurement = opendp_queries.build_measurement(query, metadata)  # validate first
+                table = opendp_queries.dummy_table(make_dummy_frame(metadata, rows, seed), metadata)
+                text = opendp_queries.prepare_csv(table, metadata)
+                return opendp_queries.execute(query, text, metadata, measurement)
+            case OpenDpPolarsQuery():
+                measurement = opendp_queries.build_measurement(query, metadata)
+                table = opendp_queries.dummy_table(make_dummy_frame(metadata, rows, seed), metadata)
+                frame = opendp_queries.prepare_polars(table, metadata)
+                return opendp_queries.execute(query, frame, metadata, measurement)
             case _:
                 raise _unsupported(query)
 
     def run(self, query: Query, dataset: DatasetRef) -> pd.DataFrame:
         """Run `query` on the real data and return its DP release."""
+        metadata = dataset.metadata
         match query:
             case SmartnoiseSqlQuery():
-                smartnoise_sql.estimate_cost(query, dataset.metadata)  # fail before loading data
-                loaded = self.load(dataset)
-                return smartnoise_sql.execute(
-                    query, loaded.sql_reader, dataset.metadata, validated=True
-                )
+                smartnoise_sql.estimate_cost(query, metadata)  # fail before loading data
+                reader = cast(smartnoise_sql.SqliteTableReader, self.prepared(dataset, SQL_READER))
+                return smartnoise_sql.execute(query, reader, metadata, validated=True)
+            case OpenDpMeasurementQuery():
+                measurement = opendp_queries.build_measurement(query, metadata)  # before loading
+                text = cast(str, self.prepared(dataset, OPENDP_CSV))
+                return opendp_queries.execute(query, text, metadata, measurement)
+            case OpenDpPolarsQuery():
+                measurement = opendp_queries.build_measurement(query, metadata)
+                frame = cast(pl.DataFrame, self.prepared(dataset, OPENDP_POLARS))
+                return opendp_queries.execute(query, frame, metadata, measurement)
             case _:
                 raise _unsupported(query)
 
     def load(self, dataset: DatasetRef) -> LoadedDataset:
-        """The dataset's table and prepared readers, from the cache or loaded once."""
+        """The dataset's table (and what engines prepared from it), from the cache or loaded once."""
+        key = (dataset.name, dataset.version)
 
         def load() -> LoadedDataset:
-            table = load_table(dataset.source, dataset.fmt, schema=dataset.metadata.arrow_schema())
-            reader = smartnoise_sql.prepare_reader(table, dataset.metadata)
-            return LoadedDataset(table=table, sql_reader=reader)
+            table = load_table(
+                dataset.source,
+                dataset.fmt,
+                schema=dataset.metadata.arrow_schema(),
+                s3_secrets=self._s3_secrets,
+            )
+            # A new version replaces the old ones: drop their tables and preparations now.
+            self._cache.invalidate_dataset(dataset.name, older_than=dataset.version)
+            return LoadedDataset(table)
 
-        return self._cache.get_or_load((dataset.name, dataset.version), load)
+        return self._cache.get_or_load(key, load)
+
+    def prepared(self, dataset: DatasetRef, engine: str) -> object:
+        """What `engine` needs from the dataset, prepared once per dataset version and cached."""
+        loaded = self.load(dataset)
+        metadata = dataset.metadata
+        fresh = not loaded.has(engine)
+        if engine == SQL_READER:
+            value: object = loaded.prepared(
+                engine,
+                lambda table: smartnoise_sql.prepare_reader(table, metadata),
+                lambda reader: reader.nbytes,
+            )
+        elif engine == OPENDP_CSV:
+            value = loaded.prepared(
+                engine,
+                lambda table: opendp_queries.prepare_csv(table, metadata),
+                lambda text: len(text),
+            )
+        elif engine == OPENDP_POLARS:
+            value = loaded.prepared(
+                engine,
+                lambda table: opendp_queries.prepare_polars(table, metadata),
+                _polars_nbytes,
+            )
+        else:
+            raise ValueError(f"unknown engine {engine!r}")
+        if fresh:
+            self._cache.refresh((dataset.name, dataset.version))
+        return value
+
+
+def _polars_nbytes(frame: pl.DataFrame) -> int:
+    # Polars shares the Arrow buffers where it can; count its estimate anyway (an upper bound).
+    return int(frame.estimated_size())
 
 
 def _unsupported(query: object) -> InvalidQuery:

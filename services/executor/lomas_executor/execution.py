@@ -7,6 +7,11 @@
 
 Only then does Celery acknowledge the task (acks_late), so a worker killed at any point leaves a task
 that is redelivered and finishes the same steps without drawing new noise for a stored release.
+
+Deliveries are counted in Redis: a query whose earlier delivery hit the hard time limit is recorded
+as QUERY_TIMEOUT, and one that has already killed its worker `max_attempts` times (a crash, the
+memory limit) as QUERY_EXECUTION_FAILED, without running it again. Both keep the charge: the data
+was accessed. Their messages carry no data values.
 """
 
 from __future__ import annotations
@@ -22,16 +27,34 @@ from lomas.budget.v1 import budget_pb2, budget_pb2_grpc
 from lomas.common.v1 import archive_pb2
 from lomas.executor.v1 import task_pb2
 from lomas_common.convert import now_timestamp
-from lomas_common.errors import InvalidQuery, LomasError
+from lomas_common.errors import LomasError
 from lomas_common.peers import SyncPeer
+from lomas_common.queue import QueueSettings
 from lomas_common.rpc_errors import RemoteError
 from lomas_executor import convert
 from lomas_executor.arrow_ipc import frame_to_ipc
 from lomas_executor.cache import DatasetCache
 from lomas_executor.engine import QueryEngine
+from lomas_executor.failures import caused_by, chain_names
 from lomas_executor.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
+
+
+def count_delivery(
+    client: redis.Redis, queue: QueueSettings, query_id: str, retries: int = 0
+) -> int:
+    """Count one delivery of a query's task and return its number (1 for the first).
+
+    Deliveries are counted per Celery retry number: a retry after a backend outage is a new series,
+    while a redelivery after a dead worker (a crash, the memory or time limit) repeats the series.
+    """
+    key = queue.attempts_key(query_id)
+    with client.pipeline() as pipe:
+        pipe.hincrby(key, str(retries), 1)
+        pipe.expire(key, 7 * 24 * 3600)
+        count, _ = pipe.execute()
+    return int(count)
 
 
 class QueryRunner:
@@ -39,7 +62,9 @@ class QueryRunner:
 
     def __init__(self, settings: WorkerSettings) -> None:
         self._settings = settings
-        self._engine = QueryEngine(DatasetCache(max_bytes=settings.cache_bytes))
+        self._engine = QueryEngine(
+            DatasetCache(max_bytes=settings.cache_bytes), s3_secrets=settings.s3_secrets
+        )
         self._admin = SyncPeer(
             settings.admin_target, admin_store_pb2_grpc.AdminStoreServiceStub, settings.peers
         )
@@ -48,9 +73,17 @@ class QueryRunner:
         )
         self._redis = redis.Redis.from_url(settings.queue.broker_url)
 
-    def execute(self, task_json: str) -> None:
+    def execute(
+        self, task_json: str, *, attempt: int | None = None, first_delivery: bool = False
+    ) -> None:
+        """Run one delivery of a task; `attempt` is its delivery number (counted here if None).
+
+        `first_delivery` says that no delivery of this query id was ever counted before this one
+        (`count_delivery` returned 1 for retry 0): no outcome can be stored yet, since every run
+        is counted before it starts, so the archive lookup is skipped.
+        """
         task = json_format.Parse(task_json, task_pb2.ExecuteQueryTask())
-        if self._stored(task.query_id) is None:
+        if first_delivery or self._stored(task.query_id) is None:
             try:
                 self._budget.call(
                     "MarkReservationAccessed",
@@ -66,7 +99,9 @@ class QueryRunner:
                     )
                     return
                 raise
-            outcome = self._run(task)
+            if attempt is None:
+                attempt = count_delivery(self._redis, self._settings.queue, task.query_id)
+            outcome = self._attempt(task, attempt)
             self._admin.call(
                 "RecordQueryResult", admin_store_pb2.RecordQueryResultRequest(query=outcome)
             )
@@ -85,9 +120,40 @@ class QueryRunner:
                 return None
             raise
 
-    def _run(self, task: task_pb2.ExecuteQueryTask) -> archive_pb2.ArchivedQuery:
-        """Run the query; any failure becomes a stored outcome that carries no data values."""
-        outcome = archive_pb2.ArchivedQuery(
+    @property
+    def engine(self) -> QueryEngine:
+        return self._engine
+
+    def _attempt(self, task: task_pb2.ExecuteQueryTask, attempt: int) -> archive_pb2.ArchivedQuery:
+        """Run the query, unless earlier deliveries show it cannot finish (then record why)."""
+        timed_out = self._redis.exists(self._settings.queue.timed_out_key(task.query_id))
+        if timed_out:
+            log.warning("query %s hit the hard time limit; recorded as timed out", task.query_id)
+            outcome = self._new_outcome(task)
+            self._fail(
+                outcome, "QUERY_TIMEOUT", "the query exceeded its time limit; its cost is charged"
+            )
+        elif int(attempt) > self._settings.max_attempts:
+            log.warning(
+                "query %s stopped its worker %d times; recorded as failed",
+                task.query_id,
+                int(attempt) - 1,
+            )
+            outcome = self._new_outcome(task)
+            self._fail(
+                outcome,
+                "QUERY_EXECUTION_FAILED",
+                f"the query stopped its worker {int(attempt) - 1} times (a crash or the memory "
+                "limit); its cost is charged",
+            )
+        else:
+            return self._run(task)
+        outcome.complete_time.CopyFrom(now_timestamp())
+        return outcome
+
+    @staticmethod
+    def _new_outcome(task: task_pb2.ExecuteQueryTask) -> archive_pb2.ArchivedQuery:
+        return archive_pb2.ArchivedQuery(
             query_id=task.query_id,
             user=task.user,
             dataset=task.dataset.name,
@@ -96,29 +162,52 @@ class QueryRunner:
             submit_time=task.submit_time,
             fingerprint=task.fingerprint,
         )
+
+    def _run(self, task: task_pb2.ExecuteQueryTask) -> archive_pb2.ArchivedQuery:
+        """Run the query; any failure becomes a stored outcome that carries no data values."""
+        outcome = self._new_outcome(task)
         try:
             dataset = convert.dataset_from_proto(task.dataset)
             query = convert.query_from_proto(task.query)
             outcome.release = frame_to_ipc(self._engine.run(query, dataset))
             outcome.status = archive_pb2.QUERY_STATUS_SUCCEEDED
-        except SoftTimeLimitExceeded:
+        except BaseException as error:
+            self._record_failure(task.query_id, outcome, error)
+        outcome.complete_time.CopyFrom(now_timestamp())
+        return outcome
+
+    def _record_failure(
+        self, query_id: str, outcome: archive_pb2.ArchivedQuery, error: BaseException
+    ) -> None:
+        """The stored failure for `error`: its reason, and a message without data values.
+
+        Libraries wrap the time limit and memory errors (SQLAlchemy, pandas), so causes count too.
+        Logs name exception classes only: messages after data access may quote data.
+        """
+        if caused_by(error, SoftTimeLimitExceeded):
+            log.warning("query %s exceeded its time limit", query_id)
             self._fail(
                 outcome, "QUERY_TIMEOUT", "the query exceeded its time limit; its cost is charged"
             )
-        except InvalidQuery as error:
-            # The engine's messages describe the query, never data values.
-            self._fail(outcome, "QUERY_INVALID", error.message)
-        except LomasError as error:
+        elif caused_by(error, MemoryError):
+            log.error("query %s ran out of memory (%s)", query_id, chain_names(error))
+            self._fail(
+                outcome,
+                "QUERY_EXECUTION_FAILED",
+                "the query ran out of memory after touching the data; its cost is charged",
+            )
+        elif isinstance(error, LomasError):
+            # The engine's messages describe the query and the schema, never data values.
             self._fail(outcome, error.reason, error.message)
-        except Exception:
-            log.exception("query %s failed after data access", task.query_id)
+        elif isinstance(error, Exception):
+            log.error("query %s failed after data access (%s)", query_id, chain_names(error))
             self._fail(
                 outcome,
                 "QUERY_EXECUTION_FAILED",
                 "the query failed after touching the data; its cost is charged",
             )
-        outcome.complete_time.CopyFrom(now_timestamp())
-        return outcome
+        else:
+            raise error
 
     @staticmethod
     def _fail(outcome: archive_pb2.ArchivedQuery, reason: str, message: str) -> None:

@@ -48,6 +48,7 @@ from sqlalchemy.pool import NullPool
 
 from lomas_common.errors import ExecutionFailed, FailedPrecondition, InvalidQuery
 from lomas_common.privacy import PrivacyLoss, PrivacyValueError, parse_decimal
+from lomas_executor.failures import chain_names
 from lomas_executor.metadata import TABLE_NAME, DatasetMetadata
 
 _log = logging.getLogger(__name__)
@@ -235,7 +236,7 @@ def execute(
         return pd.DataFrame(result[1:], columns=result[0])
     except Exception as exc:
         # Data was read: whatever failed, report only the exception class (logs keep the details).
-        _log.warning("smartnoise-sql failed after reading data", exc_info=True)
+        _log.warning("smartnoise-sql failed after reading data (%s)", chain_names(exc))
         raise ExecutionFailed(
             f"smartnoise-sql failed while running the query ({type(exc).__name__})"
         ) from None

@@ -1,10 +1,11 @@
 """Where a dataset's data lives and how to read it into an Arrow table.
 
 A `DataSource` is one of: a local path, an HTTP(S) URL, or an S3 object (bucket, key, endpoint URL
-and the *name* of credentials that the server resolves from its own secrets; never the secrets
-themselves). Local and HTTP(S) are implemented; S3 is declared so that datasets can be registered
-with it, and reading it fails with FAILED_PRECONDITION until the S3 reader (with credential
-resolution) lands.
+and the *name* of credentials). The admin store keeps only that name; the workers resolve it in
+their own secrets (`S3Secrets`, read from the file that LOMAS_S3_CREDENTIALS_FILE names: a JSON or
+YAML mapping of credentials name to `access_key_id`, `secret_access_key`, and optionally
+`session_token` and `region`). An S3 source without a credentials name uses the standard AWS chain
+of the worker (environment, instance role).
 
 Errors never carry data values nor server paths: a parse error of a CSV may quote a cell, so the
 message names only the format and the cause class.
@@ -17,19 +18,25 @@ import logging
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
+import yaml
 
 from lomas_common.errors import BackendUnavailable, FailedPrecondition, InvalidArgument
+from lomas_executor.failures import chain_names
 
 _log = logging.getLogger(__name__)
 
 HTTP_TIMEOUT_SECONDS = 60.0
 MAX_HTTP_BYTES = 4 * 1024**3
+MAX_S3_BYTES = 16 * 1024**3
+S3_TIMEOUT_SECONDS = 60.0
 
 
 class SourceKind(enum.Enum):
@@ -91,11 +98,61 @@ class DataSource:
         )
 
 
-def load_table(source: DataSource, fmt: DataFormat, *, schema: pa.Schema | None = None) -> pa.Table:
+@dataclass(frozen=True)
+class S3Credentials:
+    """One named S3 credential from the server's secrets (never stored in the admin store)."""
+
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    session_token: str = field(default="", repr=False)
+    region: str = ""
+
+
+@dataclass(frozen=True)
+class S3Secrets:
+    """The S3 credentials a worker may use, by name."""
+
+    credentials: Mapping[str, S3Credentials] = field(default_factory=dict)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> S3Secrets:
+        """Read a JSON or YAML mapping `{name: {access_key_id, secret_access_key, ...}}`."""
+        try:
+            raw: Any = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"cannot read the S3 credentials file {path}: {exc}") from None
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ValueError("the S3 credentials file must map credentials names to credentials")
+        credentials: dict[str, S3Credentials] = {}
+        for name, entry in raw.items():
+            if not isinstance(entry, dict):
+                raise ValueError(f"S3 credentials {name!r} must be a mapping")
+            try:
+                credentials[str(name)] = S3Credentials(
+                    access_key_id=str(entry["access_key_id"]),
+                    secret_access_key=str(entry["secret_access_key"]),
+                    session_token=str(entry.get("session_token") or ""),
+                    region=str(entry.get("region") or ""),
+                )
+            except KeyError as missing:
+                raise ValueError(f"S3 credentials {name!r} lack {missing}") from None
+        return cls(credentials)
+
+
+def load_table(
+    source: DataSource,
+    fmt: DataFormat,
+    *,
+    schema: pa.Schema | None = None,
+    s3_secrets: S3Secrets | None = None,
+) -> pa.Table:
     """Read the whole dataset into an Arrow table.
 
     `schema` (optional, see `DatasetMetadata.arrow_schema`) fixes the CSV column types instead of
-    letting Arrow guess them; Parquet files carry their own types.
+    letting Arrow guess them; Parquet files carry their own types. `s3_secrets` resolves the
+    credentials name of an S3 source.
     """
     if source.kind is SourceKind.LOCAL:
         path = Path(source.path)
@@ -105,7 +162,55 @@ def load_table(source: DataSource, fmt: DataFormat, *, schema: pa.Schema | None 
         return _parse(pa.memory_map(str(path), "r"), fmt, schema)
     if source.kind is SourceKind.HTTP:
         return _parse(pa.BufferReader(_fetch(source.url)), fmt, schema)
-    raise FailedPrecondition("S3 data sources are not supported by this executor yet")
+    return _parse(pa.BufferReader(_fetch_s3(source, s3_secrets or S3Secrets())), fmt, schema)
+
+
+def _fetch_s3(source: DataSource, secrets: S3Secrets) -> bytes:
+    import boto3
+    import botocore.exceptions
+    from botocore.config import Config
+
+    options: dict[str, Any] = {}
+    if source.credentials_name:
+        credentials = secrets.credentials.get(source.credentials_name)
+        if credentials is None:
+            raise FailedPrecondition(
+                f"the executor has no S3 credentials named {source.credentials_name!r}"
+            )
+        options = {
+            "aws_access_key_id": credentials.access_key_id,
+            "aws_secret_access_key": credentials.secret_access_key,
+            "aws_session_token": credentials.session_token or None,
+            "region_name": credentials.region or "us-east-1",
+        }
+    config = Config(
+        connect_timeout=S3_TIMEOUT_SECONDS,
+        read_timeout=S3_TIMEOUT_SECONDS,
+        retries={"max_attempts": 3, "mode": "standard"},
+    )
+    try:
+        client = boto3.client(
+            "s3", endpoint_url=source.endpoint_url or None, config=config, **options
+        )
+        response = client.get_object(Bucket=source.bucket, Key=source.key)
+        if int(response.get("ContentLength", 0)) > MAX_S3_BYTES:
+            raise FailedPrecondition("the dataset's S3 object is larger than the executor accepts")
+        body: bytes = response["Body"].read()
+    except botocore.exceptions.ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        _log.warning("S3 source %s/%s answered %s", source.bucket, source.key, code)
+        if status >= 500:
+            raise BackendUnavailable("the dataset's S3 store is unavailable") from None
+        if code in ("NoSuchKey", "NoSuchBucket", "404"):
+            raise FailedPrecondition("the dataset's S3 object was not found") from None
+        raise FailedPrecondition(
+            f"the dataset's S3 store refused the request ({code or status})"
+        ) from None
+    except (botocore.exceptions.BotoCoreError, OSError):
+        _log.warning("S3 source unreachable: %s", source.endpoint_url, exc_info=True)
+        raise BackendUnavailable("the dataset's S3 store is unreachable") from None
+    return body
 
 
 def _fetch(url: str) -> bytes:
@@ -137,9 +242,11 @@ def _parse(stream: pa.NativeFile, fmt: DataFormat, schema: pa.Schema | None) -> 
             )
             return pa_csv.read_csv(stream, convert_options=convert)
         return pq.read_table(stream)
+    except MemoryError:
+        raise  # the worker reports it as such (the memory limit), not as unreadable data
     except (pa.ArrowException, OSError, ValueError) as exc:
         # The library's message may quote a cell: log it, never return it.
-        _log.warning("could not parse dataset as %s", fmt.value, exc_info=True)
+        _log.warning("could not parse dataset as %s (%s)", fmt.value, chain_names(exc))
         raise FailedPrecondition(
             f"the dataset's data could not be read as {fmt.value.upper()} ({type(exc).__name__})"
         ) from None

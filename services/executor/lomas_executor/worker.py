@@ -2,34 +2,78 @@
 
 The task holds no logic: it hands the message to `QueryRunner`. Each worker process builds its own
 runner (gRPC channels and caches must not cross a fork), on first use.
+
+Safety limits, from `WorkerSettings`: each task has a soft and a hard time limit (the soft one lets
+the runner record QUERY_TIMEOUT; the hard one kills the child, flags the query in Redis and requeues
+the task, whose redelivery records the timeout), each child has an optional address-space limit
+(RLIMIT_AS) and is replaced after a bounded number of tasks or when its memory grows past a bound.
+A child that dies mid-task (crash, out of memory) has its task redelivered; after
+`max_attempts` deliveries the runner records a failure instead of running it again. Every such
+failure after data access keeps the charge.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import resource
 import socket
+from typing import Any
 
-from celery import Celery, Task
+import redis
+from billiard.exceptions import TimeLimitExceeded
+from celery import Celery, Task, signals
 
 from lomas_common.errors import BackendUnavailable
 from lomas_common.queue import EXECUTE_QUERY_TASK, make_celery_app
 from lomas_common.rpc_errors import RemoteError
 from lomas_common.server import configure_logging
-from lomas_executor.execution import QueryRunner
+from lomas_executor.execution import QueryRunner, count_delivery
 from lomas_executor.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+# Deliveries beyond `max_attempts` that may still try to record the failure before giving up.
+GIVE_UP_AFTER_EXTRA_DELIVERIES = 2
 
 
 class QueryTask(Task):  # type: ignore[misc]
     """Carries the process's runner; Celery creates one task instance per worker process."""
 
     _runner: QueryRunner | None = None
+    _redis: redis.Redis | None = None
 
     @property
     def runner(self) -> QueryRunner:
         if self._runner is None:
             self._runner = QueryRunner(self.app.conf.lomas_settings)
         return self._runner
+
+    def count_delivery(self) -> int:
+        """Count this delivery first, with a plain Redis client: even a child that dies while
+        building its runner (gRPC channels) leaves a count, so crash loops stay bounded."""
+        settings: WorkerSettings = self.app.conf.lomas_settings
+        if self._redis is None:
+            self._redis = redis.Redis.from_url(settings.queue.broker_url)
+        return count_delivery(
+            self._redis, settings.queue, self.request.id, int(self.request.retries or 0)
+        )
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        # Runs in the main process for hard time limits (the child was killed): flag the query, so
+        # the redelivery (the task is requeued) records QUERY_TIMEOUT instead of running it again.
+        if isinstance(exc, TimeLimitExceeded):
+            settings: WorkerSettings = self.app.conf.lomas_settings
+            try:
+                client = redis.Redis.from_url(settings.queue.broker_url)
+                try:
+                    client.set(settings.queue.timed_out_key(task_id), b"1", ex=7 * 24 * 3600)
+                finally:
+                    client.close()
+            except redis.RedisError:
+                log.exception("could not flag query %s as timed out", task_id)
 
 
 def _is_retryable(error: Exception) -> bool:
@@ -38,14 +82,39 @@ def _is_retryable(error: Exception) -> bool:
     )
 
 
+def limit_child_memory(limit_mb: int) -> None:
+    """Cap this process's address space (RLIMIT_AS) at `limit_mb` MiB (0: no limit)."""
+    if limit_mb <= 0:
+        return
+    limit = limit_mb * 1024 * 1024
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
 def create_app(settings: WorkerSettings) -> Celery:
     app = make_celery_app(settings.queue)
     app.conf.lomas_settings = settings
+    app.conf.worker_max_tasks_per_child = settings.max_tasks_per_child
+    if settings.max_memory_per_child_kb:
+        app.conf.worker_max_memory_per_child = settings.max_memory_per_child_kb
 
     @app.task(name=EXECUTE_QUERY_TASK, base=QueryTask, bind=True)
     def execute_query(self: QueryTask, task_json: str) -> None:
+        attempt = self.count_delivery()
+        if attempt > settings.max_attempts + GIVE_UP_AFTER_EXTRA_DELIVERIES:
+            # Even recording the failure keeps killing the worker: stop redelivering.
+            log.critical(
+                "query %s: delivery %d, its worker keeps dying before it can record a failure; "
+                "dropped (its reservation stays accessed, so its cost stays charged)",
+                self.request.id,
+                attempt,
+            )
+            return
         try:
-            self.runner.execute(task_json)
+            first = attempt == 1 and not self.request.retries
+            self.runner.execute(task_json, attempt=attempt, first_delivery=first)
         except Exception as error:
             if _is_retryable(error):
                 # Every step is idempotent on the query id, so running the task again is safe.
@@ -60,18 +129,27 @@ def main() -> None:
     configure_logging(settings.log_level)
     logging.getLogger("celery").setLevel(settings.log_level.upper())
     app = create_app(settings)
-    app.worker_main(
-        [
-            "worker",
-            f"--loglevel={settings.log_level}",
-            f"--concurrency={settings.concurrency}",
-            f"--queues={settings.queue.light_queue}",
-            f"--hostname=lomas-worker-{os.getpid()}@{socket.gethostname()}",
-            "--pool=prefork",
-            "--without-gossip",
-            "--without-mingle",
-        ]
-    )
+
+    @signals.worker_process_init.connect(weak=False)
+    def _init_child(**_: object) -> None:
+        limit_child_memory(settings.task_memory_limit_mb)
+
+    app.worker_main(worker_argv(settings))
+
+
+def worker_argv(settings: WorkerSettings) -> list[str]:
+    """The Celery worker's arguments: it consumes the queues of its workload classes only."""
+    queues = ",".join(settings.queue.queues(settings.workloads))
+    return [
+        "worker",
+        f"--loglevel={settings.log_level}",
+        f"--concurrency={settings.concurrency}",
+        f"--queues={queues}",
+        f"--hostname=lomas-worker-{os.getpid()}@{socket.gethostname()}",
+        "--pool=prefork",
+        "--without-gossip",
+        "--without-mingle",
+    ]
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 import pyarrow as pa
@@ -132,3 +133,44 @@ def test_dataset_cache_sizes_entries_by_table_and_sqlite_bytes(
     cache.get_or_load(("penguin", 2), lambda: loaded)
     cache.get_or_load(("penguin", 3), lambda: loaded)
     assert cache.keys() == [("penguin", 2), ("penguin", 3)]
+
+
+def test_a_value_that_grows_is_remeasured_and_evicts_others() -> None:
+    sizes = {"a": 40, "b": 40}
+    cache: ByteLruCache[str, str] = ByteLruCache(max_bytes=100, size_of=lambda v: sizes[v])
+    cache.get_or_load("a", lambda: "a")
+    cache.get_or_load("b", lambda: "b")
+    sizes["a"] = 70  # "a" prepared something: it grew in place
+    cache.refresh("a")
+    assert cache.keys() == ["a"] and cache.stats().bytes == 70
+    sizes["a"] = 150  # alone over the budget: dropped (its users keep their reference)
+    cache.refresh("a")
+    assert cache.keys() == [] and cache.stats().bytes == 0
+    cache.get_or_load("b", lambda: "b")
+    cache.get_or_load("c", lambda: "b")
+    assert cache.invalidate_where(lambda key: key == "b") == 1
+    assert cache.keys() == ["c"]
+
+
+def test_preparations_are_built_once_and_counted(
+    penguin_frame: pd.DataFrame, penguin_md: DatasetMetadata
+) -> None:
+    table = pa.Table.from_pandas(penguin_frame, preserve_index=False)
+    loaded = LoadedDataset(table)
+    builds = []
+
+    def build(t: pa.Table) -> str:
+        builds.append(1)
+        time.sleep(0.05)
+        return "x" * 1000
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: loaded.prepared("text", build, len), range(4)))
+    assert results == ["x" * 1000] * 4 and builds == [1]
+    assert loaded.has("text") and loaded.nbytes == table.nbytes + 1000
+    cache = DatasetCache(max_bytes=10**9)
+    cache.get_or_load(("penguin", 1), lambda: loaded)
+    cache.get_or_load(("penguin", 2), lambda: LoadedDataset(table))
+    cache.get_or_load(("other", 1), lambda: LoadedDataset(table))
+    assert cache.invalidate_dataset("penguin", older_than=2) == 1
+    assert sorted(cache.keys()) == [("other", 1), ("penguin", 2)]

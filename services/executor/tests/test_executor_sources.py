@@ -8,11 +8,20 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from lomas_common.errors import FailedPrecondition, InvalidArgument
+from lomas_common.errors import BackendUnavailable, FailedPrecondition, InvalidArgument
 from lomas_executor.metadata import DatasetMetadata
-from lomas_executor.sources import DataFormat, DataSource, SourceKind, load_table
+from lomas_executor.sources import (
+    DataFormat,
+    DataSource,
+    S3Credentials,
+    S3Secrets,
+    SourceKind,
+    load_table,
+)
+from lomas_executor.testing import S3Server
 
 
 def _check_penguin_table(table: pa.Table, frame: pd.DataFrame) -> None:
@@ -96,7 +105,7 @@ def test_http_source_is_read(
         load_table(DataSource.http(f"{base_url}/missing.csv"), DataFormat.CSV)
 
 
-def test_sources_are_validated_and_s3_is_declared_but_not_read_yet() -> None:
+def test_sources_are_validated() -> None:
     with pytest.raises(InvalidArgument, match="http:// or https://"):
         DataSource.http("file:///etc/passwd")
     with pytest.raises(InvalidArgument, match="needs a path"):
@@ -113,5 +122,67 @@ def test_sources_are_validated_and_s3_is_declared_but_not_read_yet() -> None:
         "http://127.0.0.1:9000",
         "minio",
     )
-    with pytest.raises(FailedPrecondition, match="S3 data sources are not supported"):
+    # The credentials name is resolved in the server's secrets, never taken from the source.
+    with pytest.raises(FailedPrecondition, match="no S3 credentials named 'minio'"):
         load_table(s3, DataFormat.CSV)
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    with S3Server(tmp_path_factory.mktemp("moto") / "moto.log") as server:
+        yield server
+
+
+def test_s3_sources_are_read_with_named_credentials(
+    s3_server: S3Server, tmp_path: Path, penguin_frame: pd.DataFrame, penguin_md: DatasetMetadata
+) -> None:
+    s3_server.put("lomas-data", "penguin.csv", penguin_frame.to_csv(index=False).encode())
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(penguin_frame, preserve_index=False), sink)
+    s3_server.put("lomas-data", "dir/penguin.parquet", sink.getvalue().to_pybytes())
+    secrets = S3Secrets.from_file(s3_server.write_credentials_file(tmp_path / "s3.json", "moto"))
+    assert "moto" in secrets.credentials
+    assert s3_server.secret_access_key not in repr(secrets)
+
+    def source(key: str, credentials: str = "moto") -> DataSource:
+        return DataSource.s3(
+            "lomas-data", key, endpoint_url=s3_server.endpoint_url, credentials_name=credentials
+        )
+
+    csv_table = load_table(
+        source("penguin.csv"), DataFormat.CSV, schema=penguin_md.arrow_schema(), s3_secrets=secrets
+    )
+    _check_penguin_table(csv_table, penguin_frame)
+    parquet_table = load_table(
+        source("dir/penguin.parquet"), DataFormat.PARQUET, s3_secrets=secrets
+    )
+    _check_penguin_table(parquet_table, penguin_frame)
+
+    with pytest.raises(FailedPrecondition, match="S3 object was not found"):
+        load_table(source("missing.csv"), DataFormat.CSV, s3_secrets=secrets)
+    with pytest.raises(FailedPrecondition, match="no S3 credentials named 'other'"):
+        load_table(source("penguin.csv", "other"), DataFormat.CSV, s3_secrets=secrets)
+    wrong = S3Secrets({"moto": S3Credentials(s3_server.access_key_id, "not-the-secret")})
+    with pytest.raises(FailedPrecondition, match="refused the request") as refused:
+        load_table(source("penguin.csv"), DataFormat.CSV, s3_secrets=wrong)
+    assert "not-the-secret" not in refused.value.message
+
+
+def test_unreachable_s3_store_is_unavailable(tmp_path: Path) -> None:
+    closed = DataSource.s3("b", "k", endpoint_url="http://127.0.0.1:9", credentials_name="x")
+    secrets = S3Secrets({"x": S3Credentials("a", "b")})
+    with pytest.raises(BackendUnavailable, match="unreachable"):
+        load_table(closed, DataFormat.CSV, s3_secrets=secrets)
+
+
+def test_credentials_files_are_validated(tmp_path: Path) -> None:
+    path = tmp_path / "creds.yaml"
+    path.write_text("store:\n  access_key_id: A\n  secret_access_key: B\n  region: eu-west-1\n")
+    assert S3Secrets.from_file(path).credentials["store"] == S3Credentials(
+        "A", "B", region="eu-west-1"
+    )
+    path.write_text("store:\n  access_key_id: A\n")
+    with pytest.raises(ValueError, match="lack 'secret_access_key'"):
+        S3Secrets.from_file(path)
+    with pytest.raises(ValueError, match="cannot read"):
+        S3Secrets.from_file(tmp_path / "absent.json")

@@ -12,12 +12,14 @@ from lomas_common.errors import AdminRoleRequired, InvalidArgument
 from lomas_common.rpc_errors import RemoteError
 from lomas_gateway.auth import current_caller
 from lomas_gateway.lifecycle import Peers, QueryLifecycle
+from lomas_gateway.limits import UserLimits
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
-    def __init__(self, lifecycle: QueryLifecycle, peers: Peers) -> None:
+    def __init__(self, lifecycle: QueryLifecycle, peers: Peers, limits: UserLimits) -> None:
         self._lifecycle = lifecycle
         self._peers = peers
+        self._limits = limits
 
     async def ListAccessibleDatasets(self, request, context):  # type: ignore[no-untyped-def]
         names, token = await self._lifecycle.grant_dataset_names(
@@ -49,15 +51,19 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     async def ExecuteQuery(self, request, context):  # type: ignore[no-untyped-def]
         subject = current_caller().subject
-        access = await self._lifecycle.authorize(subject, request.dataset)
         if request.dummy:
-            outcome = await self._lifecycle.run_dummy(
-                access.dataset, request.query, request.dummy_row_count, request.dummy_seed
-            )
+            async with self._limits.padded():
+                access = await self._lifecycle.authorize(subject, request.dataset)
+                outcome = await self._lifecycle.run_dummy(
+                    access.dataset, request.query, request.dummy_row_count, request.dummy_seed
+                )
         else:
-            outcome = await self._lifecycle.run(
-                subject, access, request.query, request.request_id, fresh=request.fresh
-            )
+            # The slot is held through the padding, so padded queries count as in flight.
+            async with self._limits.query_slot(subject), self._limits.padded():
+                access = await self._lifecycle.authorize(subject, request.dataset)
+                outcome = await self._lifecycle.run(
+                    subject, access, request.query, request.request_id, fresh=request.fresh
+                )
         return gateway_pb2.ExecuteQueryResponse(
             query_id=outcome.query_id,
             release=outcome.release,

@@ -272,7 +272,7 @@ class QueryLifecycle:
             EXECUTE_QUERY_TASK,
             args=[body],
             task_id=task.query_id,
-            queue=self._settings.queue.light_queue,
+            queue=self._settings.queue.queue_for(task.query.WhichOneof("kind")),
         )
 
     async def _release_unstarted(self, query_id: str) -> None:
@@ -315,13 +315,20 @@ class QueryLifecycle:
         return [g.dataset for g in grants], response.next_page_token
 
 
+# The code a stored failure is reported with; other reasons (a source that cannot be read, say)
+# describe a state of the platform, hence FAILED_PRECONDITION.
+_STORED_FAILURE_CODES = {
+    "QUERY_INVALID": Code.INVALID_ARGUMENT,
+    "QUERY_TIMEOUT": Code.DEADLINE_EXCEEDED,
+    "QUERY_EXECUTION_FAILED": Code.INTERNAL,
+}
+
+
 class RemoteErrorFromArchive(LomasError):
     """A stored failure, reported again with its original reason (its charge is kept)."""
 
     def __init__(self, stored: archive_pb2.ArchivedQuery) -> None:
-        self.code = (
-            Code.INVALID_ARGUMENT if stored.error_reason == "QUERY_INVALID" else Code.INTERNAL
-        )
+        self.code = _STORED_FAILURE_CODES.get(stored.error_reason, Code.FAILED_PRECONDITION)
         super().__init__(
             stored.error_message or "the query failed after data access; its cost is charged",
             reason=stored.error_reason or "QUERY_EXECUTION_FAILED",

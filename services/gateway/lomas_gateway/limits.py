@@ -44,9 +44,7 @@ class UserLimits:
         async with self._redis.pipeline(transaction=True) as pipe:
             count, _ = await pipe.incr(key).expire(key, 2).execute()
         if int(count) > limit:
-            raise RateLimited(
-                f"more than {limit} requests per second", retry_after_seconds=1.0
-            )
+            raise RateLimited(f"more than {limit} requests per second", retry_after_seconds=1.0)
 
     @asynccontextmanager
     async def query_slot(self, subject: str) -> AsyncIterator[None]:

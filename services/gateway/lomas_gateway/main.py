@@ -15,9 +15,12 @@ from lomas_common.server import (
     start_server,
 )
 from lomas_gateway.api import AdminServicer, GatewayServicer
+from lomas_gateway.audit import AuditTrail
 from lomas_gateway.auth import make_authenticator
 from lomas_gateway.completion import CompletionWaiter
 from lomas_gateway.lifecycle import Peers, QueryLifecycle
+from lomas_gateway.limits import UserLimits
+from lomas_gateway.policy import Authorizer, GatewayGuard
 from lomas_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,8 @@ class Gateway:
         self.peers = Peers(settings)
         self.waiter = CompletionWaiter(settings.queue)
         self.celery = make_celery_app(settings.queue)
+        self.limits = UserLimits(settings.queue.broker_url, settings.queue.prefix, settings.limits)
+        self.audit = AuditTrail(self.peers.admin)
         self.server: RunningServer | None = None
 
     async def start(self) -> RunningServer:
@@ -42,7 +47,7 @@ class Gateway:
             [
                 Service(
                     gateway_pb2_grpc.add_GatewayServiceServicer_to_server,
-                    GatewayServicer(lifecycle, self.peers),
+                    GatewayServicer(lifecycle, self.peers, self.limits),
                     "lomas.gateway.v1.GatewayService",
                 ),
                 Service(
@@ -51,12 +56,17 @@ class Gateway:
                     "lomas.gateway.v1.AdminService",
                 ),
             ],
-            authenticator=make_authenticator(self.settings.auth),
+            authenticator=GatewayGuard(
+                make_authenticator(self.settings.auth), Authorizer(self.peers.admin), self.limits
+            ),
+            observer=self.audit.observe,
         )
         return self.server
 
     async def close(self) -> None:
+        await self.audit.close()
         await self.waiter.close()
+        await self.limits.close()
         await self.peers.close()
         self.celery.close()
 

@@ -12,12 +12,17 @@ from lomas.admin.v1 import admin_store_pb2, admin_store_pb2_grpc, resources_pb2
 from lomas_common.errors import AdminRoleRequired, PermissionDenied
 from lomas_common.peers import AsyncPeer
 from lomas_common.rpc_errors import RemoteError
+from lomas_common.server import Authenticator
+from lomas_gateway.auth import current_caller
+from lomas_gateway.limits import UserLimits
 
 
 class Rule(enum.Enum):
     """What a verified caller needs, beyond a valid token."""
 
-    RESEARCHER = "researcher"  # any known user; dataset RPCs also check the grant (lifecycle.authorize)
+    RESEARCHER = (
+        "researcher"  # any known user; dataset RPCs also check the grant (lifecycle.authorize)
+    )
     ADMIN = "admin"  # the admin role in the admin store
 
 
@@ -68,3 +73,20 @@ class Authorizer:
         if user is None or user.role != resources_pb2.ROLE_ADMIN:
             raise AdminRoleRequired("this call needs the admin role")
 
+
+class GatewayGuard(Authenticator):
+    """Runs before every public handler: who is calling (the identity authenticator), whether they are
+    within their request rate, and whether the method's rule lets them in."""
+
+    def __init__(self, identity: Authenticator, authorizer: Authorizer, limits: UserLimits) -> None:
+        self._identity = identity
+        self._authorizer = authorizer
+        self._limits = limits
+
+    async def authenticate(self, method: str, metadata: dict[str, str]) -> None:
+        await self._identity.authenticate(method, metadata)
+        if method.startswith(("/grpc.health.", "/grpc.reflection.")):
+            return
+        subject = current_caller().subject
+        await self._limits.check_rate(subject)
+        await self._authorizer.check(method, subject)

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from lomas_common.peers import PeerSettings
 from lomas_common.queue import QueueSettings
 from lomas_common.settings import ServerSettings, env_float, env_int, env_required, env_str
+from lomas_gateway.limits import LimitSettings
 
 DEFAULT_PORT = 50051
 
@@ -143,6 +144,7 @@ class GatewaySettings:
     query_timeout_seconds: float
     max_dummy_rows: int
     max_query_chars: int
+    limits: LimitSettings
 
     def __post_init__(self) -> None:
         self.auth.check(self.server.listen)
@@ -170,4 +172,11 @@ class GatewaySettings:
             query_timeout_seconds=env_float(env, "QUERY_TIMEOUT_SECONDS", 330.0),
             max_dummy_rows=env_int(env, "MAX_DUMMY_ROWS", 1_000_000),
             max_query_chars=env_int(env, "MAX_QUERY_CHARS", 100_000),
+            limits=LimitSettings(
+                requests_per_second=env_int(env, "RATE_LIMIT_PER_SECOND", 200),
+                concurrent_queries=env_int(env, "MAX_CONCURRENT_QUERIES_PER_USER", 64),
+                query_timeout_seconds=env_float(env, "QUERY_TIMEOUT_SECONDS", 330.0),
+                response_min_seconds=env_float(env, "RESPONSE_MIN_SECONDS", 0.0),
+                response_quantum_seconds=env_float(env, "RESPONSE_QUANTUM_SECONDS", 0.0),
+            ),
         )

@@ -3,12 +3,14 @@
 from lomas.client import Client
 client = Client("localhost:50051", token=TOKEN, dataset="PENGUIN")
 client.smartnoise_sql.query("SELECT COUNT(*) AS n FROM df", epsilon=1.0, delta=1e-5)
+client.opendp.query(pipeline)  # an OpenDP Measurement, or a Polars LazyFrame with `dp` expressions
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -82,6 +84,7 @@ class Client:
         self._timeout = timeout_seconds
         self.dataset = dataset
         self.smartnoise_sql = SmartnoiseSqlClient(self)
+        self.opendp = OpenDpClient(self)
 
     def close(self) -> None:
         self._channel.close()
@@ -280,3 +283,130 @@ class SmartnoiseSqlClient:
             request_id=request_id,
             fresh=fresh,
         )
+
+
+_MECHANISMS = {
+    "laplace": query_pb2.OPEN_DP_MECHANISM_LAPLACE,
+    "gaussian": query_pb2.OPEN_DP_MECHANISM_GAUSSIAN,
+}
+
+
+class OpenDpClient:
+    """OpenDP pipelines, in the two forms Lomas accepts (needs `opendp[polars]`, pinned as the server).
+
+    * an OpenDP `Measurement` built with OpenDP's Python API: its input is the dataset as CSV text
+      without a header line, columns in metadata order, so it starts with
+      `dp.t.make_split_dataframe(",", col_names=list(metadata["columns"]))`, as in Lomas;
+    * an OpenDP Polars query: a Polars `LazyFrame` using OpenDP's `dp` expressions (or the
+      `LazyFrameQuery` that `dp.Context.query()` builds). The server builds the input domain
+      (column types, margins) from the dataset's metadata; `mechanism` picks Laplace (pure DP) or
+      Gaussian (zCDP) noise, `global_scale` scales the expressions that set no scale, and
+      `threshold` is the minimum group size when group keys are not public.
+
+    Costs are the pipeline's privacy map at the metadata's `max_ids`: epsilon for pure DP,
+    (epsilon, delta) for approximate DP, rho for zCDP. `fixed_delta` turns a zCDP loss or a privacy
+    curve into (epsilon, delta) at that delta (curves need it).
+    """
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    @staticmethod
+    def _query(
+        pipeline: Any,
+        fixed_delta: float | str | Decimal | None,
+        mechanism: str,
+        global_scale: float | str | Decimal | None,
+        threshold: int | None,
+    ) -> query_pb2.Query:
+        opendp = query_pb2.OpenDpQuery(
+            fixed_delta="" if fixed_delta is None else _decimal_text(fixed_delta, "fixed_delta")
+        )
+        measurement_json = _measurement_json(pipeline)
+        if measurement_json is not None:
+            opendp.measurement_json = measurement_json
+            return query_pb2.Query(opendp=opendp)
+        if mechanism not in _MECHANISMS:
+            raise ValueError(f"mechanism must be one of {', '.join(_MECHANISMS)}")
+        opendp.polars.CopyFrom(
+            query_pb2.OpenDpPolarsQuery(
+                plan_json=_plan_json(pipeline),
+                mechanism=_MECHANISMS[mechanism],
+                global_scale=""
+                if global_scale is None
+                else _decimal_text(global_scale, "global_scale"),
+                threshold=threshold or 0,
+            )
+        )
+        return query_pb2.Query(opendp=opendp)
+
+    def cost(
+        self,
+        pipeline: Any,
+        fixed_delta: float | str | Decimal | None = None,
+        mechanism: str = "laplace",
+        global_scale: float | str | Decimal | None = None,
+        threshold: int | None = None,
+    ) -> dict[str, Decimal]:
+        """The exact cost the pipeline would be charged (free; nothing runs on the data)."""
+        return self._client._estimate(
+            self._query(pipeline, fixed_delta, mechanism, global_scale, threshold)
+        )
+
+    def query(
+        self,
+        pipeline: Any,
+        fixed_delta: float | str | Decimal | None = None,
+        mechanism: str = "laplace",
+        global_scale: float | str | Decimal | None = None,
+        threshold: int | None = None,
+        dummy: bool = False,
+        nb_rows: int = 100,
+        seed: int = 42,
+        request_id: str | None = None,
+        fresh: bool = False,
+    ) -> pd.DataFrame:
+        """Run the pipeline and return its DP release as a DataFrame.
+
+        A measurement's release is in column `value` (one row for a number, one row per element for
+        a list; `key`/`value` for a map); a Polars query returns its frame. `dummy=True` runs on
+        seeded dummy data for free; `request_id` and `fresh` work as for SmartNoise-SQL.
+        """
+        return self._client._execute(
+            self._query(pipeline, fixed_delta, mechanism, global_scale, threshold),
+            dummy=dummy,
+            nb_rows=nb_rows,
+            seed=seed,
+            request_id=request_id,
+            fresh=fresh,
+        )
+
+
+def _measurement_json(pipeline: Any) -> str | None:
+    """OpenDP's JSON form of a Measurement (None if `pipeline` is not one)."""
+    try:
+        import opendp.prelude as dp
+    except ImportError:  # pragma: no cover - the client's opendp extra is not installed
+        raise ImportError(
+            "OpenDP pipelines need the opendp package (pip install opendp[polars])"
+        ) from None
+    if isinstance(pipeline, dp.Measurement):
+        return str(dp.serialize(pipeline))
+    if isinstance(pipeline, dp.Transformation):
+        raise TypeError("the pipeline must be a Measurement (end it with a noise mechanism)")
+    return None
+
+
+def _plan_json(pipeline: Any) -> str:
+    """The Polars plan of a LazyFrame (or of OpenDP's LazyFrameQuery) as Polars JSON."""
+    import polars as pl
+
+    plan = getattr(pipeline, "polars_plan", pipeline)  # opendp.extras.polars.LazyFrameQuery
+    if not isinstance(plan, pl.LazyFrame):
+        raise TypeError(
+            "the pipeline must be an OpenDP Measurement or a Polars LazyFrame with OpenDP's dp "
+            f"expressions, not {type(pipeline).__name__}"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Polars flags its JSON plan format as unstable
+        return str(plan.serialize(format="json"))

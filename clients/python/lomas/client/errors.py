@@ -30,6 +30,10 @@ class BudgetExhausted(LomasError):
     """The query costs more than what is left; `metadata` has `requested` and `remaining`."""
 
 
+class LimitExceeded(LomasError):
+    """Too many requests or concurrent queries for your user; retry after `RetryInfo` (nothing spent)."""
+
+
 class InvalidQuery(LomasError):
     """The query is not valid for the dataset's metadata (nothing was spent)."""
 
@@ -62,14 +66,18 @@ _BY_REASON: dict[str, type[LomasError]] = {
     "PRIVACY_BUDGET_EXHAUSTED": BudgetExhausted,
     "QUERY_INVALID": InvalidQuery,
     "QUERY_TOO_LONG": InvalidQuery,
+    "OPENDP_PIPELINE_REFUSED": InvalidQuery,
+    "OPENDP_INPUT_DOMAIN_MISMATCH": InvalidQuery,
     "QUERY_TIMEOUT": QueryTimeout,
     "QUERY_EXECUTION_FAILED": ExecutionFailed,
     "BACKEND_UNAVAILABLE": BackendUnavailable,
+    "RATE_LIMITED": LimitExceeded,
+    "TOO_MANY_CONCURRENT_QUERIES": LimitExceeded,
 }
 _BY_CODE: dict[grpc.StatusCode, type[LomasError]] = {
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.PERMISSION_DENIED: AccessDenied,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: BudgetExhausted,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: LimitExceeded,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,

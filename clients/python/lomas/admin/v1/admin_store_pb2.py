@@ -22,82 +22,93 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from lomas.admin.v1 import resources_pb2 as lomas_dot_admin_dot_v1_dot_resources__pb2
 from lomas.common.v1 import archive_pb2 as lomas_dot_common_dot_v1_dot_archive__pb2
 from lomas.common.v1 import dataset_pb2 as lomas_dot_common_dot_v1_dot_dataset__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n lomas/admin/v1/admin_store.proto\x12\x0elomas.admin.v1\x1a\x1elomas/admin/v1/resources.proto\x1a\x1dlomas/common/v1/archive.proto\x1a\x1dlomas/common/v1/dataset.proto\"K\n\x11\x43reateUserRequest\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.lomas.admin.v1.User\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"8\n\x12\x43reateUserResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.lomas.admin.v1.User\"\x1e\n\x0eGetUserRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"5\n\x0fGetUserResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.lomas.admin.v1.User\"!\n\x11\x44\x65leteUserRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x14\n\x12\x44\x65leteUserResponse\"9\n\x10ListUsersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Q\n\x11ListUsersResponse\x12#\n\x05users\x18\x01 \x03(\x0b\x32\x14.lomas.admin.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"T\n\x14\x43reateDatasetRequest\x12(\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x17.lomas.admin.v1.Dataset\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"A\n\x15\x43reateDatasetResponse\x12(\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x17.lomas.admin.v1.Dataset\"!\n\x11GetDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\">\n\x12GetDatasetResponse\x12(\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x17.lomas.admin.v1.Dataset\"$\n\x14\x44\x65leteDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteDatasetResponse\"<\n\x13ListDatasetsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Z\n\x14ListDatasetsResponse\x12)\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x17.lomas.admin.v1.Dataset\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"N\n\x12\x43reateGrantRequest\x12$\n\x05grant\x18\x01 \x01(\x0b\x32\x15.lomas.admin.v1.Grant\x12\x12\n\nrequest_id\x18\x02 \x01(\t\";\n\x13\x43reateGrantResponse\x12$\n\x05grant\x18\x01 \x01(\x0b\x32\x15.lomas.admin.v1.Grant\"3\n\x12\x44\x65leteGrantRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\"\x15\n\x13\x44\x65leteGrantResponse\"H\n\x11ListGrantsRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x12ListGrantsResponse\x12%\n\x06grants\x18\x01 \x03(\x0b\x32\x15.lomas.admin.v1.Grant\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\">\n\x1d\x41uthorizeDatasetAccessRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\"\x9f\x01\n\x1e\x41uthorizeDatasetAccessResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.lomas.admin.v1.User\x12$\n\x05grant\x18\x02 \x01(\x0b\x32\x15.lomas.admin.v1.Grant\x12\x33\n\x07\x64\x61taset\x18\x03 \x01(\x0b\x32\".lomas.common.v1.DatasetDescriptor\"I\n\x18RecordQueryResultRequest\x12-\n\x05query\x18\x01 \x01(\x0b\x32\x1e.lomas.common.v1.ArchivedQuery\"J\n\x19RecordQueryResultResponse\x12-\n\x05query\x18\x01 \x01(\x0b\x32\x1e.lomas.common.v1.ArchivedQuery\"+\n\x17GetArchivedQueryRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\"I\n\x18GetArchivedQueryResponse\x12-\n\x05query\x18\x01 \x01(\x0b\x32\x1e.lomas.common.v1.ArchivedQuery\"b\n\x1aListArchivedQueriesRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"g\n\x1bListArchivedQueriesResponse\x12/\n\x07queries\x18\x01 \x03(\x0b\x32\x1e.lomas.common.v1.ArchivedQuery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"=\n\x18\x46indReleasedQueryRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\"Y\n\x19\x46indReleasedQueryResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12-\n\x05query\x18\x02 \x01(\x0b\x32\x1e.lomas.common.v1.ArchivedQuery2\xf0\x0b\n\x11\x41\x64minStoreService\x12S\n\nCreateUser\x12!.lomas.admin.v1.CreateUserRequest\x1a\".lomas.admin.v1.CreateUserResponse\x12J\n\x07GetUser\x12\x1e.lomas.admin.v1.GetUserRequest\x1a\x1f.lomas.admin.v1.GetUserResponse\x12S\n\nDeleteUser\x12!.lomas.admin.v1.DeleteUserRequest\x1a\".lomas.admin.v1.DeleteUserResponse\x12P\n\tListUsers\x12 .lomas.admin.v1.ListUsersRequest\x1a!.lomas.admin.v1.ListUsersResponse\x12\\\n\rCreateDataset\x12$.lomas.admin.v1.CreateDatasetRequest\x1a%.lomas.admin.v1.CreateDatasetResponse\x12S\n\nGetDataset\x12!.lomas.admin.v1.GetDatasetRequest\x1a\".lomas.admin.v1.GetDatasetResponse\x12\\\n\rDeleteDataset\x12$.lomas.admin.v1.DeleteDatasetRequest\x1a%.lomas.admin.v1.DeleteDatasetResponse\x12Y\n\x0cListDatasets\x12#.lomas.admin.v1.ListDatasetsRequest\x1a$.lomas.admin.v1.ListDatasetsResponse\x12V\n\x0b\x43reateGrant\x12\".lomas.admin.v1.CreateGrantRequest\x1a#.lomas.admin.v1.CreateGrantResponse\x12V\n\x0b\x44\x65leteGrant\x12\".lomas.admin.v1.DeleteGrantRequest\x1a#.lomas.admin.v1.DeleteGrantResponse\x12S\n\nListGrants\x12!.lomas.admin.v1.ListGrantsRequest\x1a\".lomas.admin.v1.ListGrantsResponse\x12w\n\x16\x41uthorizeDatasetAccess\x12-.lomas.admin.v1.AuthorizeDatasetAccessRequest\x1a..lomas.admin.v1.AuthorizeDatasetAccessResponse\x12h\n\x11RecordQueryResult\x12(.lomas.admin.v1.RecordQueryResultRequest\x1a).lomas.admin.v1.RecordQueryResultResponse\x12\x65\n\x10GetArchivedQuery\x12\'.lomas.admin.v1.GetArchivedQueryRequest\x1a(.lomas.admin.v1.GetArchivedQueryResponse\x12n\n\x13ListArchivedQueries\x12*.lomas.admin.v1.ListArchivedQueriesRequest\x1a+.lomas.admin.v1.ListArchivedQueriesResponse\x12h\n\x11\x46indReleasedQuery\x12(.lomas.admin.v1.FindReleasedQueryRequest\x1a).lomas.admin.v1.FindReleasedQueryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n lomas/admin/v1/admin_store.proto\x12\x0elomas.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1elomas/admin/v1/resources.proto\x1a\x1dlomas/common/v1/archive.proto\x1a\x1dlomas/common/v1/dataset.proto\"K\n\x11\x43reateUserRequest\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.lomas.admin.v1.User\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"8\n\x12\x43reateUserResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.lomas.admin.v1.User\"\x1e\n\x0eGetUserRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"5\n\x0fGetUserResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.lomas.admin.v1.User\"!\n\x11\x44\x65leteUserRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x14\n\x12\x44\x65leteUserResponse\"9\n\x10ListUsersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Q\n\x11ListUsersResponse\x12#\n\x05users\x18\x01 \x03(\x0b\x32\x14.lomas.admin.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"T\n\x14\x43reateDatasetRequest\x12(\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x17.lomas.admin.v1.Dataset\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"A\n\x15\x43reateDatasetResponse\x12(\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x17.lomas.admin.v1.Dataset\"!\n\x11GetDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\">\n\x12GetDatasetResponse\x12(\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x17.lomas.admin.v1.Dataset\"$\n\x14\x44\x65leteDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteDatasetResponse\"<\n\x13ListDatasetsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Z\n\x14ListDatasetsResponse\x12)\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x17.lomas.admin.v1.Dataset\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"N\n\x12\x43reateGrantRequest\x12$\n\x05grant\x18\x01 \x01(\x0b\x32\x15.lomas.admin.v1.Grant\x12\x12\n\nrequest_id\x18\x02 \x01(\t\";\n\x13\x43reateGrantResponse\x12$\n\x05grant\x18\x01 \x01(\x0b\x32\x15.lomas.admin.v1.Grant\"3\n\x12\x44\x65leteGrantRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\"\x15\n\x13\x44\x65leteGrantResponse\"H\n\x11ListGrantsRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x12ListGrantsResponse\x12%\n\x06grants\x18\x01 \x03(\x0b\x32\x15.lomas.admin.v1.Grant\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\">\n\x1d\x41uthorizeDatasetAccessRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\"\x9f\x01\n\x1e\x41uthorizeDatasetAccessResponse\x12\"\n\x04user\x18\x01 \x01(\x0b\x32\x14.lomas.admin.v1.User\x12$\n\x05grant\x18\x02 \x01(\x0b\x32\x15.lomas.admin.v1.Grant\x12\x33\n\x07\x64\x61taset\x18\x03 \x01(\x0b\x32\".lomas.common.v1.DatasetDescriptor\"I\n\x18RecordQueryResultRequest\x12-\n\x05query\x18\x01 \x01(\x0b\x32\x1e.lomas.common.v1.ArchivedQuery\"J\n\x19RecordQueryResultResponse\x12-\n\x05query\x18\x01 \x01(\x0b\x32\x1e.lomas.common.v1.ArchivedQuery\"+\n\x17GetArchivedQueryRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\"I\n\x18GetArchivedQueryResponse\x12-\n\x05query\x18\x01 \x01(\x0b\x32\x1e.lomas.common.v1.ArchivedQuery\"b\n\x1aListArchivedQueriesRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"g\n\x1bListArchivedQueriesResponse\x12/\n\x07queries\x18\x01 \x03(\x0b\x32\x1e.lomas.common.v1.ArchivedQuery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"=\n\x18\x46indReleasedQueryRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\"Y\n\x19\x46indReleasedQueryResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12-\n\x05query\x18\x02 \x01(\x0b\x32\x1e.lomas.common.v1.ArchivedQuery\"\x89\x01\n\nAuditEvent\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x14\n\x0crequest_json\x18\x04 \x01(\t\x12\x0c\n\x04\x63ode\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\"D\n\x17RecordAuditEventRequest\x12)\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1a.lomas.admin.v1.AuditEvent\"\x1a\n\x18RecordAuditEventResponse\"N\n\x16ListAuditEventsRequest\x12\r\n\x05\x61\x63tor\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"^\n\x17ListAuditEventsResponse\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.lomas.admin.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xbb\r\n\x11\x41\x64minStoreService\x12S\n\nCreateUser\x12!.lomas.admin.v1.CreateUserRequest\x1a\".lomas.admin.v1.CreateUserResponse\x12J\n\x07GetUser\x12\x1e.lomas.admin.v1.GetUserRequest\x1a\x1f.lomas.admin.v1.GetUserResponse\x12S\n\nDeleteUser\x12!.lomas.admin.v1.DeleteUserRequest\x1a\".lomas.admin.v1.DeleteUserResponse\x12P\n\tListUsers\x12 .lomas.admin.v1.ListUsersRequest\x1a!.lomas.admin.v1.ListUsersResponse\x12\\\n\rCreateDataset\x12$.lomas.admin.v1.CreateDatasetRequest\x1a%.lomas.admin.v1.CreateDatasetResponse\x12S\n\nGetDataset\x12!.lomas.admin.v1.GetDatasetRequest\x1a\".lomas.admin.v1.GetDatasetResponse\x12\\\n\rDeleteDataset\x12$.lomas.admin.v1.DeleteDatasetRequest\x1a%.lomas.admin.v1.DeleteDatasetResponse\x12Y\n\x0cListDatasets\x12#.lomas.admin.v1.ListDatasetsRequest\x1a$.lomas.admin.v1.ListDatasetsResponse\x12V\n\x0b\x43reateGrant\x12\".lomas.admin.v1.CreateGrantRequest\x1a#.lomas.admin.v1.CreateGrantResponse\x12V\n\x0b\x44\x65leteGrant\x12\".lomas.admin.v1.DeleteGrantRequest\x1a#.lomas.admin.v1.DeleteGrantResponse\x12S\n\nListGrants\x12!.lomas.admin.v1.ListGrantsRequest\x1a\".lomas.admin.v1.ListGrantsResponse\x12w\n\x16\x41uthorizeDatasetAccess\x12-.lomas.admin.v1.AuthorizeDatasetAccessRequest\x1a..lomas.admin.v1.AuthorizeDatasetAccessResponse\x12h\n\x11RecordQueryResult\x12(.lomas.admin.v1.RecordQueryResultRequest\x1a).lomas.admin.v1.RecordQueryResultResponse\x12\x65\n\x10GetArchivedQuery\x12\'.lomas.admin.v1.GetArchivedQueryRequest\x1a(.lomas.admin.v1.GetArchivedQueryResponse\x12n\n\x13ListArchivedQueries\x12*.lomas.admin.v1.ListArchivedQueriesRequest\x1a+.lomas.admin.v1.ListArchivedQueriesResponse\x12h\n\x11\x46indReleasedQuery\x12(.lomas.admin.v1.FindReleasedQueryRequest\x1a).lomas.admin.v1.FindReleasedQueryResponse\x12\x65\n\x10RecordAuditEvent\x12\'.lomas.admin.v1.RecordAuditEventRequest\x1a(.lomas.admin.v1.RecordAuditEventResponse\x12\x62\n\x0fListAuditEvents\x12&.lomas.admin.v1.ListAuditEventsRequest\x1a\'.lomas.admin.v1.ListAuditEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lomas.admin.v1.admin_store_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREATEUSERREQUEST']._serialized_start=146
-  _globals['_CREATEUSERREQUEST']._serialized_end=221
-  _globals['_CREATEUSERRESPONSE']._serialized_start=223
-  _globals['_CREATEUSERRESPONSE']._serialized_end=279
-  _globals['_GETUSERREQUEST']._serialized_start=281
-  _globals['_GETUSERREQUEST']._serialized_end=311
-  _globals['_GETUSERRESPONSE']._serialized_start=313
-  _globals['_GETUSERRESPONSE']._serialized_end=366
-  _globals['_DELETEUSERREQUEST']._serialized_start=368
-  _globals['_DELETEUSERREQUEST']._serialized_end=401
-  _globals['_DELETEUSERRESPONSE']._serialized_start=403
-  _globals['_DELETEUSERRESPONSE']._serialized_end=423
-  _globals['_LISTUSERSREQUEST']._serialized_start=425
-  _globals['_LISTUSERSREQUEST']._serialized_end=482
-  _globals['_LISTUSERSRESPONSE']._serialized_start=484
-  _globals['_LISTUSERSRESPONSE']._serialized_end=565
-  _globals['_CREATEDATASETREQUEST']._serialized_start=567
-  _globals['_CREATEDATASETREQUEST']._serialized_end=651
-  _globals['_CREATEDATASETRESPONSE']._serialized_start=653
-  _globals['_CREATEDATASETRESPONSE']._serialized_end=718
-  _globals['_GETDATASETREQUEST']._serialized_start=720
-  _globals['_GETDATASETREQUEST']._serialized_end=753
-  _globals['_GETDATASETRESPONSE']._serialized_start=755
-  _globals['_GETDATASETRESPONSE']._serialized_end=817
-  _globals['_DELETEDATASETREQUEST']._serialized_start=819
-  _globals['_DELETEDATASETREQUEST']._serialized_end=855
-  _globals['_DELETEDATASETRESPONSE']._serialized_start=857
-  _globals['_DELETEDATASETRESPONSE']._serialized_end=880
-  _globals['_LISTDATASETSREQUEST']._serialized_start=882
-  _globals['_LISTDATASETSREQUEST']._serialized_end=942
-  _globals['_LISTDATASETSRESPONSE']._serialized_start=944
-  _globals['_LISTDATASETSRESPONSE']._serialized_end=1034
-  _globals['_CREATEGRANTREQUEST']._serialized_start=1036
-  _globals['_CREATEGRANTREQUEST']._serialized_end=1114
-  _globals['_CREATEGRANTRESPONSE']._serialized_start=1116
-  _globals['_CREATEGRANTRESPONSE']._serialized_end=1175
-  _globals['_DELETEGRANTREQUEST']._serialized_start=1177
-  _globals['_DELETEGRANTREQUEST']._serialized_end=1228
-  _globals['_DELETEGRANTRESPONSE']._serialized_start=1230
-  _globals['_DELETEGRANTRESPONSE']._serialized_end=1251
-  _globals['_LISTGRANTSREQUEST']._serialized_start=1253
-  _globals['_LISTGRANTSREQUEST']._serialized_end=1325
-  _globals['_LISTGRANTSRESPONSE']._serialized_start=1327
-  _globals['_LISTGRANTSRESPONSE']._serialized_end=1411
-  _globals['_AUTHORIZEDATASETACCESSREQUEST']._serialized_start=1413
-  _globals['_AUTHORIZEDATASETACCESSREQUEST']._serialized_end=1475
-  _globals['_AUTHORIZEDATASETACCESSRESPONSE']._serialized_start=1478
-  _globals['_AUTHORIZEDATASETACCESSRESPONSE']._serialized_end=1637
-  _globals['_RECORDQUERYRESULTREQUEST']._serialized_start=1639
-  _globals['_RECORDQUERYRESULTREQUEST']._serialized_end=1712
-  _globals['_RECORDQUERYRESULTRESPONSE']._serialized_start=1714
-  _globals['_RECORDQUERYRESULTRESPONSE']._serialized_end=1788
-  _globals['_GETARCHIVEDQUERYREQUEST']._serialized_start=1790
-  _globals['_GETARCHIVEDQUERYREQUEST']._serialized_end=1833
-  _globals['_GETARCHIVEDQUERYRESPONSE']._serialized_start=1835
-  _globals['_GETARCHIVEDQUERYRESPONSE']._serialized_end=1908
-  _globals['_LISTARCHIVEDQUERIESREQUEST']._serialized_start=1910
-  _globals['_LISTARCHIVEDQUERIESREQUEST']._serialized_end=2008
-  _globals['_LISTARCHIVEDQUERIESRESPONSE']._serialized_start=2010
-  _globals['_LISTARCHIVEDQUERIESRESPONSE']._serialized_end=2113
-  _globals['_FINDRELEASEDQUERYREQUEST']._serialized_start=2115
-  _globals['_FINDRELEASEDQUERYREQUEST']._serialized_end=2176
-  _globals['_FINDRELEASEDQUERYRESPONSE']._serialized_start=2178
-  _globals['_FINDRELEASEDQUERYRESPONSE']._serialized_end=2267
-  _globals['_ADMINSTORESERVICE']._serialized_start=2270
-  _globals['_ADMINSTORESERVICE']._serialized_end=3790
+  _globals['_CREATEUSERREQUEST']._serialized_start=179
+  _globals['_CREATEUSERREQUEST']._serialized_end=254
+  _globals['_CREATEUSERRESPONSE']._serialized_start=256
+  _globals['_CREATEUSERRESPONSE']._serialized_end=312
+  _globals['_GETUSERREQUEST']._serialized_start=314
+  _globals['_GETUSERREQUEST']._serialized_end=344
+  _globals['_GETUSERRESPONSE']._serialized_start=346
+  _globals['_GETUSERRESPONSE']._serialized_end=399
+  _globals['_DELETEUSERREQUEST']._serialized_start=401
+  _globals['_DELETEUSERREQUEST']._serialized_end=434
+  _globals['_DELETEUSERRESPONSE']._serialized_start=436
+  _globals['_DELETEUSERRESPONSE']._serialized_end=456
+  _globals['_LISTUSERSREQUEST']._serialized_start=458
+  _globals['_LISTUSERSREQUEST']._serialized_end=515
+  _globals['_LISTUSERSRESPONSE']._serialized_start=517
+  _globals['_LISTUSERSRESPONSE']._serialized_end=598
+  _globals['_CREATEDATASETREQUEST']._serialized_start=600
+  _globals['_CREATEDATASETREQUEST']._serialized_end=684
+  _globals['_CREATEDATASETRESPONSE']._serialized_start=686
+  _globals['_CREATEDATASETRESPONSE']._serialized_end=751
+  _globals['_GETDATASETREQUEST']._serialized_start=753
+  _globals['_GETDATASETREQUEST']._serialized_end=786
+  _globals['_GETDATASETRESPONSE']._serialized_start=788
+  _globals['_GETDATASETRESPONSE']._serialized_end=850
+  _globals['_DELETEDATASETREQUEST']._serialized_start=852
+  _globals['_DELETEDATASETREQUEST']._serialized_end=888
+  _globals['_DELETEDATASETRESPONSE']._serialized_start=890
+  _globals['_DELETEDATASETRESPONSE']._serialized_end=913
+  _globals['_LISTDATASETSREQUEST']._serialized_start=915
+  _globals['_LISTDATASETSREQUEST']._serialized_end=975
+  _globals['_LISTDATASETSRESPONSE']._serialized_start=977
+  _globals['_LISTDATASETSRESPONSE']._serialized_end=1067
+  _globals['_CREATEGRANTREQUEST']._serialized_start=1069
+  _globals['_CREATEGRANTREQUEST']._serialized_end=1147
+  _globals['_CREATEGRANTRESPONSE']._serialized_start=1149
+  _globals['_CREATEGRANTRESPONSE']._serialized_end=1208
+  _globals['_DELETEGRANTREQUEST']._serialized_start=1210
+  _globals['_DELETEGRANTREQUEST']._serialized_end=1261
+  _globals['_DELETEGRANTRESPONSE']._serialized_start=1263
+  _globals['_DELETEGRANTRESPONSE']._serialized_end=1284
+  _globals['_LISTGRANTSREQUEST']._serialized_start=1286
+  _globals['_LISTGRANTSREQUEST']._serialized_end=1358
+  _globals['_LISTGRANTSRESPONSE']._serialized_start=1360
+  _globals['_LISTGRANTSRESPONSE']._serialized_end=1444
+  _globals['_AUTHORIZEDATASETACCESSREQUEST']._serialized_start=1446
+  _globals['_AUTHORIZEDATASETACCESSREQUEST']._serialized_end=1508
+  _globals['_AUTHORIZEDATASETACCESSRESPONSE']._serialized_start=1511
+  _globals['_AUTHORIZEDATASETACCESSRESPONSE']._serialized_end=1670
+  _globals['_RECORDQUERYRESULTREQUEST']._serialized_start=1672
+  _globals['_RECORDQUERYRESULTREQUEST']._serialized_end=1745
+  _globals['_RECORDQUERYRESULTRESPONSE']._serialized_start=1747
+  _globals['_RECORDQUERYRESULTRESPONSE']._serialized_end=1821
+  _globals['_GETARCHIVEDQUERYREQUEST']._serialized_start=1823
+  _globals['_GETARCHIVEDQUERYREQUEST']._serialized_end=1866
+  _globals['_GETARCHIVEDQUERYRESPONSE']._serialized_start=1868
+  _globals['_GETARCHIVEDQUERYRESPONSE']._serialized_end=1941
+  _globals['_LISTARCHIVEDQUERIESREQUEST']._serialized_start=1943
+  _globals['_LISTARCHIVEDQUERIESREQUEST']._serialized_end=2041
+  _globals['_LISTARCHIVEDQUERIESRESPONSE']._serialized_start=2043
+  _globals['_LISTARCHIVEDQUERIESRESPONSE']._serialized_end=2146
+  _globals['_FINDRELEASEDQUERYREQUEST']._serialized_start=2148
+  _globals['_FINDRELEASEDQUERYREQUEST']._serialized_end=2209
+  _globals['_FINDRELEASEDQUERYRESPONSE']._serialized_start=2211
+  _globals['_FINDRELEASEDQUERYRESPONSE']._serialized_end=2300
+  _globals['_AUDITEVENT']._serialized_start=2303
+  _globals['_AUDITEVENT']._serialized_end=2440
+  _globals['_RECORDAUDITEVENTREQUEST']._serialized_start=2442
+  _globals['_RECORDAUDITEVENTREQUEST']._serialized_end=2510
+  _globals['_RECORDAUDITEVENTRESPONSE']._serialized_start=2512
+  _globals['_RECORDAUDITEVENTRESPONSE']._serialized_end=2538
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=2540
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=2618
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=2620
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=2714
+  _globals['_ADMINSTORESERVICE']._serialized_start=2717
+  _globals['_ADMINSTORESERVICE']._serialized_end=4440
 # @@protoc_insertion_point(module_scope)

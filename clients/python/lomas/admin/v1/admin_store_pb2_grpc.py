@@ -116,6 +116,16 @@ class AdminStoreServiceStub:
                 request_serializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.FindReleasedQueryRequest.SerializeToString,
                 response_deserializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.FindReleasedQueryResponse.FromString,
                 _registered_method=True)
+        self.RecordAuditEvent = channel.unary_unary(
+                '/lomas.admin.v1.AdminStoreService/RecordAuditEvent',
+                request_serializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.RecordAuditEventRequest.SerializeToString,
+                response_deserializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.RecordAuditEventResponse.FromString,
+                _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/lomas.admin.v1.AdminStoreService/ListAuditEvents',
+                request_serializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminStoreServiceServicer:
@@ -235,6 +245,20 @@ class AdminStoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordAuditEvent(self, request, context):
+        """Appends an event to the audit trail of admin actions and query calls.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditEvents(self, request, context):
+        """Lists audit events, newest first, optionally of one actor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminStoreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -317,6 +341,16 @@ def add_AdminStoreServiceServicer_to_server(servicer, server):
                     servicer.FindReleasedQuery,
                     request_deserializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.FindReleasedQueryRequest.FromString,
                     response_serializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.FindReleasedQueryResponse.SerializeToString,
+            ),
+            'RecordAuditEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordAuditEvent,
+                    request_deserializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.RecordAuditEventRequest.FromString,
+                    response_serializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.RecordAuditEventResponse.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.ListAuditEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -753,6 +787,60 @@ class AdminStoreService:
             '/lomas.admin.v1.AdminStoreService/FindReleasedQuery',
             lomas_dot_admin_dot_v1_dot_admin__store__pb2.FindReleasedQueryRequest.SerializeToString,
             lomas_dot_admin_dot_v1_dot_admin__store__pb2.FindReleasedQueryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordAuditEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lomas.admin.v1.AdminStoreService/RecordAuditEvent',
+            lomas_dot_admin_dot_v1_dot_admin__store__pb2.RecordAuditEventRequest.SerializeToString,
+            lomas_dot_admin_dot_v1_dot_admin__store__pb2.RecordAuditEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lomas.admin.v1.AdminStoreService/ListAuditEvents',
+            lomas_dot_admin_dot_v1_dot_admin__store__pb2.ListAuditEventsRequest.SerializeToString,
+            lomas_dot_admin_dot_v1_dot_admin__store__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

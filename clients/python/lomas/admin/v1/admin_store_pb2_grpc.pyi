@@ -67,6 +67,10 @@ class AdminStoreServiceStub:
     """Lists archived queries, newest first, optionally of one user and one dataset."""
     FindReleasedQuery: _grpc.UnaryUnaryMultiCallable[_admin_store_pb2.FindReleasedQueryRequest, _admin_store_pb2.FindReleasedQueryResponse]
     """Finds the caller's latest successful release with a fingerprint (for free replays)."""
+    RecordAuditEvent: _grpc.UnaryUnaryMultiCallable[_admin_store_pb2.RecordAuditEventRequest, _admin_store_pb2.RecordAuditEventResponse]
+    """Appends an event to the audit trail of admin actions and query calls."""
+    ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_admin_store_pb2.ListAuditEventsRequest, _admin_store_pb2.ListAuditEventsResponse]
+    """Lists audit events, newest first, optionally of one actor."""
 
 @_typing.type_check_only
 class AdminStoreServiceAsyncStub(AdminStoreServiceStub):
@@ -107,6 +111,10 @@ class AdminStoreServiceAsyncStub(AdminStoreServiceStub):
     """Lists archived queries, newest first, optionally of one user and one dataset."""
     FindReleasedQuery: _aio.UnaryUnaryMultiCallable[_admin_store_pb2.FindReleasedQueryRequest, _admin_store_pb2.FindReleasedQueryResponse]  # type: ignore[assignment]
     """Finds the caller's latest successful release with a fingerprint (for free replays)."""
+    RecordAuditEvent: _aio.UnaryUnaryMultiCallable[_admin_store_pb2.RecordAuditEventRequest, _admin_store_pb2.RecordAuditEventResponse]  # type: ignore[assignment]
+    """Appends an event to the audit trail of admin actions and query calls."""
+    ListAuditEvents: _aio.UnaryUnaryMultiCallable[_admin_store_pb2.ListAuditEventsRequest, _admin_store_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
+    """Lists audit events, newest first, optionally of one actor."""
 
 class AdminStoreServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminStoreService is the internal store of users, datasets, grants and the query archive.
@@ -240,5 +248,21 @@ class AdminStoreServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_store_pb2.FindReleasedQueryResponse, _abc.Awaitable[_admin_store_pb2.FindReleasedQueryResponse]]:
         """Finds the caller's latest successful release with a fingerprint (for free replays)."""
+
+    @_abc_1.abstractmethod
+    def RecordAuditEvent(
+        self,
+        request: _admin_store_pb2.RecordAuditEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_store_pb2.RecordAuditEventResponse, _abc.Awaitable[_admin_store_pb2.RecordAuditEventResponse]]:
+        """Appends an event to the audit trail of admin actions and query calls."""
+
+    @_abc_1.abstractmethod
+    def ListAuditEvents(
+        self,
+        request: _admin_store_pb2.ListAuditEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_store_pb2.ListAuditEventsResponse, _abc.Awaitable[_admin_store_pb2.ListAuditEventsResponse]]:
+        """Lists audit events, newest first, optionally of one actor."""
 
 def add_AdminStoreServiceServicer_to_server(servicer: AdminStoreServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blomas/common/v1/query.proto\x12\x0flomas.common.v1\"\xd2\x01\n\x12SmartnoiseSqlQuery\x12\x0b\n\x03sql\x18\x01 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x02 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\t\x12G\n\nmechanisms\x18\x04 \x03(\x0b\x32\x33.lomas.common.v1.SmartnoiseSqlQuery.MechanismsEntry\x12\x13\n\x0bpostprocess\x18\x05 \x01(\x08\x1a\x31\n\x0fMechanismsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"N\n\x05Query\x12=\n\x0esmartnoise_sql\x18\x01 \x01(\x0b\x32#.lomas.common.v1.SmartnoiseSqlQueryH\x00\x42\x06\n\x04kindb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blomas/common/v1/query.proto\x12\x0flomas.common.v1\"\xd2\x01\n\x12SmartnoiseSqlQuery\x12\x0b\n\x03sql\x18\x01 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x02 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\t\x12G\n\nmechanisms\x18\x04 \x03(\x0b\x32\x33.lomas.common.v1.SmartnoiseSqlQuery.MechanismsEntry\x12\x13\n\x0bpostprocess\x18\x05 \x01(\x08\x1a\x31\n\x0fMechanismsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x84\x01\n\x11OpenDpPolarsQuery\x12\x11\n\tplan_json\x18\x01 \x01(\t\x12\x33\n\tmechanism\x18\x02 \x01(\x0e\x32 .lomas.common.v1.OpenDpMechanism\x12\x14\n\x0cglobal_scale\x18\x03 \x01(\t\x12\x11\n\tthreshold\x18\x04 \x01(\x03\"\x80\x01\n\x0bOpenDpQuery\x12\x1a\n\x10measurement_json\x18\x01 \x01(\tH\x00\x12\x34\n\x06polars\x18\x02 \x01(\x0b\x32\".lomas.common.v1.OpenDpPolarsQueryH\x00\x12\x13\n\x0b\x66ixed_delta\x18\x03 \x01(\tB\n\n\x08pipeline\"~\n\x05Query\x12=\n\x0esmartnoise_sql\x18\x01 \x01(\x0b\x32#.lomas.common.v1.SmartnoiseSqlQueryH\x00\x12.\n\x06opendp\x18\x02 \x01(\x0b\x32\x1c.lomas.common.v1.OpenDpQueryH\x00\x42\x06\n\x04kind*s\n\x0fOpenDpMechanism\x12!\n\x1dOPEN_DP_MECHANISM_UNSPECIFIED\x10\x00\x12\x1d\n\x19OPEN_DP_MECHANISM_LAPLACE\x10\x01\x12\x1e\n\x1aOPEN_DP_MECHANISM_GAUSSIAN\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,10 +33,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SMARTNOISESQLQUERY_MECHANISMSENTRY']._loaded_options = None
   _globals['_SMARTNOISESQLQUERY_MECHANISMSENTRY']._serialized_options = b'8\001'
+  _globals['_OPENDPMECHANISM']._serialized_start=655
+  _globals['_OPENDPMECHANISM']._serialized_end=770
   _globals['_SMARTNOISESQLQUERY']._serialized_start=49
   _globals['_SMARTNOISESQLQUERY']._serialized_end=259
   _globals['_SMARTNOISESQLQUERY_MECHANISMSENTRY']._serialized_start=210
   _globals['_SMARTNOISESQLQUERY_MECHANISMSENTRY']._serialized_end=259
-  _globals['_QUERY']._serialized_start=261
-  _globals['_QUERY']._serialized_end=339
+  _globals['_OPENDPPOLARSQUERY']._serialized_start=262
+  _globals['_OPENDPPOLARSQUERY']._serialized_end=394
+  _globals['_OPENDPQUERY']._serialized_start=397
+  _globals['_OPENDPQUERY']._serialized_end=525
+  _globals['_QUERY']._serialized_start=527
+  _globals['_QUERY']._serialized_end=653
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -17,6 +18,30 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _OpenDpMechanism:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OpenDpMechanismEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OpenDpMechanism.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OPEN_DP_MECHANISM_UNSPECIFIED: _OpenDpMechanism.ValueType  # 0
+    """Not set; servers take Laplace."""
+    OPEN_DP_MECHANISM_LAPLACE: _OpenDpMechanism.ValueType  # 1
+    """Laplace noise: a pure-DP cost (epsilon), or (epsilon, delta) when a threshold releases keys."""
+    OPEN_DP_MECHANISM_GAUSSIAN: _OpenDpMechanism.ValueType  # 2
+    """Gaussian noise: a zCDP cost (rho), or (epsilon, delta) at the query's fixed delta."""
+
+class OpenDpMechanism(_OpenDpMechanism, metaclass=_OpenDpMechanismEnumTypeWrapper):
+    """OpenDpMechanism is the noise of an OpenDP Polars query, and so the privacy measure of its cost."""
+
+OPEN_DP_MECHANISM_UNSPECIFIED: OpenDpMechanism.ValueType  # 0
+"""Not set; servers take Laplace."""
+OPEN_DP_MECHANISM_LAPLACE: OpenDpMechanism.ValueType  # 1
+"""Laplace noise: a pure-DP cost (epsilon), or (epsilon, delta) when a threshold releases keys."""
+OPEN_DP_MECHANISM_GAUSSIAN: OpenDpMechanism.ValueType  # 2
+"""Gaussian noise: a zCDP cost (rho), or (epsilon, delta) at the query's fixed delta."""
+Global___OpenDpMechanism: _TypeAlias = OpenDpMechanism  # noqa: Y015
 
 @_typing.final
 class SmartnoiseSqlQuery(_message.Message):
@@ -79,26 +104,112 @@ class SmartnoiseSqlQuery(_message.Message):
 Global___SmartnoiseSqlQuery: _TypeAlias = SmartnoiseSqlQuery  # noqa: Y015
 
 @_typing.final
+class OpenDpPolarsQuery(_message.Message):
+    """OpenDpPolarsQuery is an OpenDP Polars query: a Polars LazyFrame plan built with OpenDP's `dp`
+    expressions. The server builds the input domain (columns, bounds, margins) from the dataset metadata.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_JSON_FIELD_NUMBER: _builtins.int
+    MECHANISM_FIELD_NUMBER: _builtins.int
+    GLOBAL_SCALE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    plan_json: _builtins.str
+    """The plan as the pinned Polars version writes it with `LazyFrame.serialize(format="json")`.
+    Plans with Python functions (pickles), file scans or plugins other than OpenDP's are refused.
+    """
+    mechanism: Global___OpenDpMechanism.ValueType
+    """The noise mechanism."""
+    global_scale: _builtins.str
+    """OpenDP's `global_scale` for the `dp` expressions that set no scale (their noise scale is this
+    times their sensitivity), as a decimal string; empty if every expression sets its scale.
+    """
+    threshold: _builtins.int
+    """Minimum number of rows in each released group when group keys are not public; 0 for none."""
+    def __init__(
+        self,
+        *,
+        plan_json: _builtins.str = ...,
+        mechanism: Global___OpenDpMechanism.ValueType = ...,
+        global_scale: _builtins.str = ...,
+        threshold: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["global_scale", b"global_scale", "mechanism", b"mechanism", "plan_json", b"plan_json", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenDpPolarsQuery: _TypeAlias = OpenDpPolarsQuery  # noqa: Y015
+
+@_typing.final
+class OpenDpQuery(_message.Message):
+    """OpenDpQuery is an OpenDP query, in one of the two forms Lomas accepts. Only allow-listed OpenDP
+    constructors are accepted: no user-defined functions, no plugins, no honest-but-curious features.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEASUREMENT_JSON_FIELD_NUMBER: _builtins.int
+    POLARS_FIELD_NUMBER: _builtins.int
+    FIXED_DELTA_FIELD_NUMBER: _builtins.int
+    measurement_json: _builtins.str
+    """A measurement built with OpenDP's Python API, in OpenDP's JSON form (`dp.serialize`). Its input is
+    the dataset as CSV text without a header line, columns in metadata order (as in Lomas).
+    """
+    fixed_delta: _builtins.str
+    """The delta at which a zCDP or privacy-curve cost becomes (epsilon, delta), as a decimal string.
+    Empty: zCDP costs are charged as rho, and privacy curves are refused.
+    """
+    @_builtins.property
+    def polars(self) -> Global___OpenDpPolarsQuery:
+        """An OpenDP Polars query."""
+
+    def __init__(
+        self,
+        *,
+        measurement_json: _builtins.str = ...,
+        polars: Global___OpenDpPolarsQuery | None = ...,
+        fixed_delta: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["measurement_json", b"measurement_json", "pipeline", b"pipeline", "polars", b"polars"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fixed_delta", b"fixed_delta", "measurement_json", b"measurement_json", "pipeline", b"pipeline", "polars", b"polars"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_pipeline: _TypeAlias = _typing.Literal["measurement_json", "polars"]  # noqa: Y015
+    _WhichOneofArgType_pipeline: _TypeAlias = _typing.Literal["pipeline", b"pipeline"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_pipeline) -> _WhichOneofReturnType_pipeline | None: ...
+
+Global___OpenDpQuery: _TypeAlias = OpenDpQuery  # noqa: Y015
+
+@_typing.final
 class Query(_message.Message):
-    """Query is one statistical query; new kinds (OpenDP, DP ML, synthetic data) are added to the oneof."""
+    """Query is one statistical query; new kinds (DP ML, synthetic data) are added to the oneof."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SMARTNOISE_SQL_FIELD_NUMBER: _builtins.int
+    OPENDP_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def smartnoise_sql(self) -> Global___SmartnoiseSqlQuery:
         """A SmartNoise-SQL query."""
+
+    @_builtins.property
+    def opendp(self) -> Global___OpenDpQuery:
+        """An OpenDP query."""
 
     def __init__(
         self,
         *,
         smartnoise_sql: Global___SmartnoiseSqlQuery | None = ...,
+        opendp: Global___OpenDpQuery | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "smartnoise_sql", b"smartnoise_sql"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "opendp", b"opendp", "smartnoise_sql", b"smartnoise_sql"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "smartnoise_sql", b"smartnoise_sql"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "opendp", b"opendp", "smartnoise_sql", b"smartnoise_sql"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["smartnoise_sql"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["smartnoise_sql", "opendp"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 

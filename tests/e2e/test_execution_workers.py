@@ -1,0 +1,245 @@
+"""Safe workers, end to end: a worker killed mid-query, time and memory limits, recycled processes.
+
+Each test runs a whole mesh (PostgreSQL stores, the machine's Redis) with short limits given through
+`MeshConfig.extra_env`, and drives it through the real clients. A generated dataset large enough to
+take a few seconds to load and prepare stands in for a slow query.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pytest
+import redis
+
+from lomas.budget.v1 import budget_pb2
+from lomas.client import Client, LomasError
+from lomas.client.admin import AdminClient, approx_dp, local_source
+from lomas.common.v1 import archive_pb2, dataset_pb2
+from lomas_common.testing import fresh_postgres_url
+from lomas_embedded import demo
+from lomas_embedded.devkeys import DevIssuer
+from lomas_embedded.mesh import Mesh, MeshConfig
+
+SYSTEM_REDIS_URL = "redis://127.0.0.1:6379/0"
+SLOW_METADATA = {
+    "max_ids": 1,
+    "rows": 1_000_000,
+    "row_privacy": True,
+    "columns": {
+        "g": {"type": "string", "cardinality": 3, "categories": ["a", "b", "c"]},
+        "x": {"type": "float", "precision": 64, "lower": 0.0, "upper": 100.0},
+    },
+}
+GROUP_COUNT = "SELECT g, COUNT(*) AS n FROM df GROUP BY g"
+
+
+def write_slow_dataset(path: Path, rows: int) -> Path:
+    rng = np.random.default_rng(0)
+    table = pa.table(
+        {
+            "g": pa.array(np.array(["a", "b", "c"])[rng.integers(0, 3, rows)]),
+            "x": pa.array(rng.uniform(0, 100, rows)),
+        }
+    )
+    pa_csv.write_csv(table, path)
+    return path
+
+
+@contextmanager
+def running_mesh(tmp: Path, extra_env: dict[str, str]) -> Iterator[tuple[Mesh, DevIssuer]]:
+    issuer = DevIssuer.load_or_create(tmp / "issuer")
+    admin_db, drop_admin = fresh_postgres_url("lomas_workers_admin")
+    budget_db, drop_budget = fresh_postgres_url("lomas_workers_budget")
+    mesh = Mesh(
+        MeshConfig(
+            data_dir=tmp,
+            redis_url=SYSTEM_REDIS_URL,
+            admin_database_url=admin_db,
+            budget_database_url=budget_db,
+            jwks=str(issuer.jwks_path),
+            issuer=issuer.issuer,
+            audience=issuer.audience,
+            bootstrap_admin=demo.ADMIN,
+            worker_concurrency=1,
+            extra_env=extra_env,
+        )
+    )
+    try:
+        mesh.start()
+        with AdminClient(mesh.gateway_target, token=issuer.token(demo.ADMIN)) as admin:
+            demo.seed(admin, tmp)
+        yield mesh, issuer
+    finally:
+        mesh.stop()
+        drop_admin()
+        drop_budget()
+
+
+def researcher(mesh: Mesh, issuer: DevIssuer, dataset: str) -> tuple[str, Client]:
+    name = f"researcher-{uuid.uuid4().hex[:8]}"
+    with AdminClient(mesh.gateway_target, token=issuer.token(demo.ADMIN)) as admin:
+        admin.add_user(name)
+        admin.grant(name, dataset, approx_dp("100", "0.01"))
+    return name, Client(mesh.gateway_target, token=issuer.token(name), dataset=dataset)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def entries(mesh: Mesh, issuer: DevIssuer, user: str, dataset: str) -> list[budget_pb2.LedgerEntry]:
+    with AdminClient(mesh.gateway_target, token=issuer.token(demo.ADMIN)) as admin:
+        return admin.ledger_history(user, dataset)
+
+
+def archived(mesh: Mesh, issuer: DevIssuer, user: str) -> list[archive_pb2.ArchivedQuery]:
+    with AdminClient(mesh.gateway_target, token=issuer.token(demo.ADMIN)) as admin:
+        return admin.archive(user=user)
+
+
+def kinds(history: list[budget_pb2.LedgerEntry]) -> list[int]:
+    return [e.kind for e in history if e.query_id]
+
+
+COMMIT = budget_pb2.LEDGER_ENTRY_KIND_COMMIT
+RESERVATION = budget_pb2.LEDGER_ENTRY_KIND_RESERVATION
+ACCESS = budget_pb2.LEDGER_ENTRY_KIND_ACCESS
+
+
+def test_a_worker_killed_mid_query_is_replaced_and_the_query_completes_once(
+    tmp_path: Path,
+) -> None:
+    slow = write_slow_dataset(tmp_path / "slow.csv", 400_000)
+    env = {
+        # Soft limit 10 s (the query takes ~3 s), redelivery 18 s after the first delivery.
+        "LOMAS_TASK_TIME_LIMIT_SECONDS": "15",
+        "LOMAS_QUEUE_VISIBILITY_TIMEOUT_SECONDS": "18",
+    }
+    with running_mesh(tmp_path, env) as (mesh, issuer):
+        with AdminClient(mesh.gateway_target, token=issuer.token(demo.ADMIN)) as admin:
+            admin.add_dataset(
+                "SLOW", local_source(slow), SLOW_METADATA, dataset_pb2.DATA_FORMAT_CSV
+            )
+        user, client = researcher(mesh, issuer, "SLOW")
+        cost = client.smartnoise_sql.cost(GROUP_COUNT, epsilon=1.0, delta=1e-5)
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(
+                client.smartnoise_sql.query, GROUP_COUNT, 1.0, 1e-5, request_id="killed-once"
+            )
+            # The worker has marked the reservation accessed: it is loading the data. Kill it.
+            wait_for(
+                lambda: ACCESS in kinds(entries(mesh, issuer, user, "SLOW")), 60, "data access"
+            )
+            mesh.kill("worker-0")
+            assert COMMIT not in kinds(entries(mesh, issuer, user, "SLOW")), "killed mid-query"
+            assert archived(mesh, issuer, user) == []
+            mesh.start_service("worker-0")
+            release = pending.result(timeout=120)
+
+        assert sorted(release["g"]) == ["a", "b", "c"]
+        assert abs(int(release["n"].sum()) - 400_000) < 1000
+        query_id = release.attrs["query_id"]
+        # Redelivered once: two deliveries of the task, one run to completion.
+        broker = redis.Redis.from_url(SYSTEM_REDIS_URL)
+        try:
+            attempts = broker.hget(f"{mesh.config.queue_prefix}:query-attempts:{query_id}", "0")
+        finally:
+            broker.close()
+        assert attempts == b"2"
+        # One charge in the ledger, one release in the archive.
+        mine = [e for e in entries(mesh, issuer, user, "SLOW") if e.query_id == query_id]
+        assert [e.kind for e in mine].count(RESERVATION) == 1
+        assert [e.kind for e in mine].count(COMMIT) == 1
+        assert client.get_total_spent_budget() == {
+            "total_spent_epsilon": cost["epsilon"],
+            "total_spent_delta": cost["delta"],
+        }
+        stored = archived(mesh, issuer, user)
+        assert [q.query_id for q in stored] == [query_id]
+        assert stored[0].status == archive_pb2.QUERY_STATUS_SUCCEEDED
+        # A retry of the same request returns that release, uncharged.
+        again = client.smartnoise_sql.query(GROUP_COUNT, 1.0, 1e-5, request_id="killed-once")
+        assert again.equals(release)
+        assert client.get_total_spent_budget()["total_spent_epsilon"] == cost["epsilon"]
+
+
+def test_time_and_memory_limits_keep_the_charge_and_workers_are_recycled(tmp_path: Path) -> None:
+    slow = write_slow_dataset(tmp_path / "slow.csv", 1_000_000)
+    env = {
+        # Soft limit 2 s: loading and preparing a million rows takes longer.
+        "LOMAS_TASK_TIME_LIMIT_SECONDS": "7",
+        "LOMAS_QUEUE_VISIBILITY_TIMEOUT_SECONDS": "10",
+        "LOMAS_WORKER_MAX_TASKS_PER_CHILD": "1",
+    }
+    with running_mesh(tmp_path, env) as (mesh, issuer):
+        with AdminClient(mesh.gateway_target, token=issuer.token(demo.ADMIN)) as admin:
+            admin.add_dataset(
+                "SLOW", local_source(slow), SLOW_METADATA, dataset_pb2.DATA_FORMAT_CSV
+            )
+        worker = psutil.Process(mesh.service("worker-0").process.pid)
+
+        def child() -> int:
+            children = worker.children()
+            return children[0].pid if len(children) == 1 else 0
+
+        # Recycling: with one task per child, every query gets a fresh process.
+        _, penguin = researcher(mesh, issuer, demo.DATASET)
+        seen = []
+        for epsilon in (1.0, 2.0):
+            wait_for(lambda: child() != 0 and child() not in seen, 30, "a fresh worker child")
+            seen.append(child())
+            penguin.smartnoise_sql.query("SELECT COUNT(*) AS n FROM df", epsilon=epsilon, delta=0)
+        wait_for(lambda: child() != 0 and child() not in seen, 30, "a fresh worker child")
+        assert len(set(seen)) == 2
+
+        # Time limit: the query fails with QUERY_TIMEOUT and its cost stays charged.
+        user, client = researcher(mesh, issuer, "SLOW")
+        cost = client.smartnoise_sql.cost(GROUP_COUNT, epsilon=1.0, delta=1e-5)
+        with pytest.raises(LomasError) as timed_out:
+            client.smartnoise_sql.query(GROUP_COUNT, epsilon=1.0, delta=1e-5)
+        assert (timed_out.value.code, timed_out.value.reason) == ("INTERNAL", "QUERY_TIMEOUT")
+        assert "charged" in timed_out.value.message
+        assert client.get_total_spent_budget() == {
+            "total_spent_epsilon": cost["epsilon"],
+            "total_spent_delta": cost["delta"],
+        }
+        history = entries(mesh, issuer, user, "SLOW")
+        assert kinds(history).count(COMMIT) == 1
+        assert budget_pb2.LEDGER_ENTRY_KIND_RELEASE not in kinds(history)
+
+        # Memory limit: measure a warm child (runner and a small dataset loaded), restart the
+        # worker with an address-space limit a little above that, and load a million rows.
+        mesh.kill("worker-0")
+        mesh.config.extra_env |= {
+            "LOMAS_WORKER_MAX_TASKS_PER_CHILD": "100",
+            "LOMAS_TASK_TIME_LIMIT_SECONDS": "60",
+            "LOMAS_QUEUE_VISIBILITY_TIMEOUT_SECONDS": "70",
+        }
+        worker = psutil.Process(mesh.start_service("worker-0").process.pid)
+        penguin.smartnoise_sql.query("SELECT COUNT(*) AS n FROM df", epsilon=3.0, delta=0)
+        warm_mb = psutil.Process(child()).memory_info().vms // 2**20
+        mesh.kill("worker-0")
+        mesh.config.extra_env["LOMAS_TASK_MEMORY_LIMIT_MB"] = str(warm_mb + 64)
+        worker = psutil.Process(mesh.start_service("worker-0").process.pid)
+        user, client = researcher(mesh, issuer, "SLOW")
+        with pytest.raises(LomasError) as out_of_memory:
+            client.smartnoise_sql.query(GROUP_COUNT, epsilon=1.0, delta=1e-5)
+        assert out_of_memory.value.reason == "QUERY_EXECUTION_FAILED", out_of_memory.value
+        assert "memory" in out_of_memory.value.message and "charged" in out_of_memory.value.message
+        assert client.get_total_spent_budget()["total_spent_epsilon"] == cost["epsilon"]
+        assert kinds(entries(mesh, issuer, user, "SLOW")).count(COMMIT) == 1
