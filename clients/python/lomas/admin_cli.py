@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from lomas.client.admin import (
 from lomas.client.errors import LomasError
 
 
-def _print(value: Message | list[Message] | dict[str, Any]) -> None:
+def _print(value: Message | Sequence[Message] | dict[str, Any]) -> None:
     def plain(item: Any) -> Any:
         if isinstance(item, Message):
             data = json_format.MessageToDict(item, preserving_proto_field_name=True)
@@ -39,7 +40,7 @@ def _print(value: Message | list[Message] | dict[str, Any]) -> None:
             return data
         return item
 
-    payload = [plain(v) for v in value] if isinstance(value, list) else plain(value)
+    payload = [plain(v) for v in value] if isinstance(value, Sequence) else plain(value)
     print(json.dumps(payload, indent=2, sort_keys=True))
 
 
@@ -59,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     add_user.add_argument("--no-query", action="store_true", help="may not run queries")
     users.add_parser("remove").add_argument("name")
     users.add_parser("list")
+    for verb, what in (("freeze", "stop"), ("unfreeze", "let")):
+        toggle = users.add_parser(verb, help=f"{what} a user start queries (Lomas may_query)")
+        toggle.add_argument("name")
+        toggle.add_argument("--reason", default="", help="recorded in each of the user's ledgers")
 
     datasets = groups.add_parser("datasets", help="add, remove or list datasets").add_subparsers(
         dest="action", required=True
@@ -87,18 +92,15 @@ def _parser() -> argparse.ArgumentParser:
     add_grant = grants.add_parser("add")
     add_grant.add_argument("user")
     add_grant.add_argument("dataset")
-    add_grant.add_argument(
-        "--epsilon", help="approximate DP (with --delta) or pure DP (alone with --pure)"
-    )
-    add_grant.add_argument("--delta")
-    add_grant.add_argument("--pure", action="store_true", help="a pure-DP ledger (epsilon only)")
-    add_grant.add_argument("--rho", help="a zCDP ledger")
+    _loss_arguments(add_grant, "ledger")
     remove_grant = grants.add_parser("remove")
     remove_grant.add_argument("user")
     remove_grant.add_argument("dataset")
     grants.add_parser("list").add_argument("--user", default="")
 
-    groups.add_parser("budgets", help="a user's budgets").add_argument("user")
+    budgets = groups.add_parser("budgets", help="a user's budgets")
+    budgets.add_argument("user")
+    budgets.add_argument("--delta", default="", help=_DELTA_HELP)
     archive = groups.add_parser("archive", help="archived queries")
     archive.add_argument("--user", default="")
     archive.add_argument("--dataset", default="")
@@ -114,8 +116,48 @@ def _parser() -> argparse.ArgumentParser:
     ledger = groups.add_parser("ledger", help="budget ledger integrity").add_subparsers(
         dest="action", required=True
     )
-    ledger.add_parser("verify", help="recompute every balance and check every hash chain")
+    ledger.add_parser(
+        "verify", help="recompute every balance and check every hash chain (exit 1 on a problem)"
+    )
+    show = ledger.add_parser("show", help="one ledger")
+    show.add_argument("user")
+    show.add_argument("dataset")
+    show.add_argument("--delta", default="", help=_DELTA_HELP)
+    history = ledger.add_parser("history", help="a ledger's entries, oldest first")
+    history.add_argument("user")
+    history.add_argument("dataset")
+    adjust = ledger.add_parser(
+        "adjust", help="set a ledger's allocation (never below what is spent or held)"
+    )
+    adjust.add_argument("user")
+    adjust.add_argument("dataset")
+    _loss_arguments(adjust, "ledger")
+    adjust.add_argument("--reason", default="", help="recorded in the ledger's history")
+
+    caps = groups.add_parser(
+        "caps", help="bound what all users together may spend on a dataset"
+    ).add_subparsers(dest="action", required=True)
+    set_cap = caps.add_parser("set")
+    set_cap.add_argument("dataset")
+    _loss_arguments(set_cap, "cap")
+    set_cap.add_argument("--reason", default="")
+    caps.add_parser("show").add_argument("dataset")
+    remove_cap = caps.add_parser("remove")
+    remove_cap.add_argument("dataset")
+    remove_cap.add_argument("--reason", default="")
     return parser
+
+
+_DELTA_HELP = "also show what is left of zCDP and pure-DP budgets as (epsilon, delta) at this delta"
+
+
+def _loss_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--epsilon", help="approximate DP (with --delta) or pure DP (alone with --pure)"
+    )
+    parser.add_argument("--delta")
+    parser.add_argument("--pure", action="store_true", help=f"a pure-DP {what} (epsilon only)")
+    parser.add_argument("--rho", help=f"a zCDP {what}")
 
 
 def _grant_allocation(args: argparse.Namespace) -> Any:
@@ -137,6 +179,10 @@ def _run(admin: AdminClient, args: argparse.Namespace) -> int:
             _print(admin.add_user(args.name, admin=args.admin, may_query=not args.no_query))
         elif action == "remove":
             admin.remove_user(args.name)
+        elif action == "freeze":
+            _print(admin.freeze_user(args.name, reason=args.reason))
+        elif action == "unfreeze":
+            _print(admin.unfreeze_user(args.name, reason=args.reason))
         else:
             _print(admin.list_users())
     elif group == "datasets":
@@ -167,7 +213,7 @@ def _run(admin: AdminClient, args: argparse.Namespace) -> int:
         else:
             _print(admin.list_grants(args.user))
     elif group == "budgets":
-        _print(admin.budgets(args.user))
+        _print(admin.budgets(args.user, delta=args.delta))
     elif group == "archive":
         _print(admin.archive(args.user, args.dataset))
     elif group == "load":
@@ -176,9 +222,34 @@ def _run(admin: AdminClient, args: argparse.Namespace) -> int:
         else:
             _print({"loaded_datasets": admin.load_dataset_collection(args.file)})
     elif group == "ledger":
+        return _ledger(admin, args)
+    elif group == "caps":
+        if action == "set":
+            _print(admin.set_dataset_cap(args.dataset, _grant_allocation(args), reason=args.reason))
+        elif action == "remove":
+            _print(admin.set_dataset_cap(args.dataset, None, reason=args.reason))
+        else:
+            _print(admin.dataset_cap(args.dataset))
+    return 0
+
+
+def _ledger(admin: AdminClient, args: argparse.Namespace) -> int:
+    if args.action == "show":
+        _print(admin.ledger(args.user, args.dataset, delta=args.delta))
+    elif args.action == "history":
+        _print(admin.ledger_history(args.user, args.dataset))
+    elif args.action == "adjust":
+        allocation = _grant_allocation(args)
+        _print(admin.adjust_allocation(args.user, args.dataset, allocation, reason=args.reason))
+    else:
         report = admin.verify_ledgers()
         _print(report)
-        return 1 if report.problems else 0
+        if report.problems:
+            print(
+                f"lomas-admin: {len(report.problems)} problems in the budget ledgers",
+                file=sys.stderr,
+            )
+            return 1
     return 0
 
 

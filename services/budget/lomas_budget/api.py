@@ -5,7 +5,14 @@ from __future__ import annotations
 import asyncio
 
 from lomas.budget.v1 import budget_pb2, budget_pb2_grpc
-from lomas_budget.convert import ledger_to_proto, reservation_to_proto
+from lomas_budget.convert import (
+    dataset_cap_to_proto,
+    delta_from_text,
+    entry_to_proto,
+    ledger_to_proto,
+    reservation_to_proto,
+    user_state_to_proto,
+)
 from lomas_budget.ledger import BudgetLedger
 from lomas_common.convert import next_page_token, page_bounds, privacy_loss_from_proto
 
@@ -33,15 +40,17 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
         return budget_pb2.OpenLedgerResponse(ledger=ledger_to_proto(balance))
 
     async def GetLedger(self, request, context):  # type: ignore[no-untyped-def]
+        delta = delta_from_text(request.delta)
         balance = await asyncio.to_thread(self._ledger.get_balance, request.user, request.dataset)
-        return budget_pb2.GetLedgerResponse(ledger=ledger_to_proto(balance))
+        return budget_pb2.GetLedgerResponse(ledger=ledger_to_proto(balance, delta))
 
     async def ListLedgers(self, request, context):  # type: ignore[no-untyped-def]
+        delta = delta_from_text(request.delta)
         offset, limit = page_bounds(request.page_size, request.page_token)
         balances = await asyncio.to_thread(self._ledger.list_balances, request.user)
         page = balances[offset : offset + limit]
         return budget_pb2.ListLedgersResponse(
-            ledgers=[ledger_to_proto(b) for b in page],
+            ledgers=[ledger_to_proto(b, delta) for b in page],
             next_page_token=next_page_token(
                 offset, len(page), has_more=offset + limit < len(balances)
             ),
@@ -50,32 +59,135 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
     async def ReserveBudget(self, request, context):  # type: ignore[no-untyped-def]
         cost = privacy_loss_from_proto(request.cost, field="cost")
         reservation = await asyncio.to_thread(
-            self._ledger.reserve,
-            request.query_id,
-            request.user,
-            request.dataset,
-            cost,
-            request.actor,
+            lambda: self._ledger.reserve(
+                request.query_id,
+                request.user,
+                request.dataset,
+                cost,
+                request.actor,
+                owner=request.owner,
+                ttl_seconds=request.ttl_seconds or None,
+                request_id=request.request_id or None,
+            )
         )
         return budget_pb2.ReserveBudgetResponse(reservation=reservation_to_proto(reservation))
 
     async def MarkReservationAccessed(self, request, context):  # type: ignore[no-untyped-def]
-        reservation = await asyncio.to_thread(self._ledger.mark_accessed, request.query_id)
+        reservation = await asyncio.to_thread(
+            lambda: self._ledger.mark_accessed(
+                request.query_id,
+                actor=request.actor or "worker",
+                request_id=request.request_id or None,
+            )
+        )
         return budget_pb2.MarkReservationAccessedResponse(
             reservation=reservation_to_proto(reservation)
         )
 
     async def CommitReservation(self, request, context):  # type: ignore[no-untyped-def]
-        reservation = await asyncio.to_thread(self._ledger.commit, request.query_id)
+        reservation = await asyncio.to_thread(
+            lambda: self._ledger.commit(
+                request.query_id,
+                actor=request.actor or "worker",
+                reason=request.reason,
+                request_id=request.request_id or None,
+            )
+        )
         return budget_pb2.CommitReservationResponse(reservation=reservation_to_proto(reservation))
 
     async def ReleaseReservation(self, request, context):  # type: ignore[no-untyped-def]
-        reservation = await asyncio.to_thread(self._ledger.release, request.query_id)
+        reservation = await asyncio.to_thread(
+            lambda: self._ledger.release(
+                request.query_id,
+                actor=request.actor or "worker",
+                reason=request.reason,
+                request_id=request.request_id or None,
+            )
+        )
         return budget_pb2.ReleaseReservationResponse(reservation=reservation_to_proto(reservation))
 
     async def VerifyLedgers(self, request, context):  # type: ignore[no-untyped-def]
-        problems, checked = await asyncio.to_thread(self._verify)
-        return budget_pb2.VerifyLedgersResponse(ledgers_checked=checked, problems=problems)
+        report = await asyncio.to_thread(self._ledger.verify)
+        return budget_pb2.VerifyLedgersResponse(
+            ledgers_checked=report.ledgers_checked,
+            entries_checked=report.entries_checked,
+            problems=report.problems,
+        )
 
-    def _verify(self) -> tuple[list[str], int]:
-        return self._ledger.verify_all(), self._ledger.count_ledgers()
+    async def AdjustAllocation(self, request, context):  # type: ignore[no-untyped-def]
+        allocation = privacy_loss_from_proto(request.allocation, field="allocation")
+        balance = await asyncio.to_thread(
+            self._ledger.adjust_allocation,
+            request.user,
+            request.dataset,
+            allocation,
+            request.actor,
+            request.reason,
+            request.request_id or None,
+        )
+        return budget_pb2.AdjustAllocationResponse(ledger=ledger_to_proto(balance))
+
+    async def FreezeUser(self, request, context):  # type: ignore[no-untyped-def]
+        state = await asyncio.to_thread(
+            self._ledger.freeze_user,
+            request.user,
+            request.actor,
+            request.reason,
+            request.request_id or None,
+        )
+        return budget_pb2.FreezeUserResponse(
+            user=user_state_to_proto(state), ledgers=[ledger_to_proto(b) for b in state.ledgers]
+        )
+
+    async def UnfreezeUser(self, request, context):  # type: ignore[no-untyped-def]
+        state = await asyncio.to_thread(
+            self._ledger.unfreeze_user,
+            request.user,
+            request.actor,
+            request.reason,
+            request.request_id or None,
+        )
+        return budget_pb2.UnfreezeUserResponse(
+            user=user_state_to_proto(state), ledgers=[ledger_to_proto(b) for b in state.ledgers]
+        )
+
+    async def GetUserState(self, request, context):  # type: ignore[no-untyped-def]
+        state = await asyncio.to_thread(self._ledger.get_user, request.user)
+        return budget_pb2.GetUserStateResponse(user=user_state_to_proto(state))
+
+    async def SetDatasetCap(self, request, context):  # type: ignore[no-untyped-def]
+        cap = privacy_loss_from_proto(request.cap, field="cap") if request.HasField("cap") else None
+        updated = await asyncio.to_thread(
+            self._ledger.set_dataset_cap,
+            request.dataset,
+            cap,
+            request.actor,
+            request.reason,
+            request.request_id or None,
+        )
+        return budget_pb2.SetDatasetCapResponse(cap=dataset_cap_to_proto(updated))
+
+    async def GetDatasetCap(self, request, context):  # type: ignore[no-untyped-def]
+        cap = await asyncio.to_thread(self._ledger.get_dataset_cap, request.dataset)
+        return budget_pb2.GetDatasetCapResponse(cap=dataset_cap_to_proto(cap))
+
+    async def ListLedgerEntries(self, request, context):  # type: ignore[no-untyped-def]
+        offset, limit = page_bounds(request.page_size, request.page_token)
+        balance, entries, has_more = await asyncio.to_thread(
+            lambda: self._ledger.list_entries(
+                request.user, request.dataset, after_seq=offset, limit=limit
+            )
+        )
+        return budget_pb2.ListLedgerEntriesResponse(
+            ledger=ledger_to_proto(balance),
+            entries=[entry_to_proto(balance, entry) for entry in entries],
+            next_page_token=next_page_token(offset, len(entries), has_more=has_more),
+        )
+
+    async def SweepReservations(self, request, context):  # type: ignore[no-untyped-def]
+        report = await asyncio.to_thread(
+            lambda: self._ledger.sweep(request_id=request.request_id or None)
+        )
+        return budget_pb2.SweepReservationsResponse(
+            released=report.released, committed=report.committed
+        )

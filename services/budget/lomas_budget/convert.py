@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from decimal import Decimal
+
+from google.protobuf import timestamp_pb2
+
 from lomas.budget.v1 import budget_pb2
-from lomas_budget.ledger import LedgerBalance, Reservation, ReservationState
+from lomas.common.v1 import privacy_pb2
+from lomas_budget.accounting import approx_dp_view
+from lomas_budget.ledger import (
+    DatasetCap,
+    EntryKind,
+    LedgerBalance,
+    LedgerEntry,
+    Reservation,
+    ReservationState,
+    UserState,
+)
 from lomas_common.convert import DEFINITION_TO_PROTO, privacy_loss_to_proto
+from lomas_common.errors import InvalidArgument
+from lomas_common.privacy import PrivacyLoss, PrivacyValueError, format_decimal, parse_decimal
 
 _STATES = {
     ReservationState.RESERVED: budget_pb2.RESERVATION_STATE_RESERVED,
@@ -12,10 +29,54 @@ _STATES = {
     ReservationState.COMMITTED: budget_pb2.RESERVATION_STATE_COMMITTED,
     ReservationState.RELEASED: budget_pb2.RESERVATION_STATE_RELEASED,
 }
+_KINDS = {
+    EntryKind.ALLOCATION: budget_pb2.LEDGER_ENTRY_KIND_ALLOCATION,
+    EntryKind.IMPORTED_SPEND: budget_pb2.LEDGER_ENTRY_KIND_IMPORTED_SPEND,
+    EntryKind.ADJUSTMENT: budget_pb2.LEDGER_ENTRY_KIND_ADJUSTMENT,
+    EntryKind.RESERVATION: budget_pb2.LEDGER_ENTRY_KIND_RESERVATION,
+    EntryKind.ACCESS: budget_pb2.LEDGER_ENTRY_KIND_ACCESS,
+    EntryKind.COMMIT: budget_pb2.LEDGER_ENTRY_KIND_COMMIT,
+    EntryKind.RELEASE: budget_pb2.LEDGER_ENTRY_KIND_RELEASE,
+    EntryKind.FREEZE: budget_pb2.LEDGER_ENTRY_KIND_FREEZE,
+    EntryKind.UNFREEZE: budget_pb2.LEDGER_ENTRY_KIND_UNFREEZE,
+}
 
 
-def ledger_to_proto(balance: LedgerBalance) -> budget_pb2.Ledger:
-    return budget_pb2.Ledger(
+def delta_from_text(text: str) -> Decimal | None:
+    """The optional delta of a ledger view ("" means none); INVALID_ARGUMENT unless in (0, 1)."""
+    if not text:
+        return None
+    try:
+        delta = parse_decimal(text, name="delta")
+    except PrivacyValueError as error:
+        raise InvalidArgument(
+            str(error), reason="PRIVACY_LOSS_INVALID", metadata={"field": "delta"}
+        ) from None
+    if not 0 < delta < 1:
+        raise InvalidArgument(
+            "delta must be strictly between 0 and 1",
+            reason="PRIVACY_LOSS_INVALID",
+            metadata={"field": "delta"},
+        )
+    return delta
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_SECOND = dt.timedelta(seconds=1)
+
+
+def timestamp(text: str) -> timestamp_pb2.Timestamp | None:
+    """A stored ISO-8601 UTC text as a Timestamp (None when empty)."""
+    if not text:
+        return None
+    moment = dt.datetime.fromisoformat(text)
+    return timestamp_pb2.Timestamp(
+        seconds=(moment - _EPOCH) // _SECOND, nanos=moment.microsecond * 1000
+    )
+
+
+def ledger_to_proto(balance: LedgerBalance, delta: Decimal | None = None) -> budget_pb2.Ledger:
+    message = budget_pb2.Ledger(
         user=balance.user,
         dataset=balance.dataset,
         definition=DEFINITION_TO_PROTO[balance.definition],
@@ -23,7 +84,21 @@ def ledger_to_proto(balance: LedgerBalance) -> budget_pb2.Ledger:
         spent=privacy_loss_to_proto(balance.spent),
         reserved=privacy_loss_to_proto(balance.reserved),
         remaining=privacy_loss_to_proto(balance.remaining),
+        frozen=balance.frozen,
+        capped=balance.capped,
+        entry_count=balance.entry_count,
+        head_hash=balance.head_hash,
+        create_time=timestamp(balance.created_at),
     )
+    if delta is not None:
+        view = approx_dp_view(balance.remaining, delta)
+        if view is not None:
+            message.remaining_at_delta.CopyFrom(
+                privacy_pb2.ApproxDp(
+                    epsilon=format_decimal(view.epsilon), delta=format_decimal(view.delta)
+                )
+            )
+    return message
 
 
 def reservation_to_proto(reservation: Reservation) -> budget_pb2.Reservation:
@@ -33,4 +108,60 @@ def reservation_to_proto(reservation: Reservation) -> budget_pb2.Reservation:
         dataset=reservation.dataset,
         cost=privacy_loss_to_proto(reservation.cost),
         state=_STATES[reservation.state],
+        owner=reservation.owner,
+        expire_time=timestamp(reservation.expires_at),
+        create_time=timestamp(reservation.created_at),
+        update_time=timestamp(reservation.updated_at),
     )
+
+
+def _signed_loss(balance: LedgerBalance, entry: LedgerEntry) -> privacy_pb2.PrivacyLoss:
+    """An entry's amount in its ledger's unit (components may be negative in adjustments, which a
+    `PrivacyLoss` value refuses, so it is built from the texts directly)."""
+    definition = balance.definition
+    zero = PrivacyLoss.zero(definition)
+    message = privacy_loss_to_proto(zero)
+    kind = message.WhichOneof("loss")
+    assert kind is not None
+    part = getattr(message, kind)
+    for name in zero.components():
+        setattr(part, name, format_decimal(getattr(entry, name)))
+    return message
+
+
+def entry_to_proto(balance: LedgerBalance, entry: LedgerEntry) -> budget_pb2.LedgerEntry:
+    return budget_pb2.LedgerEntry(
+        seq=entry.seq,
+        kind=_KINDS[entry.kind],
+        amount=_signed_loss(balance, entry),
+        query_id=entry.query_id or "",
+        actor=entry.actor,
+        reason=entry.reason,
+        create_time=timestamp(entry.created_at),
+        prev_hash=entry.prev_hash,
+        hash=entry.hash,
+    )
+
+
+def user_state_to_proto(state: UserState) -> budget_pb2.UserState:
+    return budget_pb2.UserState(
+        user=state.user,
+        frozen=state.frozen,
+        actor=state.actor,
+        reason=state.reason,
+        update_time=timestamp(state.updated_at),
+    )
+
+
+def dataset_cap_to_proto(cap: DatasetCap) -> budget_pb2.DatasetCap:
+    message = budget_pb2.DatasetCap(
+        dataset=cap.dataset,
+        actor=cap.actor,
+        reason=cap.reason,
+        update_time=timestamp(cap.updated_at),
+    )
+    if cap.cap is not None and cap.used is not None and cap.remaining is not None:
+        message.cap.CopyFrom(privacy_loss_to_proto(cap.cap))
+        message.used.CopyFrom(privacy_loss_to_proto(cap.used))
+        message.remaining.CopyFrom(privacy_loss_to_proto(cap.remaining))
+    return message

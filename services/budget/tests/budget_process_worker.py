@@ -31,3 +31,21 @@ def run(url: str, worker: int, attempts: int, cost: PrivacyLoss, start: Any, res
                 results.put("exhausted")
     finally:
         db.close()
+
+
+def race(url: str, plan: list[tuple[str, str, str, PrivacyLoss]], start: Any, results: Any) -> None:
+    """Open a Database of this process's own, wait for the other processes, then make every
+    reservation of `plan` (query id, user, dataset, cost), putting (dataset, outcome) on `results`
+    with the outcome 'reserved' or the refusal's reason."""
+    db = Database.from_url(url)
+    try:
+        ledger = BudgetLedger(LedgerStore(db))
+        start.wait()
+        for query_id, user, dataset, cost in plan:
+            try:
+                ledger.reserve(query_id, user, dataset, cost, "gateway")
+                results.put((dataset, "reserved"))
+            except BudgetExhausted as error:
+                results.put((dataset, error.reason))
+    finally:
+        db.close()

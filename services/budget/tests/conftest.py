@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sqlite3
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+sys.path.insert(
+    0, str(Path(__file__).parent)
+)  # budget_testing, and the modules spawned processes run
+
+from budget_testing import FakeClock
+
 from lomas_budget.ledger import BudgetLedger
 from lomas_budget.store import LedgerStore
-from lomas_common.db import Database
+from lomas_common.db import Database, Transaction
 from lomas_common.testing import fresh_postgres_url, sqlite_url
 
 
@@ -36,7 +44,43 @@ def database(database_url: str) -> Iterator[Database]:
 
 
 @pytest.fixture
-def ledger(database: Database) -> BudgetLedger:
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def ledger(database: Database, clock: FakeClock) -> BudgetLedger:
+    """A ledger on real storage whose time moves only when the test says (`clock.advance`)."""
     store = LedgerStore(database)
     store.create_schema()
-    return BudgetLedger(store)
+    return BudgetLedger(store, clock=clock)
+
+
+def bypass_append_only(tx: Transaction) -> None:
+    """What an attacker with database rights does first: get the append-only triggers out of the
+    way (PostgreSQL: replica mode skips ordinary triggers, foreign keys included)."""
+    tx.execute("SET LOCAL session_replication_role = replica")
+
+
+@pytest.fixture
+def tamper(database: Database, database_url: str) -> Callable[..., int]:
+    """Change the database behind the ledger's back with direct SQL, append-only triggers and
+    foreign keys bypassed; returns the number of rows changed."""
+
+    def run(sql: str, params: tuple[object, ...] = ()) -> int:
+        if database.dialect == "postgresql":
+            with database.transaction() as tx:
+                bypass_append_only(tx)
+                return tx.execute(sql, params).rowcount
+        # a plain sqlite3 connection: foreign keys off, as they are by default
+        connection = sqlite3.connect(database_url.removeprefix("sqlite:///"))
+        try:
+            connection.execute("DROP TRIGGER IF EXISTS ledger_entries_no_update")
+            connection.execute("DROP TRIGGER IF EXISTS ledger_entries_no_delete")
+            count = connection.execute(sql, params).rowcount
+            connection.commit()
+            return count
+        finally:
+            connection.close()
+
+    return run

@@ -273,7 +273,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         response = await self._peers.budget.call(
             "ListLedgers",
             budget_pb2.ListLedgersRequest(
-                user=request.user, page_size=request.page_size, page_token=request.page_token
+                user=request.user,
+                page_size=request.page_size,
+                page_token=request.page_token,
+                delta=request.delta,
             ),
         )
         return admin_pb2.ListLedgersResponse(
@@ -297,7 +300,105 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     async def VerifyLedgers(self, request, context):  # type: ignore[no-untyped-def]
         await self._require_admin()
-        response = await self._peers.budget.call("VerifyLedgers", budget_pb2.VerifyLedgersRequest())
-        return admin_pb2.VerifyLedgersResponse(
-            ledgers_checked=response.ledgers_checked, problems=response.problems
+        response = await self._peers.budget.call(
+            "VerifyLedgers", budget_pb2.VerifyLedgersRequest(), timeout=600.0
         )
+        return admin_pb2.VerifyLedgersResponse(
+            ledgers_checked=response.ledgers_checked,
+            entries_checked=response.entries_checked,
+            problems=response.problems,
+        )
+
+    async def GetLedger(self, request, context):  # type: ignore[no-untyped-def]
+        await self._require_admin()
+        response = await self._peers.budget.call(
+            "GetLedger",
+            budget_pb2.GetLedgerRequest(
+                user=request.user, dataset=request.dataset, delta=request.delta
+            ),
+        )
+        return admin_pb2.GetLedgerResponse(ledger=response.ledger)
+
+    async def ListLedgerEntries(self, request, context):  # type: ignore[no-untyped-def]
+        await self._require_admin()
+        response = await self._peers.budget.call(
+            "ListLedgerEntries",
+            budget_pb2.ListLedgerEntriesRequest(
+                user=request.user,
+                dataset=request.dataset,
+                page_size=request.page_size,
+                page_token=request.page_token,
+            ),
+        )
+        return admin_pb2.ListLedgerEntriesResponse(
+            ledger=response.ledger,
+            entries=response.entries,
+            next_page_token=response.next_page_token,
+        )
+
+    async def AdjustAllocation(self, request, context):  # type: ignore[no-untyped-def]
+        actor = await self._require_admin()
+        response = await self._peers.budget.call(
+            "AdjustAllocation",
+            budget_pb2.AdjustAllocationRequest(
+                user=request.user,
+                dataset=request.dataset,
+                allocation=request.allocation,
+                actor=actor,
+                reason=request.reason,
+                request_id=request.request_id,
+            ),
+        )
+        return admin_pb2.AdjustAllocationResponse(ledger=response.ledger)
+
+    async def FreezeUser(self, request, context):  # type: ignore[no-untyped-def]
+        actor = await self._require_admin()
+        await self._peers.admin.call("GetUser", admin_store_pb2.GetUserRequest(name=request.name))
+        response = await self._peers.budget.call(
+            "FreezeUser",
+            budget_pb2.FreezeUserRequest(
+                user=request.name,
+                actor=actor,
+                reason=request.reason,
+                request_id=request.request_id,
+            ),
+        )
+        return admin_pb2.FreezeUserResponse(user=response.user, ledgers=response.ledgers)
+
+    async def UnfreezeUser(self, request, context):  # type: ignore[no-untyped-def]
+        actor = await self._require_admin()
+        await self._peers.admin.call("GetUser", admin_store_pb2.GetUserRequest(name=request.name))
+        response = await self._peers.budget.call(
+            "UnfreezeUser",
+            budget_pb2.UnfreezeUserRequest(
+                user=request.name,
+                actor=actor,
+                reason=request.reason,
+                request_id=request.request_id,
+            ),
+        )
+        return admin_pb2.UnfreezeUserResponse(user=response.user, ledgers=response.ledgers)
+
+    async def SetDatasetCap(self, request, context):  # type: ignore[no-untyped-def]
+        actor = await self._require_admin()
+        await self._peers.admin.call(
+            "GetDataset", admin_store_pb2.GetDatasetRequest(name=request.dataset)
+        )
+        response = await self._peers.budget.call(
+            "SetDatasetCap",
+            budget_pb2.SetDatasetCapRequest(
+                dataset=request.dataset,
+                cap=request.cap if request.HasField("cap") else None,
+                actor=actor,
+                reason=request.reason,
+                request_id=request.request_id,
+            ),
+        )
+        return admin_pb2.SetDatasetCapResponse(cap=response.cap)
+
+    async def GetDatasetCap(self, request, context):  # type: ignore[no-untyped-def]
+        await self._require_admin()
+        response = await self._peers.budget.call(
+            "GetDatasetCap", budget_pb2.GetDatasetCapRequest(dataset=request.dataset)
+        )
+        return admin_pb2.GetDatasetCapResponse(cap=response.cap)

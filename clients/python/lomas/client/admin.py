@@ -98,9 +98,9 @@ class AdminClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: Callable[..., T], request: Any) -> T:
+    def _call(self, method: Callable[..., T], request: Any, *, timeout: float = 60.0) -> T:
         try:
-            return method(request, metadata=self._metadata, timeout=60.0)
+            return method(request, metadata=self._metadata, timeout=timeout)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 
@@ -171,17 +171,86 @@ class AdminClient:
             self._pages(self._stub.ListGrants, admin_pb2.ListGrantsRequest(user=user), "grants")
         )
 
-    def budgets(self, user: str) -> list[budget_pb2.Ledger]:
-        return list(
-            self._pages(self._stub.ListLedgers, admin_pb2.ListLedgersRequest(user=user), "ledgers")
+    def budgets(self, user: str, *, delta: str | Decimal = "") -> list[budget_pb2.Ledger]:
+        """A user's ledgers; with `delta`, zCDP and pure-DP ones also show what is left as
+        (epsilon, delta) in `remaining_at_delta`."""
+        request = admin_pb2.ListLedgersRequest(user=user, delta=_text(delta) if delta else "")
+        return list(self._pages(self._stub.ListLedgers, request, "ledgers"))
+
+    def ledger(self, user: str, dataset: str, *, delta: str | Decimal = "") -> budget_pb2.Ledger:
+        """One ledger; with `delta`, its remaining budget also as (epsilon, delta)."""
+        request = admin_pb2.GetLedgerRequest(
+            user=user, dataset=dataset, delta=_text(delta) if delta else ""
         )
+        return self._call(self._stub.GetLedger, request).ledger
+
+    def ledger_history(self, user: str, dataset: str) -> list[budget_pb2.LedgerEntry]:
+        """Every entry of a ledger, oldest first (its hash-chained history)."""
+        request = admin_pb2.ListLedgerEntriesRequest(user=user, dataset=dataset, page_size=1000)
+        return list(self._pages(self._stub.ListLedgerEntries, request, "entries"))
+
+    def adjust_allocation(
+        self,
+        user: str,
+        dataset: str,
+        allocation: privacy_pb2.PrivacyLoss,
+        *,
+        reason: str = "",
+        request_id: str = "",
+    ) -> budget_pb2.Ledger:
+        """Set a ledger's allocation (raise or lower it; never below what is spent or held)."""
+        request = admin_pb2.AdjustAllocationRequest(
+            user=user,
+            dataset=dataset,
+            allocation=allocation,
+            reason=reason,
+            request_id=request_id,
+        )
+        return self._call(self._stub.AdjustAllocation, request).ledger
+
+    def freeze_user(
+        self, name: str, *, reason: str = "", request_id: str = ""
+    ) -> admin_pb2.FreezeUserResponse:
+        """Stop a user from starting queries (Lomas `may_query` = false)."""
+        request = admin_pb2.FreezeUserRequest(name=name, reason=reason, request_id=request_id)
+        return self._call(self._stub.FreezeUser, request)
+
+    def unfreeze_user(
+        self, name: str, *, reason: str = "", request_id: str = ""
+    ) -> admin_pb2.UnfreezeUserResponse:
+        """Let a frozen user start queries again."""
+        request = admin_pb2.UnfreezeUserRequest(name=name, reason=reason, request_id=request_id)
+        return self._call(self._stub.UnfreezeUser, request)
+
+    def set_dataset_cap(
+        self,
+        dataset: str,
+        cap: privacy_pb2.PrivacyLoss | None,
+        *,
+        reason: str = "",
+        request_id: str = "",
+    ) -> budget_pb2.DatasetCap:
+        """Bound what all users together may spend on a dataset (`cap=None` removes the bound)."""
+        request = admin_pb2.SetDatasetCapRequest(
+            dataset=dataset, cap=cap, reason=reason, request_id=request_id
+        )
+        return self._call(self._stub.SetDatasetCap, request).cap
+
+    def dataset_cap(self, dataset: str) -> budget_pb2.DatasetCap:
+        return self._call(
+            self._stub.GetDatasetCap, admin_pb2.GetDatasetCapRequest(dataset=dataset)
+        ).cap
 
     def archive(self, user: str = "", dataset: str = "") -> list[archive_pb2.ArchivedQuery]:
         request = admin_pb2.ListArchivedQueriesRequest(user=user, dataset=dataset)
         return list(self._pages(self._stub.ListArchivedQueries, request, "queries"))
 
-    def verify_ledgers(self) -> admin_pb2.VerifyLedgersResponse:
-        return self._call(self._stub.VerifyLedgers, admin_pb2.VerifyLedgersRequest())
+    def verify_ledgers(self, *, timeout: float = 600.0) -> admin_pb2.VerifyLedgersResponse:
+        """Recompute every ledger from its entries and check every hash chain (`problems` is
+        empty when all is consistent)."""
+        return self._call(
+            self._stub.VerifyLedgers, admin_pb2.VerifyLedgersRequest(), timeout=timeout
+        )
 
     # Lomas bulk files
     def load_user_collection(self, path: str | Path) -> list[str]:

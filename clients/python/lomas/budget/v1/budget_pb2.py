@@ -22,54 +22,95 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from lomas.common.v1 import privacy_pb2 as lomas_dot_common_dot_v1_dot_privacy__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clomas/budget/v1/budget.proto\x12\x0flomas.budget.v1\x1a\x1dlomas/common/v1/privacy.proto\"\x9f\x02\n\x06Ledger\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x36\n\ndefinition\x18\x03 \x01(\x0e\x32\".lomas.common.v1.PrivacyDefinition\x12\x30\n\nallocation\x18\x04 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12+\n\x05spent\x18\x05 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12.\n\x08reserved\x18\x06 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12/\n\tremaining\x18\x07 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\"\x9c\x01\n\x0bReservation\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12*\n\x04\x63ost\x18\x04 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12\x30\n\x05state\x18\x05 \x01(\x0e\x32!.lomas.budget.v1.ReservationState\"\xbc\x01\n\x11OpenLedgerRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x30\n\nallocation\x18\x03 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12\x33\n\ralready_spent\x18\x04 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"=\n\x12OpenLedgerResponse\x12\'\n\x06ledger\x18\x01 \x01(\x0b\x32\x17.lomas.budget.v1.Ledger\"1\n\x10GetLedgerRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\"<\n\x11GetLedgerResponse\x12\'\n\x06ledger\x18\x01 \x01(\x0b\x32\x17.lomas.budget.v1.Ledger\"I\n\x12ListLedgersRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"X\n\x13ListLedgersResponse\x12(\n\x07ledgers\x18\x01 \x03(\x0b\x32\x17.lomas.budget.v1.Ledger\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x82\x01\n\x14ReserveBudgetRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12*\n\x04\x63ost\x18\x04 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\"J\n\x15ReserveBudgetResponse\x12\x31\n\x0breservation\x18\x01 \x01(\x0b\x32\x1c.lomas.budget.v1.Reservation\"2\n\x1eMarkReservationAccessedRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\"T\n\x1fMarkReservationAccessedResponse\x12\x31\n\x0breservation\x18\x01 \x01(\x0b\x32\x1c.lomas.budget.v1.Reservation\",\n\x18\x43ommitReservationRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\"N\n\x19\x43ommitReservationResponse\x12\x31\n\x0breservation\x18\x01 \x01(\x0b\x32\x1c.lomas.budget.v1.Reservation\"-\n\x19ReleaseReservationRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\"O\n\x1aReleaseReservationResponse\x12\x31\n\x0breservation\x18\x01 \x01(\x0b\x32\x1c.lomas.budget.v1.Reservation\"\x16\n\x14VerifyLedgersRequest\"B\n\x15VerifyLedgersResponse\x12\x17\n\x0fledgers_checked\x18\x01 \x01(\x03\x12\x10\n\x08problems\x18\x02 \x03(\t*\xb6\x01\n\x10ReservationState\x12!\n\x1dRESERVATION_STATE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aRESERVATION_STATE_RESERVED\x10\x01\x12\x1e\n\x1aRESERVATION_STATE_ACCESSED\x10\x02\x12\x1f\n\x1bRESERVATION_STATE_COMMITTED\x10\x03\x12\x1e\n\x1aRESERVATION_STATE_RELEASED\x10\x04\x32\xad\x06\n\rBudgetService\x12U\n\nOpenLedger\x12\".lomas.budget.v1.OpenLedgerRequest\x1a#.lomas.budget.v1.OpenLedgerResponse\x12R\n\tGetLedger\x12!.lomas.budget.v1.GetLedgerRequest\x1a\".lomas.budget.v1.GetLedgerResponse\x12X\n\x0bListLedgers\x12#.lomas.budget.v1.ListLedgersRequest\x1a$.lomas.budget.v1.ListLedgersResponse\x12^\n\rReserveBudget\x12%.lomas.budget.v1.ReserveBudgetRequest\x1a&.lomas.budget.v1.ReserveBudgetResponse\x12|\n\x17MarkReservationAccessed\x12/.lomas.budget.v1.MarkReservationAccessedRequest\x1a\x30.lomas.budget.v1.MarkReservationAccessedResponse\x12j\n\x11\x43ommitReservation\x12).lomas.budget.v1.CommitReservationRequest\x1a*.lomas.budget.v1.CommitReservationResponse\x12m\n\x12ReleaseReservation\x12*.lomas.budget.v1.ReleaseReservationRequest\x1a+.lomas.budget.v1.ReleaseReservationResponse\x12^\n\rVerifyLedgers\x12%.lomas.budget.v1.VerifyLedgersRequest\x1a&.lomas.budget.v1.VerifyLedgersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clomas/budget/v1/budget.proto\x12\x0flomas.budget.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dlomas/common/v1/privacy.proto\"\xcf\x03\n\x06Ledger\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x36\n\ndefinition\x18\x03 \x01(\x0e\x32\".lomas.common.v1.PrivacyDefinition\x12\x30\n\nallocation\x18\x04 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12+\n\x05spent\x18\x05 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12.\n\x08reserved\x18\x06 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12/\n\tremaining\x18\x07 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12\x35\n\x12remaining_at_delta\x18\x08 \x01(\x0b\x32\x19.lomas.common.v1.ApproxDp\x12\x0e\n\x06\x66rozen\x18\t \x01(\x08\x12\x0e\n\x06\x63\x61pped\x18\n \x01(\x08\x12\x13\n\x0b\x65ntry_count\x18\x0b \x01(\x03\x12\x11\n\thead_hash\x18\x0c \x01(\t\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xfb\x01\n\x0bLedgerEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12.\n\x04kind\x18\x02 \x01(\x0e\x32 .lomas.budget.v1.LedgerEntryKind\x12,\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12\x10\n\x08query_id\x18\x04 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprev_hash\x18\x08 \x01(\t\x12\x0c\n\x04hash\x18\t \x01(\t\"\xf5\x01\n\nDatasetCap\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12)\n\x03\x63\x61p\x18\x02 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12*\n\x04used\x18\x03 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12/\n\tremaining\x18\x04 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"y\n\tUserState\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0e\n\x06\x66rozen\x18\x02 \x01(\x08\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbe\x02\n\x0bReservation\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12*\n\x04\x63ost\x18\x04 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12\x30\n\x05state\x18\x05 \x01(\x0e\x32!.lomas.budget.v1.ReservationState\x12\r\n\x05owner\x18\x06 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbc\x01\n\x11OpenLedgerRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x30\n\nallocation\x18\x03 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12\x33\n\ralready_spent\x18\x04 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"=\n\x12OpenLedgerResponse\x12\'\n\x06ledger\x18\x01 \x01(\x0b\x32\x17.lomas.budget.v1.Ledger\"@\n\x10GetLedgerRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\t\"<\n\x11GetLedgerResponse\x12\'\n\x06ledger\x18\x01 \x01(\x0b\x32\x17.lomas.budget.v1.Ledger\"X\n\x12ListLedgersRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x04 \x01(\t\"X\n\x13ListLedgersResponse\x12(\n\x07ledgers\x18\x01 \x03(\x0b\x32\x17.lomas.budget.v1.Ledger\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xba\x01\n\x14ReserveBudgetRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12*\n\x04\x63ost\x18\x04 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\r\n\x05owner\x18\x06 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x07 \x01(\x05\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"J\n\x15ReserveBudgetResponse\x12\x31\n\x0breservation\x18\x01 \x01(\x0b\x32\x1c.lomas.budget.v1.Reservation\"U\n\x1eMarkReservationAccessedRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\"T\n\x1fMarkReservationAccessedResponse\x12\x31\n\x0breservation\x18\x01 \x01(\x0b\x32\x1c.lomas.budget.v1.Reservation\"_\n\x18\x43ommitReservationRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"N\n\x19\x43ommitReservationResponse\x12\x31\n\x0breservation\x18\x01 \x01(\x0b\x32\x1c.lomas.budget.v1.Reservation\"`\n\x19ReleaseReservationRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"O\n\x1aReleaseReservationResponse\x12\x31\n\x0breservation\x18\x01 \x01(\x0b\x32\x1c.lomas.budget.v1.Reservation\"\x16\n\x14VerifyLedgersRequest\"[\n\x15VerifyLedgersResponse\x12\x17\n\x0fledgers_checked\x18\x01 \x01(\x03\x12\x10\n\x08problems\x18\x02 \x03(\t\x12\x17\n\x0f\x65ntries_checked\x18\x03 \x01(\x03\"\x9d\x01\n\x17\x41\x64justAllocationRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x30\n\nallocation\x18\x03 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"C\n\x18\x41\x64justAllocationResponse\x12\'\n\x06ledger\x18\x01 \x01(\x0b\x32\x17.lomas.budget.v1.Ledger\"T\n\x11\x46reezeUserRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"h\n\x12\x46reezeUserResponse\x12(\n\x04user\x18\x01 \x01(\x0b\x32\x1a.lomas.budget.v1.UserState\x12(\n\x07ledgers\x18\x02 \x03(\x0b\x32\x17.lomas.budget.v1.Ledger\"V\n\x13UnfreezeUserRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"j\n\x14UnfreezeUserResponse\x12(\n\x04user\x18\x01 \x01(\x0b\x32\x1a.lomas.budget.v1.UserState\x12(\n\x07ledgers\x18\x02 \x03(\x0b\x32\x17.lomas.budget.v1.Ledger\"#\n\x13GetUserStateRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\"@\n\x14GetUserStateResponse\x12(\n\x04user\x18\x01 \x01(\x0b\x32\x1a.lomas.budget.v1.UserState\"\x85\x01\n\x14SetDatasetCapRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12)\n\x03\x63\x61p\x18\x02 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"A\n\x15SetDatasetCapResponse\x12(\n\x03\x63\x61p\x18\x01 \x01(\x0b\x32\x1b.lomas.budget.v1.DatasetCap\"\'\n\x14GetDatasetCapRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\"A\n\x15GetDatasetCapResponse\x12(\n\x03\x63\x61p\x18\x01 \x01(\x0b\x32\x1b.lomas.budget.v1.DatasetCap\"`\n\x18ListLedgerEntriesRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"\x8c\x01\n\x19ListLedgerEntriesResponse\x12\'\n\x06ledger\x18\x01 \x01(\x0b\x32\x17.lomas.budget.v1.Ledger\x12-\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x1c.lomas.budget.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\".\n\x18SweepReservationsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"@\n\x19SweepReservationsResponse\x12\x10\n\x08released\x18\x01 \x03(\t\x12\x11\n\tcommitted\x18\x02 \x03(\t*\xb6\x01\n\x10ReservationState\x12!\n\x1dRESERVATION_STATE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aRESERVATION_STATE_RESERVED\x10\x01\x12\x1e\n\x1aRESERVATION_STATE_ACCESSED\x10\x02\x12\x1f\n\x1bRESERVATION_STATE_COMMITTED\x10\x03\x12\x1e\n\x1aRESERVATION_STATE_RELEASED\x10\x04*\xda\x02\n\x0fLedgerEntryKind\x12!\n\x1dLEDGER_ENTRY_KIND_UNSPECIFIED\x10\x00\x12 \n\x1cLEDGER_ENTRY_KIND_ALLOCATION\x10\x01\x12$\n LEDGER_ENTRY_KIND_IMPORTED_SPEND\x10\x02\x12 \n\x1cLEDGER_ENTRY_KIND_ADJUSTMENT\x10\x03\x12!\n\x1dLEDGER_ENTRY_KIND_RESERVATION\x10\x04\x12\x1c\n\x18LEDGER_ENTRY_KIND_ACCESS\x10\x05\x12\x1c\n\x18LEDGER_ENTRY_KIND_COMMIT\x10\x06\x12\x1d\n\x19LEDGER_ENTRY_KIND_RELEASE\x10\x07\x12\x1c\n\x18LEDGER_ENTRY_KIND_FREEZE\x10\x08\x12\x1e\n\x1aLEDGER_ENTRY_KIND_UNFREEZE\x10\t2\xbf\x0c\n\rBudgetService\x12U\n\nOpenLedger\x12\".lomas.budget.v1.OpenLedgerRequest\x1a#.lomas.budget.v1.OpenLedgerResponse\x12R\n\tGetLedger\x12!.lomas.budget.v1.GetLedgerRequest\x1a\".lomas.budget.v1.GetLedgerResponse\x12X\n\x0bListLedgers\x12#.lomas.budget.v1.ListLedgersRequest\x1a$.lomas.budget.v1.ListLedgersResponse\x12^\n\rReserveBudget\x12%.lomas.budget.v1.ReserveBudgetRequest\x1a&.lomas.budget.v1.ReserveBudgetResponse\x12|\n\x17MarkReservationAccessed\x12/.lomas.budget.v1.MarkReservationAccessedRequest\x1a\x30.lomas.budget.v1.MarkReservationAccessedResponse\x12j\n\x11\x43ommitReservation\x12).lomas.budget.v1.CommitReservationRequest\x1a*.lomas.budget.v1.CommitReservationResponse\x12m\n\x12ReleaseReservation\x12*.lomas.budget.v1.ReleaseReservationRequest\x1a+.lomas.budget.v1.ReleaseReservationResponse\x12^\n\rVerifyLedgers\x12%.lomas.budget.v1.VerifyLedgersRequest\x1a&.lomas.budget.v1.VerifyLedgersResponse\x12g\n\x10\x41\x64justAllocation\x12(.lomas.budget.v1.AdjustAllocationRequest\x1a).lomas.budget.v1.AdjustAllocationResponse\x12U\n\nFreezeUser\x12\".lomas.budget.v1.FreezeUserRequest\x1a#.lomas.budget.v1.FreezeUserResponse\x12[\n\x0cUnfreezeUser\x12$.lomas.budget.v1.UnfreezeUserRequest\x1a%.lomas.budget.v1.UnfreezeUserResponse\x12[\n\x0cGetUserState\x12$.lomas.budget.v1.GetUserStateRequest\x1a%.lomas.budget.v1.GetUserStateResponse\x12^\n\rSetDatasetCap\x12%.lomas.budget.v1.SetDatasetCapRequest\x1a&.lomas.budget.v1.SetDatasetCapResponse\x12^\n\rGetDatasetCap\x12%.lomas.budget.v1.GetDatasetCapRequest\x1a&.lomas.budget.v1.GetDatasetCapResponse\x12j\n\x11ListLedgerEntries\x12).lomas.budget.v1.ListLedgerEntriesRequest\x1a*.lomas.budget.v1.ListLedgerEntriesResponse\x12j\n\x11SweepReservations\x12).lomas.budget.v1.SweepReservationsRequest\x1a*.lomas.budget.v1.SweepReservationsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lomas.budget.v1.budget_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESERVATIONSTATE']._serialized_start=1755
-  _globals['_RESERVATIONSTATE']._serialized_end=1937
-  _globals['_LEDGER']._serialized_start=81
-  _globals['_LEDGER']._serialized_end=368
-  _globals['_RESERVATION']._serialized_start=371
-  _globals['_RESERVATION']._serialized_end=527
-  _globals['_OPENLEDGERREQUEST']._serialized_start=530
-  _globals['_OPENLEDGERREQUEST']._serialized_end=718
-  _globals['_OPENLEDGERRESPONSE']._serialized_start=720
-  _globals['_OPENLEDGERRESPONSE']._serialized_end=781
-  _globals['_GETLEDGERREQUEST']._serialized_start=783
-  _globals['_GETLEDGERREQUEST']._serialized_end=832
-  _globals['_GETLEDGERRESPONSE']._serialized_start=834
-  _globals['_GETLEDGERRESPONSE']._serialized_end=894
-  _globals['_LISTLEDGERSREQUEST']._serialized_start=896
-  _globals['_LISTLEDGERSREQUEST']._serialized_end=969
-  _globals['_LISTLEDGERSRESPONSE']._serialized_start=971
-  _globals['_LISTLEDGERSRESPONSE']._serialized_end=1059
-  _globals['_RESERVEBUDGETREQUEST']._serialized_start=1062
-  _globals['_RESERVEBUDGETREQUEST']._serialized_end=1192
-  _globals['_RESERVEBUDGETRESPONSE']._serialized_start=1194
-  _globals['_RESERVEBUDGETRESPONSE']._serialized_end=1268
-  _globals['_MARKRESERVATIONACCESSEDREQUEST']._serialized_start=1270
-  _globals['_MARKRESERVATIONACCESSEDREQUEST']._serialized_end=1320
-  _globals['_MARKRESERVATIONACCESSEDRESPONSE']._serialized_start=1322
-  _globals['_MARKRESERVATIONACCESSEDRESPONSE']._serialized_end=1406
-  _globals['_COMMITRESERVATIONREQUEST']._serialized_start=1408
-  _globals['_COMMITRESERVATIONREQUEST']._serialized_end=1452
-  _globals['_COMMITRESERVATIONRESPONSE']._serialized_start=1454
-  _globals['_COMMITRESERVATIONRESPONSE']._serialized_end=1532
-  _globals['_RELEASERESERVATIONREQUEST']._serialized_start=1534
-  _globals['_RELEASERESERVATIONREQUEST']._serialized_end=1579
-  _globals['_RELEASERESERVATIONRESPONSE']._serialized_start=1581
-  _globals['_RELEASERESERVATIONRESPONSE']._serialized_end=1660
-  _globals['_VERIFYLEDGERSREQUEST']._serialized_start=1662
-  _globals['_VERIFYLEDGERSREQUEST']._serialized_end=1684
-  _globals['_VERIFYLEDGERSRESPONSE']._serialized_start=1686
-  _globals['_VERIFYLEDGERSRESPONSE']._serialized_end=1752
-  _globals['_BUDGETSERVICE']._serialized_start=1940
-  _globals['_BUDGETSERVICE']._serialized_end=2753
+  _globals['_RESERVATIONSTATE']._serialized_start=4385
+  _globals['_RESERVATIONSTATE']._serialized_end=4567
+  _globals['_LEDGERENTRYKIND']._serialized_start=4570
+  _globals['_LEDGERENTRYKIND']._serialized_end=4916
+  _globals['_LEDGER']._serialized_start=114
+  _globals['_LEDGER']._serialized_end=577
+  _globals['_LEDGERENTRY']._serialized_start=580
+  _globals['_LEDGERENTRY']._serialized_end=831
+  _globals['_DATASETCAP']._serialized_start=834
+  _globals['_DATASETCAP']._serialized_end=1079
+  _globals['_USERSTATE']._serialized_start=1081
+  _globals['_USERSTATE']._serialized_end=1202
+  _globals['_RESERVATION']._serialized_start=1205
+  _globals['_RESERVATION']._serialized_end=1523
+  _globals['_OPENLEDGERREQUEST']._serialized_start=1526
+  _globals['_OPENLEDGERREQUEST']._serialized_end=1714
+  _globals['_OPENLEDGERRESPONSE']._serialized_start=1716
+  _globals['_OPENLEDGERRESPONSE']._serialized_end=1777
+  _globals['_GETLEDGERREQUEST']._serialized_start=1779
+  _globals['_GETLEDGERREQUEST']._serialized_end=1843
+  _globals['_GETLEDGERRESPONSE']._serialized_start=1845
+  _globals['_GETLEDGERRESPONSE']._serialized_end=1905
+  _globals['_LISTLEDGERSREQUEST']._serialized_start=1907
+  _globals['_LISTLEDGERSREQUEST']._serialized_end=1995
+  _globals['_LISTLEDGERSRESPONSE']._serialized_start=1997
+  _globals['_LISTLEDGERSRESPONSE']._serialized_end=2085
+  _globals['_RESERVEBUDGETREQUEST']._serialized_start=2088
+  _globals['_RESERVEBUDGETREQUEST']._serialized_end=2274
+  _globals['_RESERVEBUDGETRESPONSE']._serialized_start=2276
+  _globals['_RESERVEBUDGETRESPONSE']._serialized_end=2350
+  _globals['_MARKRESERVATIONACCESSEDREQUEST']._serialized_start=2352
+  _globals['_MARKRESERVATIONACCESSEDREQUEST']._serialized_end=2437
+  _globals['_MARKRESERVATIONACCESSEDRESPONSE']._serialized_start=2439
+  _globals['_MARKRESERVATIONACCESSEDRESPONSE']._serialized_end=2523
+  _globals['_COMMITRESERVATIONREQUEST']._serialized_start=2525
+  _globals['_COMMITRESERVATIONREQUEST']._serialized_end=2620
+  _globals['_COMMITRESERVATIONRESPONSE']._serialized_start=2622
+  _globals['_COMMITRESERVATIONRESPONSE']._serialized_end=2700
+  _globals['_RELEASERESERVATIONREQUEST']._serialized_start=2702
+  _globals['_RELEASERESERVATIONREQUEST']._serialized_end=2798
+  _globals['_RELEASERESERVATIONRESPONSE']._serialized_start=2800
+  _globals['_RELEASERESERVATIONRESPONSE']._serialized_end=2879
+  _globals['_VERIFYLEDGERSREQUEST']._serialized_start=2881
+  _globals['_VERIFYLEDGERSREQUEST']._serialized_end=2903
+  _globals['_VERIFYLEDGERSRESPONSE']._serialized_start=2905
+  _globals['_VERIFYLEDGERSRESPONSE']._serialized_end=2996
+  _globals['_ADJUSTALLOCATIONREQUEST']._serialized_start=2999
+  _globals['_ADJUSTALLOCATIONREQUEST']._serialized_end=3156
+  _globals['_ADJUSTALLOCATIONRESPONSE']._serialized_start=3158
+  _globals['_ADJUSTALLOCATIONRESPONSE']._serialized_end=3225
+  _globals['_FREEZEUSERREQUEST']._serialized_start=3227
+  _globals['_FREEZEUSERREQUEST']._serialized_end=3311
+  _globals['_FREEZEUSERRESPONSE']._serialized_start=3313
+  _globals['_FREEZEUSERRESPONSE']._serialized_end=3417
+  _globals['_UNFREEZEUSERREQUEST']._serialized_start=3419
+  _globals['_UNFREEZEUSERREQUEST']._serialized_end=3505
+  _globals['_UNFREEZEUSERRESPONSE']._serialized_start=3507
+  _globals['_UNFREEZEUSERRESPONSE']._serialized_end=3613
+  _globals['_GETUSERSTATEREQUEST']._serialized_start=3615
+  _globals['_GETUSERSTATEREQUEST']._serialized_end=3650
+  _globals['_GETUSERSTATERESPONSE']._serialized_start=3652
+  _globals['_GETUSERSTATERESPONSE']._serialized_end=3716
+  _globals['_SETDATASETCAPREQUEST']._serialized_start=3719
+  _globals['_SETDATASETCAPREQUEST']._serialized_end=3852
+  _globals['_SETDATASETCAPRESPONSE']._serialized_start=3854
+  _globals['_SETDATASETCAPRESPONSE']._serialized_end=3919
+  _globals['_GETDATASETCAPREQUEST']._serialized_start=3921
+  _globals['_GETDATASETCAPREQUEST']._serialized_end=3960
+  _globals['_GETDATASETCAPRESPONSE']._serialized_start=3962
+  _globals['_GETDATASETCAPRESPONSE']._serialized_end=4027
+  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_start=4029
+  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_end=4125
+  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_start=4128
+  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_end=4268
+  _globals['_SWEEPRESERVATIONSREQUEST']._serialized_start=4270
+  _globals['_SWEEPRESERVATIONSREQUEST']._serialized_end=4316
+  _globals['_SWEEPRESERVATIONSRESPONSE']._serialized_start=4318
+  _globals['_SWEEPRESERVATIONSRESPONSE']._serialized_end=4382
+  _globals['_BUDGETSERVICE']._serialized_start=4919
+  _globals['_BUDGETSERVICE']._serialized_end=6518
 # @@protoc_insertion_point(module_scope)

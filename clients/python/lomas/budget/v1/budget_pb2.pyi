@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from lomas.common.v1 import privacy_pb2 as _privacy_pb2
@@ -52,6 +53,58 @@ RESERVATION_STATE_RELEASED: ReservationState.ValueType  # 4
 """Given back without any data access."""
 Global___ReservationState: _TypeAlias = ReservationState  # noqa: Y015
 
+class _LedgerEntryKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LedgerEntryKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LedgerEntryKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LEDGER_ENTRY_KIND_UNSPECIFIED: _LedgerEntryKind.ValueType  # 0
+    """Not set."""
+    LEDGER_ENTRY_KIND_ALLOCATION: _LedgerEntryKind.ValueType  # 1
+    """The allocation of a grant (allocation += amount)."""
+    LEDGER_ENTRY_KIND_IMPORTED_SPEND: _LedgerEntryKind.ValueType  # 2
+    """Budget spent elsewhere before the ledger existed, for example in Lomas (spent += amount)."""
+    LEDGER_ENTRY_KIND_ADJUSTMENT: _LedgerEntryKind.ValueType  # 3
+    """An administrator raised or lowered the allocation (allocation += amount; amount may be negative)."""
+    LEDGER_ENTRY_KIND_RESERVATION: _LedgerEntryKind.ValueType  # 4
+    """A query's cost held (reserved += amount)."""
+    LEDGER_ENTRY_KIND_ACCESS: _LedgerEntryKind.ValueType  # 5
+    """A worker is about to touch the data: the reservation can no longer be released."""
+    LEDGER_ENTRY_KIND_COMMIT: _LedgerEntryKind.ValueType  # 6
+    """A reservation charged (spent += amount, reserved -= amount)."""
+    LEDGER_ENTRY_KIND_RELEASE: _LedgerEntryKind.ValueType  # 7
+    """A reservation given back without data access (reserved -= amount)."""
+    LEDGER_ENTRY_KIND_FREEZE: _LedgerEntryKind.ValueType  # 8
+    """The user may no longer start queries."""
+    LEDGER_ENTRY_KIND_UNFREEZE: _LedgerEntryKind.ValueType  # 9
+    """The user may start queries again."""
+
+class LedgerEntryKind(_LedgerEntryKind, metaclass=_LedgerEntryKindEnumTypeWrapper):
+    """LedgerEntryKind is what one ledger entry records."""
+
+LEDGER_ENTRY_KIND_UNSPECIFIED: LedgerEntryKind.ValueType  # 0
+"""Not set."""
+LEDGER_ENTRY_KIND_ALLOCATION: LedgerEntryKind.ValueType  # 1
+"""The allocation of a grant (allocation += amount)."""
+LEDGER_ENTRY_KIND_IMPORTED_SPEND: LedgerEntryKind.ValueType  # 2
+"""Budget spent elsewhere before the ledger existed, for example in Lomas (spent += amount)."""
+LEDGER_ENTRY_KIND_ADJUSTMENT: LedgerEntryKind.ValueType  # 3
+"""An administrator raised or lowered the allocation (allocation += amount; amount may be negative)."""
+LEDGER_ENTRY_KIND_RESERVATION: LedgerEntryKind.ValueType  # 4
+"""A query's cost held (reserved += amount)."""
+LEDGER_ENTRY_KIND_ACCESS: LedgerEntryKind.ValueType  # 5
+"""A worker is about to touch the data: the reservation can no longer be released."""
+LEDGER_ENTRY_KIND_COMMIT: LedgerEntryKind.ValueType  # 6
+"""A reservation charged (spent += amount, reserved -= amount)."""
+LEDGER_ENTRY_KIND_RELEASE: LedgerEntryKind.ValueType  # 7
+"""A reservation given back without data access (reserved -= amount)."""
+LEDGER_ENTRY_KIND_FREEZE: LedgerEntryKind.ValueType  # 8
+"""The user may no longer start queries."""
+LEDGER_ENTRY_KIND_UNFREEZE: LedgerEntryKind.ValueType  # 9
+"""The user may start queries again."""
+Global___LedgerEntryKind: _TypeAlias = LedgerEntryKind  # noqa: Y015
+
 @_typing.final
 class Ledger(_message.Message):
     """Ledger is the balance of one grant's privacy budget."""
@@ -65,12 +118,26 @@ class Ledger(_message.Message):
     SPENT_FIELD_NUMBER: _builtins.int
     RESERVED_FIELD_NUMBER: _builtins.int
     REMAINING_FIELD_NUMBER: _builtins.int
+    REMAINING_AT_DELTA_FIELD_NUMBER: _builtins.int
+    FROZEN_FIELD_NUMBER: _builtins.int
+    CAPPED_FIELD_NUMBER: _builtins.int
+    ENTRY_COUNT_FIELD_NUMBER: _builtins.int
+    HEAD_HASH_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
     user: _builtins.str
     """User name (token subject)."""
     dataset: _builtins.str
     """Dataset name."""
     definition: _privacy_pb2.PrivacyDefinition.ValueType
     """The unit of the ledger."""
+    frozen: _builtins.bool
+    """Whether the user is frozen (may not start queries)."""
+    capped: _builtins.bool
+    """Whether the dataset has a cap, checked with every reservation."""
+    entry_count: _builtins.int
+    """Number of entries in the ledger's history."""
+    head_hash: _builtins.str
+    """SHA-256 hash (hex) of the last entry: the head of the ledger's hash chain."""
     @_builtins.property
     def allocation(self) -> _privacy_pb2.PrivacyLoss:
         """The budget granted."""
@@ -87,6 +154,17 @@ class Ledger(_message.Message):
     def remaining(self) -> _privacy_pb2.PrivacyLoss:
         """allocation - spent - reserved."""
 
+    @_builtins.property
+    def remaining_at_delta(self) -> _privacy_pb2.ApproxDp:
+        """The remaining budget as an (epsilon, delta) guarantee at the delta the request chose, epsilon
+        rounded down; set only when a delta was given, for zCDP (epsilon = rho + 2 sqrt(rho ln(1/delta)))
+        and pure-DP ledgers.
+        """
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the ledger was opened."""
+
     def __init__(
         self,
         *,
@@ -97,14 +175,172 @@ class Ledger(_message.Message):
         spent: _privacy_pb2.PrivacyLoss | None = ...,
         reserved: _privacy_pb2.PrivacyLoss | None = ...,
         remaining: _privacy_pb2.PrivacyLoss | None = ...,
+        remaining_at_delta: _privacy_pb2.ApproxDp | None = ...,
+        frozen: _builtins.bool = ...,
+        capped: _builtins.bool = ...,
+        entry_count: _builtins.int = ...,
+        head_hash: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation", "remaining", b"remaining", "reserved", b"reserved", "spent", b"spent"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation", "create_time", b"create_time", "remaining", b"remaining", "remaining_at_delta", b"remaining_at_delta", "reserved", b"reserved", "spent", b"spent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation", "dataset", b"dataset", "definition", b"definition", "remaining", b"remaining", "reserved", b"reserved", "spent", b"spent", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation", "capped", b"capped", "create_time", b"create_time", "dataset", b"dataset", "definition", b"definition", "entry_count", b"entry_count", "frozen", b"frozen", "head_hash", b"head_hash", "remaining", b"remaining", "remaining_at_delta", b"remaining_at_delta", "reserved", b"reserved", "spent", b"spent", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Ledger: _TypeAlias = Ledger  # noqa: Y015
+
+@_typing.final
+class LedgerEntry(_message.Message):
+    """LedgerEntry is one line of a ledger's append-only, hash-chained history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    QUERY_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    PREV_HASH_FIELD_NUMBER: _builtins.int
+    HASH_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """Position in the ledger's history, from 1."""
+    kind: Global___LedgerEntryKind.ValueType
+    """What the entry records."""
+    query_id: _builtins.str
+    """The query id, for reservation, access, commit and release entries."""
+    actor: _builtins.str
+    """Who made the change (an administrator, the gateway, a worker, the sweeper)."""
+    reason: _builtins.str
+    """Why, as the actor said (may be empty)."""
+    prev_hash: _builtins.str
+    """Hash (hex) of the previous entry; 64 zeros for the first."""
+    hash: _builtins.str
+    """SHA-256 hash (hex) of this entry's fields, its ledger's identity and prev_hash."""
+    @_builtins.property
+    def amount(self) -> _privacy_pb2.PrivacyLoss:
+        """The amount, in the ledger's unit; negative components only in adjustments that lowered it."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        kind: Global___LedgerEntryKind.ValueType = ...,
+        amount: _privacy_pb2.PrivacyLoss | None = ...,
+        query_id: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        prev_hash: _builtins.str = ...,
+        hash: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "amount", b"amount", "create_time", b"create_time", "hash", b"hash", "kind", b"kind", "prev_hash", b"prev_hash", "query_id", b"query_id", "reason", b"reason", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LedgerEntry: _TypeAlias = LedgerEntry  # noqa: Y015
+
+@_typing.final
+class DatasetCap(_message.Message):
+    """DatasetCap bounds what all users together may spend on one dataset (a collusion bound)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    CAP_FIELD_NUMBER: _builtins.int
+    USED_FIELD_NUMBER: _builtins.int
+    REMAINING_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    dataset: _builtins.str
+    """Dataset name."""
+    actor: _builtins.str
+    """Who set the cap last."""
+    reason: _builtins.str
+    """Why, as the actor said."""
+    @_builtins.property
+    def cap(self) -> _privacy_pb2.PrivacyLoss:
+        """The cap (rounded down); unset when the dataset has none."""
+
+    @_builtins.property
+    def used(self) -> _privacy_pb2.PrivacyLoss:
+        """What the dataset's ledgers spent or hold, each charge converted to the cap's unit."""
+
+    @_builtins.property
+    def remaining(self) -> _privacy_pb2.PrivacyLoss:
+        """cap - used."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When the cap was set last."""
+
+    def __init__(
+        self,
+        *,
+        dataset: _builtins.str = ...,
+        cap: _privacy_pb2.PrivacyLoss | None = ...,
+        used: _privacy_pb2.PrivacyLoss | None = ...,
+        remaining: _privacy_pb2.PrivacyLoss | None = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cap", b"cap", "remaining", b"remaining", "update_time", b"update_time", "used", b"used"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "cap", b"cap", "dataset", b"dataset", "reason", b"reason", "remaining", b"remaining", "update_time", b"update_time", "used", b"used"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DatasetCap: _TypeAlias = DatasetCap  # noqa: Y015
+
+@_typing.final
+class UserState(_message.Message):
+    """UserState says whether a user may start queries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    FROZEN_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    user: _builtins.str
+    """User name."""
+    frozen: _builtins.bool
+    """Whether the user is frozen."""
+    actor: _builtins.str
+    """Who froze or unfroze the user last."""
+    reason: _builtins.str
+    """Why, as the actor said."""
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        user: _builtins.str = ...,
+        frozen: _builtins.bool = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "frozen", b"frozen", "reason", b"reason", "update_time", b"update_time", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UserState: _TypeAlias = UserState  # noqa: Y015
 
 @_typing.final
 class Reservation(_message.Message):
@@ -117,6 +353,10 @@ class Reservation(_message.Message):
     DATASET_FIELD_NUMBER: _builtins.int
     COST_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
     query_id: _builtins.str
     """Query id."""
     user: _builtins.str
@@ -125,9 +365,25 @@ class Reservation(_message.Message):
     """Dataset name."""
     state: Global___ReservationState.ValueType
     """State."""
+    owner: _builtins.str
+    """Who holds the reservation (the gateway's caller by default)."""
     @_builtins.property
     def cost(self) -> _privacy_pb2.PrivacyLoss:
         """The cost, rounded up."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the sweep settles the reservation if it is still open: released if no worker touched
+        the data, committed otherwise.
+        """
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the reservation was made."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When its state last changed."""
 
     def __init__(
         self,
@@ -137,10 +393,14 @@ class Reservation(_message.Message):
         dataset: _builtins.str = ...,
         cost: _privacy_pb2.PrivacyLoss | None = ...,
         state: Global___ReservationState.ValueType = ...,
+        owner: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "create_time", b"create_time", "expire_time", b"expire_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "dataset", b"dataset", "query_id", b"query_id", "state", b"state", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "create_time", b"create_time", "dataset", b"dataset", "expire_time", b"expire_time", "owner", b"owner", "query_id", b"query_id", "state", b"state", "update_time", b"update_time", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -224,19 +484,25 @@ class GetLedgerRequest(_message.Message):
 
     USER_FIELD_NUMBER: _builtins.int
     DATASET_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
     user: _builtins.str
     """User name."""
     dataset: _builtins.str
     """Dataset name."""
+    delta: _builtins.str
+    """Optional delta (a decimal string in (0, 1)) at which to show the remaining budget as
+    (epsilon, delta): fills `Ledger.remaining_at_delta`.
+    """
     def __init__(
         self,
         *,
         user: _builtins.str = ...,
         dataset: _builtins.str = ...,
+        delta: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "delta", b"delta", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -275,22 +541,26 @@ class ListLedgersRequest(_message.Message):
     USER_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
     user: _builtins.str
     """User name."""
     page_size: _builtins.int
     """Maximum number of ledgers to return (default 100, at most 1000)."""
     page_token: _builtins.str
     """Token from a previous response."""
+    delta: _builtins.str
+    """Optional delta at which to show each remaining budget as (epsilon, delta)."""
     def __init__(
         self,
         *,
         user: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        delta: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "page_size", b"page_size", "page_token", b"page_token", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -335,6 +605,9 @@ class ReserveBudgetRequest(_message.Message):
     DATASET_FIELD_NUMBER: _builtins.int
     COST_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     query_id: _builtins.str
     """Query id (the idempotency key)."""
     user: _builtins.str
@@ -343,6 +616,14 @@ class ReserveBudgetRequest(_message.Message):
     """Dataset name."""
     actor: _builtins.str
     """Who asked."""
+    owner: _builtins.str
+    """Who holds the reservation; defaults to `actor`."""
+    ttl_seconds: _builtins.int
+    """Seconds until the sweep settles the reservation; 0 means the service's default
+    (LOMAS_RESERVATION_TTL_SECONDS); at most 7 days.
+    """
+    request_id: _builtins.str
+    """Optional idempotency key: a replay returns the first response (the query id is one already)."""
     @_builtins.property
     def cost(self) -> _privacy_pb2.PrivacyLoss:
         """The cost (rounded up by the ledger)."""
@@ -355,10 +636,13 @@ class ReserveBudgetRequest(_message.Message):
         dataset: _builtins.str = ...,
         cost: _privacy_pb2.PrivacyLoss | None = ...,
         actor: _builtins.str = ...,
+        owner: _builtins.str = ...,
+        ttl_seconds: _builtins.int = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "cost", b"cost", "dataset", b"dataset", "query_id", b"query_id", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "cost", b"cost", "dataset", b"dataset", "owner", b"owner", "query_id", b"query_id", "request_id", b"request_id", "ttl_seconds", b"ttl_seconds", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -395,16 +679,24 @@ class MarkReservationAccessedRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     QUERY_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
     query_id: _builtins.str
     """Query id."""
+    request_id: _builtins.str
+    """Optional idempotency key: a replay returns the first response."""
+    actor: _builtins.str
+    """Who asked (recorded in the entry); defaults to "worker"."""
     def __init__(
         self,
         *,
         query_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        actor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["query_id", b"query_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "query_id", b"query_id", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -441,16 +733,28 @@ class CommitReservationRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     QUERY_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     query_id: _builtins.str
     """Query id."""
+    request_id: _builtins.str
+    """Optional idempotency key: a replay returns the first response."""
+    actor: _builtins.str
+    """Who asked (recorded in the entry); defaults to "worker"."""
+    reason: _builtins.str
+    """Why (recorded in the entry; may be empty)."""
     def __init__(
         self,
         *,
         query_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["query_id", b"query_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "query_id", b"query_id", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -487,16 +791,28 @@ class ReleaseReservationRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     QUERY_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     query_id: _builtins.str
     """Query id."""
+    request_id: _builtins.str
+    """Optional idempotency key: a replay returns the first response."""
+    actor: _builtins.str
+    """Who asked (recorded in the entry); defaults to "worker"."""
+    reason: _builtins.str
+    """Why (recorded in the entry; may be empty)."""
     def __init__(
         self,
         *,
         query_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["query_id", b"query_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "query_id", b"query_id", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -551,8 +867,11 @@ class VerifyLedgersResponse(_message.Message):
 
     LEDGERS_CHECKED_FIELD_NUMBER: _builtins.int
     PROBLEMS_FIELD_NUMBER: _builtins.int
+    ENTRIES_CHECKED_FIELD_NUMBER: _builtins.int
     ledgers_checked: _builtins.int
     """Number of ledgers checked."""
+    entries_checked: _builtins.int
+    """Number of entries checked."""
     @_builtins.property
     def problems(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Every inconsistency found; empty when all ledgers are consistent."""
@@ -562,11 +881,484 @@ class VerifyLedgersResponse(_message.Message):
         *,
         ledgers_checked: _builtins.int = ...,
         problems: _abc.Iterable[_builtins.str] | None = ...,
+        entries_checked: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ledgers_checked", b"ledgers_checked", "problems", b"problems"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries_checked", b"entries_checked", "ledgers_checked", b"ledgers_checked", "problems", b"problems"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VerifyLedgersResponse: _TypeAlias = VerifyLedgersResponse  # noqa: Y015
+
+@_typing.final
+class AdjustAllocationRequest(_message.Message):
+    """AdjustAllocationRequest sets a ledger's allocation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    DATASET_FIELD_NUMBER: _builtins.int
+    ALLOCATION_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    user: _builtins.str
+    """User name."""
+    dataset: _builtins.str
+    """Dataset name."""
+    actor: _builtins.str
+    """Who asked (an administrator's subject)."""
+    reason: _builtins.str
+    """Why (recorded in the entry)."""
+    request_id: _builtins.str
+    """Optional idempotency key: a replay returns the first response."""
+    @_builtins.property
+    def allocation(self) -> _privacy_pb2.PrivacyLoss:
+        """The new allocation (rounded down), in the ledger's privacy definition."""
+
+    def __init__(
+        self,
+        *,
+        user: _builtins.str = ...,
+        dataset: _builtins.str = ...,
+        allocation: _privacy_pb2.PrivacyLoss | None = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "allocation", b"allocation", "dataset", b"dataset", "reason", b"reason", "request_id", b"request_id", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdjustAllocationRequest: _TypeAlias = AdjustAllocationRequest  # noqa: Y015
+
+@_typing.final
+class AdjustAllocationResponse(_message.Message):
+    """AdjustAllocationResponse carries the adjusted ledger."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEDGER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ledger(self) -> Global___Ledger:
+        """The ledger."""
+
+    def __init__(
+        self,
+        *,
+        ledger: Global___Ledger | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ledger", b"ledger"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ledger", b"ledger"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdjustAllocationResponse: _TypeAlias = AdjustAllocationResponse  # noqa: Y015
+
+@_typing.final
+class FreezeUserRequest(_message.Message):
+    """FreezeUserRequest names a user to freeze."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    user: _builtins.str
+    """User name."""
+    actor: _builtins.str
+    """Who asked (an administrator's subject)."""
+    reason: _builtins.str
+    """Why (recorded in each of the user's ledgers)."""
+    request_id: _builtins.str
+    """Optional idempotency key: a replay returns the first response."""
+    def __init__(
+        self,
+        *,
+        user: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "reason", b"reason", "request_id", b"request_id", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FreezeUserRequest: _TypeAlias = FreezeUserRequest  # noqa: Y015
+
+@_typing.final
+class FreezeUserResponse(_message.Message):
+    """FreezeUserResponse carries the user's state and ledgers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    LEDGERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def user(self) -> Global___UserState:
+        """The user's state."""
+
+    @_builtins.property
+    def ledgers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Ledger]:
+        """The user's ledgers, each with a freeze entry."""
+
+    def __init__(
+        self,
+        *,
+        user: Global___UserState | None = ...,
+        ledgers: _abc.Iterable[Global___Ledger] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ledgers", b"ledgers", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FreezeUserResponse: _TypeAlias = FreezeUserResponse  # noqa: Y015
+
+@_typing.final
+class UnfreezeUserRequest(_message.Message):
+    """UnfreezeUserRequest names a user to unfreeze."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    user: _builtins.str
+    """User name."""
+    actor: _builtins.str
+    """Who asked (an administrator's subject)."""
+    reason: _builtins.str
+    """Why (recorded in each of the user's ledgers)."""
+    request_id: _builtins.str
+    """Optional idempotency key: a replay returns the first response."""
+    def __init__(
+        self,
+        *,
+        user: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "reason", b"reason", "request_id", b"request_id", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnfreezeUserRequest: _TypeAlias = UnfreezeUserRequest  # noqa: Y015
+
+@_typing.final
+class UnfreezeUserResponse(_message.Message):
+    """UnfreezeUserResponse carries the user's state and ledgers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    LEDGERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def user(self) -> Global___UserState:
+        """The user's state."""
+
+    @_builtins.property
+    def ledgers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Ledger]:
+        """The user's ledgers, each with an unfreeze entry."""
+
+    def __init__(
+        self,
+        *,
+        user: Global___UserState | None = ...,
+        ledgers: _abc.Iterable[Global___Ledger] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ledgers", b"ledgers", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnfreezeUserResponse: _TypeAlias = UnfreezeUserResponse  # noqa: Y015
+
+@_typing.final
+class GetUserStateRequest(_message.Message):
+    """GetUserStateRequest names a user."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    user: _builtins.str
+    """User name."""
+    def __init__(
+        self,
+        *,
+        user: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUserStateRequest: _TypeAlias = GetUserStateRequest  # noqa: Y015
+
+@_typing.final
+class GetUserStateResponse(_message.Message):
+    """GetUserStateResponse carries the user's state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def user(self) -> Global___UserState:
+        """The user's state (not frozen for users the ledger never saw)."""
+
+    def __init__(
+        self,
+        *,
+        user: Global___UserState | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUserStateResponse: _TypeAlias = GetUserStateResponse  # noqa: Y015
+
+@_typing.final
+class SetDatasetCapRequest(_message.Message):
+    """SetDatasetCapRequest sets or removes a dataset's cap."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    CAP_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    dataset: _builtins.str
+    """Dataset name."""
+    actor: _builtins.str
+    """Who asked (an administrator's subject)."""
+    reason: _builtins.str
+    """Why."""
+    request_id: _builtins.str
+    """Optional idempotency key: a replay returns the first response."""
+    @_builtins.property
+    def cap(self) -> _privacy_pb2.PrivacyLoss:
+        """The cap (rounded down); its kind is the cap's unit. Unset removes the cap."""
+
+    def __init__(
+        self,
+        *,
+        dataset: _builtins.str = ...,
+        cap: _privacy_pb2.PrivacyLoss | None = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cap", b"cap"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "cap", b"cap", "dataset", b"dataset", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDatasetCapRequest: _TypeAlias = SetDatasetCapRequest  # noqa: Y015
+
+@_typing.final
+class SetDatasetCapResponse(_message.Message):
+    """SetDatasetCapResponse carries the dataset's cap."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def cap(self) -> Global___DatasetCap:
+        """The cap."""
+
+    def __init__(
+        self,
+        *,
+        cap: Global___DatasetCap | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cap", b"cap"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cap", b"cap"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDatasetCapResponse: _TypeAlias = SetDatasetCapResponse  # noqa: Y015
+
+@_typing.final
+class GetDatasetCapRequest(_message.Message):
+    """GetDatasetCapRequest names a dataset."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    dataset: _builtins.str
+    """Dataset name."""
+    def __init__(
+        self,
+        *,
+        dataset: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDatasetCapRequest: _TypeAlias = GetDatasetCapRequest  # noqa: Y015
+
+@_typing.final
+class GetDatasetCapResponse(_message.Message):
+    """GetDatasetCapResponse carries the dataset's cap."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def cap(self) -> Global___DatasetCap:
+        """The cap (with `cap` unset when the dataset has none)."""
+
+    def __init__(
+        self,
+        *,
+        cap: Global___DatasetCap | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cap", b"cap"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cap", b"cap"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDatasetCapResponse: _TypeAlias = GetDatasetCapResponse  # noqa: Y015
+
+@_typing.final
+class ListLedgerEntriesRequest(_message.Message):
+    """ListLedgerEntriesRequest pages through one ledger's history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    DATASET_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    user: _builtins.str
+    """User name."""
+    dataset: _builtins.str
+    """Dataset name."""
+    page_size: _builtins.int
+    """Maximum number of entries to return (default 100, at most 1000)."""
+    page_token: _builtins.str
+    """Token from a previous response."""
+    def __init__(
+        self,
+        *,
+        user: _builtins.str = ...,
+        dataset: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "page_size", b"page_size", "page_token", b"page_token", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLedgerEntriesRequest: _TypeAlias = ListLedgerEntriesRequest  # noqa: Y015
+
+@_typing.final
+class ListLedgerEntriesResponse(_message.Message):
+    """ListLedgerEntriesResponse carries one page of a ledger's history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEDGER_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last page."""
+    @_builtins.property
+    def ledger(self) -> Global___Ledger:
+        """The ledger, as it is now."""
+
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LedgerEntry]:
+        """Entries, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        ledger: Global___Ledger | None = ...,
+        entries: _abc.Iterable[Global___LedgerEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ledger", b"ledger"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "ledger", b"ledger", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLedgerEntriesResponse: _TypeAlias = ListLedgerEntriesResponse  # noqa: Y015
+
+@_typing.final
+class SweepReservationsRequest(_message.Message):
+    """SweepReservationsRequest asks for a sweep of expired reservations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Optional idempotency key: a replay returns the first response."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SweepReservationsRequest: _TypeAlias = SweepReservationsRequest  # noqa: Y015
+
+@_typing.final
+class SweepReservationsResponse(_message.Message):
+    """SweepReservationsResponse reports what the sweep settled."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELEASED_FIELD_NUMBER: _builtins.int
+    COMMITTED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def released(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Query ids of expired reservations released (no worker touched the data)."""
+
+    @_builtins.property
+    def committed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Query ids of expired reservations committed (a worker touched the data)."""
+
+    def __init__(
+        self,
+        *,
+        released: _abc.Iterable[_builtins.str] | None = ...,
+        committed: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed", b"committed", "released", b"released"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SweepReservationsResponse: _TypeAlias = SweepReservationsResponse  # noqa: Y015

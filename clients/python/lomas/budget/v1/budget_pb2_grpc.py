@@ -75,6 +75,46 @@ class BudgetServiceStub:
                 request_serializer=lomas_dot_budget_dot_v1_dot_budget__pb2.VerifyLedgersRequest.SerializeToString,
                 response_deserializer=lomas_dot_budget_dot_v1_dot_budget__pb2.VerifyLedgersResponse.FromString,
                 _registered_method=True)
+        self.AdjustAllocation = channel.unary_unary(
+                '/lomas.budget.v1.BudgetService/AdjustAllocation',
+                request_serializer=lomas_dot_budget_dot_v1_dot_budget__pb2.AdjustAllocationRequest.SerializeToString,
+                response_deserializer=lomas_dot_budget_dot_v1_dot_budget__pb2.AdjustAllocationResponse.FromString,
+                _registered_method=True)
+        self.FreezeUser = channel.unary_unary(
+                '/lomas.budget.v1.BudgetService/FreezeUser',
+                request_serializer=lomas_dot_budget_dot_v1_dot_budget__pb2.FreezeUserRequest.SerializeToString,
+                response_deserializer=lomas_dot_budget_dot_v1_dot_budget__pb2.FreezeUserResponse.FromString,
+                _registered_method=True)
+        self.UnfreezeUser = channel.unary_unary(
+                '/lomas.budget.v1.BudgetService/UnfreezeUser',
+                request_serializer=lomas_dot_budget_dot_v1_dot_budget__pb2.UnfreezeUserRequest.SerializeToString,
+                response_deserializer=lomas_dot_budget_dot_v1_dot_budget__pb2.UnfreezeUserResponse.FromString,
+                _registered_method=True)
+        self.GetUserState = channel.unary_unary(
+                '/lomas.budget.v1.BudgetService/GetUserState',
+                request_serializer=lomas_dot_budget_dot_v1_dot_budget__pb2.GetUserStateRequest.SerializeToString,
+                response_deserializer=lomas_dot_budget_dot_v1_dot_budget__pb2.GetUserStateResponse.FromString,
+                _registered_method=True)
+        self.SetDatasetCap = channel.unary_unary(
+                '/lomas.budget.v1.BudgetService/SetDatasetCap',
+                request_serializer=lomas_dot_budget_dot_v1_dot_budget__pb2.SetDatasetCapRequest.SerializeToString,
+                response_deserializer=lomas_dot_budget_dot_v1_dot_budget__pb2.SetDatasetCapResponse.FromString,
+                _registered_method=True)
+        self.GetDatasetCap = channel.unary_unary(
+                '/lomas.budget.v1.BudgetService/GetDatasetCap',
+                request_serializer=lomas_dot_budget_dot_v1_dot_budget__pb2.GetDatasetCapRequest.SerializeToString,
+                response_deserializer=lomas_dot_budget_dot_v1_dot_budget__pb2.GetDatasetCapResponse.FromString,
+                _registered_method=True)
+        self.ListLedgerEntries = channel.unary_unary(
+                '/lomas.budget.v1.BudgetService/ListLedgerEntries',
+                request_serializer=lomas_dot_budget_dot_v1_dot_budget__pb2.ListLedgerEntriesRequest.SerializeToString,
+                response_deserializer=lomas_dot_budget_dot_v1_dot_budget__pb2.ListLedgerEntriesResponse.FromString,
+                _registered_method=True)
+        self.SweepReservations = channel.unary_unary(
+                '/lomas.budget.v1.BudgetService/SweepReservations',
+                request_serializer=lomas_dot_budget_dot_v1_dot_budget__pb2.SweepReservationsRequest.SerializeToString,
+                response_deserializer=lomas_dot_budget_dot_v1_dot_budget__pb2.SweepReservationsResponse.FromString,
+                _registered_method=True)
 
 
 class BudgetServiceServicer:
@@ -137,6 +177,62 @@ class BudgetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AdjustAllocation(self, request, context):
+        """Raises or lowers a ledger's allocation (never below what is spent or held).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FreezeUser(self, request, context):
+        """Stops a user from starting queries on any dataset (Lomas `may_query` = false).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnfreezeUser(self, request, context):
+        """Lets a frozen user start queries again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUserState(self, request, context):
+        """Returns whether a user is frozen.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDatasetCap(self, request, context):
+        """Sets or removes the cap of what all users together may spend on a dataset.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDatasetCap(self, request, context):
+        """Returns a dataset's cap and what its ledgers use of it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLedgerEntries(self, request, context):
+        """Lists a ledger's entries, oldest first: its full, hash-chained history.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SweepReservations(self, request, context):
+        """Settles expired reservations now (the service also sweeps on start-up and periodically).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BudgetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -179,6 +275,46 @@ def add_BudgetServiceServicer_to_server(servicer, server):
                     servicer.VerifyLedgers,
                     request_deserializer=lomas_dot_budget_dot_v1_dot_budget__pb2.VerifyLedgersRequest.FromString,
                     response_serializer=lomas_dot_budget_dot_v1_dot_budget__pb2.VerifyLedgersResponse.SerializeToString,
+            ),
+            'AdjustAllocation': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdjustAllocation,
+                    request_deserializer=lomas_dot_budget_dot_v1_dot_budget__pb2.AdjustAllocationRequest.FromString,
+                    response_serializer=lomas_dot_budget_dot_v1_dot_budget__pb2.AdjustAllocationResponse.SerializeToString,
+            ),
+            'FreezeUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.FreezeUser,
+                    request_deserializer=lomas_dot_budget_dot_v1_dot_budget__pb2.FreezeUserRequest.FromString,
+                    response_serializer=lomas_dot_budget_dot_v1_dot_budget__pb2.FreezeUserResponse.SerializeToString,
+            ),
+            'UnfreezeUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnfreezeUser,
+                    request_deserializer=lomas_dot_budget_dot_v1_dot_budget__pb2.UnfreezeUserRequest.FromString,
+                    response_serializer=lomas_dot_budget_dot_v1_dot_budget__pb2.UnfreezeUserResponse.SerializeToString,
+            ),
+            'GetUserState': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUserState,
+                    request_deserializer=lomas_dot_budget_dot_v1_dot_budget__pb2.GetUserStateRequest.FromString,
+                    response_serializer=lomas_dot_budget_dot_v1_dot_budget__pb2.GetUserStateResponse.SerializeToString,
+            ),
+            'SetDatasetCap': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDatasetCap,
+                    request_deserializer=lomas_dot_budget_dot_v1_dot_budget__pb2.SetDatasetCapRequest.FromString,
+                    response_serializer=lomas_dot_budget_dot_v1_dot_budget__pb2.SetDatasetCapResponse.SerializeToString,
+            ),
+            'GetDatasetCap': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDatasetCap,
+                    request_deserializer=lomas_dot_budget_dot_v1_dot_budget__pb2.GetDatasetCapRequest.FromString,
+                    response_serializer=lomas_dot_budget_dot_v1_dot_budget__pb2.GetDatasetCapResponse.SerializeToString,
+            ),
+            'ListLedgerEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLedgerEntries,
+                    request_deserializer=lomas_dot_budget_dot_v1_dot_budget__pb2.ListLedgerEntriesRequest.FromString,
+                    response_serializer=lomas_dot_budget_dot_v1_dot_budget__pb2.ListLedgerEntriesResponse.SerializeToString,
+            ),
+            'SweepReservations': grpc.unary_unary_rpc_method_handler(
+                    servicer.SweepReservations,
+                    request_deserializer=lomas_dot_budget_dot_v1_dot_budget__pb2.SweepReservationsRequest.FromString,
+                    response_serializer=lomas_dot_budget_dot_v1_dot_budget__pb2.SweepReservationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -398,6 +534,222 @@ class BudgetService:
             '/lomas.budget.v1.BudgetService/VerifyLedgers',
             lomas_dot_budget_dot_v1_dot_budget__pb2.VerifyLedgersRequest.SerializeToString,
             lomas_dot_budget_dot_v1_dot_budget__pb2.VerifyLedgersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdjustAllocation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lomas.budget.v1.BudgetService/AdjustAllocation',
+            lomas_dot_budget_dot_v1_dot_budget__pb2.AdjustAllocationRequest.SerializeToString,
+            lomas_dot_budget_dot_v1_dot_budget__pb2.AdjustAllocationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FreezeUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lomas.budget.v1.BudgetService/FreezeUser',
+            lomas_dot_budget_dot_v1_dot_budget__pb2.FreezeUserRequest.SerializeToString,
+            lomas_dot_budget_dot_v1_dot_budget__pb2.FreezeUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnfreezeUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lomas.budget.v1.BudgetService/UnfreezeUser',
+            lomas_dot_budget_dot_v1_dot_budget__pb2.UnfreezeUserRequest.SerializeToString,
+            lomas_dot_budget_dot_v1_dot_budget__pb2.UnfreezeUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUserState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lomas.budget.v1.BudgetService/GetUserState',
+            lomas_dot_budget_dot_v1_dot_budget__pb2.GetUserStateRequest.SerializeToString,
+            lomas_dot_budget_dot_v1_dot_budget__pb2.GetUserStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDatasetCap(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lomas.budget.v1.BudgetService/SetDatasetCap',
+            lomas_dot_budget_dot_v1_dot_budget__pb2.SetDatasetCapRequest.SerializeToString,
+            lomas_dot_budget_dot_v1_dot_budget__pb2.SetDatasetCapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDatasetCap(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lomas.budget.v1.BudgetService/GetDatasetCap',
+            lomas_dot_budget_dot_v1_dot_budget__pb2.GetDatasetCapRequest.SerializeToString,
+            lomas_dot_budget_dot_v1_dot_budget__pb2.GetDatasetCapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLedgerEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lomas.budget.v1.BudgetService/ListLedgerEntries',
+            lomas_dot_budget_dot_v1_dot_budget__pb2.ListLedgerEntriesRequest.SerializeToString,
+            lomas_dot_budget_dot_v1_dot_budget__pb2.ListLedgerEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SweepReservations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lomas.budget.v1.BudgetService/SweepReservations',
+            lomas_dot_budget_dot_v1_dot_budget__pb2.SweepReservationsRequest.SerializeToString,
+            lomas_dot_budget_dot_v1_dot_budget__pb2.SweepReservationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

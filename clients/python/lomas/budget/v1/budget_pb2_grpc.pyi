@@ -49,6 +49,22 @@ class BudgetServiceStub:
     """Releases a reservation whose query never touched data; idempotent."""
     VerifyLedgers: _grpc.UnaryUnaryMultiCallable[_budget_pb2.VerifyLedgersRequest, _budget_pb2.VerifyLedgersResponse]
     """Recomputes every balance from the ledger entries and checks every hash chain."""
+    AdjustAllocation: _grpc.UnaryUnaryMultiCallable[_budget_pb2.AdjustAllocationRequest, _budget_pb2.AdjustAllocationResponse]
+    """Raises or lowers a ledger's allocation (never below what is spent or held)."""
+    FreezeUser: _grpc.UnaryUnaryMultiCallable[_budget_pb2.FreezeUserRequest, _budget_pb2.FreezeUserResponse]
+    """Stops a user from starting queries on any dataset (Lomas `may_query` = false)."""
+    UnfreezeUser: _grpc.UnaryUnaryMultiCallable[_budget_pb2.UnfreezeUserRequest, _budget_pb2.UnfreezeUserResponse]
+    """Lets a frozen user start queries again."""
+    GetUserState: _grpc.UnaryUnaryMultiCallable[_budget_pb2.GetUserStateRequest, _budget_pb2.GetUserStateResponse]
+    """Returns whether a user is frozen."""
+    SetDatasetCap: _grpc.UnaryUnaryMultiCallable[_budget_pb2.SetDatasetCapRequest, _budget_pb2.SetDatasetCapResponse]
+    """Sets or removes the cap of what all users together may spend on a dataset."""
+    GetDatasetCap: _grpc.UnaryUnaryMultiCallable[_budget_pb2.GetDatasetCapRequest, _budget_pb2.GetDatasetCapResponse]
+    """Returns a dataset's cap and what its ledgers use of it."""
+    ListLedgerEntries: _grpc.UnaryUnaryMultiCallable[_budget_pb2.ListLedgerEntriesRequest, _budget_pb2.ListLedgerEntriesResponse]
+    """Lists a ledger's entries, oldest first: its full, hash-chained history."""
+    SweepReservations: _grpc.UnaryUnaryMultiCallable[_budget_pb2.SweepReservationsRequest, _budget_pb2.SweepReservationsResponse]
+    """Settles expired reservations now (the service also sweeps on start-up and periodically)."""
 
 @_typing.type_check_only
 class BudgetServiceAsyncStub(BudgetServiceStub):
@@ -71,6 +87,22 @@ class BudgetServiceAsyncStub(BudgetServiceStub):
     """Releases a reservation whose query never touched data; idempotent."""
     VerifyLedgers: _aio.UnaryUnaryMultiCallable[_budget_pb2.VerifyLedgersRequest, _budget_pb2.VerifyLedgersResponse]  # type: ignore[assignment]
     """Recomputes every balance from the ledger entries and checks every hash chain."""
+    AdjustAllocation: _aio.UnaryUnaryMultiCallable[_budget_pb2.AdjustAllocationRequest, _budget_pb2.AdjustAllocationResponse]  # type: ignore[assignment]
+    """Raises or lowers a ledger's allocation (never below what is spent or held)."""
+    FreezeUser: _aio.UnaryUnaryMultiCallable[_budget_pb2.FreezeUserRequest, _budget_pb2.FreezeUserResponse]  # type: ignore[assignment]
+    """Stops a user from starting queries on any dataset (Lomas `may_query` = false)."""
+    UnfreezeUser: _aio.UnaryUnaryMultiCallable[_budget_pb2.UnfreezeUserRequest, _budget_pb2.UnfreezeUserResponse]  # type: ignore[assignment]
+    """Lets a frozen user start queries again."""
+    GetUserState: _aio.UnaryUnaryMultiCallable[_budget_pb2.GetUserStateRequest, _budget_pb2.GetUserStateResponse]  # type: ignore[assignment]
+    """Returns whether a user is frozen."""
+    SetDatasetCap: _aio.UnaryUnaryMultiCallable[_budget_pb2.SetDatasetCapRequest, _budget_pb2.SetDatasetCapResponse]  # type: ignore[assignment]
+    """Sets or removes the cap of what all users together may spend on a dataset."""
+    GetDatasetCap: _aio.UnaryUnaryMultiCallable[_budget_pb2.GetDatasetCapRequest, _budget_pb2.GetDatasetCapResponse]  # type: ignore[assignment]
+    """Returns a dataset's cap and what its ledgers use of it."""
+    ListLedgerEntries: _aio.UnaryUnaryMultiCallable[_budget_pb2.ListLedgerEntriesRequest, _budget_pb2.ListLedgerEntriesResponse]  # type: ignore[assignment]
+    """Lists a ledger's entries, oldest first: its full, hash-chained history."""
+    SweepReservations: _aio.UnaryUnaryMultiCallable[_budget_pb2.SweepReservationsRequest, _budget_pb2.SweepReservationsResponse]  # type: ignore[assignment]
+    """Settles expired reservations now (the service also sweeps on start-up and periodically)."""
 
 class BudgetServiceServicer(metaclass=_abc_1.ABCMeta):
     """BudgetService is the privacy-loss ledger: the only writer of spend. Internal to the mesh."""
@@ -138,5 +170,69 @@ class BudgetServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_budget_pb2.VerifyLedgersResponse, _abc.Awaitable[_budget_pb2.VerifyLedgersResponse]]:
         """Recomputes every balance from the ledger entries and checks every hash chain."""
+
+    @_abc_1.abstractmethod
+    def AdjustAllocation(
+        self,
+        request: _budget_pb2.AdjustAllocationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_budget_pb2.AdjustAllocationResponse, _abc.Awaitable[_budget_pb2.AdjustAllocationResponse]]:
+        """Raises or lowers a ledger's allocation (never below what is spent or held)."""
+
+    @_abc_1.abstractmethod
+    def FreezeUser(
+        self,
+        request: _budget_pb2.FreezeUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_budget_pb2.FreezeUserResponse, _abc.Awaitable[_budget_pb2.FreezeUserResponse]]:
+        """Stops a user from starting queries on any dataset (Lomas `may_query` = false)."""
+
+    @_abc_1.abstractmethod
+    def UnfreezeUser(
+        self,
+        request: _budget_pb2.UnfreezeUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_budget_pb2.UnfreezeUserResponse, _abc.Awaitable[_budget_pb2.UnfreezeUserResponse]]:
+        """Lets a frozen user start queries again."""
+
+    @_abc_1.abstractmethod
+    def GetUserState(
+        self,
+        request: _budget_pb2.GetUserStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_budget_pb2.GetUserStateResponse, _abc.Awaitable[_budget_pb2.GetUserStateResponse]]:
+        """Returns whether a user is frozen."""
+
+    @_abc_1.abstractmethod
+    def SetDatasetCap(
+        self,
+        request: _budget_pb2.SetDatasetCapRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_budget_pb2.SetDatasetCapResponse, _abc.Awaitable[_budget_pb2.SetDatasetCapResponse]]:
+        """Sets or removes the cap of what all users together may spend on a dataset."""
+
+    @_abc_1.abstractmethod
+    def GetDatasetCap(
+        self,
+        request: _budget_pb2.GetDatasetCapRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_budget_pb2.GetDatasetCapResponse, _abc.Awaitable[_budget_pb2.GetDatasetCapResponse]]:
+        """Returns a dataset's cap and what its ledgers use of it."""
+
+    @_abc_1.abstractmethod
+    def ListLedgerEntries(
+        self,
+        request: _budget_pb2.ListLedgerEntriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_budget_pb2.ListLedgerEntriesResponse, _abc.Awaitable[_budget_pb2.ListLedgerEntriesResponse]]:
+        """Lists a ledger's entries, oldest first: its full, hash-chained history."""
+
+    @_abc_1.abstractmethod
+    def SweepReservations(
+        self,
+        request: _budget_pb2.SweepReservationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_budget_pb2.SweepReservationsResponse, _abc.Awaitable[_budget_pb2.SweepReservationsResponse]]:
+        """Settles expired reservations now (the service also sweeps on start-up and periodically)."""
 
 def add_BudgetServiceServicer_to_server(servicer: BudgetServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -480,22 +480,28 @@ class ListLedgersRequest(_message.Message):
     USER_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
     user: _builtins.str
     """User name."""
     page_size: _builtins.int
     """Maximum number of ledgers to return (default 100, at most 1000)."""
     page_token: _builtins.str
     """Token from a previous response."""
+    delta: _builtins.str
+    """Optional delta (decimal string in (0, 1)) at which to show each remaining budget as
+    (epsilon, delta) in `Ledger.remaining_at_delta` (zCDP and pure-DP ledgers).
+    """
     def __init__(
         self,
         *,
         user: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        delta: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "page_size", b"page_size", "page_token", b"page_token", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -616,8 +622,11 @@ class VerifyLedgersResponse(_message.Message):
 
     LEDGERS_CHECKED_FIELD_NUMBER: _builtins.int
     PROBLEMS_FIELD_NUMBER: _builtins.int
+    ENTRIES_CHECKED_FIELD_NUMBER: _builtins.int
     ledgers_checked: _builtins.int
     """Number of ledgers checked."""
+    entries_checked: _builtins.int
+    """Number of entries checked."""
     @_builtins.property
     def problems(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Every inconsistency found; empty when all ledgers are consistent."""
@@ -627,11 +636,426 @@ class VerifyLedgersResponse(_message.Message):
         *,
         ledgers_checked: _builtins.int = ...,
         problems: _abc.Iterable[_builtins.str] | None = ...,
+        entries_checked: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ledgers_checked", b"ledgers_checked", "problems", b"problems"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries_checked", b"entries_checked", "ledgers_checked", b"ledgers_checked", "problems", b"problems"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VerifyLedgersResponse: _TypeAlias = VerifyLedgersResponse  # noqa: Y015
+
+@_typing.final
+class GetLedgerRequest(_message.Message):
+    """GetLedgerRequest names a ledger."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    DATASET_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    user: _builtins.str
+    """User name."""
+    dataset: _builtins.str
+    """Dataset name."""
+    delta: _builtins.str
+    """Optional delta (decimal string in (0, 1)) at which to show the remaining budget as
+    (epsilon, delta) in `Ledger.remaining_at_delta` (zCDP and pure-DP ledgers).
+    """
+    def __init__(
+        self,
+        *,
+        user: _builtins.str = ...,
+        dataset: _builtins.str = ...,
+        delta: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "delta", b"delta", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLedgerRequest: _TypeAlias = GetLedgerRequest  # noqa: Y015
+
+@_typing.final
+class GetLedgerResponse(_message.Message):
+    """GetLedgerResponse carries a ledger."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEDGER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ledger(self) -> _budget_pb2.Ledger:
+        """The ledger."""
+
+    def __init__(
+        self,
+        *,
+        ledger: _budget_pb2.Ledger | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ledger", b"ledger"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ledger", b"ledger"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLedgerResponse: _TypeAlias = GetLedgerResponse  # noqa: Y015
+
+@_typing.final
+class ListLedgerEntriesRequest(_message.Message):
+    """ListLedgerEntriesRequest pages through one ledger's history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    DATASET_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    user: _builtins.str
+    """User name."""
+    dataset: _builtins.str
+    """Dataset name."""
+    page_size: _builtins.int
+    """Maximum number of entries to return (default 100, at most 1000)."""
+    page_token: _builtins.str
+    """Token from a previous response."""
+    def __init__(
+        self,
+        *,
+        user: _builtins.str = ...,
+        dataset: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "page_size", b"page_size", "page_token", b"page_token", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLedgerEntriesRequest: _TypeAlias = ListLedgerEntriesRequest  # noqa: Y015
+
+@_typing.final
+class ListLedgerEntriesResponse(_message.Message):
+    """ListLedgerEntriesResponse carries one page of a ledger's history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEDGER_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last page."""
+    @_builtins.property
+    def ledger(self) -> _budget_pb2.Ledger:
+        """The ledger, as it is now."""
+
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[_budget_pb2.LedgerEntry]:
+        """Entries, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        ledger: _budget_pb2.Ledger | None = ...,
+        entries: _abc.Iterable[_budget_pb2.LedgerEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ledger", b"ledger"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "ledger", b"ledger", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLedgerEntriesResponse: _TypeAlias = ListLedgerEntriesResponse  # noqa: Y015
+
+@_typing.final
+class AdjustAllocationRequest(_message.Message):
+    """AdjustAllocationRequest sets a ledger's allocation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    DATASET_FIELD_NUMBER: _builtins.int
+    ALLOCATION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    user: _builtins.str
+    """User name."""
+    dataset: _builtins.str
+    """Dataset name."""
+    reason: _builtins.str
+    """Why (recorded in the ledger's history)."""
+    request_id: _builtins.str
+    """Optional idempotency key: a replay returns the first response."""
+    @_builtins.property
+    def allocation(self) -> _privacy_pb2.PrivacyLoss:
+        """The new allocation (rounded down), in the ledger's privacy definition."""
+
+    def __init__(
+        self,
+        *,
+        user: _builtins.str = ...,
+        dataset: _builtins.str = ...,
+        allocation: _privacy_pb2.PrivacyLoss | None = ...,
+        reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation", "dataset", b"dataset", "reason", b"reason", "request_id", b"request_id", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdjustAllocationRequest: _TypeAlias = AdjustAllocationRequest  # noqa: Y015
+
+@_typing.final
+class AdjustAllocationResponse(_message.Message):
+    """AdjustAllocationResponse carries the adjusted ledger."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEDGER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ledger(self) -> _budget_pb2.Ledger:
+        """The ledger."""
+
+    def __init__(
+        self,
+        *,
+        ledger: _budget_pb2.Ledger | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ledger", b"ledger"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ledger", b"ledger"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdjustAllocationResponse: _TypeAlias = AdjustAllocationResponse  # noqa: Y015
+
+@_typing.final
+class FreezeUserRequest(_message.Message):
+    """FreezeUserRequest names a user to freeze."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """User name."""
+    reason: _builtins.str
+    """Why (recorded in each of the user's ledgers)."""
+    request_id: _builtins.str
+    """Optional idempotency key: a replay returns the first response."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FreezeUserRequest: _TypeAlias = FreezeUserRequest  # noqa: Y015
+
+@_typing.final
+class FreezeUserResponse(_message.Message):
+    """FreezeUserResponse carries the user's state and ledgers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    LEDGERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def user(self) -> _budget_pb2.UserState:
+        """The user's state."""
+
+    @_builtins.property
+    def ledgers(self) -> _containers.RepeatedCompositeFieldContainer[_budget_pb2.Ledger]:
+        """The user's ledgers."""
+
+    def __init__(
+        self,
+        *,
+        user: _budget_pb2.UserState | None = ...,
+        ledgers: _abc.Iterable[_budget_pb2.Ledger] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ledgers", b"ledgers", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FreezeUserResponse: _TypeAlias = FreezeUserResponse  # noqa: Y015
+
+@_typing.final
+class UnfreezeUserRequest(_message.Message):
+    """UnfreezeUserRequest names a user to unfreeze."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """User name."""
+    reason: _builtins.str
+    """Why (recorded in each of the user's ledgers)."""
+    request_id: _builtins.str
+    """Optional idempotency key: a replay returns the first response."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnfreezeUserRequest: _TypeAlias = UnfreezeUserRequest  # noqa: Y015
+
+@_typing.final
+class UnfreezeUserResponse(_message.Message):
+    """UnfreezeUserResponse carries the user's state and ledgers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    LEDGERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def user(self) -> _budget_pb2.UserState:
+        """The user's state."""
+
+    @_builtins.property
+    def ledgers(self) -> _containers.RepeatedCompositeFieldContainer[_budget_pb2.Ledger]:
+        """The user's ledgers."""
+
+    def __init__(
+        self,
+        *,
+        user: _budget_pb2.UserState | None = ...,
+        ledgers: _abc.Iterable[_budget_pb2.Ledger] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ledgers", b"ledgers", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnfreezeUserResponse: _TypeAlias = UnfreezeUserResponse  # noqa: Y015
+
+@_typing.final
+class SetDatasetCapRequest(_message.Message):
+    """SetDatasetCapRequest sets or removes a dataset's cap."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    CAP_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    dataset: _builtins.str
+    """Dataset name."""
+    reason: _builtins.str
+    """Why."""
+    request_id: _builtins.str
+    """Optional idempotency key: a replay returns the first response."""
+    @_builtins.property
+    def cap(self) -> _privacy_pb2.PrivacyLoss:
+        """The cap (rounded down); its kind is the cap's unit. Unset removes the cap."""
+
+    def __init__(
+        self,
+        *,
+        dataset: _builtins.str = ...,
+        cap: _privacy_pb2.PrivacyLoss | None = ...,
+        reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cap", b"cap"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cap", b"cap", "dataset", b"dataset", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDatasetCapRequest: _TypeAlias = SetDatasetCapRequest  # noqa: Y015
+
+@_typing.final
+class SetDatasetCapResponse(_message.Message):
+    """SetDatasetCapResponse carries the dataset's cap."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def cap(self) -> _budget_pb2.DatasetCap:
+        """The cap."""
+
+    def __init__(
+        self,
+        *,
+        cap: _budget_pb2.DatasetCap | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cap", b"cap"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cap", b"cap"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDatasetCapResponse: _TypeAlias = SetDatasetCapResponse  # noqa: Y015
+
+@_typing.final
+class GetDatasetCapRequest(_message.Message):
+    """GetDatasetCapRequest names a dataset."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    dataset: _builtins.str
+    """Dataset name."""
+    def __init__(
+        self,
+        *,
+        dataset: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDatasetCapRequest: _TypeAlias = GetDatasetCapRequest  # noqa: Y015
+
+@_typing.final
+class GetDatasetCapResponse(_message.Message):
+    """GetDatasetCapResponse carries the dataset's cap."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def cap(self) -> _budget_pb2.DatasetCap:
+        """The cap (with `cap` unset when the dataset has none)."""
+
+    def __init__(
+        self,
+        *,
+        cap: _budget_pb2.DatasetCap | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cap", b"cap"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cap", b"cap"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDatasetCapResponse: _TypeAlias = GetDatasetCapResponse  # noqa: Y015

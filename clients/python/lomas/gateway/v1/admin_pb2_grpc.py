@@ -95,6 +95,41 @@ class AdminServiceStub:
                 request_serializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.VerifyLedgersRequest.SerializeToString,
                 response_deserializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.VerifyLedgersResponse.FromString,
                 _registered_method=True)
+        self.GetLedger = channel.unary_unary(
+                '/lomas.gateway.v1.AdminService/GetLedger',
+                request_serializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.GetLedgerRequest.SerializeToString,
+                response_deserializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.GetLedgerResponse.FromString,
+                _registered_method=True)
+        self.ListLedgerEntries = channel.unary_unary(
+                '/lomas.gateway.v1.AdminService/ListLedgerEntries',
+                request_serializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.ListLedgerEntriesRequest.SerializeToString,
+                response_deserializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.ListLedgerEntriesResponse.FromString,
+                _registered_method=True)
+        self.AdjustAllocation = channel.unary_unary(
+                '/lomas.gateway.v1.AdminService/AdjustAllocation',
+                request_serializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.AdjustAllocationRequest.SerializeToString,
+                response_deserializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.AdjustAllocationResponse.FromString,
+                _registered_method=True)
+        self.FreezeUser = channel.unary_unary(
+                '/lomas.gateway.v1.AdminService/FreezeUser',
+                request_serializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.FreezeUserRequest.SerializeToString,
+                response_deserializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.FreezeUserResponse.FromString,
+                _registered_method=True)
+        self.UnfreezeUser = channel.unary_unary(
+                '/lomas.gateway.v1.AdminService/UnfreezeUser',
+                request_serializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.UnfreezeUserRequest.SerializeToString,
+                response_deserializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.UnfreezeUserResponse.FromString,
+                _registered_method=True)
+        self.SetDatasetCap = channel.unary_unary(
+                '/lomas.gateway.v1.AdminService/SetDatasetCap',
+                request_serializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.SetDatasetCapRequest.SerializeToString,
+                response_deserializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.SetDatasetCapResponse.FromString,
+                _registered_method=True)
+        self.GetDatasetCap = channel.unary_unary(
+                '/lomas.gateway.v1.AdminService/GetDatasetCap',
+                request_serializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.GetDatasetCapRequest.SerializeToString,
+                response_deserializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.GetDatasetCapResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -185,6 +220,55 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLedger(self, request, context):
+        """Returns one budget ledger, optionally with its remaining budget as (epsilon, delta).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLedgerEntries(self, request, context):
+        """Lists a ledger's entries, oldest first: its full, hash-chained history.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AdjustAllocation(self, request, context):
+        """Raises or lowers a ledger's allocation (never below what is spent or held).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FreezeUser(self, request, context):
+        """Stops a user from starting queries (Lomas `may_query` = false), recorded in each ledger.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnfreezeUser(self, request, context):
+        """Lets a frozen user start queries again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDatasetCap(self, request, context):
+        """Sets or removes the cap of what all users together may spend on a dataset.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDatasetCap(self, request, context):
+        """Returns a dataset's cap and what its ledgers use of it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -247,6 +331,41 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.VerifyLedgers,
                     request_deserializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.VerifyLedgersRequest.FromString,
                     response_serializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.VerifyLedgersResponse.SerializeToString,
+            ),
+            'GetLedger': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLedger,
+                    request_deserializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.GetLedgerRequest.FromString,
+                    response_serializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.GetLedgerResponse.SerializeToString,
+            ),
+            'ListLedgerEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLedgerEntries,
+                    request_deserializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.ListLedgerEntriesRequest.FromString,
+                    response_serializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.ListLedgerEntriesResponse.SerializeToString,
+            ),
+            'AdjustAllocation': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdjustAllocation,
+                    request_deserializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.AdjustAllocationRequest.FromString,
+                    response_serializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.AdjustAllocationResponse.SerializeToString,
+            ),
+            'FreezeUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.FreezeUser,
+                    request_deserializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.FreezeUserRequest.FromString,
+                    response_serializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.FreezeUserResponse.SerializeToString,
+            ),
+            'UnfreezeUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnfreezeUser,
+                    request_deserializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.UnfreezeUserRequest.FromString,
+                    response_serializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.UnfreezeUserResponse.SerializeToString,
+            ),
+            'SetDatasetCap': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDatasetCap,
+                    request_deserializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.SetDatasetCapRequest.FromString,
+                    response_serializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.SetDatasetCapResponse.SerializeToString,
+            ),
+            'GetDatasetCap': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDatasetCap,
+                    request_deserializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.GetDatasetCapRequest.FromString,
+                    response_serializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.GetDatasetCapResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -574,6 +693,195 @@ class AdminService:
             '/lomas.gateway.v1.AdminService/VerifyLedgers',
             lomas_dot_gateway_dot_v1_dot_admin__pb2.VerifyLedgersRequest.SerializeToString,
             lomas_dot_gateway_dot_v1_dot_admin__pb2.VerifyLedgersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLedger(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lomas.gateway.v1.AdminService/GetLedger',
+            lomas_dot_gateway_dot_v1_dot_admin__pb2.GetLedgerRequest.SerializeToString,
+            lomas_dot_gateway_dot_v1_dot_admin__pb2.GetLedgerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLedgerEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lomas.gateway.v1.AdminService/ListLedgerEntries',
+            lomas_dot_gateway_dot_v1_dot_admin__pb2.ListLedgerEntriesRequest.SerializeToString,
+            lomas_dot_gateway_dot_v1_dot_admin__pb2.ListLedgerEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdjustAllocation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lomas.gateway.v1.AdminService/AdjustAllocation',
+            lomas_dot_gateway_dot_v1_dot_admin__pb2.AdjustAllocationRequest.SerializeToString,
+            lomas_dot_gateway_dot_v1_dot_admin__pb2.AdjustAllocationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FreezeUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lomas.gateway.v1.AdminService/FreezeUser',
+            lomas_dot_gateway_dot_v1_dot_admin__pb2.FreezeUserRequest.SerializeToString,
+            lomas_dot_gateway_dot_v1_dot_admin__pb2.FreezeUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnfreezeUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lomas.gateway.v1.AdminService/UnfreezeUser',
+            lomas_dot_gateway_dot_v1_dot_admin__pb2.UnfreezeUserRequest.SerializeToString,
+            lomas_dot_gateway_dot_v1_dot_admin__pb2.UnfreezeUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDatasetCap(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lomas.gateway.v1.AdminService/SetDatasetCap',
+            lomas_dot_gateway_dot_v1_dot_admin__pb2.SetDatasetCapRequest.SerializeToString,
+            lomas_dot_gateway_dot_v1_dot_admin__pb2.SetDatasetCapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDatasetCap(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lomas.gateway.v1.AdminService/GetDatasetCap',
+            lomas_dot_gateway_dot_v1_dot_admin__pb2.GetDatasetCapRequest.SerializeToString,
+            lomas_dot_gateway_dot_v1_dot_admin__pb2.GetDatasetCapResponse.FromString,
             options,
             channel_credentials,
             insecure,

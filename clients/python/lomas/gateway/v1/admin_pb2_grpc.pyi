@@ -57,6 +57,20 @@ class AdminServiceStub:
     """Lists archived queries, optionally of one user and one dataset."""
     VerifyLedgers: _grpc.UnaryUnaryMultiCallable[_admin_pb2.VerifyLedgersRequest, _admin_pb2.VerifyLedgersResponse]
     """Recomputes every ledger balance from its entries and checks every hash chain."""
+    GetLedger: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetLedgerRequest, _admin_pb2.GetLedgerResponse]
+    """Returns one budget ledger, optionally with its remaining budget as (epsilon, delta)."""
+    ListLedgerEntries: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListLedgerEntriesRequest, _admin_pb2.ListLedgerEntriesResponse]
+    """Lists a ledger's entries, oldest first: its full, hash-chained history."""
+    AdjustAllocation: _grpc.UnaryUnaryMultiCallable[_admin_pb2.AdjustAllocationRequest, _admin_pb2.AdjustAllocationResponse]
+    """Raises or lowers a ledger's allocation (never below what is spent or held)."""
+    FreezeUser: _grpc.UnaryUnaryMultiCallable[_admin_pb2.FreezeUserRequest, _admin_pb2.FreezeUserResponse]
+    """Stops a user from starting queries (Lomas `may_query` = false), recorded in each ledger."""
+    UnfreezeUser: _grpc.UnaryUnaryMultiCallable[_admin_pb2.UnfreezeUserRequest, _admin_pb2.UnfreezeUserResponse]
+    """Lets a frozen user start queries again."""
+    SetDatasetCap: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetDatasetCapRequest, _admin_pb2.SetDatasetCapResponse]
+    """Sets or removes the cap of what all users together may spend on a dataset."""
+    GetDatasetCap: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetDatasetCapRequest, _admin_pb2.GetDatasetCapResponse]
+    """Returns a dataset's cap and what its ledgers use of it."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -87,6 +101,20 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Lists archived queries, optionally of one user and one dataset."""
     VerifyLedgers: _aio.UnaryUnaryMultiCallable[_admin_pb2.VerifyLedgersRequest, _admin_pb2.VerifyLedgersResponse]  # type: ignore[assignment]
     """Recomputes every ledger balance from its entries and checks every hash chain."""
+    GetLedger: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetLedgerRequest, _admin_pb2.GetLedgerResponse]  # type: ignore[assignment]
+    """Returns one budget ledger, optionally with its remaining budget as (epsilon, delta)."""
+    ListLedgerEntries: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListLedgerEntriesRequest, _admin_pb2.ListLedgerEntriesResponse]  # type: ignore[assignment]
+    """Lists a ledger's entries, oldest first: its full, hash-chained history."""
+    AdjustAllocation: _aio.UnaryUnaryMultiCallable[_admin_pb2.AdjustAllocationRequest, _admin_pb2.AdjustAllocationResponse]  # type: ignore[assignment]
+    """Raises or lowers a ledger's allocation (never below what is spent or held)."""
+    FreezeUser: _aio.UnaryUnaryMultiCallable[_admin_pb2.FreezeUserRequest, _admin_pb2.FreezeUserResponse]  # type: ignore[assignment]
+    """Stops a user from starting queries (Lomas `may_query` = false), recorded in each ledger."""
+    UnfreezeUser: _aio.UnaryUnaryMultiCallable[_admin_pb2.UnfreezeUserRequest, _admin_pb2.UnfreezeUserResponse]  # type: ignore[assignment]
+    """Lets a frozen user start queries again."""
+    SetDatasetCap: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetDatasetCapRequest, _admin_pb2.SetDatasetCapResponse]  # type: ignore[assignment]
+    """Sets or removes the cap of what all users together may spend on a dataset."""
+    GetDatasetCap: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetDatasetCapRequest, _admin_pb2.GetDatasetCapResponse]  # type: ignore[assignment]
+    """Returns a dataset's cap and what its ledgers use of it."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService is the administrators' API (what `lomas-admin` calls); every RPC needs the admin role."""
@@ -186,5 +214,61 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.VerifyLedgersResponse, _abc.Awaitable[_admin_pb2.VerifyLedgersResponse]]:
         """Recomputes every ledger balance from its entries and checks every hash chain."""
+
+    @_abc_1.abstractmethod
+    def GetLedger(
+        self,
+        request: _admin_pb2.GetLedgerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetLedgerResponse, _abc.Awaitable[_admin_pb2.GetLedgerResponse]]:
+        """Returns one budget ledger, optionally with its remaining budget as (epsilon, delta)."""
+
+    @_abc_1.abstractmethod
+    def ListLedgerEntries(
+        self,
+        request: _admin_pb2.ListLedgerEntriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListLedgerEntriesResponse, _abc.Awaitable[_admin_pb2.ListLedgerEntriesResponse]]:
+        """Lists a ledger's entries, oldest first: its full, hash-chained history."""
+
+    @_abc_1.abstractmethod
+    def AdjustAllocation(
+        self,
+        request: _admin_pb2.AdjustAllocationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.AdjustAllocationResponse, _abc.Awaitable[_admin_pb2.AdjustAllocationResponse]]:
+        """Raises or lowers a ledger's allocation (never below what is spent or held)."""
+
+    @_abc_1.abstractmethod
+    def FreezeUser(
+        self,
+        request: _admin_pb2.FreezeUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.FreezeUserResponse, _abc.Awaitable[_admin_pb2.FreezeUserResponse]]:
+        """Stops a user from starting queries (Lomas `may_query` = false), recorded in each ledger."""
+
+    @_abc_1.abstractmethod
+    def UnfreezeUser(
+        self,
+        request: _admin_pb2.UnfreezeUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.UnfreezeUserResponse, _abc.Awaitable[_admin_pb2.UnfreezeUserResponse]]:
+        """Lets a frozen user start queries again."""
+
+    @_abc_1.abstractmethod
+    def SetDatasetCap(
+        self,
+        request: _admin_pb2.SetDatasetCapRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SetDatasetCapResponse, _abc.Awaitable[_admin_pb2.SetDatasetCapResponse]]:
+        """Sets or removes the cap of what all users together may spend on a dataset."""
+
+    @_abc_1.abstractmethod
+    def GetDatasetCap(
+        self,
+        request: _admin_pb2.GetDatasetCapRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetDatasetCapResponse, _abc.Awaitable[_admin_pb2.GetDatasetCapResponse]]:
+        """Returns a dataset's cap and what its ledgers use of it."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,182 @@
+"""Reserve + commit pairs per second over gRPC, with concurrent clients (aim on PostgreSQL: at least
+1,000 pairs/s on a 2-core machine).
+
+Starts a real budget service (`python -m lomas_budget.main`, as an operator runs it) on a fresh
+PostgreSQL database and/or a SQLite file, opens one ledger per client, and runs N asyncio gRPC
+clients (one channel each) that reserve a query's cost and commit it, as the gateway and a worker
+do, for a fixed time after a warm-up. Prints pairs/s, pair latency and where the CPU went (the
+service process vs. this client process; PostgreSQL uses the rest).
+
+    .venv/bin/python bench/budget_throughput.py [--store postgresql|sqlite|both] [--clients 8]
+        [--seconds 10] [--shared-ledger]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from lomas.budget.v1 import budget_pb2, budget_pb2_grpc
+from lomas.common.v1 import privacy_pb2
+from lomas_common.testing import fresh_postgres_url, sqlite_url
+
+ALLOCATION = privacy_pb2.PrivacyLoss(
+    approx_dp=privacy_pb2.ApproxDp(epsilon="1000000000", delta="0.9")
+)
+COST = privacy_pb2.PrivacyLoss(
+    approx_dp=privacy_pb2.ApproxDp(epsilon="0.001", delta="0.0000000001")
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def wait_healthy(target: str, process: subprocess.Popen[bytes]) -> None:
+    async with grpc.aio.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for _ in range(600):
+            if process.poll() is not None:
+                raise SystemExit("the budget service exited")
+            try:
+                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                await asyncio.sleep(0.05)
+    raise SystemExit("the budget service did not start")
+
+
+async def bench(store: str, url: str, args: argparse.Namespace) -> None:
+    target = f"127.0.0.1:{free_port()}"
+    token = secrets.token_urlsafe(16)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOMAS_")}
+    env |= {
+        "LOMAS_LISTEN": target,
+        "LOMAS_DATABASE_URL": url,
+        "LOMAS_SERVICE_TOKEN": token,
+        "LOMAS_LOG_LEVEL": "WARNING",
+        "LOMAS_DATABASE_POOL_SIZE": str(args.pool_size),
+    }
+    process = subprocess.Popen([sys.executable, "-m", "lomas_budget.main"], env=env)
+    metadata = (("x-lomas-service-token", token),)
+    try:
+        await wait_healthy(target, process)
+        users = (
+            ["bench-shared"] if args.shared_ledger else [f"bench-{i}" for i in range(args.clients)]
+        )
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = budget_pb2_grpc.BudgetServiceStub(channel)
+            for user in users:
+                await stub.OpenLedger(
+                    budget_pb2.OpenLedgerRequest(
+                        user=user, dataset="bench", allocation=ALLOCATION, actor="bench"
+                    ),
+                    metadata=metadata,
+                )
+        latencies: list[float] = []
+        counting = False
+        stop = False
+
+        async def client(index: int) -> None:
+            user = users[index % len(users)]
+            async with grpc.aio.insecure_channel(target) as channel:
+                stub = budget_pb2_grpc.BudgetServiceStub(channel)
+                while not stop:
+                    query_id = uuid.uuid4().hex
+                    started = time.perf_counter()
+                    await stub.ReserveBudget(
+                        budget_pb2.ReserveBudgetRequest(
+                            query_id=query_id, user=user, dataset="bench", cost=COST, actor="gw"
+                        ),
+                        metadata=metadata,
+                    )
+                    await stub.CommitReservation(
+                        budget_pb2.CommitReservationRequest(query_id=query_id),
+                        metadata=metadata,
+                    )
+                    if counting:
+                        latencies.append(time.perf_counter() - started)
+
+        tasks = [asyncio.create_task(client(i)) for i in range(args.clients)]
+        await asyncio.sleep(args.warmup)
+        counting = True
+        server_cpu, client_cpu = cpu_seconds(process.pid), _own_cpu()
+        started = time.perf_counter()
+        await asyncio.sleep(args.seconds)
+        counting = False
+        elapsed = time.perf_counter() - started
+        server_cpu, client_cpu = cpu_seconds(process.pid) - server_cpu, _own_cpu() - client_cpu
+        stop = True
+        await asyncio.gather(*tasks)
+        pairs = len(latencies)
+        ordered = sorted(latencies)
+        print(
+            f"{store:10s} {args.clients} clients{' (one shared ledger)' if args.shared_ledger else ''}: "
+            f"{pairs / elapsed:,.0f} reserve+commit pairs/s; pair latency p50 "
+            f"{statistics.median(ordered) * 1e3:.1f} ms, p99 {ordered[int(pairs * 0.99)] * 1e3:.1f} ms; "
+            f"CPU per pair: service {server_cpu / pairs * 1e3:.2f} ms, "
+            f"clients {client_cpu / pairs * 1e3:.2f} ms",
+            flush=True,
+        )
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def databases(store: str, directory: Path) -> Iterator[tuple[str, str]]:
+    if store in ("postgresql", "both"):
+        url, drop = fresh_postgres_url("lomas_bench_throughput")
+        try:
+            yield "postgresql", url
+        finally:
+            drop()
+    if store in ("sqlite", "both"):
+        yield "sqlite", sqlite_url(directory / "budget.db")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--store", choices=["postgresql", "sqlite", "both"], default="both")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--pool-size", type=int, default=32)
+    parser.add_argument(
+        "--shared-ledger", action="store_true", help="all clients charge one ledger (contention)"
+    )
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as directory:
+        for store, url in databases(args.store, Path(directory)):
+            asyncio.run(bench(store, url, args))
+
+
+if __name__ == "__main__":
+    main()
