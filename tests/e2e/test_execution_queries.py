@@ -295,7 +295,9 @@ def test_s3_credentials_stay_on_the_workers(platform: Platform) -> None:
     client = platform.researcher("S3_UNKNOWN_CREDENTIALS")
     with pytest.raises(LomasError) as unknown:
         client.smartnoise_sql.query(COUNT, epsilon=1.0, delta=0)
-    assert_refused(unknown.value, "INTERNAL", "FAILED_PRECONDITION", "no S3 credentials named")
+    assert_refused(
+        unknown.value, "FAILED_PRECONDITION", "FAILED_PRECONDITION", "no S3 credentials named"
+    )
     assert platform.s3.secret_access_key not in unknown.value.message
 
 

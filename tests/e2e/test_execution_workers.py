@@ -212,7 +212,10 @@ def test_time_and_memory_limits_keep_the_charge_and_workers_are_recycled(tmp_pat
         cost = client.smartnoise_sql.cost(GROUP_COUNT, epsilon=1.0, delta=1e-5)
         with pytest.raises(LomasError) as timed_out:
             client.smartnoise_sql.query(GROUP_COUNT, epsilon=1.0, delta=1e-5)
-        assert (timed_out.value.code, timed_out.value.reason) == ("INTERNAL", "QUERY_TIMEOUT")
+        assert (timed_out.value.code, timed_out.value.reason) == (
+            "DEADLINE_EXCEEDED",
+            "QUERY_TIMEOUT",
+        )
         assert "charged" in timed_out.value.message
         assert client.get_total_spent_budget() == {
             "total_spent_epsilon": cost["epsilon"],

@@ -101,6 +101,7 @@ def test_sigkill_during_a_reservation_storm_loses_nothing_and_charges_nothing_tw
                         assert error.reason == "PRIVACY_BUDGET_EXHAUSTED", error
                         with lock:
                             exhausted.add(query_id)
+                            done[0] += 1
                         continue
                     with lock:
                         acknowledged.add(query_id)
@@ -120,7 +121,7 @@ def test_sigkill_during_a_reservation_storm_loses_nothing_and_charges_nothing_tw
             """SIGKILL the service after a random number of answered calls (so always in the
             middle of the storm), at a random moment, then restart it."""
             nonlocal kills
-            threshold = rng.randint(20, 60)
+            threshold = rng.randint(10, 35)
             while kills < KILLS and not storm_over.is_set():
                 if done[0] < threshold:
                     time.sleep(0.002)
@@ -128,7 +129,7 @@ def test_sigkill_during_a_reservation_storm_loses_nothing_and_charges_nothing_tw
                 time.sleep(rng.uniform(0, 0.02))
                 service.kill()
                 kills += 1
-                threshold = done[0] + rng.randint(20, 60)
+                threshold = done[0] + rng.randint(10, 35)
                 service.start()
 
         kill_thread = threading.Thread(target=killer)

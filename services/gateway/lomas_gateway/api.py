@@ -8,8 +8,7 @@ from lomas.common.v1 import dataset_pb2
 from lomas.executor.v1 import executor_pb2
 from lomas.gateway.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from lomas_common.convert import definition_from_proto, privacy_loss_from_proto
-from lomas_common.errors import AdminRoleRequired, InvalidArgument
-from lomas_common.rpc_errors import RemoteError
+from lomas_common.errors import InvalidArgument
 from lomas_gateway.auth import current_caller
 from lomas_gateway.lifecycle import Peers, QueryLifecycle
 from lomas_gateway.limits import UserLimits
@@ -77,16 +76,22 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         access = await self._lifecycle.authorize(subject, request.dataset)
         ledger = (
             await self._peers.budget.call(
-                "GetLedger", budget_pb2.GetLedgerRequest(user=subject, dataset=access.dataset.name)
+                "GetLedger",
+                budget_pb2.GetLedgerRequest(
+                    user=subject, dataset=access.dataset.name, delta=request.delta
+                ),
             )
         ).ledger
-        return gateway_pb2.GetBudgetResponse(
+        response = gateway_pb2.GetBudgetResponse(
             definition=ledger.definition,
             initial=ledger.allocation,
             spent=ledger.spent,
             reserved=ledger.reserved,
             remaining=ledger.remaining,
         )
+        if ledger.HasField("remaining_at_delta"):
+            response.remaining_at_delta.CopyFrom(ledger.remaining_at_delta)
+        return response
 
     async def ListQueries(self, request, context):  # type: ignore[no-untyped-def]
         subject = current_caller().subject
@@ -118,29 +123,17 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    """Every RPC first checks that the verified caller holds the admin role in the admin store."""
+    """Every RPC needs the admin role, checked by GatewayGuard (policy.py) before the handler runs."""
 
     def __init__(self, peers: Peers) -> None:
         self._peers = peers
 
-    async def _require_admin(self) -> str:
-        subject = current_caller().subject
-        try:
-            user = (
-                await self._peers.admin.call(
-                    "GetUser", admin_store_pb2.GetUserRequest(name=subject)
-                )
-            ).user
-        except RemoteError as error:
-            if error.code.value != "NOT_FOUND":
-                raise
-            user = None
-        if user is None or user.role != resources_pb2.ROLE_ADMIN:
-            raise AdminRoleRequired("this call needs the admin role")
-        return subject
+    @staticmethod
+    def _actor() -> str:
+        """The admin making the call (GatewayGuard has already checked the admin role)."""
+        return current_caller().subject
 
     async def CreateUser(self, request, context):  # type: ignore[no-untyped-def]
-        await self._require_admin()
         response = await self._peers.admin.call(
             "CreateUser",
             admin_store_pb2.CreateUserRequest(user=request.user, request_id=request.request_id),
@@ -148,14 +141,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.CreateUserResponse(user=response.user)
 
     async def DeleteUser(self, request, context):  # type: ignore[no-untyped-def]
-        await self._require_admin()
         await self._peers.admin.call(
             "DeleteUser", admin_store_pb2.DeleteUserRequest(name=request.name)
         )
         return admin_pb2.DeleteUserResponse()
 
     async def ListUsers(self, request, context):  # type: ignore[no-untyped-def]
-        await self._require_admin()
         response = await self._peers.admin.call(
             "ListUsers",
             admin_store_pb2.ListUsersRequest(
@@ -167,7 +158,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
 
     async def CreateDataset(self, request, context):  # type: ignore[no-untyped-def]
-        await self._require_admin()
         dataset = request.dataset
         validated = await self._peers.executor.call(
             "ValidateDataset",
@@ -190,14 +180,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.CreateDatasetResponse(dataset=response.dataset)
 
     async def DeleteDataset(self, request, context):  # type: ignore[no-untyped-def]
-        await self._require_admin()
         await self._peers.admin.call(
             "DeleteDataset", admin_store_pb2.DeleteDatasetRequest(name=request.name)
         )
         return admin_pb2.DeleteDatasetResponse()
 
     async def ListDatasets(self, request, context):  # type: ignore[no-untyped-def]
-        await self._require_admin()
         response = await self._peers.admin.call(
             "ListDatasets",
             admin_store_pb2.ListDatasetsRequest(
@@ -209,7 +197,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
 
     async def CreateGrant(self, request, context):  # type: ignore[no-untyped-def]
-        actor = await self._require_admin()
+        actor = self._actor()
         grant = request.grant
         allocation = privacy_loss_from_proto(grant.allocation, field="grant.allocation")
         if (
@@ -249,7 +237,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.CreateGrantResponse(grant=response.grant)
 
     async def DeleteGrant(self, request, context):  # type: ignore[no-untyped-def]
-        await self._require_admin()
         await self._peers.admin.call(
             "DeleteGrant",
             admin_store_pb2.DeleteGrantRequest(user=request.user, dataset=request.dataset),
@@ -257,7 +244,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.DeleteGrantResponse()
 
     async def ListGrants(self, request, context):  # type: ignore[no-untyped-def]
-        await self._require_admin()
         response = await self._peers.admin.call(
             "ListGrants",
             admin_store_pb2.ListGrantsRequest(
@@ -269,7 +255,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
 
     async def ListLedgers(self, request, context):  # type: ignore[no-untyped-def]
-        await self._require_admin()
         response = await self._peers.budget.call(
             "ListLedgers",
             budget_pb2.ListLedgersRequest(
@@ -284,7 +269,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
 
     async def ListArchivedQueries(self, request, context):  # type: ignore[no-untyped-def]
-        await self._require_admin()
         response = await self._peers.admin.call(
             "ListArchivedQueries",
             admin_store_pb2.ListArchivedQueriesRequest(
@@ -299,7 +283,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
 
     async def VerifyLedgers(self, request, context):  # type: ignore[no-untyped-def]
-        await self._require_admin()
         response = await self._peers.budget.call(
             "VerifyLedgers", budget_pb2.VerifyLedgersRequest(), timeout=600.0
         )
@@ -310,7 +293,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
 
     async def GetLedger(self, request, context):  # type: ignore[no-untyped-def]
-        await self._require_admin()
         response = await self._peers.budget.call(
             "GetLedger",
             budget_pb2.GetLedgerRequest(
@@ -320,7 +302,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.GetLedgerResponse(ledger=response.ledger)
 
     async def ListLedgerEntries(self, request, context):  # type: ignore[no-untyped-def]
-        await self._require_admin()
         response = await self._peers.budget.call(
             "ListLedgerEntries",
             budget_pb2.ListLedgerEntriesRequest(
@@ -337,7 +318,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
 
     async def AdjustAllocation(self, request, context):  # type: ignore[no-untyped-def]
-        actor = await self._require_admin()
+        actor = self._actor()
         response = await self._peers.budget.call(
             "AdjustAllocation",
             budget_pb2.AdjustAllocationRequest(
@@ -352,7 +333,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.AdjustAllocationResponse(ledger=response.ledger)
 
     async def FreezeUser(self, request, context):  # type: ignore[no-untyped-def]
-        actor = await self._require_admin()
+        actor = self._actor()
         await self._peers.admin.call("GetUser", admin_store_pb2.GetUserRequest(name=request.name))
         response = await self._peers.budget.call(
             "FreezeUser",
@@ -366,7 +347,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.FreezeUserResponse(user=response.user, ledgers=response.ledgers)
 
     async def UnfreezeUser(self, request, context):  # type: ignore[no-untyped-def]
-        actor = await self._require_admin()
+        actor = self._actor()
         await self._peers.admin.call("GetUser", admin_store_pb2.GetUserRequest(name=request.name))
         response = await self._peers.budget.call(
             "UnfreezeUser",
@@ -380,7 +361,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.UnfreezeUserResponse(user=response.user, ledgers=response.ledgers)
 
     async def SetDatasetCap(self, request, context):  # type: ignore[no-untyped-def]
-        actor = await self._require_admin()
+        actor = self._actor()
         await self._peers.admin.call(
             "GetDataset", admin_store_pb2.GetDatasetRequest(name=request.dataset)
         )
@@ -397,7 +378,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.SetDatasetCapResponse(cap=response.cap)
 
     async def GetDatasetCap(self, request, context):  # type: ignore[no-untyped-def]
-        await self._require_admin()
         response = await self._peers.budget.call(
             "GetDatasetCap", budget_pb2.GetDatasetCapRequest(dataset=request.dataset)
         )

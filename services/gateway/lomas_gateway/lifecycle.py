@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
+import socket
 import uuid
 from dataclasses import dataclass
 
@@ -28,6 +30,7 @@ from lomas_common.errors import (
     BackendUnavailable,
     Code,
     DatasetAccessDenied,
+    FailedPrecondition,
     InvalidArgument,
     InvalidQuery,
     LomasError,
@@ -116,6 +119,8 @@ class QueryLifecycle:
         self._peers = peers
         self._celery = celery
         self._waiter = waiter
+        # Names this gateway process as the owner of the reservations it makes (for operators).
+        self._owner = f"gateway:{socket.gethostname()}:{os.getpid()}"
 
     async def authorize(
         self, subject: str, dataset: str
@@ -221,16 +226,27 @@ class QueryLifecycle:
                     replay=True,
                 )
         cost = (await self.estimate_cost(access.dataset, query)).cost
-        await self._peers.budget.call(
-            "ReserveBudget",
-            budget_pb2.ReserveBudgetRequest(
-                query_id=query_id,
-                user=subject,
-                dataset=access.dataset.name,
-                cost=cost,
-                actor=subject,
-            ),
-        )
+        reservation = (
+            await self._peers.budget.call(
+                "ReserveBudget",
+                budget_pb2.ReserveBudgetRequest(
+                    query_id=query_id,
+                    user=subject,
+                    dataset=access.dataset.name,
+                    cost=cost,
+                    actor=subject,
+                    owner=self._owner,
+                ),
+            )
+        ).reservation
+        if reservation.state == budget_pb2.RESERVATION_STATE_RELEASED:
+            # A retry of a query that was given up before it touched data (and refunded).
+            raise FailedPrecondition(
+                "this request id belongs to a query that was cancelled before it ran; "
+                "send the query again with a new request id",
+                reason="QUERY_ID_RELEASED",
+                metadata={"query_id": query_id},
+            )
         task = task_pb2.ExecuteQueryTask(
             query_id=query_id,
             user=subject,
@@ -242,7 +258,10 @@ class QueryLifecycle:
         )
         self._waiter.expect(query_id)
         try:
-            await self._enqueue(task)
+            # A retry whose query a worker already picked up only waits for it; a duplicate task
+            # would be harmless (the worker finds the stored outcome) but is not needed.
+            if reservation.state == budget_pb2.RESERVATION_STATE_RESERVED:
+                await self._enqueue(task)
         except Exception:
             self._waiter.forget(query_id)
             await self._release_unstarted(query_id)

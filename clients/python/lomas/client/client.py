@@ -135,8 +135,10 @@ class Client:
 
     # Budget ------------------------------------------------------------------------------------
 
-    def _budget(self) -> gateway_pb2.GetBudgetResponse:
-        return self._call(self._stub.GetBudget, gateway_pb2.GetBudgetRequest(dataset=self.dataset))
+    def _budget(self, delta: str = "") -> gateway_pb2.GetBudgetResponse:
+        return self._call(
+            self._stub.GetBudget, gateway_pb2.GetBudgetRequest(dataset=self.dataset, delta=delta)
+        )
 
     def get_initial_budget(self) -> dict[str, Decimal]:
         """The budget granted, e.g. {"initial_epsilon": Decimal("10"), "initial_delta": ...}."""
@@ -146,9 +148,20 @@ class Client:
         """The budget charged so far, e.g. {"total_spent_epsilon": ..., "total_spent_delta": ...}."""
         return loss_to_dict(self._budget().spent, "total_spent_")
 
-    def get_remaining_budget(self) -> dict[str, Decimal]:
-        """What is left, e.g. {"remaining_epsilon": ..., "remaining_delta": ...}."""
-        return loss_to_dict(self._budget().remaining, "remaining_")
+    def get_remaining_budget(
+        self, delta: float | str | Decimal | None = None
+    ) -> dict[str, Decimal]:
+        """What is left, e.g. {"remaining_epsilon": ..., "remaining_delta": ...}.
+
+        With `delta`, a zCDP (rho) budget is also shown as the epsilon it affords at that delta
+        (`remaining_epsilon_at_delta`), rounded down.
+        """
+        response = self._budget("" if delta is None else _decimal_text(delta, "delta"))
+        remaining = loss_to_dict(response.remaining, "remaining_")
+        if response.HasField("remaining_at_delta"):
+            remaining["remaining_epsilon_at_delta"] = Decimal(response.remaining_at_delta.epsilon)
+            remaining["at_delta"] = Decimal(response.remaining_at_delta.delta)
+        return remaining
 
     # Archive -----------------------------------------------------------------------------------
 

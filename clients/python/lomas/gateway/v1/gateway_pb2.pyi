@@ -318,16 +318,22 @@ class GetBudgetRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DATASET_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
     """Dataset name."""
+    delta: _builtins.str
+    """Optional delta (a decimal string in (0, 1)) at which to also show the remaining budget as
+    (epsilon, delta): fills `remaining_at_delta` (zCDP and pure-DP budgets).
+    """
     def __init__(
         self,
         *,
         dataset: _builtins.str = ...,
+        delta: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "delta", b"delta"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -344,6 +350,7 @@ class GetBudgetResponse(_message.Message):
     SPENT_FIELD_NUMBER: _builtins.int
     RESERVED_FIELD_NUMBER: _builtins.int
     REMAINING_FIELD_NUMBER: _builtins.int
+    REMAINING_AT_DELTA_FIELD_NUMBER: _builtins.int
     definition: _privacy_pb2.PrivacyDefinition.ValueType
     """The unit of the budget."""
     @_builtins.property
@@ -362,6 +369,10 @@ class GetBudgetResponse(_message.Message):
     def remaining(self) -> _privacy_pb2.PrivacyLoss:
         """What is left: initial - spent - reserved."""
 
+    @_builtins.property
+    def remaining_at_delta(self) -> _privacy_pb2.ApproxDp:
+        """What is left as (epsilon, delta) at the requested delta, rounded down (when asked and defined)."""
+
     def __init__(
         self,
         *,
@@ -370,10 +381,11 @@ class GetBudgetResponse(_message.Message):
         spent: _privacy_pb2.PrivacyLoss | None = ...,
         reserved: _privacy_pb2.PrivacyLoss | None = ...,
         remaining: _privacy_pb2.PrivacyLoss | None = ...,
+        remaining_at_delta: _privacy_pb2.ApproxDp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["initial", b"initial", "remaining", b"remaining", "reserved", b"reserved", "spent", b"spent"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["initial", b"initial", "remaining", b"remaining", "remaining_at_delta", b"remaining_at_delta", "reserved", b"reserved", "spent", b"spent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "initial", b"initial", "remaining", b"remaining", "reserved", b"reserved", "spent", b"spent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "initial", b"initial", "remaining", b"remaining", "remaining_at_delta", b"remaining_at_delta", "reserved", b"reserved", "spent", b"spent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
