@@ -65,24 +65,25 @@ def _parser() -> argparse.ArgumentParser:
         toggle.add_argument("name")
         toggle.add_argument("--reason", default="", help="recorded in each of the user's ledgers")
 
-    datasets = groups.add_parser("datasets", help="add, remove or list datasets").add_subparsers(
-        dest="action", required=True
-    )
-    add_dataset = datasets.add_parser("add")
-    add_dataset.add_argument("name")
-    where = add_dataset.add_mutually_exclusive_group(required=True)
-    where.add_argument("--path", help="a file on the workers' file system")
-    where.add_argument("--url", help="an HTTP(S) URL")
-    where.add_argument("--s3-bucket")
-    add_dataset.add_argument("--s3-key")
-    add_dataset.add_argument("--s3-endpoint", default="")
-    add_dataset.add_argument(
-        "--s3-credentials", default="", help="credentials name in the workers' secrets"
-    )
-    add_dataset.add_argument(
-        "--metadata", type=Path, required=True, help="SmartNoise-SQL YAML metadata"
-    )
-    add_dataset.add_argument("--format", choices=sorted(DATA_FORMATS))
+    datasets = groups.add_parser(
+        "datasets", help="add, update, remove or list datasets"
+    ).add_subparsers(dest="action", required=True)
+    for verb in ("add", "update"):  # update replaces source, format and metadata (new version)
+        add_dataset = datasets.add_parser(verb)
+        add_dataset.add_argument("name")
+        where = add_dataset.add_mutually_exclusive_group(required=True)
+        where.add_argument("--path", help="a file on the workers' file system")
+        where.add_argument("--url", help="an HTTP(S) URL")
+        where.add_argument("--s3-bucket")
+        add_dataset.add_argument("--s3-key")
+        add_dataset.add_argument("--s3-endpoint", default="")
+        add_dataset.add_argument(
+            "--s3-credentials", default="", help="credentials name in the workers' secrets"
+        )
+        add_dataset.add_argument(
+            "--metadata", type=Path, required=True, help="SmartNoise-SQL YAML metadata"
+        )
+        add_dataset.add_argument("--format", choices=sorted(DATA_FORMATS))
     datasets.add_parser("remove").add_argument("name")
     datasets.add_parser("list")
 
@@ -186,7 +187,7 @@ def _run(admin: AdminClient, args: argparse.Namespace) -> int:
         else:
             _print(admin.list_users())
     elif group == "datasets":
-        if action == "add":
+        if action in ("add", "update"):
             if args.path:
                 source, location = local_source(args.path), args.path
             elif args.url:
@@ -200,7 +201,8 @@ def _run(admin: AdminClient, args: argparse.Namespace) -> int:
                 location = args.s3_key
             data_format = DATA_FORMATS[args.format] if args.format else format_from_path(location)
             metadata = yaml.safe_load(args.metadata.read_text())
-            _print(admin.add_dataset(args.name, source, metadata, data_format))
+            register = admin.add_dataset if action == "add" else admin.update_dataset
+            _print(register(args.name, source, metadata, data_format))
         elif action == "remove":
             admin.remove_dataset(args.name)
         else:

@@ -42,6 +42,12 @@ class AdminStoreServicer(admin_store_pb2_grpc.AdminStoreServiceServicer):
         )
         return admin_store_pb2.CreateDatasetResponse(dataset=convert.dataset_to_proto(dataset))
 
+    async def UpdateDataset(self, request, context):  # type: ignore[no-untyped-def]
+        dataset = await asyncio.to_thread(
+            self._store.update_dataset, convert.dataset_from_proto(request.dataset)
+        )
+        return admin_store_pb2.UpdateDatasetResponse(dataset=convert.dataset_to_proto(dataset))
+
     async def GetDataset(self, request, context):  # type: ignore[no-untyped-def]
         dataset = await asyncio.to_thread(self._store.get_dataset, request.name)
         return admin_store_pb2.GetDatasetResponse(dataset=convert.dataset_to_proto(dataset))

@@ -307,6 +307,40 @@ class AdminStore:
 
         return self._db.run(work)
 
+    def update_dataset(self, dataset: DatasetRecord) -> DatasetRecord:
+        """Replace source, format and metadata; the version goes up by one, so every cache keyed on
+        (name, version) and every free replay of the old version stop applying."""
+
+        def work(tx: Transaction) -> DatasetRecord:
+            row = tx.fetchone(
+                "SELECT * FROM datasets WHERE name = ?" + tx.lock_suffix, (dataset.name,)
+            )
+            if row is None:
+                raise NotFound(f"dataset {dataset.name!r} not found", reason="DATASET_NOT_FOUND")
+            existing = _dataset(row)
+            version = existing.version + 1
+            tx.execute(
+                "UPDATE datasets SET source = ?, format = ?, metadata = ?, version = ?"
+                " WHERE name = ?",
+                (
+                    json.dumps(dataset.source),
+                    dataset.format,
+                    json.dumps(dataset.metadata),
+                    version,
+                    dataset.name,
+                ),
+            )
+            return DatasetRecord(
+                dataset.name,
+                dataset.source,
+                dataset.format,
+                dataset.metadata,
+                version,
+                existing.created_at,
+            )
+
+        return self._db.run(work)
+
     def get_dataset(self, name: str) -> DatasetRecord:
         with self._db.transaction(readonly=True) as tx:
             row = tx.fetchone("SELECT * FROM datasets WHERE name = ?", (name,))

@@ -157,8 +157,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             users=response.users, next_page_token=response.next_page_token
         )
 
-    async def CreateDataset(self, request, context):  # type: ignore[no-untyped-def]
-        dataset = request.dataset
+    async def _validated(self, dataset: resources_pb2.Dataset) -> resources_pb2.Dataset:
+        """The dataset with its metadata validated and normalised by an executor."""
         validated = await self._peers.executor.call(
             "ValidateDataset",
             executor_pb2.ValidateDatasetRequest(
@@ -173,11 +173,23 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         stored = resources_pb2.Dataset()
         stored.CopyFrom(dataset)
         stored.metadata_json = validated.dataset.metadata_json
+        return stored
+
+    async def CreateDataset(self, request, context):  # type: ignore[no-untyped-def]
         response = await self._peers.admin.call(
             "CreateDataset",
-            admin_store_pb2.CreateDatasetRequest(dataset=stored, request_id=request.request_id),
+            admin_store_pb2.CreateDatasetRequest(
+                dataset=await self._validated(request.dataset), request_id=request.request_id
+            ),
         )
         return admin_pb2.CreateDatasetResponse(dataset=response.dataset)
+
+    async def UpdateDataset(self, request, context):  # type: ignore[no-untyped-def]
+        response = await self._peers.admin.call(
+            "UpdateDataset",
+            admin_store_pb2.UpdateDatasetRequest(dataset=await self._validated(request.dataset)),
+        )
+        return admin_pb2.UpdateDatasetResponse(dataset=response.dataset)
 
     async def DeleteDataset(self, request, context):  # type: ignore[no-untyped-def]
         await self._peers.admin.call(

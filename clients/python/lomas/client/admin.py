@@ -141,6 +141,21 @@ class AdminClient:
             self._stub.CreateDataset, admin_pb2.CreateDatasetRequest(dataset=dataset)
         ).dataset
 
+    def update_dataset(
+        self,
+        name: str,
+        source: dataset_pb2.DataSource,
+        metadata: Mapping[str, Any],
+        data_format: int,
+    ) -> resources_pb2.Dataset:
+        """Replace a dataset's source, format and metadata; its version goes up by one."""
+        dataset = resources_pb2.Dataset(
+            name=name, source=source, format=data_format, metadata_json=json.dumps(dict(metadata))
+        )
+        return self._call(
+            self._stub.UpdateDataset, admin_pb2.UpdateDatasetRequest(dataset=dataset)
+        ).dataset
+
     def remove_dataset(self, name: str) -> None:
         self._call(self._stub.DeleteDataset, admin_pb2.DeleteDatasetRequest(name=name))
 

@@ -66,6 +66,11 @@ class AdminStoreServiceStub:
                 request_serializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.GetDatasetRequest.SerializeToString,
                 response_deserializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.GetDatasetResponse.FromString,
                 _registered_method=True)
+        self.UpdateDataset = channel.unary_unary(
+                '/lomas.admin.v1.AdminStoreService/UpdateDataset',
+                request_serializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.UpdateDatasetRequest.SerializeToString,
+                response_deserializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.UpdateDatasetResponse.FromString,
+                _registered_method=True)
         self.DeleteDataset = channel.unary_unary(
                 '/lomas.admin.v1.AdminStoreService/DeleteDataset',
                 request_serializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.DeleteDatasetRequest.SerializeToString,
@@ -170,6 +175,13 @@ class AdminStoreServiceServicer:
 
     def GetDataset(self, request, context):
         """Returns one dataset.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateDataset(self, request, context):
+        """Replaces a dataset's source, format and metadata and bumps its version (caches key on it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -291,6 +303,11 @@ def add_AdminStoreServiceServicer_to_server(servicer, server):
                     servicer.GetDataset,
                     request_deserializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.GetDatasetRequest.FromString,
                     response_serializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.GetDatasetResponse.SerializeToString,
+            ),
+            'UpdateDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateDataset,
+                    request_deserializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.UpdateDatasetRequest.FromString,
+                    response_serializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.UpdateDatasetResponse.SerializeToString,
             ),
             'DeleteDataset': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteDataset,
@@ -517,6 +534,33 @@ class AdminStoreService:
             '/lomas.admin.v1.AdminStoreService/GetDataset',
             lomas_dot_admin_dot_v1_dot_admin__store__pb2.GetDatasetRequest.SerializeToString,
             lomas_dot_admin_dot_v1_dot_admin__store__pb2.GetDatasetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lomas.admin.v1.AdminStoreService/UpdateDataset',
+            lomas_dot_admin_dot_v1_dot_admin__store__pb2.UpdateDatasetRequest.SerializeToString,
+            lomas_dot_admin_dot_v1_dot_admin__store__pb2.UpdateDatasetResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,8 @@ class AdminStoreServiceStub:
     """Registers a dataset (its metadata must already be validated by an executor)."""
     GetDataset: _grpc.UnaryUnaryMultiCallable[_admin_store_pb2.GetDatasetRequest, _admin_store_pb2.GetDatasetResponse]
     """Returns one dataset."""
+    UpdateDataset: _grpc.UnaryUnaryMultiCallable[_admin_store_pb2.UpdateDatasetRequest, _admin_store_pb2.UpdateDatasetResponse]
+    """Replaces a dataset's source, format and metadata and bumps its version (caches key on it)."""
     DeleteDataset: _grpc.UnaryUnaryMultiCallable[_admin_store_pb2.DeleteDatasetRequest, _admin_store_pb2.DeleteDatasetResponse]
     """Deletes a dataset and the grants on it."""
     ListDatasets: _grpc.UnaryUnaryMultiCallable[_admin_store_pb2.ListDatasetsRequest, _admin_store_pb2.ListDatasetsResponse]
@@ -91,6 +93,8 @@ class AdminStoreServiceAsyncStub(AdminStoreServiceStub):
     """Registers a dataset (its metadata must already be validated by an executor)."""
     GetDataset: _aio.UnaryUnaryMultiCallable[_admin_store_pb2.GetDatasetRequest, _admin_store_pb2.GetDatasetResponse]  # type: ignore[assignment]
     """Returns one dataset."""
+    UpdateDataset: _aio.UnaryUnaryMultiCallable[_admin_store_pb2.UpdateDatasetRequest, _admin_store_pb2.UpdateDatasetResponse]  # type: ignore[assignment]
+    """Replaces a dataset's source, format and metadata and bumps its version (caches key on it)."""
     DeleteDataset: _aio.UnaryUnaryMultiCallable[_admin_store_pb2.DeleteDatasetRequest, _admin_store_pb2.DeleteDatasetResponse]  # type: ignore[assignment]
     """Deletes a dataset and the grants on it."""
     ListDatasets: _aio.UnaryUnaryMultiCallable[_admin_store_pb2.ListDatasetsRequest, _admin_store_pb2.ListDatasetsResponse]  # type: ignore[assignment]
@@ -168,6 +172,14 @@ class AdminStoreServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_store_pb2.GetDatasetResponse, _abc.Awaitable[_admin_store_pb2.GetDatasetResponse]]:
         """Returns one dataset."""
+
+    @_abc_1.abstractmethod
+    def UpdateDataset(
+        self,
+        request: _admin_store_pb2.UpdateDatasetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_store_pb2.UpdateDatasetResponse, _abc.Awaitable[_admin_store_pb2.UpdateDatasetResponse]]:
+        """Replaces a dataset's source, format and metadata and bumps its version (caches key on it)."""
 
     @_abc_1.abstractmethod
     def DeleteDataset(

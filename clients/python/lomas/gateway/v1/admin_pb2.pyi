@@ -220,6 +220,54 @@ class CreateDatasetResponse(_message.Message):
 Global___CreateDatasetResponse: _TypeAlias = CreateDatasetResponse  # noqa: Y015
 
 @_typing.final
+class UpdateDatasetRequest(_message.Message):
+    """UpdateDatasetRequest replaces a dataset's source, format and metadata."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dataset(self) -> _resources_pb2.Dataset:
+        """The dataset, by name, with its new source, format and metadata."""
+
+    def __init__(
+        self,
+        *,
+        dataset: _resources_pb2.Dataset | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateDatasetRequest: _TypeAlias = UpdateDatasetRequest  # noqa: Y015
+
+@_typing.final
+class UpdateDatasetResponse(_message.Message):
+    """UpdateDatasetResponse carries the dataset with its new version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dataset(self) -> _resources_pb2.Dataset:
+        """The stored dataset."""
+
+    def __init__(
+        self,
+        *,
+        dataset: _resources_pb2.Dataset | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateDatasetResponse: _TypeAlias = UpdateDatasetResponse  # noqa: Y015
+
+@_typing.final
 class DeleteDatasetRequest(_message.Message):
     """DeleteDatasetRequest names a dataset."""
 

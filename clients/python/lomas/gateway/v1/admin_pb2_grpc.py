@@ -55,6 +55,11 @@ class AdminServiceStub:
                 request_serializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.CreateDatasetRequest.SerializeToString,
                 response_deserializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.CreateDatasetResponse.FromString,
                 _registered_method=True)
+        self.UpdateDataset = channel.unary_unary(
+                '/lomas.gateway.v1.AdminService/UpdateDataset',
+                request_serializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.UpdateDatasetRequest.SerializeToString,
+                response_deserializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.UpdateDatasetResponse.FromString,
+                _registered_method=True)
         self.DeleteDataset = channel.unary_unary(
                 '/lomas.gateway.v1.AdminService/DeleteDataset',
                 request_serializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.DeleteDatasetRequest.SerializeToString,
@@ -159,6 +164,13 @@ class AdminServiceServicer:
 
     def CreateDataset(self, request, context):
         """Registers a dataset after validating its metadata.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateDataset(self, request, context):
+        """Replaces a dataset's source, format and metadata (validated) and bumps its version.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -291,6 +303,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.CreateDataset,
                     request_deserializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.CreateDatasetRequest.FromString,
                     response_serializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.CreateDatasetResponse.SerializeToString,
+            ),
+            'UpdateDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateDataset,
+                    request_deserializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.UpdateDatasetRequest.FromString,
+                    response_serializer=lomas_dot_gateway_dot_v1_dot_admin__pb2.UpdateDatasetResponse.SerializeToString,
             ),
             'DeleteDataset': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteDataset,
@@ -477,6 +494,33 @@ class AdminService:
             '/lomas.gateway.v1.AdminService/CreateDataset',
             lomas_dot_gateway_dot_v1_dot_admin__pb2.CreateDatasetRequest.SerializeToString,
             lomas_dot_gateway_dot_v1_dot_admin__pb2.CreateDatasetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lomas.gateway.v1.AdminService/UpdateDataset',
+            lomas_dot_gateway_dot_v1_dot_admin__pb2.UpdateDatasetRequest.SerializeToString,
+            lomas_dot_gateway_dot_v1_dot_admin__pb2.UpdateDatasetResponse.FromString,
             options,
             channel_credentials,
             insecure,

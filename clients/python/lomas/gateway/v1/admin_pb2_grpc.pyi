@@ -41,6 +41,8 @@ class AdminServiceStub:
     """Lists users."""
     CreateDataset: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateDatasetRequest, _admin_pb2.CreateDatasetResponse]
     """Registers a dataset after validating its metadata."""
+    UpdateDataset: _grpc.UnaryUnaryMultiCallable[_admin_pb2.UpdateDatasetRequest, _admin_pb2.UpdateDatasetResponse]
+    """Replaces a dataset's source, format and metadata (validated) and bumps its version."""
     DeleteDataset: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeleteDatasetRequest, _admin_pb2.DeleteDatasetResponse]
     """Deletes a dataset and the grants on it."""
     ListDatasets: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListDatasetsRequest, _admin_pb2.ListDatasetsResponse]
@@ -85,6 +87,8 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Lists users."""
     CreateDataset: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateDatasetRequest, _admin_pb2.CreateDatasetResponse]  # type: ignore[assignment]
     """Registers a dataset after validating its metadata."""
+    UpdateDataset: _aio.UnaryUnaryMultiCallable[_admin_pb2.UpdateDatasetRequest, _admin_pb2.UpdateDatasetResponse]  # type: ignore[assignment]
+    """Replaces a dataset's source, format and metadata (validated) and bumps its version."""
     DeleteDataset: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeleteDatasetRequest, _admin_pb2.DeleteDatasetResponse]  # type: ignore[assignment]
     """Deletes a dataset and the grants on it."""
     ListDatasets: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListDatasetsRequest, _admin_pb2.ListDatasetsResponse]  # type: ignore[assignment]
@@ -150,6 +154,14 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.CreateDatasetResponse, _abc.Awaitable[_admin_pb2.CreateDatasetResponse]]:
         """Registers a dataset after validating its metadata."""
+
+    @_abc_1.abstractmethod
+    def UpdateDataset(
+        self,
+        request: _admin_pb2.UpdateDatasetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.UpdateDatasetResponse, _abc.Awaitable[_admin_pb2.UpdateDatasetResponse]]:
+        """Replaces a dataset's source, format and metadata (validated) and bumps its version."""
 
     @_abc_1.abstractmethod
     def DeleteDataset(
