@@ -18,12 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from lomas.client import Client
-from lomas.client.admin import AdminClient, approx_dp
+from lomas.client.admin import approx_dp
 from lomas_embedded import demo
-from lomas_embedded.devkeys import DevIssuer
-from lomas_embedded.mesh import Mesh, MeshConfig
-from lomas_embedded.redis_server import PrivateRedis
+from lomas_embedded.local import local_mesh
 
 QUERIES = {
     "COUNT": "SELECT COUNT(*) AS n FROM df",
@@ -79,27 +76,11 @@ def floor(csv: Path, metadata: Path, runs: int) -> dict[str, list[float]]:
 
 
 def through_platform(tmp: Path, runs: int) -> dict[str, list[float]]:
-    issuer = DevIssuer.load_or_create(tmp / "issuer")
-    redis_server = PrivateRedis(tmp / "redis")
-    mesh = Mesh(
-        MeshConfig(
-            data_dir=tmp,
-            redis_url=redis_server.url,
-            admin_database_url=f"sqlite:///{tmp / 'admin.db'}",
-            budget_database_url=f"sqlite:///{tmp / 'budget.db'}",
-            jwks=str(issuer.jwks_path),
-            issuer=issuer.issuer,
-            audience=issuer.audience,
-            bootstrap_admin=demo.ADMIN,
-        )
-    )
-    try:
-        mesh.start()
-        with AdminClient(mesh.gateway_target, token=issuer.token(demo.ADMIN)) as admin:
-            demo.seed(admin, tmp)
+    with local_mesh(tmp) as running:
+        with running.admin() as admin:
             admin.add_user("bench")
             admin.grant("bench", demo.DATASET, approx_dp("1000000", "0.9"))
-        client = Client(mesh.gateway_target, token=issuer.token("bench"), dataset=demo.DATASET)
+        client = running.client("bench")
         out = {}
         for name, sql in QUERIES.items():
             for fresh, label in ((True, name), (False, f"{name} (free replay)")):
@@ -114,9 +95,6 @@ def through_platform(tmp: Path, runs: int) -> dict[str, list[float]]:
                 out[label] = times
         client.close()
         return out
-    finally:
-        mesh.stop()
-        redis_server.stop()
 
 
 def main() -> None:

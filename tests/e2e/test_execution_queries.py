@@ -33,14 +33,13 @@ from lomas.client.admin import (
     url_source,
 )
 from lomas.common.v1 import dataset_pb2
-from lomas_common.testing import fresh_postgres_url
 from lomas_embedded import demo
 from lomas_embedded.devkeys import DevIssuer
-from lomas_embedded.mesh import Mesh, MeshConfig
+from lomas_embedded.local import SYSTEM_REDIS_URL, local_mesh
+from lomas_embedded.mesh import Mesh
 from lomas_executor.demo import make_penguin_like, penguin_metadata_text
 from lomas_executor.testing import HttpFileServer, S3Server
 
-SYSTEM_REDIS_URL = "redis://127.0.0.1:6379/0"
 COUNT = "SELECT COUNT(*) AS n FROM df"
 BUCKET = "lomas-datasets"
 CREDENTIALS = "moto-store"
@@ -83,31 +82,18 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     frame.to_csv(files / "watched.csv", index=False)  # hostile tests count reads of this one
     metadata = yaml.safe_load(penguin_metadata_text())
 
-    issuer = DevIssuer.load_or_create(tmp / "issuer")
-    admin_db, drop_admin = fresh_postgres_url("lomas_exec_admin")
-    budget_db, drop_budget = fresh_postgres_url("lomas_exec_budget")
     with S3Server(tmp / "moto.log") as s3, HttpFileServer(files) as http:
         s3.put(BUCKET, "penguin.csv", (files / "penguin.csv").read_bytes())
         s3.put(BUCKET, "nested/penguin.parquet", (files / "penguin.parquet").read_bytes())
         credentials = s3.write_credentials_file(tmp / "s3-credentials.json", CREDENTIALS)
-        mesh = Mesh(
-            MeshConfig(
-                data_dir=tmp,
-                redis_url=SYSTEM_REDIS_URL,
-                admin_database_url=admin_db,
-                budget_database_url=budget_db,
-                jwks=str(issuer.jwks_path),
-                issuer=issuer.issuer,
-                audience=issuer.audience,
-                bootstrap_admin=demo.ADMIN,
-                extra_env={"LOMAS_S3_CREDENTIALS_FILE": str(credentials)},
-            )
-        )
-        try:
-            mesh.start()
-            platform = Platform(mesh, issuer, http, s3, tmp, metadata)
+        with local_mesh(
+            tmp,
+            stores="postgresql",
+            redis_url=SYSTEM_REDIS_URL,
+            extra_env={"LOMAS_S3_CREDENTIALS_FILE": str(credentials)},
+        ) as running:
+            platform = Platform(running.mesh, running.issuer, http, s3, tmp, metadata)
             with platform.admin() as admin:
-                demo.seed(admin, tmp)
                 for name, source, fmt in (
                     ("LOCAL_CSV", local_source(files / "penguin.csv"), CSV),
                     ("LOCAL_PARQUET", local_source(files / "penguin.parquet"), PARQUET),
@@ -123,10 +109,6 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
                 ):
                     admin.add_dataset(name, source, metadata, fmt)
             yield platform
-        finally:
-            mesh.stop()
-            drop_admin()
-            drop_budget()
 
 
 # -- helpers ---------------------------------------------------------------------------------------

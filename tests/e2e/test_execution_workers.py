@@ -25,12 +25,11 @@ from lomas.budget.v1 import budget_pb2
 from lomas.client import Client, LomasError
 from lomas.client.admin import AdminClient, approx_dp, local_source
 from lomas.common.v1 import archive_pb2, dataset_pb2
-from lomas_common.testing import fresh_postgres_url
 from lomas_embedded import demo
 from lomas_embedded.devkeys import DevIssuer
-from lomas_embedded.mesh import Mesh, MeshConfig
+from lomas_embedded.local import SYSTEM_REDIS_URL, local_mesh
+from lomas_embedded.mesh import Mesh
 
-SYSTEM_REDIS_URL = "redis://127.0.0.1:6379/0"
 SLOW_METADATA = {
     "max_ids": 1,
     "rows": 1_000_000,
@@ -57,32 +56,14 @@ def write_slow_dataset(path: Path, rows: int) -> Path:
 
 @contextmanager
 def running_mesh(tmp: Path, extra_env: dict[str, str]) -> Iterator[tuple[Mesh, DevIssuer]]:
-    issuer = DevIssuer.load_or_create(tmp / "issuer")
-    admin_db, drop_admin = fresh_postgres_url("lomas_workers_admin")
-    budget_db, drop_budget = fresh_postgres_url("lomas_workers_budget")
-    mesh = Mesh(
-        MeshConfig(
-            data_dir=tmp,
-            redis_url=SYSTEM_REDIS_URL,
-            admin_database_url=admin_db,
-            budget_database_url=budget_db,
-            jwks=str(issuer.jwks_path),
-            issuer=issuer.issuer,
-            audience=issuer.audience,
-            bootstrap_admin=demo.ADMIN,
-            worker_concurrency=1,
-            extra_env=extra_env,
-        )
-    )
-    try:
-        mesh.start()
-        with AdminClient(mesh.gateway_target, token=issuer.token(demo.ADMIN)) as admin:
-            demo.seed(admin, tmp)
-        yield mesh, issuer
-    finally:
-        mesh.stop()
-        drop_admin()
-        drop_budget()
+    with local_mesh(
+        tmp,
+        stores="postgresql",
+        redis_url=SYSTEM_REDIS_URL,
+        worker_concurrency=1,
+        extra_env=extra_env,
+    ) as running:
+        yield running.mesh, running.issuer
 
 
 def researcher(mesh: Mesh, issuer: DevIssuer, dataset: str) -> tuple[str, Client]:

@@ -21,33 +21,35 @@ from lomas import admin_cli
 from lomas.client import AccessDenied, Client
 from lomas.client.admin import AdminClient, approx_dp
 from lomas.client.errors import BudgetExhausted
-from lomas_common.testing import fresh_postgres_url
 from lomas_embedded import demo
-from lomas_embedded.devkeys import DevIssuer
-from lomas_embedded.mesh import Mesh, MeshConfig
-from lomas_embedded.redis_server import PrivateRedis
+from lomas_embedded.local import LocalMesh, mode_mesh
+from lomas_embedded.mesh import Mesh
 
 COUNT = "SELECT COUNT(*) AS n FROM df"
 
 
 @dataclass
 class LedgerMesh:
-    mesh: Mesh
-    issuer: DevIssuer
-    budget_url: str
+    running: LocalMesh
     token_file: Path
 
+    @property
+    def mesh(self) -> Mesh:
+        return self.running.mesh
+
+    @property
+    def budget_url(self) -> str:
+        return self.running.budget_database_url
+
     def admin(self) -> AdminClient:
-        return AdminClient(self.mesh.gateway_target, token=self.issuer.token(demo.ADMIN))
+        return self.running.admin()
 
     def client(self, subject: str) -> Client:
-        return Client(
-            self.mesh.gateway_target, token=self.issuer.token(subject), dataset=demo.DATASET
-        )
+        return self.running.client(subject)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """The real `lomas-admin` command, as an administrator runs it."""
-        command = [sys.executable, "-m", "lomas.admin_cli", "--target", self.mesh.gateway_target]
+        command = [sys.executable, "-m", "lomas.admin_cli", "--target", self.running.target]
         command += ["--token-file", str(self.token_file), *args]
         return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
@@ -58,42 +60,10 @@ def ledger_mesh(
 ) -> Iterator[LedgerMesh]:
     """A mesh of its own (this module tampers with its database)."""
     tmp = tmp_path_factory.mktemp(f"ledger-{request.param}")
-    issuer = DevIssuer.load_or_create(tmp / "issuer")
-    cleanups = []
-    if request.param == "embedded":
-        redis_server = PrivateRedis(tmp / "redis")
-        cleanups.append(redis_server.stop)
-        redis_url = redis_server.url
-        admin_db, budget_db = f"sqlite:///{tmp / 'admin.db'}", f"sqlite:///{tmp / 'budget.db'}"
-    else:
-        redis_url = "redis://127.0.0.1:6379/0"
-        admin_db, drop_admin = fresh_postgres_url("lomas_e2e_admin")
-        budget_db, drop_budget = fresh_postgres_url("lomas_e2e_budget")
-        cleanups += [drop_admin, drop_budget]
-    mesh = Mesh(
-        MeshConfig(
-            data_dir=tmp,
-            redis_url=redis_url,
-            admin_database_url=admin_db,
-            budget_database_url=budget_db,
-            jwks=str(issuer.jwks_path),
-            issuer=issuer.issuer,
-            audience=issuer.audience,
-            bootstrap_admin=demo.ADMIN,
-        )
-    )
-    try:
-        mesh.start()
+    with mode_mesh(request.param, tmp) as running:
         token_file = tmp / "admin.token"
-        token_file.write_text(issuer.token(demo.ADMIN))
-        running = LedgerMesh(mesh, issuer, budget_db, token_file)
-        with running.admin() as admin:
-            demo.seed(admin, tmp)
-        yield running
-    finally:
-        mesh.stop()
-        for cleanup in reversed(cleanups):
-            cleanup()
+        token_file.write_text(running.token(demo.ADMIN))
+        yield LedgerMesh(running, token_file)
 
 
 def write_ledgers(platform: LedgerMesh) -> str:
@@ -222,7 +192,7 @@ def test_admin_cli_ledger_commands(
     assert budgets[0]["frozen"] is True and "remaining_at_delta" in budgets[0]
     missing = cli("users", "freeze", "nobody-at-all")
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
-    researcher = AdminClient(ledger_mesh.mesh.gateway_target, token=ledger_mesh.issuer.token(name))
+    researcher = AdminClient(ledger_mesh.mesh.gateway_target, token=ledger_mesh.running.token(name))
     with researcher, pytest.raises(AccessDenied) as not_admin:
         researcher.freeze_user(demo.RESEARCHER)
     assert not_admin.value.reason == "ADMIN_ROLE_REQUIRED"

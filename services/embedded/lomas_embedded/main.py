@@ -8,11 +8,8 @@ import signal
 import threading
 from pathlib import Path
 
-from lomas.client.admin import AdminClient
 from lomas_embedded import demo
-from lomas_embedded.devkeys import DevIssuer
-from lomas_embedded.mesh import Mesh, MeshConfig
-from lomas_embedded.redis_server import PrivateRedis
+from lomas_embedded.local import local_mesh
 
 EXAMPLE = """\
 from lomas.client import Client
@@ -24,46 +21,25 @@ print(client.get_remaining_budget())"""
 
 def run(data_dir: Path, port: int) -> None:
     data_dir = data_dir.resolve()
-    issuer = DevIssuer.load_or_create(data_dir / "issuer")
-    redis_server = PrivateRedis(data_dir / "redis")
-    mesh = Mesh(
-        MeshConfig(
-            data_dir=data_dir,
-            redis_url=redis_server.url,
-            admin_database_url=f"sqlite:///{data_dir / 'admin.db'}",
-            budget_database_url=f"sqlite:///{data_dir / 'budget.db'}",
-            jwks=str(issuer.jwks_path),
-            issuer=issuer.issuer,
-            audience=issuer.audience,
-            gateway_listen=f"127.0.0.1:{port}",
-            bootstrap_admin=demo.ADMIN,
-        )
-    )
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        mesh.start()
-        admin_token = issuer.token(demo.ADMIN)
-        researcher_token = issuer.token(demo.RESEARCHER)
-        with AdminClient(mesh.gateway_target, token=admin_token) as admin:
-            demo.seed(admin, data_dir)
+    with local_mesh(data_dir, gateway_listen=f"127.0.0.1:{port}") as running:
+        admin_token = running.token(demo.ADMIN)
+        researcher_token = running.token(demo.RESEARCHER)
         (data_dir / "admin.token").write_text(admin_token)
         (data_dir / "researcher.token").write_text(researcher_token)
-        print(f"Lomas mesh is up on {mesh.gateway_target} (data in {data_dir}).", flush=True)
+        print(f"Lomas mesh is up on {running.target} (data in {data_dir}).", flush=True)
         print(f"\nAdmin token ({demo.ADMIN}), also in {data_dir / 'admin.token'}:\n{admin_token}")
         print(
             f"\nResearcher token ({demo.RESEARCHER}), also in {data_dir / 'researcher.token'}:"
             f"\n{researcher_token}"
         )
         print("\nTry it from Python:\n")
-        print(EXAMPLE.format(target=mesh.gateway_target, token=researcher_token))
+        print(EXAMPLE.format(target=running.target, token=researcher_token))
         print("\nPress Ctrl-C to stop.", flush=True)
         stop.wait()
         print("\nStopping...", flush=True)
-    finally:
-        mesh.stop()
-        redis_server.stop()
     print("Stopped.", flush=True)
 
 
