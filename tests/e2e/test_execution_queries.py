@@ -266,7 +266,8 @@ def test_s3_credentials_stay_on_the_workers(platform: Platform) -> None:
     assert CREDENTIALS in text
     assert platform.s3.secret_access_key not in text
     assert platform.s3.access_key_id not in text
-    # Credentials the workers do not hold: the query fails on the worker, naming only the name.
+    # Credentials the workers do not hold: the query fails on the worker, naming only the name,
+    # before any data access, so nothing is charged.
     with platform.admin() as admin:
         admin.add_dataset(
             "S3_UNKNOWN_CREDENTIALS",
@@ -275,12 +276,37 @@ def test_s3_credentials_stay_on_the_workers(platform: Platform) -> None:
             CSV,
         )
     client = platform.researcher("S3_UNKNOWN_CREDENTIALS")
+    before = budget_state(client)
     with pytest.raises(LomasError) as unknown:
         client.smartnoise_sql.query(COUNT, epsilon=1.0, delta=0)
     assert_refused(
-        unknown.value, "FAILED_PRECONDITION", "FAILED_PRECONDITION", "no S3 credentials named"
+        unknown.value,
+        "FAILED_PRECONDITION",
+        "DATASET_SOURCE_UNAVAILABLE",
+        "no S3 credentials named",
     )
     assert platform.s3.secret_access_key not in unknown.value.message
+    assert budget_state(client) == before
+
+
+def test_a_missing_data_file_fails_before_data_access_and_is_refunded(platform: Platform) -> None:
+    with platform.admin() as admin:
+        admin.add_dataset(
+            "MISSING_FILE",
+            local_source(platform.data_dir / "files" / "no-such-file.csv"),
+            platform.metadata,
+            CSV,
+        )
+    client = platform.researcher("MISSING_FILE")
+    before = budget_state(client)
+    with pytest.raises(LomasError) as missing:
+        client.smartnoise_sql.query(COUNT, epsilon=1.0, delta=0)
+    assert_refused(missing.value, "FAILED_PRECONDITION", "DATASET_SOURCE_UNAVAILABLE", "not found")
+    assert budget_state(client) == before
+    # The refund is in the ledger's history: a reservation and its release, no charge.
+    kinds = ledger_kinds(platform, client)
+    assert budget_pb2.LEDGER_ENTRY_KIND_RELEASE in kinds
+    assert budget_pb2.LEDGER_ENTRY_KIND_COMMIT not in kinds
 
 
 # -- refusals --------------------------------------------------------------------------------------

@@ -80,6 +80,16 @@ def privacy_loss_to_proto(loss: PrivacyLoss) -> privacy_pb2.PrivacyLoss:
     return privacy_pb2.PrivacyLoss(rho_zcdp=privacy_pb2.RhoZcdp(rho=format_decimal(loss.rho)))
 
 
+def zero_cost(like: privacy_pb2.PrivacyLoss) -> privacy_pb2.PrivacyLoss:
+    """A zero loss of the same kind as `like` (what a free replay or a refunded query costs)."""
+    kind = like.WhichOneof("loss")
+    if kind == "pure_dp":
+        return privacy_pb2.PrivacyLoss(pure_dp=privacy_pb2.PureDp(epsilon="0"))
+    if kind == "rho_zcdp":
+        return privacy_pb2.PrivacyLoss(rho_zcdp=privacy_pb2.RhoZcdp(rho="0"))
+    return privacy_pb2.PrivacyLoss(approx_dp=privacy_pb2.ApproxDp(epsilon="0", delta="0"))
+
+
 def metadata_from_json(text: str) -> dict[str, Any]:
     """Dataset metadata from its JSON text (the wire form, which keeps the column order)."""
     try:

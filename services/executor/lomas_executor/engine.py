@@ -29,7 +29,7 @@ from lomas_executor.dummy import make_dummy_frame
 from lomas_executor.metadata import DatasetMetadata
 from lomas_executor.opendp_queries import OpenDpMeasurementQuery, OpenDpPolarsQuery
 from lomas_executor.smartnoise_sql import SmartnoiseSqlQuery
-from lomas_executor.sources import DataFormat, DataSource, S3Secrets, load_table
+from lomas_executor.sources import DataFormat, DataSource, S3Secrets, check_source, load_table
 
 # Every query kind the engine runs. Add new dataclasses here and a `case` in each dispatch below.
 Query = SmartnoiseSqlQuery | OpenDpMeasurementQuery | OpenDpPolarsQuery
@@ -112,6 +112,12 @@ class QueryEngine:
                 return opendp_queries.execute(query, frame, metadata, measurement)
             case _:
                 raise _unsupported(query)
+
+    def preflight(self, dataset: DatasetRef) -> None:
+        """Before any data access: refuse a dataset whose source certainly cannot be read (so its
+        reservation can still be refunded). A cached dataset needs no source at all."""
+        if self._cache.get((dataset.name, dataset.version)) is None:
+            check_source(dataset.source, self._s3_secrets)
 
     def load(self, dataset: DatasetRef) -> LoadedDataset:
         """The dataset's table (and what engines prepared from it), from the cache or loaded once."""

@@ -26,7 +26,7 @@ from lomas.admin.v1 import admin_store_pb2, admin_store_pb2_grpc
 from lomas.budget.v1 import budget_pb2, budget_pb2_grpc
 from lomas.common.v1 import archive_pb2
 from lomas.executor.v1 import task_pb2
-from lomas_common.convert import now_timestamp
+from lomas_common.convert import now_timestamp, zero_cost
 from lomas_common.errors import LomasError
 from lomas_common.peers import SyncPeer
 from lomas_common.queue import QueueSettings
@@ -84,6 +84,8 @@ class QueryRunner:
         """
         task = json_format.Parse(task_json, task_pb2.ExecuteQueryTask())
         if first_delivery or self._stored(task.query_id) is None:
+            if self._refused_before_access(task):
+                return
             try:
                 self._budget.call(
                     "MarkReservationAccessed",
@@ -109,6 +111,36 @@ class QueryRunner:
             "CommitReservation", budget_pb2.CommitReservationRequest(query_id=task.query_id)
         )
         self._redis.publish(self._settings.queue.done_channel(task.query_id), b"1")
+
+    def _refused_before_access(self, task: task_pb2.ExecuteQueryTask) -> bool:
+        """A dataset whose source certainly cannot be read fails before any data access: the
+        reservation is released (refunded) and the failure stored at zero cost."""
+        try:
+            self._engine.preflight(convert.dataset_from_proto(task.dataset))
+        except LomasError as error:
+            try:
+                self._budget.call(
+                    "ReleaseReservation",
+                    budget_pb2.ReleaseReservationRequest(
+                        query_id=task.query_id, reason=error.reason
+                    ),
+                )
+            except RemoteError as release_error:
+                if release_error.reason != "DATA_ACCESSED":
+                    raise
+                return False  # an earlier delivery touched the data: run it, keep the charge
+            outcome = self._new_outcome(task)
+            outcome.cost.CopyFrom(zero_cost(task.cost))
+            outcome.status = archive_pb2.QUERY_STATUS_FAILED
+            outcome.error_reason = error.reason
+            outcome.error_message = error.message
+            outcome.complete_time.CopyFrom(now_timestamp())
+            self._admin.call(
+                "RecordQueryResult", admin_store_pb2.RecordQueryResultRequest(query=outcome)
+            )
+            self._redis.publish(self._settings.queue.done_channel(task.query_id), b"1")
+            return True
+        return False
 
     def _stored(self, query_id: str) -> archive_pb2.ArchivedQuery | None:
         try:

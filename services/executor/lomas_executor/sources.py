@@ -141,6 +141,26 @@ class S3Secrets:
         return cls(credentials)
 
 
+def check_source(source: DataSource, s3_secrets: S3Secrets | None = None) -> None:
+    """Refuse a source that certainly cannot be read, without reading any of its data: a missing
+    local file, or S3 credentials this worker does not hold. (HTTP and S3 reachability can only be
+    learnt by reading; failures there come after data access.)"""
+    if source.kind is SourceKind.LOCAL and not Path(source.path).is_file():
+        _log.warning("local data source not found: %s", source.path)
+        raise FailedPrecondition(
+            "the dataset's data file was not found", reason="DATASET_SOURCE_UNAVAILABLE"
+        )
+    if (
+        source.kind is SourceKind.S3
+        and source.credentials_name
+        and source.credentials_name not in (s3_secrets or S3Secrets()).credentials
+    ):
+        raise FailedPrecondition(
+            f"the executor has no S3 credentials named {source.credentials_name!r}",
+            reason="DATASET_SOURCE_UNAVAILABLE",
+        )
+
+
 def load_table(
     source: DataSource,
     fmt: DataFormat,

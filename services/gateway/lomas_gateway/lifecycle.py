@@ -25,7 +25,7 @@ from lomas.admin.v1 import admin_store_pb2, admin_store_pb2_grpc, resources_pb2
 from lomas.budget.v1 import budget_pb2, budget_pb2_grpc
 from lomas.common.v1 import archive_pb2, dataset_pb2, privacy_pb2, query_pb2
 from lomas.executor.v1 import executor_pb2, executor_pb2_grpc, task_pb2
-from lomas_common.convert import now_timestamp
+from lomas_common.convert import now_timestamp, zero_cost
 from lomas_common.errors import (
     BackendUnavailable,
     Code,
@@ -93,16 +93,6 @@ def query_fingerprint(
         digest.update(b"\x00")
     digest.update(canonical.SerializeToString(deterministic=True))
     return digest.hexdigest()
-
-
-def _zero_like(cost: privacy_pb2.PrivacyLoss) -> privacy_pb2.PrivacyLoss:
-    """A zero loss of the same kind: what a replay costs."""
-    kind = cost.WhichOneof("loss")
-    if kind == "pure_dp":
-        return privacy_pb2.PrivacyLoss(pure_dp=privacy_pb2.PureDp(epsilon="0"))
-    if kind == "rho_zcdp":
-        return privacy_pb2.PrivacyLoss(rho_zcdp=privacy_pb2.RhoZcdp(rho="0"))
-    return privacy_pb2.PrivacyLoss(approx_dp=privacy_pb2.ApproxDp(epsilon="0", delta="0"))
 
 
 def query_id_for(subject: str, request_id: str) -> str:
@@ -221,7 +211,7 @@ class QueryLifecycle:
                 return QueryOutcome(
                     query_id=earlier.query.query_id,
                     release=earlier.query.release,
-                    cost=_zero_like(earlier.query.cost),
+                    cost=zero_cost(earlier.query.cost),  # a replay costs nothing
                     dummy=False,
                     replay=True,
                 )
