@@ -21,6 +21,7 @@ inputs, so this module memoises it (see `NoiseScaleMemo`, installed once at impo
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 import threading
@@ -146,7 +147,7 @@ class SqliteTableReader(PandasReader):
             raise FailedPrecondition(
                 f"the dataset's data lacks column(s) named in its metadata: {', '.join(missing)}"
             )
-        self.metadata = Metadata.from_dict(metadata.to_smartnoise())
+        self.metadata = smartnoise_metadata(metadata)
         self.table_names = [TABLE_NAME]
         uri = f"file:/lomas-{uuid.uuid4().hex}?vfs=memdb"
         keeper = sqlite3.connect(uri, uri=True, check_same_thread=False)
@@ -245,8 +246,15 @@ def execute(
 def _private_reader(
     query: SmartnoiseSqlQuery, reader: SqlReader, metadata: DatasetMetadata
 ) -> PrivateReader:
-    # Cheap (~0.01 ms + metadata parsing): a fresh one per query, so no state leaks between queries.
-    return PrivateReader(reader, metadata.to_smartnoise(), privacy=query.privacy())
+    # Cheap (~0.01 ms): a fresh one per query, so no state leaks between queries. The parsed
+    # metadata is shared: smartnoise-sql only reads it, and parsing costs ~1.2 ms per query.
+    return PrivateReader(reader, smartnoise_metadata(metadata), privacy=query.privacy())
+
+
+@functools.lru_cache(maxsize=256)
+def smartnoise_metadata(metadata: DatasetMetadata) -> Metadata:
+    """smartnoise-sql's parsed form of a dataset's metadata, once per distinct metadata."""
+    return Metadata.from_dict(metadata.to_smartnoise())
 
 
 def _clean_message(exc: Exception) -> str:
