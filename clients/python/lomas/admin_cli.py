@@ -60,8 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     add_user.add_argument("--no-query", action="store_true", help="may not run queries")
     users.add_parser("remove").add_argument("name")
     users.add_parser("list")
-    for verb, what in (("freeze", "stop"), ("unfreeze", "let")):
-        toggle = users.add_parser(verb, help=f"{what} a user start queries (Lomas may_query)")
+    for verb, what in (
+        ("freeze", "stop a user from starting queries (Lomas may_query)"),
+        ("unfreeze", "let a frozen user start queries again"),
+    ):
+        toggle = users.add_parser(verb, help=what)
         toggle.add_argument("name")
         toggle.add_argument("--reason", default="", help="recorded in each of the user's ledgers")
 
