@@ -28,6 +28,9 @@ def limited(platform):  # type: ignore[no-untyped-def]
             "LOMAS_MAX_CONCURRENT_QUERIES_PER_USER": "1",
             "LOMAS_RESPONSE_MIN_SECONDS": "0.5",
             "LOMAS_RESPONSE_QUANTUM_SECONDS": "0.25",
+            "LOMAS_MAX_QUERY_CHARS": "1000",
+            "LOMAS_MAX_DUMMY_ROWS": "500",
+            "LOMAS_MAX_MESSAGE_BYTES": str(1024 * 1024),
         },
     )
     platform.mesh.wait_healthy(service, 60)
@@ -85,3 +88,23 @@ def test_concurrent_queries_are_limited_and_responses_padded(platform, limited: 
     assert "TOO_MANY_CONCURRENT_QUERIES" in outcomes
     charged = client.get_total_spent_budget()["total_spent_epsilon"]
     assert charged == outcomes.count("ok") * client.smartnoise_sql.cost(COUNT, 0.1, 0)["epsilon"]
+
+
+@pytest.mark.parametrize("platform", ["embedded"], indirect=True)
+def test_size_limits_give_clear_errors_and_cost_nothing(platform, limited: str) -> None:  # type: ignore[no-untyped-def]
+    client = researcher(platform, limited)
+    before = client.get_total_spent_budget()
+    long_query = COUNT + " WHERE " + " OR ".join(["species = 'Adelie'"] * 60)
+    with pytest.raises(LomasError) as too_long:
+        client.smartnoise_sql.query(long_query, epsilon=0.1, delta=0)
+    assert (too_long.value.code, too_long.value.reason) == ("INVALID_ARGUMENT", "QUERY_TOO_LONG")
+    with pytest.raises(LomasError) as too_many_rows:
+        client.get_dummy_dataset(nb_rows=501)
+    assert (too_many_rows.value.code, too_many_rows.value.reason) == (
+        "INVALID_ARGUMENT",
+        "DUMMY_ROWS_OUT_OF_RANGE",
+    )
+    with pytest.raises(LomasError) as too_big:  # a 2 MiB message to a gateway that takes 1 MiB
+        client.smartnoise_sql.query("x" * (2 * 1024 * 1024), epsilon=0.1, delta=0)
+    assert too_big.value.code == "RESOURCE_EXHAUSTED"
+    assert client.get_total_spent_budget() == before
