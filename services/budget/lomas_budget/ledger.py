@@ -1148,7 +1148,7 @@ class BudgetLedger:
         """Run `work` in one transaction; with a request id, store its first answer there too and
         return that answer to replays (AIP-155)."""
         if not request_id:
-            return self._store.run(work)
+            return self._store.run(work, pipelined=True)
         fingerprint = _fingerprint(method, params)
 
         def once(session: LedgerSession) -> T:
@@ -1169,7 +1169,7 @@ class BudgetLedger:
             )
             return result
 
-        return self._store.run(once)
+        return self._store.run(once, pipelined=True)
 
     @staticmethod
     def _imported(session: LedgerSession, balance: LedgerBalance) -> PrivacyLoss:
