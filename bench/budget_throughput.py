@@ -78,7 +78,7 @@ async def bench(store: str, url: str, args: argparse.Namespace) -> None:
         "LOMAS_DATABASE_URL": url,
         "LOMAS_SERVICE_TOKEN": token,
         "LOMAS_LOG_LEVEL": "WARNING",
-        "LOMAS_DATABASE_POOL_SIZE": str(args.pool_size),
+        "LOMAS_SERVER_THREADS": str(args.threads),
     }
     process = subprocess.Popen([sys.executable, "-m", "lomas_budget.main"], env=env)
     metadata = (("x-lomas-service-token", token),)
@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--pool-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=8, help="budget server threads")
     parser.add_argument(
         "--shared-ledger", action="store_true", help="all clients charge one ledger (contention)"
     )

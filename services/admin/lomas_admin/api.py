@@ -1,8 +1,9 @@
-"""Thin servicer of the internal AdminStoreService: convert, call the store (off the event loop), convert."""
+"""Thin servicer of the internal AdminStoreService: convert, call the store, convert.
+
+It runs on the blocking server (`lomas_common.blocking_server`): the store blocks on its database.
+"""
 
 from __future__ import annotations
-
-import asyncio
 
 from lomas.admin.v1 import admin_store_pb2, admin_store_pb2_grpc
 from lomas_admin import convert
@@ -14,123 +15,107 @@ class AdminStoreServicer(admin_store_pb2_grpc.AdminStoreServiceServicer):
     def __init__(self, store: AdminStore) -> None:
         self._store = store
 
-    async def CreateUser(self, request, context):  # type: ignore[no-untyped-def]
-        user = await asyncio.to_thread(
-            self._store.create_user, convert.user_from_proto(request.user)
-        )
+    def CreateUser(self, request, context):  # type: ignore[no-untyped-def]
+        user = self._store.create_user(convert.user_from_proto(request.user))
         return admin_store_pb2.CreateUserResponse(user=convert.user_to_proto(user))
 
-    async def GetUser(self, request, context):  # type: ignore[no-untyped-def]
-        user = await asyncio.to_thread(self._store.get_user, request.name)
+    def GetUser(self, request, context):  # type: ignore[no-untyped-def]
+        user = self._store.get_user(request.name)
         return admin_store_pb2.GetUserResponse(user=convert.user_to_proto(user))
 
-    async def DeleteUser(self, request, context):  # type: ignore[no-untyped-def]
-        await asyncio.to_thread(self._store.delete_user, request.name)
+    def DeleteUser(self, request, context):  # type: ignore[no-untyped-def]
+        self._store.delete_user(request.name)
         return admin_store_pb2.DeleteUserResponse()
 
-    async def ListUsers(self, request, context):  # type: ignore[no-untyped-def]
+    def ListUsers(self, request, context):  # type: ignore[no-untyped-def]
         offset, limit = page_bounds(request.page_size, request.page_token)
-        users, more = await asyncio.to_thread(self._store.list_users, offset, limit)
+        users, more = self._store.list_users(offset, limit)
         return admin_store_pb2.ListUsersResponse(
             users=[convert.user_to_proto(u) for u in users],
             next_page_token=next_page_token(offset, len(users), has_more=more),
         )
 
-    async def CreateDataset(self, request, context):  # type: ignore[no-untyped-def]
-        dataset = await asyncio.to_thread(
-            self._store.create_dataset, convert.dataset_from_proto(request.dataset)
-        )
+    def CreateDataset(self, request, context):  # type: ignore[no-untyped-def]
+        dataset = self._store.create_dataset(convert.dataset_from_proto(request.dataset))
         return admin_store_pb2.CreateDatasetResponse(dataset=convert.dataset_to_proto(dataset))
 
-    async def UpdateDataset(self, request, context):  # type: ignore[no-untyped-def]
-        dataset = await asyncio.to_thread(
-            self._store.update_dataset, convert.dataset_from_proto(request.dataset)
-        )
+    def UpdateDataset(self, request, context):  # type: ignore[no-untyped-def]
+        dataset = self._store.update_dataset(convert.dataset_from_proto(request.dataset))
         return admin_store_pb2.UpdateDatasetResponse(dataset=convert.dataset_to_proto(dataset))
 
-    async def GetDataset(self, request, context):  # type: ignore[no-untyped-def]
-        dataset = await asyncio.to_thread(self._store.get_dataset, request.name)
+    def GetDataset(self, request, context):  # type: ignore[no-untyped-def]
+        dataset = self._store.get_dataset(request.name)
         return admin_store_pb2.GetDatasetResponse(dataset=convert.dataset_to_proto(dataset))
 
-    async def DeleteDataset(self, request, context):  # type: ignore[no-untyped-def]
-        await asyncio.to_thread(self._store.delete_dataset, request.name)
+    def DeleteDataset(self, request, context):  # type: ignore[no-untyped-def]
+        self._store.delete_dataset(request.name)
         return admin_store_pb2.DeleteDatasetResponse()
 
-    async def ListDatasets(self, request, context):  # type: ignore[no-untyped-def]
+    def ListDatasets(self, request, context):  # type: ignore[no-untyped-def]
         offset, limit = page_bounds(request.page_size, request.page_token)
-        datasets, more = await asyncio.to_thread(self._store.list_datasets, offset, limit)
+        datasets, more = self._store.list_datasets(offset, limit)
         return admin_store_pb2.ListDatasetsResponse(
             datasets=[convert.dataset_to_proto(d) for d in datasets],
             next_page_token=next_page_token(offset, len(datasets), has_more=more),
         )
 
-    async def CreateGrant(self, request, context):  # type: ignore[no-untyped-def]
-        grant = await asyncio.to_thread(
-            self._store.create_grant, convert.grant_from_proto(request.grant)
-        )
+    def CreateGrant(self, request, context):  # type: ignore[no-untyped-def]
+        grant = self._store.create_grant(convert.grant_from_proto(request.grant))
         return admin_store_pb2.CreateGrantResponse(grant=convert.grant_to_proto(grant))
 
-    async def DeleteGrant(self, request, context):  # type: ignore[no-untyped-def]
-        await asyncio.to_thread(self._store.delete_grant, request.user, request.dataset)
+    def DeleteGrant(self, request, context):  # type: ignore[no-untyped-def]
+        self._store.delete_grant(request.user, request.dataset)
         return admin_store_pb2.DeleteGrantResponse()
 
-    async def ListGrants(self, request, context):  # type: ignore[no-untyped-def]
+    def ListGrants(self, request, context):  # type: ignore[no-untyped-def]
         offset, limit = page_bounds(request.page_size, request.page_token)
-        grants, more = await asyncio.to_thread(self._store.list_grants, request.user, offset, limit)
+        grants, more = self._store.list_grants(request.user, offset, limit)
         return admin_store_pb2.ListGrantsResponse(
             grants=[convert.grant_to_proto(g) for g in grants],
             next_page_token=next_page_token(offset, len(grants), has_more=more),
         )
 
-    async def AuthorizeDatasetAccess(self, request, context):  # type: ignore[no-untyped-def]
-        access = await asyncio.to_thread(self._store.authorize, request.user, request.dataset)
+    def AuthorizeDatasetAccess(self, request, context):  # type: ignore[no-untyped-def]
+        access = self._store.authorize(request.user, request.dataset)
         return admin_store_pb2.AuthorizeDatasetAccessResponse(
             user=convert.user_to_proto(access.user),
             grant=convert.grant_to_proto(access.grant),
             dataset=convert.descriptor_to_proto(access.dataset),
         )
 
-    async def RecordQueryResult(self, request, context):  # type: ignore[no-untyped-def]
-        record = await asyncio.to_thread(
-            self._store.record_query_result, convert.archive_from_proto(request.query)
-        )
+    def RecordQueryResult(self, request, context):  # type: ignore[no-untyped-def]
+        record = self._store.record_query_result(convert.archive_from_proto(request.query))
         return admin_store_pb2.RecordQueryResultResponse(query=convert.archive_to_proto(record))
 
-    async def GetArchivedQuery(self, request, context):  # type: ignore[no-untyped-def]
-        record = await asyncio.to_thread(self._store.get_archived_query, request.query_id)
+    def GetArchivedQuery(self, request, context):  # type: ignore[no-untyped-def]
+        record = self._store.get_archived_query(request.query_id)
         return admin_store_pb2.GetArchivedQueryResponse(query=convert.archive_to_proto(record))
 
-    async def ListArchivedQueries(self, request, context):  # type: ignore[no-untyped-def]
+    def ListArchivedQueries(self, request, context):  # type: ignore[no-untyped-def]
         offset, limit = page_bounds(request.page_size, request.page_token)
-        records, more = await asyncio.to_thread(
-            self._store.list_archived_queries, request.user, request.dataset, offset, limit
+        records, more = self._store.list_archived_queries(
+            request.user, request.dataset, offset, limit
         )
         return admin_store_pb2.ListArchivedQueriesResponse(
             queries=[convert.archive_to_proto(r) for r in records],
             next_page_token=next_page_token(offset, len(records), has_more=more),
         )
 
-    async def FindReleasedQuery(self, request, context):  # type: ignore[no-untyped-def]
-        record = await asyncio.to_thread(
-            self._store.find_released_query, request.user, request.fingerprint
-        )
+    def FindReleasedQuery(self, request, context):  # type: ignore[no-untyped-def]
+        record = self._store.find_released_query(request.user, request.fingerprint)
         if record is None:
             return admin_store_pb2.FindReleasedQueryResponse(found=False)
         return admin_store_pb2.FindReleasedQueryResponse(
             found=True, query=convert.archive_to_proto(record)
         )
 
-    async def RecordAuditEvent(self, request, context):  # type: ignore[no-untyped-def]
-        await asyncio.to_thread(
-            self._store.record_audit_event, convert.audit_from_proto(request.event)
-        )
+    def RecordAuditEvent(self, request, context):  # type: ignore[no-untyped-def]
+        self._store.record_audit_event(convert.audit_from_proto(request.event))
         return admin_store_pb2.RecordAuditEventResponse()
 
-    async def ListAuditEvents(self, request, context):  # type: ignore[no-untyped-def]
+    def ListAuditEvents(self, request, context):  # type: ignore[no-untyped-def]
         offset, limit = page_bounds(request.page_size, request.page_token)
-        events, more = await asyncio.to_thread(
-            self._store.list_audit_events, request.actor, offset, limit
-        )
+        events, more = self._store.list_audit_events(request.actor, offset, limit)
         return admin_store_pb2.ListAuditEventsResponse(
             events=[convert.audit_to_proto(e) for e in events],
             next_page_token=next_page_token(offset, len(events), has_more=more),

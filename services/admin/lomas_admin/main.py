@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -10,14 +9,13 @@ from dataclasses import dataclass
 from lomas.admin.v1 import admin_store_pb2_grpc
 from lomas_admin.api import AdminStoreServicer
 from lomas_admin.store import AdminStore
-from lomas_common.db import Database
-from lomas_common.server import (
-    RunningServer,
-    Service,
-    configure_logging,
-    serve_until_signalled,
-    start_server,
+from lomas_common.blocking_server import (
+    BlockingServer,
+    serve_blocking_until_signalled,
+    start_blocking_server,
 )
+from lomas_common.db import Database
+from lomas_common.server import Service, configure_logging
 from lomas_common.settings import ServerSettings, env_required, env_str
 
 DEFAULT_PORT = 50052
@@ -39,12 +37,12 @@ class AdminSettings:
         )
 
 
-async def start(settings: AdminSettings) -> tuple[RunningServer, Database]:
-    db = Database.from_url(settings.database_url)
+def start(settings: AdminSettings) -> tuple[BlockingServer, Database]:
+    db = Database.from_url(settings.database_url, max_connections=settings.server.threads)
     store = AdminStore(db)
     if settings.bootstrap_admin:
         store.ensure_admin(settings.bootstrap_admin)
-    running = await start_server(
+    server = start_blocking_server(
         settings.server,
         [
             Service(
@@ -53,19 +51,16 @@ async def start(settings: AdminSettings) -> tuple[RunningServer, Database]:
                 "lomas.admin.v1.AdminStoreService",
             )
         ],
+        threads=settings.server.threads,
     )
-    return running, db
-
-
-async def run(settings: AdminSettings) -> None:
-    running, db = await start(settings)
-    await serve_until_signalled(running, on_stop=[db.close])
+    return server, db
 
 
 def main() -> None:
     settings = AdminSettings.from_env()
     configure_logging(settings.server.log_level)
-    asyncio.run(run(settings))
+    server, db = start(settings)
+    serve_blocking_until_signalled(server, on_stop=[db.close])
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""Thin servicer of the internal BudgetService: convert, call the ledger (off the event loop), convert."""
+"""Thin servicer of the internal BudgetService: convert, call the ledger, convert.
+
+It runs on the blocking server (`lomas_common.blocking_server`): the ledger blocks on its database.
+"""
 
 from __future__ import annotations
-
-import asyncio
 
 from lomas.budget.v1 import budget_pb2, budget_pb2_grpc
 from lomas_budget.convert import (
@@ -21,15 +22,14 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
     def __init__(self, ledger: BudgetLedger) -> None:
         self._ledger = ledger
 
-    async def OpenLedger(self, request, context):  # type: ignore[no-untyped-def]
+    def OpenLedger(self, request, context):  # type: ignore[no-untyped-def]
         allocation = privacy_loss_from_proto(request.allocation, field="allocation")
         spent = (
             privacy_loss_from_proto(request.already_spent, field="already_spent")
             if request.HasField("already_spent")
             else None
         )
-        balance = await asyncio.to_thread(
-            self._ledger.open_ledger,
+        balance = self._ledger.open_ledger(
             request.user,
             request.dataset,
             allocation,
@@ -39,15 +39,15 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
         )
         return budget_pb2.OpenLedgerResponse(ledger=ledger_to_proto(balance))
 
-    async def GetLedger(self, request, context):  # type: ignore[no-untyped-def]
+    def GetLedger(self, request, context):  # type: ignore[no-untyped-def]
         delta = delta_from_text(request.delta)
-        balance = await asyncio.to_thread(self._ledger.get_balance, request.user, request.dataset)
+        balance = self._ledger.get_balance(request.user, request.dataset)
         return budget_pb2.GetLedgerResponse(ledger=ledger_to_proto(balance, delta))
 
-    async def ListLedgers(self, request, context):  # type: ignore[no-untyped-def]
+    def ListLedgers(self, request, context):  # type: ignore[no-untyped-def]
         delta = delta_from_text(request.delta)
         offset, limit = page_bounds(request.page_size, request.page_token)
-        balances = await asyncio.to_thread(self._ledger.list_balances, request.user)
+        balances = self._ledger.list_balances(request.user)
         page = balances[offset : offset + limit]
         return budget_pb2.ListLedgersResponse(
             ledgers=[ledger_to_proto(b, delta) for b in page],
@@ -56,68 +56,57 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
             ),
         )
 
-    async def ReserveBudget(self, request, context):  # type: ignore[no-untyped-def]
+    def ReserveBudget(self, request, context):  # type: ignore[no-untyped-def]
         cost = privacy_loss_from_proto(request.cost, field="cost")
-        reservation = await asyncio.to_thread(
-            lambda: self._ledger.reserve(
-                request.query_id,
-                request.user,
-                request.dataset,
-                cost,
-                request.actor,
-                owner=request.owner,
-                ttl_seconds=request.ttl_seconds or None,
-                request_id=request.request_id or None,
-            )
+        reservation = self._ledger.reserve(
+            request.query_id,
+            request.user,
+            request.dataset,
+            cost,
+            request.actor,
+            owner=request.owner,
+            ttl_seconds=request.ttl_seconds or None,
+            request_id=request.request_id or None,
         )
         return budget_pb2.ReserveBudgetResponse(reservation=reservation_to_proto(reservation))
 
-    async def MarkReservationAccessed(self, request, context):  # type: ignore[no-untyped-def]
-        reservation = await asyncio.to_thread(
-            lambda: self._ledger.mark_accessed(
-                request.query_id,
-                actor=request.actor or "worker",
-                request_id=request.request_id or None,
-            )
+    def MarkReservationAccessed(self, request, context):  # type: ignore[no-untyped-def]
+        reservation = self._ledger.mark_accessed(
+            request.query_id, actor=request.actor or "worker", request_id=request.request_id or None
         )
         return budget_pb2.MarkReservationAccessedResponse(
             reservation=reservation_to_proto(reservation)
         )
 
-    async def CommitReservation(self, request, context):  # type: ignore[no-untyped-def]
-        reservation = await asyncio.to_thread(
-            lambda: self._ledger.commit(
-                request.query_id,
-                actor=request.actor or "worker",
-                reason=request.reason,
-                request_id=request.request_id or None,
-            )
+    def CommitReservation(self, request, context):  # type: ignore[no-untyped-def]
+        reservation = self._ledger.commit(
+            request.query_id,
+            actor=request.actor or "worker",
+            reason=request.reason,
+            request_id=request.request_id or None,
         )
         return budget_pb2.CommitReservationResponse(reservation=reservation_to_proto(reservation))
 
-    async def ReleaseReservation(self, request, context):  # type: ignore[no-untyped-def]
-        reservation = await asyncio.to_thread(
-            lambda: self._ledger.release(
-                request.query_id,
-                actor=request.actor or "worker",
-                reason=request.reason,
-                request_id=request.request_id or None,
-            )
+    def ReleaseReservation(self, request, context):  # type: ignore[no-untyped-def]
+        reservation = self._ledger.release(
+            request.query_id,
+            actor=request.actor or "worker",
+            reason=request.reason,
+            request_id=request.request_id or None,
         )
         return budget_pb2.ReleaseReservationResponse(reservation=reservation_to_proto(reservation))
 
-    async def VerifyLedgers(self, request, context):  # type: ignore[no-untyped-def]
-        report = await asyncio.to_thread(self._ledger.verify)
+    def VerifyLedgers(self, request, context):  # type: ignore[no-untyped-def]
+        report = self._ledger.verify()
         return budget_pb2.VerifyLedgersResponse(
             ledgers_checked=report.ledgers_checked,
             entries_checked=report.entries_checked,
             problems=report.problems,
         )
 
-    async def AdjustAllocation(self, request, context):  # type: ignore[no-untyped-def]
+    def AdjustAllocation(self, request, context):  # type: ignore[no-untyped-def]
         allocation = privacy_loss_from_proto(request.allocation, field="allocation")
-        balance = await asyncio.to_thread(
-            self._ledger.adjust_allocation,
+        balance = self._ledger.adjust_allocation(
             request.user,
             request.dataset,
             allocation,
@@ -127,56 +116,41 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
         )
         return budget_pb2.AdjustAllocationResponse(ledger=ledger_to_proto(balance))
 
-    async def FreezeUser(self, request, context):  # type: ignore[no-untyped-def]
-        state = await asyncio.to_thread(
-            self._ledger.freeze_user,
-            request.user,
-            request.actor,
-            request.reason,
-            request.request_id or None,
+    def FreezeUser(self, request, context):  # type: ignore[no-untyped-def]
+        state = self._ledger.freeze_user(
+            request.user, request.actor, request.reason, request.request_id or None
         )
         return budget_pb2.FreezeUserResponse(
             user=user_state_to_proto(state), ledgers=[ledger_to_proto(b) for b in state.ledgers]
         )
 
-    async def UnfreezeUser(self, request, context):  # type: ignore[no-untyped-def]
-        state = await asyncio.to_thread(
-            self._ledger.unfreeze_user,
-            request.user,
-            request.actor,
-            request.reason,
-            request.request_id or None,
+    def UnfreezeUser(self, request, context):  # type: ignore[no-untyped-def]
+        state = self._ledger.unfreeze_user(
+            request.user, request.actor, request.reason, request.request_id or None
         )
         return budget_pb2.UnfreezeUserResponse(
             user=user_state_to_proto(state), ledgers=[ledger_to_proto(b) for b in state.ledgers]
         )
 
-    async def GetUserState(self, request, context):  # type: ignore[no-untyped-def]
-        state = await asyncio.to_thread(self._ledger.get_user, request.user)
+    def GetUserState(self, request, context):  # type: ignore[no-untyped-def]
+        state = self._ledger.get_user(request.user)
         return budget_pb2.GetUserStateResponse(user=user_state_to_proto(state))
 
-    async def SetDatasetCap(self, request, context):  # type: ignore[no-untyped-def]
+    def SetDatasetCap(self, request, context):  # type: ignore[no-untyped-def]
         cap = privacy_loss_from_proto(request.cap, field="cap") if request.HasField("cap") else None
-        updated = await asyncio.to_thread(
-            self._ledger.set_dataset_cap,
-            request.dataset,
-            cap,
-            request.actor,
-            request.reason,
-            request.request_id or None,
+        updated = self._ledger.set_dataset_cap(
+            request.dataset, cap, request.actor, request.reason, request.request_id or None
         )
         return budget_pb2.SetDatasetCapResponse(cap=dataset_cap_to_proto(updated))
 
-    async def GetDatasetCap(self, request, context):  # type: ignore[no-untyped-def]
-        cap = await asyncio.to_thread(self._ledger.get_dataset_cap, request.dataset)
+    def GetDatasetCap(self, request, context):  # type: ignore[no-untyped-def]
+        cap = self._ledger.get_dataset_cap(request.dataset)
         return budget_pb2.GetDatasetCapResponse(cap=dataset_cap_to_proto(cap))
 
-    async def ListLedgerEntries(self, request, context):  # type: ignore[no-untyped-def]
+    def ListLedgerEntries(self, request, context):  # type: ignore[no-untyped-def]
         offset, limit = page_bounds(request.page_size, request.page_token)
-        balance, entries, has_more = await asyncio.to_thread(
-            lambda: self._ledger.list_entries(
-                request.user, request.dataset, after_seq=offset, limit=limit
-            )
+        balance, entries, has_more = self._ledger.list_entries(
+            request.user, request.dataset, after_seq=offset, limit=limit
         )
         return budget_pb2.ListLedgerEntriesResponse(
             ledger=ledger_to_proto(balance),
@@ -184,10 +158,8 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
             next_page_token=next_page_token(offset, len(entries), has_more=has_more),
         )
 
-    async def SweepReservations(self, request, context):  # type: ignore[no-untyped-def]
-        report = await asyncio.to_thread(
-            lambda: self._ledger.sweep(request_id=request.request_id or None)
-        )
+    def SweepReservations(self, request, context):  # type: ignore[no-untyped-def]
+        report = self._ledger.sweep(request_id=request.request_id or None)
         return budget_pb2.SweepReservationsResponse(
             released=report.released, committed=report.committed
         )

@@ -51,7 +51,8 @@ class ServiceTokenAuthenticator(Authenticator):
     def __init__(self, token: str) -> None:
         self._token = token.encode()
 
-    async def authenticate(self, method: str, metadata: dict[str, str]) -> None:
+    def check(self, method: str, metadata: dict[str, str]) -> None:
+        """Refuse a call without the service token (the blocking servers call this directly)."""
         if method.startswith("/grpc.health.") or method.startswith("/grpc.reflection."):
             return
         presented = metadata.get(SERVICE_TOKEN_HEADER, "").encode()
@@ -59,6 +60,9 @@ class ServiceTokenAuthenticator(Authenticator):
             raise PermissionDenied(
                 "this service accepts calls from mesh peers only", reason="PEER_CREDENTIAL_REQUIRED"
             )
+
+    async def authenticate(self, method: str, metadata: dict[str, str]) -> None:
+        self.check(method, metadata)
 
 
 @dataclass(frozen=True)
@@ -81,8 +85,8 @@ def _wrap_unary(
     observer: Observer | None,
 ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        request_id_var.set(metadata.get(REQUEST_ID_HEADER) or uuid.uuid4().hex)
+        metadata = call_metadata(context)
+        set_request_id(metadata)
         code, reason = "OK", ""
         try:
             if authenticator is not None:
@@ -91,7 +95,7 @@ def _wrap_unary(
         except LomasError as error:
             code, reason = error.code.value, error.reason
             log.info("%s refused: %s %s", method, code, reason)
-            await context.abort_with_status(_rich_status(to_status(error)))
+            await context.abort_with_status(rich_status(to_status(error)))
         except asyncio.CancelledError:
             code, reason = "CANCELLED", ""
             raise
@@ -100,7 +104,7 @@ def _wrap_unary(
                 raise
             code, reason = "INTERNAL", "INTERNAL"
             log.exception("%s failed (request %s)", method, request_id_var.get())
-            await context.abort_with_status(_rich_status(internal_status()))
+            await context.abort_with_status(rich_status(internal_status()))
         finally:
             if observer is not None and not method.startswith("/grpc."):
                 try:
@@ -111,7 +115,17 @@ def _wrap_unary(
     return handler
 
 
-def _rich_status(status: status_pb2.Status) -> grpc.Status:
+def call_metadata(context: grpc.ServicerContext | grpc.aio.ServicerContext) -> dict[str, str]:
+    """A call's text metadata as a dict (binary `-bin` entries are left out)."""
+    return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+
+
+def set_request_id(metadata: dict[str, str]) -> None:
+    """Adopt the caller's request id (for logs and peers), or make one."""
+    request_id_var.set(metadata.get(REQUEST_ID_HEADER) or uuid.uuid4().hex)
+
+
+def rich_status(status: status_pb2.Status) -> grpc.Status:
     return rpc_status.to_status(status)
 
 

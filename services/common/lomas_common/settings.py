@@ -38,6 +38,12 @@ def env_required(env: Mapping[str, str], name: str) -> str:
     return value
 
 
+def _positive(value: int, name: str) -> int:
+    if value < 1:
+        raise SystemExit(f"LOMAS_{name} must be at least 1")
+    return value
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """How a service listens and reports."""
@@ -48,6 +54,9 @@ class ServerSettings:
     otel_exporter: str  # none | console | otlp
     log_level: str
     service_token: str  # shared secret that mesh peers present (empty: no peer check)
+    # Threads running calls on a blocking server (admin store, budget, executor): on 2 cores,
+    # more than a few only contend for the GIL. Database pools get one connection per thread.
+    threads: int = 8
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, default_port: int) -> ServerSettings:
@@ -59,4 +68,5 @@ class ServerSettings:
             otel_exporter=env_str(env, "OTEL_EXPORTER", "none"),
             log_level=env_str(env, "LOG_LEVEL", "INFO"),
             service_token=env_str(env, "SERVICE_TOKEN", ""),
+            threads=_positive(env_int(env, "SERVER_THREADS", 8), "SERVER_THREADS"),
         )

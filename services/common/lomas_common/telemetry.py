@@ -39,6 +39,14 @@ def server_interceptors(exporter: str) -> list[Any]:
     return [aio_server_interceptor()]
 
 
+def blocking_server_interceptors(exporter: str) -> list[Any]:
+    if not _configure(exporter):
+        return []
+    from opentelemetry.instrumentation.grpc import server_interceptor
+
+    return [server_interceptor()]
+
+
 def client_interceptors(exporter: str) -> list[Any]:
     if not _configure(exporter):
         return []

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from lomas.executor.v1 import executor_pb2, executor_pb2_grpc
 from lomas_common.convert import privacy_loss_to_proto
 from lomas_executor import convert
@@ -15,35 +13,26 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     def __init__(self, engine: QueryEngine) -> None:
         self._engine = engine
 
-    async def ValidateDataset(self, request, context):  # type: ignore[no-untyped-def]
-        descriptor = await asyncio.to_thread(convert.normalised_descriptor, request.dataset)
+    def ValidateDataset(self, request, context):  # type: ignore[no-untyped-def]
+        descriptor = convert.normalised_descriptor(request.dataset)
         return executor_pb2.ValidateDatasetResponse(dataset=descriptor)
 
-    async def EstimateCost(self, request, context):  # type: ignore[no-untyped-def]
+    def EstimateCost(self, request, context):  # type: ignore[no-untyped-def]
         dataset = convert.dataset_from_proto(request.dataset)
         query = convert.query_from_proto(request.query)
-        cost = await asyncio.to_thread(self._engine.estimate_cost, query, dataset)
+        cost = self._engine.estimate_cost(query, dataset)
         return executor_pb2.EstimateCostResponse(cost=privacy_loss_to_proto(cost))
 
-    async def GetDummyDataset(self, request, context):  # type: ignore[no-untyped-def]
+    def GetDummyDataset(self, request, context):  # type: ignore[no-untyped-def]
         dataset = convert.dataset_from_proto(request.dataset)
+        frame = self._engine.dummy_frame(dataset, request.row_count, request.seed)
+        return executor_pb2.GetDummyDatasetResponse(arrow_ipc=frame_to_ipc(frame))
 
-        def build() -> bytes:
-            return frame_to_ipc(self._engine.dummy_frame(dataset, request.row_count, request.seed))
-
-        return executor_pb2.GetDummyDatasetResponse(arrow_ipc=await asyncio.to_thread(build))
-
-    async def RunDummyQuery(self, request, context):  # type: ignore[no-untyped-def]
+    def RunDummyQuery(self, request, context):  # type: ignore[no-untyped-def]
         dataset = convert.dataset_from_proto(request.dataset)
         query = convert.query_from_proto(request.query)
-
-        def run() -> tuple[bytes, object]:
-            cost = self._engine.estimate_cost(query, dataset)
-            frame = self._engine.run_dummy(query, dataset, request.row_count, request.seed)
-            return frame_to_ipc(frame), cost
-
-        release, cost = await asyncio.to_thread(run)
+        cost = self._engine.estimate_cost(query, dataset)
+        frame = self._engine.run_dummy(query, dataset, request.row_count, request.seed)
         return executor_pb2.RunDummyQueryResponse(
-            arrow_ipc=release,
-            cost=privacy_loss_to_proto(cost),  # type: ignore[arg-type]
+            arrow_ipc=frame_to_ipc(frame), cost=privacy_loss_to_proto(cost)
         )

@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from lomas.executor.v1 import executor_pb2_grpc
-from lomas_common.server import (
-    RunningServer,
-    Service,
-    configure_logging,
-    serve_until_signalled,
-    start_server,
+from lomas_common.blocking_server import (
+    BlockingServer,
+    serve_blocking_until_signalled,
+    start_blocking_server,
 )
+from lomas_common.server import Service, configure_logging
 from lomas_executor.api import ExecutorServicer
 from lomas_executor.cache import DatasetCache
 from lomas_executor.engine import QueryEngine
 from lomas_executor.settings import ExecutorSettings
 
 
-async def start(settings: ExecutorSettings) -> RunningServer:
+def start(settings: ExecutorSettings) -> BlockingServer:
     # The executor service never loads private data: its cache stays empty.
     engine = QueryEngine(DatasetCache(max_bytes=0))
-    return await start_server(
+    return start_blocking_server(
         settings.server,
         [
             Service(
@@ -30,17 +27,14 @@ async def start(settings: ExecutorSettings) -> RunningServer:
                 "lomas.executor.v1.ExecutorService",
             )
         ],
+        threads=settings.server.threads,
     )
-
-
-async def run(settings: ExecutorSettings) -> None:
-    await serve_until_signalled(await start(settings))
 
 
 def main() -> None:
     settings = ExecutorSettings.from_env()
     configure_logging(settings.server.log_level)
-    asyncio.run(run(settings))
+    serve_blocking_until_signalled(start(settings))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,157 @@
+"""The server factory for services whose calls block on a database or the CPU: the admin store, the
+budget ledger and the executor.
+
+They serve on grpc's thread-pool server, and their servicers are plain functions that call the
+store or engine directly. On the asyncio server, each such call would hop to a worker thread and
+back, and the event loop and the workers would contend for the GIL. Measured on the budget ledger
+(2 cores, PostgreSQL): 270 reserve+commit pairs/s that way, about 440 on this server.
+
+Each call gets the same edges as on the asyncio server (`lomas_common.server`): the request id, the
+mesh service token, the one error model (a `LomasError` becomes its status and `ErrorInfo`; anything
+else becomes INTERNAL), health checking, reflection, message-size limits, OpenTelemetry when an
+exporter is configured, and a graceful drain on SIGTERM/SIGINT.
+
+    server = start_blocking_server(settings.server, [Service(add_..., servicer, "lomas...")])
+    serve_blocking_until_signalled(server, on_stop=[db.close])
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from lomas_common.errors import LomasError
+from lomas_common.rpc_errors import internal_status, to_status
+from lomas_common.server import (
+    Service,
+    ServiceTokenAuthenticator,
+    call_metadata,
+    request_id_var,
+    rich_status,
+    set_request_id,
+)
+from lomas_common.settings import ServerSettings
+from lomas_common.telemetry import blocking_server_interceptors
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Any, grpc.ServicerContext], Any]
+
+
+def _with_edges(
+    method: str, behavior: Handler, authenticator: ServiceTokenAuthenticator | None
+) -> Handler:
+    """`behavior` with the request id, the peer check and the error model around it."""
+
+    @functools.wraps(behavior)
+    def handler(request: Any, context: grpc.ServicerContext) -> Any:
+        metadata = call_metadata(context)
+        set_request_id(metadata)
+        try:
+            if authenticator is not None:
+                authenticator.check(method, metadata)
+            return behavior(request, context)
+        except LomasError as error:
+            log.info("%s refused: %s %s", method, error.code.value, error.reason)
+            context.abort_with_status(rich_status(to_status(error)))
+        except Exception:
+            log.exception("%s failed (request %s)", method, request_id_var.get())
+            context.abort_with_status(rich_status(internal_status()))
+
+    return handler
+
+
+class _EdgedServicer:
+    """A servicer seen through `_with_edges`: the generated `add_..._to_server` reads each method
+    once, at registration, so a call pays for no interceptor lookup."""
+
+    def __init__(
+        self, servicer: Any, full_name: str, authenticator: ServiceTokenAuthenticator | None
+    ) -> None:
+        self._servicer = servicer
+        self._full_name = full_name
+        self._authenticator = authenticator
+
+    def __getattr__(self, name: str) -> Handler:
+        behavior = getattr(self._servicer, name)
+        return _with_edges(f"/{self._full_name}/{name}", behavior, self._authenticator)
+
+
+class BlockingServer:
+    """A started thread-pool server with its bound port."""
+
+    def __init__(self, server: grpc.Server, port: int, grace: float, pool: ThreadPoolExecutor):
+        self.server = server
+        self.port = port
+        self._grace = grace
+        self._pool = pool
+
+    def stop(self) -> None:
+        """Refuse new calls, let in-flight ones finish for the grace period, then stop."""
+        self.server.stop(self._grace).wait()
+        self._pool.shutdown(wait=False)
+
+
+def start_blocking_server(
+    settings: ServerSettings, services: Sequence[Service], *, threads: int
+) -> BlockingServer:
+    """Build, bind and start a server whose `threads` run calls (port 0 picks a free port)."""
+    authenticator = (
+        ServiceTokenAuthenticator(settings.service_token) if settings.service_token else None
+    )
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="rpc")
+    server = grpc.server(
+        pool,
+        interceptors=blocking_server_interceptors(settings.otel_exporter),
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    for service in services:
+        service.add_to_server(
+            _EdgedServicer(service.servicer, service.full_name, authenticator), server
+        )
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [s.full_name for s in services]
+    reflection.enable_server_reflection(
+        [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        raise SystemExit(f"cannot listen on {settings.listen}")
+    server.start()
+    for name in ["", *names]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving %s on port %d (%d threads)", ", ".join(names), port, threads)
+    return BlockingServer(server, port, settings.grace_seconds, pool)
+
+
+def serve_blocking_until_signalled(
+    server: BlockingServer, on_stop: Iterable[Callable[[], None]] = ()
+) -> None:
+    """Serve until SIGTERM or SIGINT, then drain in-flight calls and clean up (main thread only)."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    log.info("shutting down")
+    server.stop()
+    for callback in on_stop:
+        callback()
