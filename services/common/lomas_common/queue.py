@@ -77,6 +77,11 @@ class QueueSettings:
             raise ValueError("the visibility timeout must exceed the task time limit")
 
     @property
+    def soft_time_limit_seconds(self) -> int:
+        """When a task is asked to stop (SoftTimeLimitExceeded), 5 s before it is killed."""
+        return max(1, self.task_time_limit_seconds - 5)
+
+    @property
     def visibility_timeout(self) -> int:
         return self.visibility_timeout_seconds or self.task_time_limit_seconds * 2 + 60
 
@@ -149,7 +154,7 @@ def make_celery_app(settings: QueueSettings) -> Celery:
         task_acks_on_timeout=False,
         worker_prefetch_multiplier=1,
         task_time_limit=settings.task_time_limit_seconds,
-        task_soft_time_limit=max(1, settings.task_time_limit_seconds - 5),
+        task_soft_time_limit=settings.soft_time_limit_seconds,
         task_default_queue=settings.light_queue,
         task_routes=(route,),
         # Redelivery must wait longer than any task may run, or a slow task would run twice at once.

@@ -3,7 +3,8 @@
 1. If the archive already holds an outcome for the query id (a redelivery, a duplicate), reuse it.
 2. Otherwise mark the reservation ACCESSED (from here on it can never be refunded), load the data,
    run the query, and store the outcome under the query id: the first stored outcome wins.
-3. Commit the charge (idempotent) and announce completion on Redis.
+3. Commit the charge (idempotent) and announce completion on Redis, with the stored outcome when it
+   is small (the archive's copy, so every delivery announces the same release).
 
 Only then does Celery acknowledge the task (acks_late), so a worker killed at any point leaves a task
 that is redelivered and finishes the same steps without drawing new noise for a stored release.
@@ -17,6 +18,7 @@ was accessed. Their messages carry no data values.
 from __future__ import annotations
 
 import logging
+import time
 
 import redis
 from billiard.exceptions import SoftTimeLimitExceeded
@@ -39,6 +41,11 @@ from lomas_executor.failures import caused_by, chain_names
 from lomas_executor.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
+
+# Outcomes up to this size travel in the completion announcement (Redis pub/sub); larger ones
+# are read from the archive by the gateway.
+ANNOUNCED_OUTCOME_MAX_BYTES = 1024 * 1024
+TIMEOUT_MESSAGE = "the query exceeded its time limit; its cost is charged"
 
 
 def count_delivery(
@@ -82,8 +89,10 @@ class QueryRunner:
         (`count_delivery` returned 1 for retry 0): no outcome can be stored yet, since every run
         is counted before it starts, so the archive lookup is skipped.
         """
+        started = time.monotonic()
         task = json_format.Parse(task_json, task_pb2.ExecuteQueryTask())
-        if first_delivery or self._stored(task.query_id) is None:
+        stored = None if first_delivery else self._stored(task.query_id)
+        if stored is None:
             if self._refused_before_access(task):
                 return
             try:
@@ -103,14 +112,25 @@ class QueryRunner:
                 raise
             if attempt is None:
                 attempt = count_delivery(self._redis, self._settings.queue, task.query_id)
-            outcome = self._attempt(task, attempt)
-            self._admin.call(
-                "RecordQueryResult", admin_store_pb2.RecordQueryResultRequest(query=outcome)
-            )
+            stored = self._record(self._attempt(task, attempt, started))
         self._budget.call(
             "CommitReservation", budget_pb2.CommitReservationRequest(query_id=task.query_id)
         )
-        self._redis.publish(self._settings.queue.done_channel(task.query_id), b"1")
+        self._announce(stored)
+
+    def _record(self, outcome: archive_pb2.ArchivedQuery) -> archive_pb2.ArchivedQuery:
+        """Store `outcome`; the archive keeps the first outcome of a query id and returns it."""
+        return self._admin.call(
+            "RecordQueryResult", admin_store_pb2.RecordQueryResultRequest(query=outcome)
+        ).query
+
+    def _announce(self, stored: archive_pb2.ArchivedQuery) -> None:
+        """Tell the waiting gateway that the outcome is stored, with the stored outcome itself
+        when it is small, which saves the gateway a read of the archive."""
+        payload = stored.SerializeToString()
+        if len(payload) > ANNOUNCED_OUTCOME_MAX_BYTES:
+            payload = b""
+        self._redis.publish(self._settings.queue.done_channel(stored.query_id), payload)
 
     def _refused_before_access(self, task: task_pb2.ExecuteQueryTask) -> bool:
         """A dataset whose source certainly cannot be read fails before any data access: the
@@ -135,10 +155,7 @@ class QueryRunner:
             outcome.error_reason = error.reason
             outcome.error_message = error.message
             outcome.complete_time.CopyFrom(now_timestamp())
-            self._admin.call(
-                "RecordQueryResult", admin_store_pb2.RecordQueryResultRequest(query=outcome)
-            )
-            self._redis.publish(self._settings.queue.done_channel(task.query_id), b"1")
+            self._announce(self._record(outcome))
             return True
         return False
 
@@ -156,15 +173,15 @@ class QueryRunner:
     def engine(self) -> QueryEngine:
         return self._engine
 
-    def _attempt(self, task: task_pb2.ExecuteQueryTask, attempt: int) -> archive_pb2.ArchivedQuery:
+    def _attempt(
+        self, task: task_pb2.ExecuteQueryTask, attempt: int, started: float
+    ) -> archive_pb2.ArchivedQuery:
         """Run the query, unless earlier deliveries show it cannot finish (then record why)."""
         timed_out = self._redis.exists(self._settings.queue.timed_out_key(task.query_id))
         if timed_out:
             log.warning("query %s hit the hard time limit; recorded as timed out", task.query_id)
             outcome = self._new_outcome(task)
-            self._fail(
-                outcome, "QUERY_TIMEOUT", "the query exceeded its time limit; its cost is charged"
-            )
+            self._fail(outcome, "QUERY_TIMEOUT", TIMEOUT_MESSAGE)
         elif int(attempt) > self._settings.max_attempts:
             log.warning(
                 "query %s stopped its worker %d times; recorded as failed",
@@ -179,7 +196,7 @@ class QueryRunner:
                 "limit); its cost is charged",
             )
         else:
-            return self._run(task)
+            return self._run(task, started)
         outcome.complete_time.CopyFrom(now_timestamp())
         return outcome
 
@@ -195,7 +212,7 @@ class QueryRunner:
             fingerprint=task.fingerprint,
         )
 
-    def _run(self, task: task_pb2.ExecuteQueryTask) -> archive_pb2.ArchivedQuery:
+    def _run(self, task: task_pb2.ExecuteQueryTask, started: float) -> archive_pb2.ArchivedQuery:
         """Run the query; any failure becomes a stored outcome that carries no data values."""
         outcome = self._new_outcome(task)
         try:
@@ -204,23 +221,30 @@ class QueryRunner:
             outcome.release = frame_to_ipc(self._engine.run(query, dataset))
             outcome.status = archive_pb2.QUERY_STATUS_SUCCEEDED
         except BaseException as error:
-            self._record_failure(task.query_id, outcome, error)
+            past_soft_limit = (
+                time.monotonic() - started >= self._settings.queue.soft_time_limit_seconds
+            )
+            self._record_failure(task.query_id, outcome, error, timed_out=past_soft_limit)
         outcome.complete_time.CopyFrom(now_timestamp())
         return outcome
 
     def _record_failure(
-        self, query_id: str, outcome: archive_pb2.ArchivedQuery, error: BaseException
+        self,
+        query_id: str,
+        outcome: archive_pb2.ArchivedQuery,
+        error: BaseException,
+        *,
+        timed_out: bool,
     ) -> None:
         """The stored failure for `error`: its reason, and a message without data values.
 
-        Libraries wrap the time limit and memory errors (SQLAlchemy, pandas), so causes count too.
+        Libraries wrap the time limit and memory errors (SQLAlchemy, pandas), so causes count too;
+        some lose the cause altogether (the soft limit landing in a callback from pyarrow's C++),
+        so a failure after the soft limit (`timed_out`) is a timeout too.
         Logs name exception classes only: messages after data access may quote data.
         """
         if caused_by(error, SoftTimeLimitExceeded):
-            log.warning("query %s exceeded its time limit", query_id)
-            self._fail(
-                outcome, "QUERY_TIMEOUT", "the query exceeded its time limit; its cost is charged"
-            )
+            self._timed_out(query_id, outcome)
         elif caused_by(error, MemoryError):
             log.error("query %s ran out of memory (%s)", query_id, chain_names(error))
             self._fail(
@@ -231,6 +255,11 @@ class QueryRunner:
         elif isinstance(error, LomasError):
             # The engine's messages describe the query and the schema, never data values.
             self._fail(outcome, error.reason, error.message)
+        elif isinstance(error, Exception) and timed_out:
+            log.warning(
+                "query %s failed past its soft time limit (%s)", query_id, chain_names(error)
+            )
+            self._timed_out(query_id, outcome)
         elif isinstance(error, Exception):
             log.error("query %s failed after data access (%s)", query_id, chain_names(error))
             self._fail(
@@ -240,6 +269,10 @@ class QueryRunner:
             )
         else:
             raise error
+
+    def _timed_out(self, query_id: str, outcome: archive_pb2.ArchivedQuery) -> None:
+        log.warning("query %s exceeded its time limit", query_id)
+        self._fail(outcome, "QUERY_TIMEOUT", TIMEOUT_MESSAGE)
 
     @staticmethod
     def _fail(outcome: archive_pb2.ArchivedQuery, reason: str, message: str) -> None:

@@ -7,6 +7,7 @@ import resource
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -160,14 +161,28 @@ def test_deliveries_are_counted_and_bound_crash_loops_and_timeouts(
         assert counts == [1, 2, 3]
         assert count_delivery(client, queue_settings, "q-1", retries=1) == 1  # a new series
 
-        ran = runner._attempt(task, attempt=2)
+        ran = runner._attempt(task, attempt=2, started=time.monotonic())
         assert ran.status == archive_pb2.QUERY_STATUS_SUCCEEDED and ran.release
-        crashed = runner._attempt(task, attempt=3)
+        crashed = runner._attempt(task, attempt=3, started=time.monotonic())
         assert crashed.status == archive_pb2.QUERY_STATUS_FAILED
         assert crashed.error_reason == "QUERY_EXECUTION_FAILED"
         assert "stopped its worker 2 times" in crashed.error_message
+
+        # A failure once the soft limit has passed is a timeout, even when a library lost the
+        # SoftTimeLimitExceeded on the way (as pyarrow can, when the limit lands in a callback).
+        def lost_the_cause(*_: object) -> None:
+            raise OSError("read interrupted")
+
+        engine_run = runner.engine.run
+        runner.engine.run = lost_the_cause  # type: ignore[method-assign]
+        soft_limit = settings.queue.soft_time_limit_seconds
+        late = runner._attempt(task, attempt=1, started=time.monotonic() - soft_limit)
+        assert late.error_reason == "QUERY_TIMEOUT"
+        early = runner._attempt(task, attempt=1, started=time.monotonic())
+        assert early.error_reason == "QUERY_EXECUTION_FAILED"
+        runner.engine.run = engine_run  # type: ignore[method-assign]
         client.set(queue_settings.timed_out_key("q-1"), b"1")
-        timed_out = runner._attempt(task, attempt=1)
+        timed_out = runner._attempt(task, attempt=1, started=time.monotonic())
         assert (timed_out.error_reason, timed_out.status) == (
             "QUERY_TIMEOUT",
             archive_pb2.QUERY_STATUS_FAILED,

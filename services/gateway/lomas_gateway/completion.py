@@ -1,7 +1,9 @@
 """Waiting for a query's outcome: workers announce it on Redis pub/sub; the archive is the truth.
 
 One pattern subscription serves every waiting call. A missed announcement (a reconnect, say) costs at
-most one poll interval, because the waiter also checks the archive periodically.
+most one poll interval, because the waiter also checks the archive periodically. An announcement
+carries the archive's copy of a small outcome (a serialized `ArchivedQuery`), so the gateway need
+not read it back; an empty one says only that the outcome is stored.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
@@ -20,11 +23,25 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL_SECONDS = 2.0
 
 
+@dataclass
+class _Waiting:
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    announced: bytes = b""  # the announcement's payload, if one arrived
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A finished query: `announced` is the announcement's payload (empty when the announcement
+    carried no outcome or the archive poll found the outcome first)."""
+
+    announced: bytes
+
+
 class CompletionWaiter:
     def __init__(self, settings: QueueSettings) -> None:
         self._settings = settings
         self._redis = aioredis.Redis.from_url(settings.broker_url)
-        self._waiting: dict[str, asyncio.Event] = {}
+        self._waiting: dict[str, _Waiting] = {}
         self._listener: asyncio.Task[None] | None = None
         self._prefix = settings.done_channel("")
 
@@ -48,35 +65,38 @@ class CompletionWaiter:
             if message is None:
                 continue
             channel = message["channel"].decode()
-            event = self._waiting.get(channel.removeprefix(self._prefix))
-            if event is not None:
-                event.set()
+            waiting = self._waiting.get(channel.removeprefix(self._prefix))
+            if waiting is not None:
+                waiting.announced = bytes(message["data"])
+                waiting.done.set()
 
     def expect(self, query_id: str) -> None:
         """Register interest before the task is sent, so an early announcement is not missed."""
-        self._waiting.setdefault(query_id, asyncio.Event())
+        self._waiting.setdefault(query_id, _Waiting())
 
     def forget(self, query_id: str) -> None:
         self._waiting.pop(query_id, None)
 
     async def wait(
         self, query_id: str, timeout: float, is_done: Callable[[], Awaitable[bool]]
-    ) -> bool:
-        """True once the outcome is stored, False on timeout."""
-        event = self._waiting.setdefault(query_id, asyncio.Event())
+    ) -> Completion | None:
+        """The completion once the outcome is stored, None on timeout."""
+        waiting = self._waiting.setdefault(query_id, _Waiting())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:
             while True:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    return False
+                    return None
                 try:
-                    await asyncio.wait_for(event.wait(), min(POLL_INTERVAL_SECONDS, remaining))
-                    return True
+                    await asyncio.wait_for(
+                        waiting.done.wait(), min(POLL_INTERVAL_SECONDS, remaining)
+                    )
+                    return Completion(waiting.announced)
                 except TimeoutError:
                     if await is_done():
-                        return True
+                        return Completion(b"")
         finally:
             self.forget(query_id)
 

@@ -17,9 +17,11 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
+from typing import TypeVar
 
 from celery import Celery
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 
 from lomas.admin.v1 import admin_store_pb2, admin_store_pb2_grpc, resources_pb2
 from lomas.budget.v1 import budget_pb2, budget_pb2_grpc
@@ -48,6 +50,9 @@ log = logging.getLogger(__name__)
 # Query ids derived from (subject, request id) so a retry maps to the same reservation and release.
 _QUERY_ID_NAMESPACE = uuid.UUID("5b0e6c53-7f8e-4d55-9a3b-2f0a5a1d6c11")
 DEFAULT_DUMMY_ROWS = 100
+
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,29 @@ def query_id_for(subject: str, request_id: str) -> str:
     if not request_id:
         return str(uuid.uuid4())
     return str(uuid.uuid5(_QUERY_ID_NAMESPACE, f"{subject}\x00{request_id}"))
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _result(value: T | BaseException) -> T:
+    """A value from `asyncio.gather(..., return_exceptions=True)`, or its error raised."""
+    if isinstance(value, BaseException):
+        raise value
+    return value
+
+
+def _announced_outcome(payload: bytes, query_id: str) -> archive_pb2.ArchivedQuery | None:
+    """The outcome a worker announced with its completion, if it carried one for this query."""
+    if not payload:
+        return None
+    try:
+        stored = archive_pb2.ArchivedQuery.FromString(payload)
+    except DecodeError:
+        log.warning("unreadable completion announcement for %s; reading the archive", query_id)
+        return None
+    return stored if stored.query_id == query_id else None
 
 
 class QueryLifecycle:
@@ -197,25 +225,28 @@ class QueryLifecycle:
             )
         self.check_query(query)
         query_id = query_id_for(subject, request_id)
-        if request_id:
-            stored = await self._stored_outcome(query_id)
-            if stored is not None:
-                return self._outcome(stored)
         fingerprint = query_fingerprint(subject, access.dataset, query)
-        if not fresh:
-            earlier = await self._peers.admin.call(
-                "FindReleasedQuery",
-                admin_store_pb2.FindReleasedQueryRequest(user=subject, fingerprint=fingerprint),
+        # Three reads, none of which touches data or budget, run together: the outcome of this
+        # request id (a retry), an earlier release of the same query (a free replay) and the cost.
+        # They are used in that order; an estimate is wasted only on a retry or a replay.
+        retried, earlier, estimate = await asyncio.gather(
+            self._stored_outcome(query_id) if request_id else _nothing(),
+            self._earlier_release(subject, fingerprint) if not fresh else _nothing(),
+            self.estimate_cost(access.dataset, query),
+            return_exceptions=True,
+        )
+        retried, earlier = _result(retried), _result(earlier)
+        if retried is not None:
+            return self._outcome(retried)
+        if earlier is not None:
+            return QueryOutcome(
+                query_id=earlier.query_id,
+                release=earlier.release,
+                cost=zero_cost(earlier.cost),  # a replay costs nothing
+                dummy=False,
+                replay=True,
             )
-            if earlier.found:
-                return QueryOutcome(
-                    query_id=earlier.query.query_id,
-                    release=earlier.query.release,
-                    cost=zero_cost(earlier.query.cost),  # a replay costs nothing
-                    dummy=False,
-                    replay=True,
-                )
-        cost = (await self.estimate_cost(access.dataset, query)).cost
+        cost = _result(estimate).cost
         reservation = (
             await self._peers.budget.call(
                 "ReserveBudget",
@@ -262,12 +293,17 @@ class QueryLifecycle:
         async def is_done() -> bool:
             return await self._stored_outcome(query_id) is not None
 
-        if not await self._waiter.wait(query_id, self._settings.query_timeout_seconds, is_done):
+        completion = await self._waiter.wait(
+            query_id, self._settings.query_timeout_seconds, is_done
+        )
+        if completion is None:
             raise QueryTimeout(
                 "the query did not finish in time; retry with the same request id to collect it",
                 metadata={"query_id": query_id},
             )
-        stored = await self._stored_outcome(query_id)
+        stored = _announced_outcome(completion.announced, query_id)
+        if stored is None:
+            stored = await self._stored_outcome(query_id)
         if stored is None:  # announced but not readable: the archive is the truth
             raise BackendUnavailable(
                 "the query outcome is not readable yet", retry_after_seconds=1.0
@@ -291,6 +327,15 @@ class QueryLifecycle:
             )
         except LomasError:
             log.exception("could not release reservation %s; the sweep will", query_id)
+
+    async def _earlier_release(
+        self, subject: str, fingerprint: str
+    ) -> archive_pb2.ArchivedQuery | None:
+        earlier = await self._peers.admin.call(
+            "FindReleasedQuery",
+            admin_store_pb2.FindReleasedQueryRequest(user=subject, fingerprint=fingerprint),
+        )
+        return earlier.query if earlier.found else None
 
     async def _stored_outcome(self, query_id: str) -> archive_pb2.ArchivedQuery | None:
         try:
