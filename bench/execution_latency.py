@@ -7,7 +7,10 @@ BY AVG with SmartNoise-SQL, and the same two as an OpenDP Polars query):
 
 * cold: the first query on the dataset (the worker loads the Parquet file and prepares the engine);
 * warm: later queries (`fresh=True`, so each is a real run and a real charge, not a free replay);
-* in-process: the same query through `QueryEngine.run` with the dataset loaded and prepared once;
+* in-process: the same query through `QueryEngine.run` with the dataset loaded and prepared once
+  (the platform's own engine, with its noise-scale memo: the strict floor);
+* stock smartnoise-sql: the SQL queries through the library as shipped, its reader built once and
+  reused (`bench/stock_smartnoise.py`, in a clean process): what a researcher gets locally;
 * the cost estimate through the platform (no data access: it should not depend on the size);
 * the peak resident memory of the worker's processes.
 
@@ -17,8 +20,11 @@ BY AVG with SmartNoise-SQL, and the same two as an OpenDP Polars query):
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -224,6 +230,26 @@ def in_process(path: Path, rows: int, runs: int) -> dict[str, float]:
     return out
 
 
+def stock_smartnoise(path: Path, rows: int, runs: int) -> dict[str, float]:
+    """The SQL queries through stock smartnoise-sql (bench/stock_smartnoise.py), p50 per query."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("stock_smartnoise.py")),
+            str(path),
+            json.dumps(metadata(rows)),
+            json.dumps(SQL),
+            str(runs),
+            str(EPSILON),
+            str(DELTA),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return {name: p50(times) for name, times in json.loads(result.stdout).items()}
+
+
 def _dec(value: float) -> Any:
     from decimal import Decimal
 
@@ -266,29 +292,38 @@ def main() -> None:
                     flush=True,
                 )
                 floor = in_process(path, rows, args.runs)
+                stock = stock_smartnoise(path, rows, args.runs)
                 platform, memory = platform_run(data_dir, redis_url, path, rows, args.runs)
                 for name in platform:
-                    rows_out.append((rows, name, platform[name], floor[name]))
-                rows_out.append((rows, "peak worker RSS", memory.peak_child, memory.peak_tree))
+                    rows_out.append((rows, name, platform[name], floor[name], stock.get(name)))
+                rows_out.append(
+                    (rows, "peak worker RSS", memory.peak_child, memory.peak_tree, None)
+                )
         finally:
             if private is not None:
                 private.stop()
     print()
     header = (
         f"{'rows':>11} {'query':<20} {'cold':>10} {'warm p50':>10} {'in-process':>11} "
-        f"{'warm/engine':>11} {'cost p50':>9}"
+        f"{'warm/engine':>11} {'stock snsql':>11} {'warm/stock':>10} {'cost p50':>9}"
     )
     print(header)
-    for rows, name, platform_times, floor_time in rows_out:
+    for rows, name, platform_times, floor_time, stock_time in rows_out:
         if name == "peak worker RSS":
             print(
                 f"{rows:>11,} peak worker memory: {platform_times / 2**20:,.0f} MiB (busiest child), "
                 f"{floor_time / 2**20:,.0f} MiB (worker and its children)"
             )
             continue
+        warm = platform_times["warm"]
+        stock = (
+            f"{stock_time:>9.1f}ms {warm / stock_time:>9.2f}x"
+            if stock_time
+            else f"{'-':>11} {'-':>10}"
+        )
         print(
-            f"{rows:>11,} {name:<20} {platform_times['cold']:>8.0f}ms {platform_times['warm']:>8.1f}ms "
-            f"{floor_time:>9.1f}ms {platform_times['warm'] / floor_time:>10.2f}x "
+            f"{rows:>11,} {name:<20} {platform_times['cold']:>8.0f}ms {warm:>8.1f}ms "
+            f"{floor_time:>9.1f}ms {warm / floor_time:>10.2f}x {stock} "
             f"{platform_times['cost']:>7.1f}ms"
         )
 

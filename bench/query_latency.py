@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 from lomas.client.admin import approx_dp
 from lomas_embedded import demo
 from lomas_embedded.local import local_mesh
@@ -28,28 +30,6 @@ QUERIES = {
 }
 EPSILON, DELTA = 1.0, 1e-5
 
-FLOOR_SCRIPT = """
-import json, sys, time, yaml, pandas as pd, snsql
-from snsql import Privacy
-csv, metadata_path, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
-queries = json.loads(sys.argv[4])
-meta = yaml.safe_load(open(metadata_path))
-columns = meta.pop("columns")
-reader = snsql.from_df(pd.read_csv(csv), privacy=Privacy(epsilon=1.0, delta=1e-5),
-                       metadata={"": {"": {"df": {**meta, **columns}}}})
-out = {}
-for name, sql in queries.items():
-    for _ in range(5):
-        reader.execute_df(sql)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        reader.execute_df(sql)
-        times.append((time.perf_counter() - start) * 1000)
-    out[name] = times
-print(json.dumps(out))
-"""
-
 
 def summary(times: list[float]) -> str:
     ordered = sorted(times)
@@ -58,15 +38,17 @@ def summary(times: list[float]) -> str:
 
 
 def floor(csv: Path, metadata: Path, runs: int) -> dict[str, list[float]]:
+    """Stock smartnoise-sql in a clean process (bench/stock_smartnoise.py)."""
     result = subprocess.run(
         [
             sys.executable,
-            "-c",
-            FLOOR_SCRIPT,
+            str(Path(__file__).with_name("stock_smartnoise.py")),
             str(csv),
-            str(metadata),
-            str(runs),
+            json.dumps(yaml.safe_load(metadata.read_text())),
             json.dumps(QUERIES),
+            str(runs),
+            str(EPSILON),
+            str(DELTA),
         ],
         check=True,
         capture_output=True,
