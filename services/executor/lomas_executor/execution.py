@@ -3,8 +3,9 @@
 1. If the archive already holds an outcome for the query id (a redelivery, a duplicate), reuse it.
 2. Otherwise mark the reservation ACCESSED (from here on it can never be refunded), load the data,
    run the query, and store the outcome under the query id: the first stored outcome wins.
-3. Commit the charge (idempotent) and announce completion on Redis, with the stored outcome when it
-   is small (the archive's copy, so every delivery announces the same release).
+3. Commit the charge (idempotent; while the outcome is being stored, as the charge stands either
+   way) and announce completion on Redis, with the stored outcome when it is small (the archive's
+   copy, so every delivery announces the same release).
 
 Only then does Celery acknowledge the task (acks_late), so a worker killed at any point leaves a task
 that is redelivered and finishes the same steps without drawing new noise for a stored release.
@@ -17,8 +18,10 @@ was accessed. Their messages carry no data values.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import redis
 from billiard.exceptions import SoftTimeLimitExceeded
@@ -79,6 +82,7 @@ class QueryRunner:
             settings.budget_target, budget_pb2_grpc.BudgetServiceStub, settings.peers
         )
         self._redis = redis.Redis.from_url(settings.queue.broker_url)
+        self._background = ThreadPoolExecutor(1, thread_name_prefix="commit")
 
     def execute(
         self, task_json: str, *, attempt: int | None = None, first_delivery: bool = False
@@ -112,11 +116,23 @@ class QueryRunner:
                 raise
             if attempt is None:
                 attempt = count_delivery(self._redis, self._settings.queue, task.query_id)
-            stored = self._record(self._attempt(task, attempt, started))
-        self._budget.call(
-            "CommitReservation", budget_pb2.CommitReservationRequest(query_id=task.query_id)
-        )
+            outcome = self._attempt(task, attempt, started)
+            # The data was accessed: the charge stands whatever happens to the outcome, so the
+            # commit need not wait for the archive. Both are idempotent; a failure of either
+            # fails the delivery, and a redelivery finishes both.
+            committed = self._background.submit(
+                contextvars.copy_context().run, self._commit, task.query_id
+            )
+            stored = self._record(outcome)
+            committed.result()
+        else:
+            self._commit(task.query_id)
         self._announce(stored)
+
+    def _commit(self, query_id: str) -> None:
+        self._budget.call(
+            "CommitReservation", budget_pb2.CommitReservationRequest(query_id=query_id)
+        )
 
     def _record(self, outcome: archive_pb2.ArchivedQuery) -> archive_pb2.ArchivedQuery:
         """Store `outcome`; the archive keeps the first outcome of a query id and returns it."""
@@ -281,6 +297,7 @@ class QueryRunner:
         outcome.error_message = message
 
     def close(self) -> None:
+        self._background.shutdown()
         self._admin.close()
         self._budget.close()
         self._redis.close()

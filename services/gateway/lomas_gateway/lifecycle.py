@@ -16,8 +16,9 @@ import logging
 import os
 import socket
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any
 
 from celery import Celery
 from google.protobuf import json_format
@@ -52,9 +53,6 @@ _QUERY_ID_NAMESPACE = uuid.UUID("5b0e6c53-7f8e-4d55-9a3b-2f0a5a1d6c11")
 DEFAULT_DUMMY_ROWS = 100
 
 
-T = TypeVar("T")
-
-
 @dataclass(frozen=True)
 class QueryOutcome:
     query_id: str
@@ -83,21 +81,57 @@ class Peers:
             await peer.close()
 
 
-def query_fingerprint(
-    subject: str, dataset: dataset_pb2.DatasetDescriptor, query: query_pb2.Query
-) -> str:
-    """What makes two queries "the same" for a free replay: caller, dataset version and the query in
-    canonical form (deterministic serialization; SQL with its white space collapsed)."""
+def canonical_query(query: query_pb2.Query) -> bytes:
+    """A query in canonical form: deterministic serialization, SQL with its white space collapsed."""
     canonical = query_pb2.Query()
     canonical.CopyFrom(query)
     if canonical.WhichOneof("kind") == "smartnoise_sql":
         canonical.smartnoise_sql.sql = " ".join(canonical.smartnoise_sql.sql.split())
+    return canonical.SerializeToString(deterministic=True)
+
+
+def query_fingerprint(
+    subject: str, dataset: dataset_pb2.DatasetDescriptor, query: query_pb2.Query
+) -> str:
+    """What makes two queries "the same" for a free replay: caller, dataset version and the query in
+    canonical form."""
     digest = hashlib.sha256()
     for part in (subject, dataset.name, str(dataset.version)):
         digest.update(part.encode())
         digest.update(b"\x00")
-    digest.update(canonical.SerializeToString(deterministic=True))
+    digest.update(canonical_query(query))
     return digest.hexdigest()
+
+
+class CostCache:
+    """Cost estimates the gateway has already had from the executor, most recently used kept.
+
+    A cost is a function of the dataset's descriptor (its metadata above all) and the query alone,
+    so it is keyed by both, in full: an updated dataset misses. Only successful estimates are kept.
+    """
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self._max_entries = max_entries
+        self._costs: OrderedDict[bytes, privacy_pb2.PrivacyLoss] = OrderedDict()
+
+    @staticmethod
+    def key(dataset: dataset_pb2.DatasetDescriptor, query: query_pb2.Query) -> bytes:
+        digest = hashlib.sha256(dataset.SerializeToString(deterministic=True))
+        digest.update(b"\x00")
+        digest.update(canonical_query(query))
+        return digest.digest()
+
+    def get(self, key: bytes) -> privacy_pb2.PrivacyLoss | None:
+        cost = self._costs.get(key)
+        if cost is not None:
+            self._costs.move_to_end(key)
+        return cost
+
+    def put(self, key: bytes, cost: privacy_pb2.PrivacyLoss) -> None:
+        self._costs[key] = cost
+        self._costs.move_to_end(key)
+        while len(self._costs) > self._max_entries:
+            self._costs.popitem(last=False)
 
 
 def query_id_for(subject: str, request_id: str) -> str:
@@ -110,11 +144,13 @@ async def _nothing() -> None:
     return None
 
 
-def _result(value: T | BaseException) -> T:
-    """A value from `asyncio.gather(..., return_exceptions=True)`, or its error raised."""
-    if isinstance(value, BaseException):
-        raise value
-    return value
+def _abandon(task: asyncio.Future[Any]) -> None:
+    """Cancel a task whose result is no longer needed (and mark a failure of it as seen)."""
+    if task.done():
+        if not task.cancelled():
+            task.exception()
+    else:
+        task.cancel()
 
 
 def _announced_outcome(payload: bytes, query_id: str) -> archive_pb2.ArchivedQuery | None:
@@ -137,6 +173,7 @@ class QueryLifecycle:
         self._peers = peers
         self._celery = celery
         self._waiter = waiter
+        self._costs = CostCache()
         # Names this gateway process as the owner of the reservations it makes (for operators).
         self._owner = f"gateway:{socket.gethostname()}:{os.getpid()}"
 
@@ -184,9 +221,17 @@ class QueryLifecycle:
         self, descriptor: dataset_pb2.DatasetDescriptor, query: query_pb2.Query
     ) -> executor_pb2.EstimateCostResponse:
         self.check_query(query)
-        return await self._peers.executor.call(
-            "EstimateCost", executor_pb2.EstimateCostRequest(dataset=descriptor, query=query)
-        )
+        key = CostCache.key(descriptor, query)
+        cost = self._costs.get(key)
+        if cost is None:
+            cost = (
+                await self._peers.executor.call(
+                    "EstimateCost",
+                    executor_pb2.EstimateCostRequest(dataset=descriptor, query=query),
+                )
+            ).cost
+            self._costs.put(key, cost)
+        return executor_pb2.EstimateCostResponse(cost=cost)
 
     async def run_dummy(
         self,
@@ -227,26 +272,27 @@ class QueryLifecycle:
         query_id = query_id_for(subject, request_id)
         fingerprint = query_fingerprint(subject, access.dataset, query)
         # Three reads, none of which touches data or budget, run together: the outcome of this
-        # request id (a retry), an earlier release of the same query (a free replay) and the cost.
-        # They are used in that order; an estimate is wasted only on a retry or a replay.
-        retried, earlier, estimate = await asyncio.gather(
-            self._stored_outcome(query_id) if request_id else _nothing(),
-            self._earlier_release(subject, fingerprint) if not fresh else _nothing(),
-            self.estimate_cost(access.dataset, query),
-            return_exceptions=True,
-        )
-        retried, earlier = _result(retried), _result(earlier)
-        if retried is not None:
-            return self._outcome(retried)
-        if earlier is not None:
-            return QueryOutcome(
-                query_id=earlier.query_id,
-                release=earlier.release,
-                cost=zero_cost(earlier.cost),  # a replay costs nothing
-                dummy=False,
-                replay=True,
+        # request id (a retry), an earlier release of the same query (a free replay) and the cost,
+        # which is dropped if either of the others answers.
+        estimate = asyncio.ensure_future(self.estimate_cost(access.dataset, query))
+        try:
+            retried, earlier = await asyncio.gather(
+                self._stored_outcome(query_id) if request_id else _nothing(),
+                self._earlier_release(subject, fingerprint) if not fresh else _nothing(),
             )
-        cost = _result(estimate).cost
+            if retried is not None:
+                return self._outcome(retried)
+            if earlier is not None:
+                return QueryOutcome(
+                    query_id=earlier.query_id,
+                    release=earlier.release,
+                    cost=zero_cost(earlier.cost),  # a replay costs nothing
+                    dummy=False,
+                    replay=True,
+                )
+            cost = (await estimate).cost
+        finally:
+            _abandon(estimate)
         reservation = (
             await self._peers.budget.call(
                 "ReserveBudget",
