@@ -8,13 +8,17 @@ do, for a fixed time after a warm-up. Prints pairs/s, pair latency and where the
 service process vs. this client process; PostgreSQL uses the rest).
 
     .venv/bin/python bench/budget_throughput.py [--store postgresql|sqlite|both] [--clients 8]
-        [--seconds 10] [--shared-ledger]
+        [--seconds 10] [--shared-ledger] [--references]
+
+`--references` adds the two ceilings on this machine: the ledger called in-process by the same
+number of threads (no gRPC), and Python gRPC with handlers that do nothing (no ledger).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import resource
 import secrets
@@ -23,9 +27,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -33,6 +39,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lomas.budget.v1 import budget_pb2, budget_pb2_grpc
 from lomas.common.v1 import privacy_pb2
+from lomas_budget.ledger import BudgetLedger
+from lomas_budget.store import LedgerStore
+from lomas_common.convert import privacy_loss_from_proto
+from lomas_common.db import Database
 from lomas_common.testing import fresh_postgres_url, sqlite_url
 
 ALLOCATION = privacy_pb2.PrivacyLoss(
@@ -151,6 +161,97 @@ def _own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def ledger_in_process(store: str, url: str, args: argparse.Namespace) -> None:
+    """The ledger alone: `args.clients` threads calling reserve and commit directly (no gRPC)."""
+    db = Database.from_url(url, max_connections=args.clients)
+    try:
+        ledger_store = LedgerStore(db)
+        ledger_store.create_schema(reservation_ttl_seconds=900)
+        ledger = BudgetLedger(ledger_store)
+        allocation = privacy_loss_from_proto(ALLOCATION, field="allocation")
+        cost = privacy_loss_from_proto(COST, field="cost")
+        users = [f"direct-{i}" for i in range(args.clients)]
+        for user in users:
+            ledger.open_ledger(user, "bench", allocation, None, "bench")
+        pairs = [0]
+        stop = threading.Event()
+
+        def client(user: str) -> None:
+            while not stop.is_set():
+                query_id = uuid.uuid4().hex
+                ledger.reserve(query_id, user, "bench", cost, "gw")
+                ledger.commit(query_id)
+                pairs[0] += 1
+
+        threads = [threading.Thread(target=client, args=(user,)) for user in users]
+        for thread in threads:
+            thread.start()
+        time.sleep(args.warmup)
+        before, cpu = pairs[0], _own_cpu()
+        time.sleep(args.seconds)
+        done, cpu = pairs[0] - before, _own_cpu() - cpu
+        stop.set()
+        for thread in threads:
+            thread.join()
+        print(
+            f"{store:10s} reference, the ledger in-process ({args.clients} threads, no gRPC): "
+            f"{done / args.seconds:,.0f} pairs/s; CPU per pair {cpu / done * 1e3:.2f} ms",
+            flush=True,
+        )
+    finally:
+        db.close()
+
+
+def _empty_server(port_queue: multiprocessing.Queue, threads: int) -> None:
+    server = grpc.server(ThreadPoolExecutor(threads))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "bench.Empty", {"Call": grpc.unary_unary_rpc_method_handler(lambda r, c: b"")}
+            ),
+        )
+    )
+    port_queue.put(server.add_insecure_port("127.0.0.1:0"))
+    server.start()
+    server.wait_for_termination()
+
+
+async def grpc_floor(args: argparse.Namespace) -> None:
+    """Python gRPC alone: the same clients and server threads, handlers that do nothing."""
+    ports: multiprocessing.Queue = multiprocessing.Queue()
+    process = multiprocessing.Process(target=_empty_server, args=(ports, args.threads))
+    process.start()
+    try:
+        target = f"127.0.0.1:{ports.get(timeout=30)}"
+        calls = [0]
+        counting = stop = False
+
+        async def client() -> None:
+            async with grpc.aio.insecure_channel(target) as channel:
+                call = channel.unary_unary("/bench.Empty/Call")
+                while not stop:
+                    await call(b"")
+                    await call(b"")
+                    if counting:
+                        calls[0] += 1
+
+        tasks = [asyncio.create_task(client()) for _ in range(args.clients)]
+        await asyncio.sleep(args.warmup)
+        counting = True
+        await asyncio.sleep(args.seconds)
+        counting = False
+        stop = True
+        await asyncio.gather(*tasks)
+        print(
+            f"{'reference':10s} Python gRPC with empty handlers ({args.clients} clients, "
+            f"{args.threads} server threads): {calls[0] / args.seconds:,.0f} pairs of calls/s",
+            flush=True,
+        )
+    finally:
+        process.terminate()
+        process.join()
+
+
 def databases(store: str, directory: Path) -> Iterator[tuple[str, str]]:
     if store in ("postgresql", "both"):
         url, drop = fresh_postgres_url("lomas_bench_throughput")
@@ -172,10 +273,19 @@ def main() -> None:
     parser.add_argument(
         "--shared-ledger", action="store_true", help="all clients charge one ledger (contention)"
     )
+    parser.add_argument(
+        "--references",
+        action="store_true",
+        help="also time the ledger without gRPC and gRPC without the ledger (the two ceilings)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         for store, url in databases(args.store, Path(directory)):
             asyncio.run(bench(store, url, args))
+            if args.references:
+                ledger_in_process(store, url, args)
+    if args.references:
+        asyncio.run(grpc_floor(args))
 
 
 if __name__ == "__main__":
