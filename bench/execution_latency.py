@@ -20,11 +20,8 @@ BY AVG with SmartNoise-SQL, and the same two as an OpenDP Polars query):
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -39,6 +36,7 @@ import polars as pl
 import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
+from stock_smartnoise import stock_times
 
 from lomas.client import Client
 from lomas.client.admin import AdminClient, approx_dp, local_source
@@ -232,22 +230,8 @@ def in_process(path: Path, rows: int, runs: int) -> dict[str, float]:
 
 def stock_smartnoise(path: Path, rows: int, runs: int) -> dict[str, float]:
     """The SQL queries through stock smartnoise-sql (bench/stock_smartnoise.py), p50 per query."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(Path(__file__).with_name("stock_smartnoise.py")),
-            str(path),
-            json.dumps(metadata(rows)),
-            json.dumps(SQL),
-            str(runs),
-            str(EPSILON),
-            str(DELTA),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return {name: p50(times) for name, times in json.loads(result.stdout).items()}
+    times = stock_times(path, metadata(rows), SQL, runs, EPSILON, DELTA)
+    return {name: p50(values) for name, values in times.items()}
 
 
 def _dec(value: float) -> Any:

@@ -10,15 +10,13 @@ with smartnoise-sql, its reader built once and reused (in a clean process, so th
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
+from stock_smartnoise import stock_times
 
 from lomas.client.admin import approx_dp
 from lomas_embedded import demo
@@ -39,22 +37,7 @@ def summary(times: list[float]) -> str:
 
 def floor(csv: Path, metadata: Path, runs: int) -> dict[str, list[float]]:
     """Stock smartnoise-sql in a clean process (bench/stock_smartnoise.py)."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(Path(__file__).with_name("stock_smartnoise.py")),
-            str(csv),
-            json.dumps(yaml.safe_load(metadata.read_text())),
-            json.dumps(QUERIES),
-            str(runs),
-            str(EPSILON),
-            str(DELTA),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return dict(json.loads(result.stdout))
+    return stock_times(csv, yaml.safe_load(metadata.read_text()), QUERIES, runs, EPSILON, DELTA)
 
 
 def through_platform(tmp: Path, runs: int) -> dict[str, list[float]]:

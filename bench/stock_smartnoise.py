@@ -6,6 +6,8 @@ shipped (nothing of the platform imported, no noise-scale memo).
 
     python bench/stock_smartnoise.py DATA METADATA_JSON QUERIES_JSON RUNS EPSILON DELTA
 
+or, from another bench, `stock_times(data, metadata, queries, runs, epsilon, delta)`.
+
 DATA is a CSV or Parquet file; METADATA_JSON is one table's smartnoise-sql metadata (the `columns`
 mapping beside `max_ids`, `rows`, ...); QUERIES_JSON maps a name to SQL over table `df`. Prints a JSON
 object mapping each name to its times in milliseconds.
@@ -14,14 +16,44 @@ object mapping each name to its times in milliseconds.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import snsql
 from snsql import Privacy
 
 WARM_UP_RUNS = 3
+
+
+def stock_times(
+    data: Path,
+    metadata: dict[str, Any],
+    queries: dict[str, str],
+    runs: int,
+    epsilon: float,
+    delta: float,
+) -> dict[str, list[float]]:
+    """Run this script in a clean process; each query's times in milliseconds."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            str(data),
+            json.dumps(metadata),
+            json.dumps(queries),
+            str(runs),
+            str(epsilon),
+            str(delta),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return dict(json.loads(result.stdout))
 
 
 def main() -> None:

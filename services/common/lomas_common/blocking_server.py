@@ -26,14 +26,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2
 
 from lomas_common.errors import LomasError
 from lomas_common.rpc_errors import internal_status, to_status
 from lomas_common.server import (
     Service,
     ServiceTokenAuthenticator,
+    add_health_and_reflection,
     call_metadata,
     request_id_var,
     rich_status,
@@ -123,16 +123,7 @@ def start_blocking_server(
             _EdgedServicer(service.servicer, service.full_name, authenticator), server
         )
     health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = [s.full_name for s in services]
-    reflection.enable_server_reflection(
-        [
-            *names,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        server,
-    )
+    names = add_health_and_reflection(server, health_servicer, services)
     port = server.add_insecure_port(settings.listen)
     if port == 0:
         raise SystemExit(f"cannot listen on {settings.listen}")

@@ -176,6 +176,25 @@ class RunningServer:
         await self.server.wait_for_termination()
 
 
+def add_health_and_reflection(
+    server: grpc.Server | grpc.aio.Server,
+    health_servicer: health.HealthServicer | health.aio.HealthServicer,
+    services: Sequence[Service],
+) -> list[str]:
+    """Serve gRPC health checking and reflection beside `services`; returns their full names."""
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [s.full_name for s in services]
+    reflection.enable_server_reflection(
+        [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    return names
+
+
 async def start_server(
     settings: ServerSettings,
     services: Sequence[Service],
@@ -200,16 +219,7 @@ async def start_server(
     for service in services:
         service.add_to_server(service.servicer, server)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = [s.full_name for s in services]
-    reflection.enable_server_reflection(
-        [
-            *names,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        server,
-    )
+    names = add_health_and_reflection(server, health_servicer, services)
     if credentials is None:
         port = server.add_insecure_port(settings.listen)
     else:
