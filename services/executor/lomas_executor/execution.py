@@ -34,11 +34,11 @@ from lomas.executor.v1 import task_pb2
 from lomas_common.convert import now_timestamp, zero_cost
 from lomas_common.errors import LomasError
 from lomas_common.peers import SyncPeer
-from lomas_common.queue import QueueSettings
 from lomas_common.rpc_errors import RemoteError
 from lomas_executor import convert
 from lomas_executor.arrow_ipc import frame_to_ipc
 from lomas_executor.cache import DatasetCache
+from lomas_executor.deliveries import count_delivery
 from lomas_executor.engine import QueryEngine
 from lomas_executor.failures import caused_by, chain_names
 from lomas_executor.settings import WorkerSettings
@@ -49,22 +49,6 @@ log = logging.getLogger(__name__)
 # are read from the archive by the gateway.
 ANNOUNCED_OUTCOME_MAX_BYTES = 1024 * 1024
 TIMEOUT_MESSAGE = "the query exceeded its time limit; its cost is charged"
-
-
-def count_delivery(
-    client: redis.Redis, queue: QueueSettings, query_id: str, retries: int = 0
-) -> int:
-    """Count one delivery of a query's task and return its number (1 for the first).
-
-    Deliveries are counted per Celery retry number: a retry after a backend outage is a new series,
-    while a redelivery after a dead worker (a crash, the memory or time limit) repeats the series.
-    """
-    key = queue.attempts_key(query_id)
-    with client.pipeline() as pipe:
-        pipe.hincrby(key, str(retries), 1)
-        pipe.expire(key, 7 * 24 * 3600)
-        count, _ = pipe.execute()
-    return int(count)
 
 
 class QueryRunner:

@@ -1,7 +1,8 @@
 """The Celery worker: `lomas-worker` (configured by LOMAS_ environment variables).
 
 The task holds no logic: it hands the message to `QueryRunner`. Each worker process builds its own
-runner (gRPC channels and caches must not cross a fork), on first use.
+runner (gRPC channels and caches must not cross a fork), on first use; the main process never
+imports the engines, so Polars starts its threads in the children that use them.
 
 Safety limits, from `WorkerSettings`: each task has a soft and a hard time limit (the soft one lets
 the runner record QUERY_TIMEOUT; the hard one kills the child, flags the query in Redis and requeues
@@ -18,7 +19,8 @@ import logging
 import os
 import resource
 import socket
-from typing import Any
+import threading
+from typing import TYPE_CHECKING, Any
 
 import redis
 from billiard.exceptions import TimeLimitExceeded
@@ -28,8 +30,11 @@ from lomas_common.errors import BackendUnavailable
 from lomas_common.queue import EXECUTE_QUERY_TASK, make_celery_app
 from lomas_common.rpc_errors import RemoteError
 from lomas_common.server import configure_logging
-from lomas_executor.execution import QueryRunner, count_delivery
+from lomas_executor.deliveries import count_delivery
 from lomas_executor.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from lomas_executor.execution import QueryRunner
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,11 @@ class QueryTask(Task):  # type: ignore[misc]
     @property
     def runner(self) -> QueryRunner:
         if self._runner is None:
+            # Imported here, in the child: the main process must never import the engines
+            # (Polars, via OpenDP and smartnoise-sql), or its forked children lose Polars'
+            # thread pool (see `lomas_executor.deliveries`).
+            from lomas_executor.execution import QueryRunner
+
             self._runner = QueryRunner(self.app.conf.lomas_settings)
         return self._runner
 
@@ -93,6 +103,10 @@ def limit_child_memory(limit_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
+def _import_engines() -> None:
+    import lomas_executor.execution  # noqa: F401
+
+
 def create_app(settings: WorkerSettings) -> Celery:
     app = make_celery_app(settings.queue)
     app.conf.lomas_settings = settings
@@ -133,6 +147,9 @@ def main() -> None:
     @signals.worker_process_init.connect(weak=False)
     def _init_child(**_: object) -> None:
         limit_child_memory(settings.task_memory_limit_mb)
+        # Load the engines now, beside the child's start-up (which Celery times out after 4 s;
+        # the import takes about 3 s here), so its first query does not wait for them.
+        threading.Thread(target=_import_engines, name="import-engines", daemon=True).start()
 
     app.worker_main(worker_argv(settings))
 

@@ -24,8 +24,9 @@ from lomas_common.queue import (
     parse_workload_classes,
     query_kind_of_task,
 )
+from lomas_executor.deliveries import count_delivery
 from lomas_executor.demo import penguin_metadata
-from lomas_executor.execution import QueryRunner, count_delivery
+from lomas_executor.execution import QueryRunner
 from lomas_executor.settings import WorkerSettings
 from lomas_executor.worker import create_app, worker_argv
 
@@ -190,3 +191,19 @@ def test_deliveries_are_counted_and_bound_crash_loops_and_timeouts(
     finally:
         runner.close()
         client.close()
+
+
+def test_the_worker_main_process_does_not_load_the_engines() -> None:
+    """Children forked after Polars is imported lose its thread pool; the engines load in them."""
+    code = (
+        "import sys\n"
+        "from lomas_executor.settings import WorkerSettings\n"
+        "from lomas_executor.worker import create_app\n"
+        "create_app(WorkerSettings.from_env({'LOMAS_REDIS_URL': 'redis://127.0.0.1:6379/0',"
+        " 'LOMAS_ADMIN_TARGET': '127.0.0.1:1', 'LOMAS_BUDGET_TARGET': '127.0.0.1:2'}))\n"
+        "print(sorted(m for m in ('polars', 'opendp', 'snsql') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert out.strip() == "[]"
