@@ -1,8 +1,8 @@
 """Counting the deliveries of a query's task in Redis (see `execution` for what the count decides).
 
 A module of its own because the Celery main process counts too, and it must not import the engines:
-Polars starts its thread pool when it is imported, and a child forked after that runs every query
-on one thread (measured here: a group-by 1.8 times slower in the child than in the parent).
+a child forked after Polars is imported runs its queries without Polars' worker threads (measured
+here: a group-by 1.8 times slower in the child than in the parent).
 """
 
 from __future__ import annotations

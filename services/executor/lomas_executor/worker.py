@@ -1,8 +1,9 @@
 """The Celery worker: `lomas-worker` (configured by LOMAS_ environment variables).
 
 The task holds no logic: it hands the message to `QueryRunner`. Each worker process builds its own
-runner (gRPC channels and caches must not cross a fork), on first use; the main process never
-imports the engines, so Polars starts its threads in the children that use them.
+runner (gRPC channels and caches must not cross a fork), on first use. The main process never
+imports the engines (Polars, via OpenDP and smartnoise-sql): each child imports them as it starts,
+before it takes a task, so Polars' threads belong to the child that uses them.
 
 Safety limits, from `WorkerSettings`: each task has a soft and a hard time limit (the soft one lets
 the runner record QUERY_TIMEOUT; the hard one kills the child, flags the query in Redis and requeues
@@ -19,11 +20,10 @@ import logging
 import os
 import resource
 import socket
-import threading
 from typing import TYPE_CHECKING, Any
 
 import redis
-from billiard.exceptions import TimeLimitExceeded
+from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery import Celery, Task, signals
 
 from lomas_common.errors import BackendUnavailable
@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 # Deliveries beyond `max_attempts` that may still try to record the failure before giving up.
 GIVE_UP_AFTER_EXTRA_DELIVERIES = 2
+# How long a new child may take to start: it imports the engines first (about 3 s on a slow
+# 2-core machine; Celery's default allows 4 s). Tasks go only to children that have started.
+CHILD_START_SECONDS = 60.0
 
 
 class QueryTask(Task):  # type: ignore[misc]
@@ -103,14 +106,11 @@ def limit_child_memory(limit_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
-def _import_engines() -> None:
-    import lomas_executor.execution  # noqa: F401
-
-
 def create_app(settings: WorkerSettings) -> Celery:
     app = make_celery_app(settings.queue)
     app.conf.lomas_settings = settings
     app.conf.worker_max_tasks_per_child = settings.max_tasks_per_child
+    app.conf.worker_proc_alive_timeout = CHILD_START_SECONDS
     if settings.max_memory_per_child_kb:
         app.conf.worker_max_memory_per_child = settings.max_memory_per_child_kb
 
@@ -129,6 +129,11 @@ def create_app(settings: WorkerSettings) -> Celery:
         try:
             first = attempt == 1 and not self.request.retries
             self.runner.execute(task_json, attempt=attempt, first_delivery=first)
+        except SoftTimeLimitExceeded:
+            # The soft limit fell outside the query's run (which records it as QUERY_TIMEOUT),
+            # in a call to a peer, say. A new delivery, with a new time limit, finishes the steps.
+            log.warning("query %s: time limit outside the run; retrying", self.request.id)
+            raise self.retry(countdown=1, max_retries=30) from None
         except Exception as error:
             if _is_retryable(error):
                 # Every step is idempotent on the query id, so running the task again is safe.
@@ -147,9 +152,9 @@ def main() -> None:
     @signals.worker_process_init.connect(weak=False)
     def _init_child(**_: object) -> None:
         limit_child_memory(settings.task_memory_limit_mb)
-        # Load the engines now, beside the child's start-up (which Celery times out after 4 s;
-        # the import takes about 3 s here), so its first query does not wait for them.
-        threading.Thread(target=_import_engines, name="import-engines", daemon=True).start()
+        # Load the engines before the child takes its first task, so that task's time limit
+        # is not spent importing them (see `CHILD_START_SECONDS`).
+        import lomas_executor.execution  # noqa: F401
 
     app.worker_main(worker_argv(settings))
 
