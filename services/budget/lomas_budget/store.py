@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -710,14 +711,22 @@ class LedgerSession:
         tuples in the order of the SELECT list when `tuples` is set (faster to read)."""
         if self._postgres:
             self._tx.execute(f"DECLARE {name} NO SCROLL CURSOR FOR {sql}", params)
-            while True:
+
+            def fetch() -> list[Any]:
                 cursor: Any = self._tx.execute(f"FETCH FORWARD {_STREAM_BATCH} FROM {name}")
                 if tuples:
                     cursor.row_factory = _tuple_rows
-                rows = cursor.fetchall()
-                if not rows:
-                    break
-                yield from rows
+                return list(cursor.fetchall())
+
+            # The next batch is fetched while this one is checked: PostgreSQL reads and sends it
+            # on another core. (psycopg serialises the connection's use across threads. SQLite
+            # builds its rows under the GIL, so there prefetching only adds a thread.)
+            with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as prefetch:
+                batch = fetch()
+                while batch:
+                    following = prefetch.submit(fetch)
+                    yield from batch
+                    batch = following.result()
             self._tx.execute(f"CLOSE {name}")
             return
         cursor = self._tx.execute(sql, params)
