@@ -37,6 +37,7 @@ from lomas_common.server import (
     call_metadata,
     request_id_var,
     rich_status,
+    server_options,
     set_request_id,
 )
 from lomas_common.settings import ServerSettings
@@ -112,11 +113,7 @@ def start_blocking_server(
     server = grpc.server(
         pool,
         interceptors=blocking_server_interceptors(settings.otel_exporter),
-        options=[
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=server_options(settings),
     )
     for service in services:
         service.add_to_server(

@@ -268,8 +268,11 @@ class Database:
         """One transaction: committed when the block ends, rolled back if it raises.
 
         `pipelined=True` (PostgreSQL) batches statements until a result is read: use it only
-        where no code reads `rowcount` or expects a write's error before the next read.
+        for write transactions where no code reads `rowcount` or expects a write's error before
+        the next read.
         """
+        if readonly and pipelined:
+            raise ValueError("a pipelined transaction is a write transaction")
         with self._backend.transaction(readonly=readonly, pipelined=pipelined) as tx:
             yield tx
 

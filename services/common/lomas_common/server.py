@@ -176,6 +176,16 @@ class RunningServer:
         await self.server.wait_for_termination()
 
 
+def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    """Channel options every server gets: message-size limits, and no port sharing (a second
+    process on the same port must fail to start, not silently split the traffic)."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
 def add_health_and_reflection(
     server: grpc.Server | grpc.aio.Server,
     health_servicer: health.HealthServicer | health.aio.HealthServicer,
@@ -206,11 +216,7 @@ async def start_server(
     """Build, bind and start a server (port 0 picks a free port; see `RunningServer.port`)."""
     if authenticator is None and settings.service_token:
         authenticator = ServiceTokenAuthenticator(settings.service_token)
-    options = [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.so_reuseport", 0),
-    ]
+    options = server_options(settings)
     interceptors: list[grpc.aio.ServerInterceptor] = [
         *server_interceptors(settings.otel_exporter),
         _EdgeInterceptor(authenticator, observer),
