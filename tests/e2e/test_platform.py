@@ -250,3 +250,39 @@ def test_asking_the_same_query_again_is_a_free_replay_and_fresh_pays_for_new_noi
         other.attrs["cost"]["epsilon"] + fresh.attrs["cost"]["epsilon"]
     )
     assert len(client.get_previous_queries()) == 3
+
+
+def test_may_query_and_the_ledger_freeze_are_one_switch(platform) -> None:  # type: ignore[no-untyped-def]
+    """A user created unable to query (Lomas `may_query: false`) is frozen in the ledger too;
+    unfreezing lets them query, freezing stops them again, and the user record follows."""
+    name = f"researcher-{uuid.uuid4().hex[:8]}"
+
+    def may_query() -> bool:
+        with platform.admin() as admin:
+            user = next(u for u in admin.list_users() if u.name == name)
+            ledgers = admin.budgets(name)
+        assert all(ledger.frozen is not user.may_query for ledger in ledgers)
+        return bool(user.may_query)
+
+    with platform.admin() as admin:
+        assert admin.add_user(name, may_query=False).may_query is False
+        admin.grant(name, demo.DATASET, approx_dp("3", "0.001"))
+    assert may_query() is False
+    with platform.client(name) as client:
+        with pytest.raises(AccessDenied) as refused:
+            client.smartnoise_sql.query(COUNT, epsilon=0.5, delta=0)
+        assert refused.value.reason == "USER_MAY_NOT_QUERY"
+        assert client.get_remaining_budget()["remaining_epsilon"] == Decimal("3")
+        with platform.admin() as admin:
+            admin.unfreeze_user(name, reason="approved")
+        assert may_query() is True
+        client.smartnoise_sql.query(COUNT, epsilon=0.5, delta=0)
+        with platform.admin() as admin:
+            admin.freeze_user(name, reason="review")
+        assert may_query() is False
+        with pytest.raises(AccessDenied) as frozen:
+            client.smartnoise_sql.query(COUNT, epsilon=0.25, delta=0)
+        assert frozen.value.reason == "USER_MAY_NOT_QUERY"
+    with platform.admin() as admin, pytest.raises(LomasError) as unknown:
+        admin.freeze_user(f"nobody-{uuid.uuid4().hex[:8]}")
+    assert unknown.value.reason == "USER_NOT_FOUND"

@@ -23,6 +23,10 @@ class AdminStoreServicer(admin_store_pb2_grpc.AdminStoreServiceServicer):
         user = self._store.get_user(request.name)
         return admin_store_pb2.GetUserResponse(user=convert.user_to_proto(user))
 
+    def SetUserMayQuery(self, request, context):  # type: ignore[no-untyped-def]
+        user = self._store.set_may_query(request.name, request.may_query)
+        return admin_store_pb2.SetUserMayQueryResponse(user=convert.user_to_proto(user))
+
     def DeleteUser(self, request, context):  # type: ignore[no-untyped-def]
         self._store.delete_user(request.name)
         return admin_store_pb2.DeleteUserResponse()

@@ -235,6 +235,19 @@ class AdminStore:
             raise NotFound(f"user {name!r} not found", reason="USER_NOT_FOUND")
         return _user(row)
 
+    def set_may_query(self, name: str, may_query: bool) -> UserRecord:
+        """Whether `name` may start queries (the same value again changes nothing)."""
+
+        def work(tx: Transaction) -> UserRecord:
+            update = "UPDATE users SET may_query = ? WHERE name = ?"
+            if tx.execute(update, (int(may_query), name)).rowcount == 0:
+                raise NotFound(f"user {name!r} not found", reason="USER_NOT_FOUND")
+            row = tx.fetchone("SELECT * FROM users WHERE name = ?", (name,))
+            assert row is not None
+            return _user(row)
+
+        return self._db.run(work)
+
     def delete_user(self, name: str) -> None:
         with self._db.transaction() as tx:
             if tx.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount == 0:

@@ -138,6 +138,18 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             "CreateUser",
             admin_store_pb2.CreateUserRequest(user=request.user, request_id=request.request_id),
         )
+        if not response.user.may_query:
+            # One switch: a user created unable to query is frozen in the ledger too, so that
+            # UnfreezeUser lets them query (Lomas collections can say `may_query: false`).
+            await self._peers.budget.call(
+                "FreezeUser",
+                budget_pb2.FreezeUserRequest(
+                    user=request.user.name,
+                    actor=self._actor(),
+                    reason="created with may_query false",
+                    request_id=f"{request.request_id}/freeze" if request.request_id else "",
+                ),
+            )
         return admin_pb2.CreateUserResponse(user=response.user)
 
     async def DeleteUser(self, request, context):  # type: ignore[no-untyped-def]
@@ -346,7 +358,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     async def FreezeUser(self, request, context):  # type: ignore[no-untyped-def]
         actor = self._actor()
-        await self._peers.admin.call("GetUser", admin_store_pb2.GetUserRequest(name=request.name))
+        await self._set_may_query(request.name, may_query=False)
         response = await self._peers.budget.call(
             "FreezeUser",
             budget_pb2.FreezeUserRequest(
@@ -360,7 +372,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     async def UnfreezeUser(self, request, context):  # type: ignore[no-untyped-def]
         actor = self._actor()
-        await self._peers.admin.call("GetUser", admin_store_pb2.GetUserRequest(name=request.name))
+        await self._set_may_query(request.name, may_query=True)
         response = await self._peers.budget.call(
             "UnfreezeUser",
             budget_pb2.UnfreezeUserRequest(
@@ -371,6 +383,15 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             ),
         )
         return admin_pb2.UnfreezeUserResponse(user=response.user, ledgers=response.ledgers)
+
+    async def _set_may_query(self, name: str, *, may_query: bool) -> None:
+        """The admin store's copy of the freeze, which the gateway checks before a query, set
+        before the ledger's (NOT_FOUND for an unknown user changes nothing). Until both are set,
+        either one stops the user, so a failure in between never lets a frozen user query."""
+        await self._peers.admin.call(
+            "SetUserMayQuery",
+            admin_store_pb2.SetUserMayQueryRequest(name=name, may_query=may_query),
+        )
 
     async def SetDatasetCap(self, request, context):  # type: ignore[no-untyped-def]
         actor = self._actor()

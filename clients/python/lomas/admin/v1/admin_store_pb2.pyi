@@ -121,6 +121,56 @@ class GetUserResponse(_message.Message):
 Global___GetUserResponse: _TypeAlias = GetUserResponse  # noqa: Y015
 
 @_typing.final
+class SetUserMayQueryRequest(_message.Message):
+    """SetUserMayQueryRequest names a user and says whether it may start queries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MAY_QUERY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """User name (token subject)."""
+    may_query: _builtins.bool
+    """Whether the user may start queries."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        may_query: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["may_query", b"may_query", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetUserMayQueryRequest: _TypeAlias = SetUserMayQueryRequest  # noqa: Y015
+
+@_typing.final
+class SetUserMayQueryResponse(_message.Message):
+    """SetUserMayQueryResponse carries the updated user."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def user(self) -> _resources_pb2.User:
+        """The user."""
+
+    def __init__(
+        self,
+        *,
+        user: _resources_pb2.User | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetUserMayQueryResponse: _TypeAlias = SetUserMayQueryResponse  # noqa: Y015
+
+@_typing.final
 class DeleteUserRequest(_message.Message):
     """DeleteUserRequest names the user to delete."""
 

@@ -46,6 +46,11 @@ class AdminStoreServiceStub:
                 request_serializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.GetUserRequest.SerializeToString,
                 response_deserializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.GetUserResponse.FromString,
                 _registered_method=True)
+        self.SetUserMayQuery = channel.unary_unary(
+                '/lomas.admin.v1.AdminStoreService/SetUserMayQuery',
+                request_serializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.SetUserMayQueryRequest.SerializeToString,
+                response_deserializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.SetUserMayQueryResponse.FromString,
+                _registered_method=True)
         self.DeleteUser = channel.unary_unary(
                 '/lomas.admin.v1.AdminStoreService/DeleteUser',
                 request_serializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.DeleteUserRequest.SerializeToString,
@@ -147,6 +152,14 @@ class AdminStoreServiceServicer:
 
     def GetUser(self, request, context):
         """Returns one user.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetUserMayQuery(self, request, context):
+        """Sets whether a user may start queries (the gateway keeps it equal to the user's freeze in
+        the budget ledger, which records every change).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -283,6 +296,11 @@ def add_AdminStoreServiceServicer_to_server(servicer, server):
                     servicer.GetUser,
                     request_deserializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.GetUserRequest.FromString,
                     response_serializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.GetUserResponse.SerializeToString,
+            ),
+            'SetUserMayQuery': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetUserMayQuery,
+                    request_deserializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.SetUserMayQueryRequest.FromString,
+                    response_serializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.SetUserMayQueryResponse.SerializeToString,
             ),
             'DeleteUser': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteUser,
@@ -426,6 +444,33 @@ class AdminStoreService:
             '/lomas.admin.v1.AdminStoreService/GetUser',
             lomas_dot_admin_dot_v1_dot_admin__store__pb2.GetUserRequest.SerializeToString,
             lomas_dot_admin_dot_v1_dot_admin__store__pb2.GetUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetUserMayQuery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lomas.admin.v1.AdminStoreService/SetUserMayQuery',
+            lomas_dot_admin_dot_v1_dot_admin__store__pb2.SetUserMayQueryRequest.SerializeToString,
+            lomas_dot_admin_dot_v1_dot_admin__store__pb2.SetUserMayQueryResponse.FromString,
             options,
             channel_credentials,
             insecure,

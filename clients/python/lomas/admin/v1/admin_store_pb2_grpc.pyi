@@ -39,6 +39,10 @@ class AdminStoreServiceStub:
     """Creates a user; a replay with the same request id returns the first answer."""
     GetUser: _grpc.UnaryUnaryMultiCallable[_admin_store_pb2.GetUserRequest, _admin_store_pb2.GetUserResponse]
     """Returns one user."""
+    SetUserMayQuery: _grpc.UnaryUnaryMultiCallable[_admin_store_pb2.SetUserMayQueryRequest, _admin_store_pb2.SetUserMayQueryResponse]
+    """Sets whether a user may start queries (the gateway keeps it equal to the user's freeze in
+    the budget ledger, which records every change).
+    """
     DeleteUser: _grpc.UnaryUnaryMultiCallable[_admin_store_pb2.DeleteUserRequest, _admin_store_pb2.DeleteUserResponse]
     """Deletes a user and the user's grants."""
     ListUsers: _grpc.UnaryUnaryMultiCallable[_admin_store_pb2.ListUsersRequest, _admin_store_pb2.ListUsersResponse]
@@ -85,6 +89,10 @@ class AdminStoreServiceAsyncStub(AdminStoreServiceStub):
     """Creates a user; a replay with the same request id returns the first answer."""
     GetUser: _aio.UnaryUnaryMultiCallable[_admin_store_pb2.GetUserRequest, _admin_store_pb2.GetUserResponse]  # type: ignore[assignment]
     """Returns one user."""
+    SetUserMayQuery: _aio.UnaryUnaryMultiCallable[_admin_store_pb2.SetUserMayQueryRequest, _admin_store_pb2.SetUserMayQueryResponse]  # type: ignore[assignment]
+    """Sets whether a user may start queries (the gateway keeps it equal to the user's freeze in
+    the budget ledger, which records every change).
+    """
     DeleteUser: _aio.UnaryUnaryMultiCallable[_admin_store_pb2.DeleteUserRequest, _admin_store_pb2.DeleteUserResponse]  # type: ignore[assignment]
     """Deletes a user and the user's grants."""
     ListUsers: _aio.UnaryUnaryMultiCallable[_admin_store_pb2.ListUsersRequest, _admin_store_pb2.ListUsersResponse]  # type: ignore[assignment]
@@ -140,6 +148,16 @@ class AdminStoreServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_store_pb2.GetUserResponse, _abc.Awaitable[_admin_store_pb2.GetUserResponse]]:
         """Returns one user."""
+
+    @_abc_1.abstractmethod
+    def SetUserMayQuery(
+        self,
+        request: _admin_store_pb2.SetUserMayQueryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_store_pb2.SetUserMayQueryResponse, _abc.Awaitable[_admin_store_pb2.SetUserMayQueryResponse]]:
+        """Sets whether a user may start queries (the gateway keeps it equal to the user's freeze in
+        the budget ledger, which records every change).
+        """
 
     @_abc_1.abstractmethod
     def DeleteUser(

@@ -142,7 +142,8 @@ class AdminServiceServicer:
     """
 
     def CreateUser(self, request, context):
-        """Creates a user.
+        """Creates a user. A user created with `may_query` false is also frozen in the ledger, so
+        FreezeUser and UnfreezeUser are the one switch for both.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

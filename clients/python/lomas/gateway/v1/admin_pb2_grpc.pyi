@@ -34,7 +34,9 @@ class AdminServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AdminServiceAsyncStub: ...
     CreateUser: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateUserRequest, _admin_pb2.CreateUserResponse]
-    """Creates a user."""
+    """Creates a user. A user created with `may_query` false is also frozen in the ledger, so
+    FreezeUser and UnfreezeUser are the one switch for both.
+    """
     DeleteUser: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeleteUserRequest, _admin_pb2.DeleteUserResponse]
     """Deletes a user and the user's grants (ledgers and the archive keep their history)."""
     ListUsers: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListUsersRequest, _admin_pb2.ListUsersResponse]
@@ -80,7 +82,9 @@ class AdminServiceAsyncStub(AdminServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateUser: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateUserRequest, _admin_pb2.CreateUserResponse]  # type: ignore[assignment]
-    """Creates a user."""
+    """Creates a user. A user created with `may_query` false is also frozen in the ledger, so
+    FreezeUser and UnfreezeUser are the one switch for both.
+    """
     DeleteUser: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeleteUserRequest, _admin_pb2.DeleteUserResponse]  # type: ignore[assignment]
     """Deletes a user and the user's grants (ledgers and the archive keep their history)."""
     ListUsers: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListUsersRequest, _admin_pb2.ListUsersResponse]  # type: ignore[assignment]
@@ -129,7 +133,9 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.CreateUserRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.CreateUserResponse, _abc.Awaitable[_admin_pb2.CreateUserResponse]]:
-        """Creates a user."""
+        """Creates a user. A user created with `may_query` false is also frozen in the ledger, so
+        FreezeUser and UnfreezeUser are the one switch for both.
+        """
 
     @_abc_1.abstractmethod
     def DeleteUser(
