@@ -175,7 +175,24 @@ def estimate_cost(query: SmartnoiseSqlQuery, metadata: DatasetMetadata) -> Priva
     No data access. Raises InvalidQuery for anything the library refuses (parse errors, unsupported
     aggregates, unknown columns or tables, noise scale too large) and for aggregates of unbounded
     columns.
+
+    Memoised: the answer is a function of the query's SQL and privacy parameters and of the
+    metadata alone, and working it out (parsing and rewriting the SQL) takes milliseconds, for
+    every estimate and again before every run. Refusals are not memoised.
     """
+    mechanisms = tuple(sorted(query.mechanisms.items()))
+    return _cost(query.sql, query.epsilon, query.delta, mechanisms, metadata)
+
+
+@functools.lru_cache(maxsize=1024)
+def _cost(
+    sql: str,
+    epsilon: Decimal,
+    delta: Decimal,
+    mechanisms: tuple[tuple[str, str], ...],
+    metadata: DatasetMetadata,
+) -> PrivacyLoss:
+    query = SmartnoiseSqlQuery(sql, epsilon, delta, dict(mechanisms))
     private = _private_reader(query, _MetadataOnlyReader(), metadata)
     try:
         epsilon, delta = private.get_privacy_cost(query.sql)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Mapping
 from decimal import Decimal
 
@@ -291,12 +292,40 @@ def test_memo_keys_keep_every_input_apart() -> None:
     assert sn.NoiseScaleMemo.key(Laplace(1, lower=0, upper=1)) != sn.NoiseScaleMemo.key(base)
 
 
-def test_repeated_costs_use_the_memo(penguin_md: DatasetMetadata) -> None:
+def test_other_queries_with_the_same_mechanisms_use_the_memo(penguin_md: DatasetMetadata) -> None:
     sn.NOISE_SCALE_MEMO.clear()
-    query = _query(AVG_BY_SPECIES, epsilon="0.9")
-    first = sn.estimate_cost(query, penguin_md)
+    # Aliases no other test uses, so that the cost memo has seen neither query.
+    avg, mean = (AVG_BY_SPECIES.replace("avg_bill", f"{n}_{uuid.uuid4().hex[:8]}") for n in "am")
+    first = sn.estimate_cost(_query(avg, epsilon="0.9"), penguin_md)
     misses = sn.NOISE_SCALE_MEMO.misses
     assert misses == 2  # the SUM and the COUNT
-    assert sn.estimate_cost(query, penguin_md) == first
+    assert sn.estimate_cost(_query(mean, epsilon="0.9"), penguin_md) == first
     assert sn.NOISE_SCALE_MEMO.misses == misses
     assert sn.NOISE_SCALE_MEMO.hits >= 2
+
+
+def test_costs_are_memoised_by_query_and_metadata(
+    penguin_md: DatasetMetadata, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cost is worked out once per (SQL, privacy parameters, metadata); refusals every time."""
+    asked: list[str] = []
+    library = sn.PrivateReader.get_privacy_cost
+
+    def counted(self: object, sql: str) -> object:
+        asked.append(sql)
+        return library(self, sql)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sn.PrivateReader, "get_privacy_cost", counted)
+    sql = f"SELECT COUNT(*) AS n_{uuid.uuid4().hex[:8]} FROM df"  # not asked by another test
+    first = sn.estimate_cost(_query(sql, epsilon="0.3"), penguin_md)
+    assert sn.estimate_cost(_query(sql, epsilon="0.3"), penguin_md) == first
+    assert len(asked) == 1
+    sn.estimate_cost(_query(sql, epsilon="0.3", mechanisms={"count": "gaussian"}), penguin_md)
+    sn.estimate_cost(_query(sql, epsilon="0.4"), penguin_md)
+    other = DatasetMetadata.from_dict({**penguin_md.to_dict(), "max_ids": 2})
+    assert sn.estimate_cost(_query(sql, epsilon="0.3"), other).epsilon == first.epsilon
+    assert len(asked) == 4
+    for _ in range(2):
+        with pytest.raises(InvalidQuery):
+            sn.estimate_cost(_query("SELECT COUNT(*) FROM nowhere"), penguin_md)
+    assert len(asked) == 6
