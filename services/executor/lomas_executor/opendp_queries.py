@@ -35,7 +35,7 @@ import json
 import logging
 import math
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -476,10 +476,18 @@ _POLARS_DTYPES: Mapping[str, tuple[str, ...]] = {
 
 @dataclass
 class _PlanFacts:
-    """What the walk of a plan learned: its grouping keys and its input columns."""
+    """What the walk of a plan learned: its grouping keys, its input columns, and the columns its
+    expressions name (None when one picks columns otherwise: a wildcard, a regex, a dtype, ...)."""
 
     group_keys: list[tuple[str, ...]] = field(default_factory=list)
     scanned_columns: dict[str, Any] = field(default_factory=dict)
+    named_columns: set[str] | None = field(default_factory=set)
+
+
+# Polars expression nodes that select columns without naming them.
+_IMPLICIT_COLUMN_NODES = frozenset(
+    {"Wildcard", "All", "Nth", "DtypeColumn", "Selector", "IndexColumn", "Exclude", "Columns"}
+)
 
 
 @functools.cache
@@ -531,6 +539,15 @@ def check_polars_plan(tree: Any, metadata: DatasetMetadata) -> _PlanFacts:
             columns = [k.get("Column") for k in keys if isinstance(k, dict)]
             if columns and len(columns) == len(keys) and all(isinstance(c, str) for c in columns):
                 facts.group_keys.append(tuple(columns))
+        if facts.named_columns is not None:
+            if _IMPLICIT_COLUMN_NODES.intersection(node):
+                facts.named_columns = None
+            elif "Column" in node:
+                name = node["Column"]
+                if not isinstance(name, str) or name == "*" or name.startswith("^"):
+                    facts.named_columns = None  # a wildcard or a regex
+                else:
+                    facts.named_columns.add(name)
         if "DataFrameScan" in node and isinstance(node["DataFrameScan"], dict):
             fields = node["DataFrameScan"].get("schema", {}).get("fields", {})
             if isinstance(fields, dict):
@@ -571,8 +588,13 @@ def _check_scanned_columns(columns: Mapping[str, Any], metadata: DatasetMetadata
             )
 
 
-def lazyframe_domain(metadata: DatasetMetadata, group_keys: list[tuple[str, ...]]) -> dp.Domain:
-    """The OpenDP LazyFrame domain that the metadata defines, with a margin per grouping.
+def lazyframe_domain(
+    metadata: DatasetMetadata,
+    group_keys: list[tuple[str, ...]],
+    columns: Sequence[str] | None = None,
+) -> dp.Domain:
+    """The OpenDP LazyFrame domain that the metadata defines (over `columns` only, if given), with
+    a margin per grouping.
 
     Columns get their type and nullability (bounds are not trusted: `dp` expressions clamp). Every
     margin bounds group sizes by `rows` (or the columns' `max_partition_length`) and the number of
@@ -581,7 +603,7 @@ def lazyframe_domain(metadata: DatasetMetadata, group_keys: list[tuple[str, ...]
     them); otherwise OpenDP needs a threshold to release keys.
     """
     series = []
-    for name in metadata.column_names:
+    for name in metadata.column_names if columns is None else columns:
         column_type = metadata.column_type(name)
         element: dp.Domain
         if column_type == "int":
@@ -636,17 +658,44 @@ def _measurement_from_plan(query: OpenDpPolarsQuery, metadata: DatasetMetadata) 
             f"the Polars plan could not be read ({type(exc).__name__}); build it with "
             f"Polars {pl.__version__}"
         ) from None
-    try:
+
+    def measurement(columns: Sequence[str] | None) -> dp.Measurement:
         return dp.m.make_private_lazyframe(
-            lazyframe_domain(metadata, facts.group_keys),
+            lazyframe_domain(metadata, facts.group_keys, columns),
             dp.symmetric_distance(),
             measure,
             plan,
             global_scale=query.global_scale,
             threshold=query.threshold,
         )
+
+    # Over only the columns the plan names, when it names them all: OpenDP copies every column
+    # of its input across into its own Polars (on 1M rows, a COUNT takes 7 ms over one numeric
+    # column and 140 ms over a string, a float and an int). Dropping columns a plan never reads
+    # changes neither its release nor its privacy map; should OpenDP still refuse the narrower
+    # domain, the plan is built over every column, as it would be without this.
+    columns = _read_columns(facts, metadata)
+    try:
+        if columns is not None:
+            try:
+                return measurement(columns)
+            except (OpenDPException, TypeError, ValueError):
+                pass
+        return measurement(None)
     except (OpenDPException, TypeError, ValueError) as exc:
         raise InvalidQuery(f"OpenDP refused the Polars plan: {_clean_message(exc)}") from None
+
+
+def _read_columns(facts: _PlanFacts, metadata: DatasetMetadata) -> list[str] | None:
+    """The dataset columns a plan reads, in metadata order, or None if it may read any. A plan
+    that names none (a bare count) still needs rows: it gets the cheapest column to copy."""
+    if facts.named_columns is None:
+        return None
+    named = [name for name in metadata.column_names if name in facts.named_columns]
+    if named:
+        return named
+    by_cost = sorted(metadata.column_names, key=lambda n: metadata.column_type(n) == "string")
+    return by_cost[:1]
 
 
 # -- cost ------------------------------------------------------------------------------------------
@@ -792,7 +841,12 @@ def execute(
     """
     if measurement is None:
         measurement = build_measurement(query, metadata)
-    argument = data.lazy() if isinstance(data, pl.DataFrame) else data
+    # A Polars plan gets only the columns of its measurement's domain (`_measurement_from_plan`).
+    argument = (
+        data.select(measurement.input_domain.columns).lazy()
+        if isinstance(data, pl.DataFrame)
+        else data
+    )
     try:
         release = measurement(argument)
         if hasattr(release, "collect"):  # an OnceFrame: Polars queries release frames

@@ -7,6 +7,7 @@ Python API (which would refuse to serialize some of them).
 from __future__ import annotations
 
 import inspect
+import io
 import json
 import warnings
 from decimal import Decimal
@@ -157,6 +158,42 @@ def test_polars_costs_and_margins_come_from_the_metadata(penguin_md: DatasetMeta
     # OpenDP's global_scale multiplies each expression's sensitivity: epsilon is 1 / global_scale.
     scaled = OpenDpPolarsQuery(plan_json(unscaled), global_scale=4.0)
     assert Decimal("0.25") <= oq.estimate_cost(scaled, penguin_md).epsilon < Decimal("0.2500001")
+
+
+def test_polars_measurements_take_only_the_columns_a_plan_names(
+    penguin_md: DatasetMetadata, penguin_frame: pd.DataFrame
+) -> None:
+    """OpenDP copies its whole input: a plan gets the columns it names, at the same cost as over
+    every column; a plan that may pick columns otherwise (a wildcard, a regex) gets them all."""
+    lf = pl.LazyFrame(schema={name: pl.Float64 for name in ("bill_length_mm", "body_mass_g")})
+    table = pa.Table.from_pandas(penguin_frame, schema=penguin_md.arrow_schema())
+    frame = oq.prepare_polars(table, penguin_md)
+    narrowed = {
+        "count": (lf.select(dp.len(scale=1.0)), ["bill_length_mm"]),  # the cheapest: no string
+        "grouped": (penguin_plan(), ["species", "bill_length_mm"]),
+    }
+    for name, (plan, columns) in narrowed.items():
+        query = OpenDpPolarsQuery(plan_json(plan))
+        measurement = oq.build_measurement(query, penguin_md)
+        assert list(measurement.input_domain.columns) == columns, name
+        tree = json.loads(query.plan_json)
+        facts = oq.check_polars_plan(tree, penguin_md)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            every_column = dp.m.make_private_lazyframe(
+                oq.lazyframe_domain(penguin_md, facts.group_keys),
+                dp.symmetric_distance(),
+                dp.max_divergence(),
+                pl.LazyFrame.deserialize(io.StringIO(json.dumps(tree)), format="json"),
+            )
+        assert measurement.map(penguin_md.max_ids) == every_column.map(penguin_md.max_ids), name
+        assert len(oq.execute(query, frame, penguin_md, measurement)) >= 1, name
+
+    wildcard = lf.select(pl.all().fill_null(40.0).dp.sum((30.0, 65.0), scale=100.0))
+    regex = lf.select(pl.col("^b.*$").fill_null(40.0).dp.sum((30.0, 65.0), scale=100.0))
+    for plan in (wildcard, regex):
+        facts = oq.check_polars_plan(json.loads(plan_json(plan)), penguin_md)
+        assert facts.named_columns is None
 
 
 # -- the allow-list --------------------------------------------------------------------------------
