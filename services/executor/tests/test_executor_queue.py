@@ -119,10 +119,7 @@ def test_the_child_memory_limit_makes_large_allocations_fail_inside_the_process(
         "except MemoryError:\n"
         "    print('MemoryError')\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    ).stdout.split()
-    assert out == [str(1024 * 1024 * 1024), "MemoryError"]
+    assert _python_output(code).split() == [str(1024 * 1024 * 1024), "MemoryError"]
     assert resource.getrlimit(resource.RLIMIT_AS) == before  # not this process
 
 
@@ -203,7 +200,11 @@ def test_the_worker_main_process_does_not_load_the_engines() -> None:
         " 'LOMAS_ADMIN_TARGET': '127.0.0.1:1', 'LOMAS_BUDGET_TARGET': '127.0.0.1:2'}))\n"
         "print(sorted(m for m in ('polars', 'opendp', 'snsql') if m in sys.modules))\n"
     )
-    out = subprocess.run(
+    assert _python_output(code).strip() == "[]"
+
+
+def _python_output(code: str) -> str:
+    """What `code` prints, run in a fresh interpreter (as a worker process would start)."""
+    return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     ).stdout
-    assert out.strip() == "[]"
