@@ -5,7 +5,8 @@ Starts a real budget service (`python -m lomas_budget.main`, as an operator runs
 PostgreSQL database and/or a SQLite file, opens one ledger per client, and runs N asyncio gRPC
 clients (one channel each) that reserve a query's cost and commit it, as the gateway and a worker
 do, for a fixed time after a warm-up. Prints pairs/s, pair latency and where the CPU went (the
-service process vs. this client process; PostgreSQL uses the rest).
+service process, this client process and, when it runs on this machine, PostgreSQL), with the
+throughput that CPU cost would allow if every core did nothing else.
 
     .venv/bin/python bench/budget_throughput.py [--store postgresql|sqlite|both] [--clients 8]
         [--seconds 10] [--shared-ledger] [--references]
@@ -62,6 +63,19 @@ def free_port() -> int:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU time of this machine's PostgreSQL processes (0 when PostgreSQL runs elsewhere)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # the process ended
+        if text.split(" (", 1)[1].startswith("postgres)"):
+            total += cpu_seconds(int(stat.parent.name))
+    return total
 
 
 async def wait_healthy(target: str, process: subprocess.Popen[bytes]) -> None:
@@ -134,11 +148,14 @@ async def bench(store: str, url: str, args: argparse.Namespace) -> None:
         await asyncio.sleep(args.warmup)
         counting = True
         server_cpu, client_cpu = cpu_seconds(process.pid), _own_cpu()
+        database_cpu = postgres_cpu_seconds() if store == "postgresql" else 0.0
         started = time.perf_counter()
         await asyncio.sleep(args.seconds)
         counting = False
         elapsed = time.perf_counter() - started
         server_cpu, client_cpu = cpu_seconds(process.pid) - server_cpu, _own_cpu() - client_cpu
+        if store == "postgresql":
+            database_cpu = postgres_cpu_seconds() - database_cpu
         stop = True
         await asyncio.gather(*tasks)
         pairs = len(latencies)
@@ -148,7 +165,15 @@ async def bench(store: str, url: str, args: argparse.Namespace) -> None:
             f"{pairs / elapsed:,.0f} reserve+commit pairs/s; pair latency p50 "
             f"{statistics.median(ordered) * 1e3:.1f} ms, p99 {ordered[int(pairs * 0.99)] * 1e3:.1f} ms; "
             f"CPU per pair: service {server_cpu / pairs * 1e3:.2f} ms, "
-            f"clients {client_cpu / pairs * 1e3:.2f} ms",
+            f"clients {client_cpu / pairs * 1e3:.2f} ms"
+            + (f", PostgreSQL {database_cpu / pairs * 1e3:.2f} ms" if database_cpu else ""),
+            flush=True,
+        )
+        # The ceiling that CPU alone sets: every core busy with exactly this work.
+        machine = (server_cpu + client_cpu + database_cpu) / pairs
+        print(
+            f"{'':10s} all of it: {machine * 1e3:.2f} ms of CPU per pair; {os.cpu_count()} cores "
+            f"could do at most {os.cpu_count() / machine:,.0f} pairs/s at this cost",
             flush=True,
         )
     finally:
