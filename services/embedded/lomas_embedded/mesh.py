@@ -192,10 +192,14 @@ class Mesh:
         return next(s for s in self.processes if s.name == name)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        """Send a signal to one service (tests use it to crash processes)."""
+        """Send a signal to one service and wait until every process of its group has exited (tests
+        use it to crash processes). Waiting for the children matters: a Celery worker's children hold
+        copies of its broker connection, and while one lives Redis can still hand a new task to the
+        dead worker's last BRPOP, which loses it."""
         service = self.service(name)
         os.killpg(service.process.pid, sig)
         service.process.wait(30)
+        _wait_for_group_exit(service.process.pid, 30.0)
         self.processes.remove(service)
 
     def stop(self, grace: float = 15.0) -> None:
@@ -218,3 +222,35 @@ class Mesh:
                     pass
                 service.process.wait()
         self.processes.clear()
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group `pgid` still runs (zombies have closed their files: they count as
+    exited). Without /proc, any process the kernel still knows counts."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # exited meanwhile
+            continue
+        # Fields after the command name (which may hold spaces): state, ppid, pgrp, ...
+        state, _ppid, pgrp = stat.rsplit(")", 1)[1].split()[:3]
+        if int(pgrp) == pgid and state not in ("Z", "X"):
+            return True
+    return False
+
+
+def _wait_for_group_exit(pgid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while _group_alive(pgid):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"process group {pgid} still runs {timeout:.0f} s after its kill")
+        time.sleep(0.02)
