@@ -7,6 +7,7 @@ take a few seconds to load and prepare stands in for a slow query.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -157,6 +158,46 @@ def test_a_worker_killed_mid_query_is_replaced_and_the_query_completes_once(
         again = client.smartnoise_sql.query(GROUP_COUNT, 1.0, 1e-5, request_id="killed-once")
         assert again.equals(release)
         assert client.get_total_spent_budget()["total_spent_epsilon"] == cost["epsilon"]
+
+
+def test_a_task_the_queue_lost_is_sent_again_and_the_query_completes_once(
+    tmp_path: Path,
+) -> None:
+    # Without the gateway's re-send, the query would fail with QUERY_TIMEOUT after 60 s.
+    with running_mesh(tmp_path, {"LOMAS_QUERY_TIMEOUT_SECONDS": "60"}) as (mesh, issuer):
+        user, client = researcher(mesh, issuer, demo.DATASET)
+        cost = client.smartnoise_sql.cost("SELECT COUNT(*) AS n FROM df", epsilon=1.0, delta=0)
+        mesh.kill("worker-0")
+        prefix = mesh.config.queue_prefix
+        broker = redis.Redis.from_url(SYSTEM_REDIS_URL)
+        try:
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                pending = pool.submit(
+                    client.smartnoise_sql.query, "SELECT COUNT(*) AS n FROM df", 1.0, 0
+                )
+                # Play a dead worker whose pending BRPOP took the task: it is gone from the queue,
+                # held by nobody and never started.
+                popped: list[bytes] = []
+
+                def take_the_task() -> bool:
+                    item = broker.rpop(f"{prefix}:{prefix}.light")
+                    if item is not None:
+                        popped.append(item)
+                    return item is not None
+
+                wait_for(take_the_task, 30, "the task in the queue")
+                mesh.start_service("worker-0")
+                release = pending.result(timeout=120)
+            query_id = release.attrs["query_id"]
+            assert [json.loads(m)["headers"]["id"] for m in popped] == [query_id]
+            # The gateway sent the task again; the new worker ran it once.
+            assert broker.hget(f"{prefix}:query-attempts:{query_id}", "0") == b"1"
+        finally:
+            broker.close()
+        mine = [e.kind for e in entries(mesh, issuer, user, demo.DATASET) if e.query_id == query_id]
+        assert mine.count(RESERVATION) == 1 and mine.count(COMMIT) == 1
+        assert client.get_total_spent_budget()["total_spent_epsilon"] == cost["epsilon"]
+        assert [q.query_id for q in archived(mesh, issuer, user)] == [query_id]
 
 
 def test_time_and_memory_limits_keep_the_charge_and_workers_are_recycled(tmp_path: Path) -> None:

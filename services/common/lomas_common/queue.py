@@ -23,6 +23,11 @@ from celery import Celery
 
 EXECUTE_QUERY_TASK = "lomas.execute_query"
 
+# Kombu's Redis transport (pinned) keeps a queue as one list per priority step, named `<queue>` for
+# step 0 and `<queue>\x06\x16<step>` for the others, under its `global_keyprefix`.
+_KOMBU_PRIORITY_SEP = "\x06\x16"
+_KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
+
 
 class WorkloadClass(enum.Enum):
     """How heavy a query kind is; each class has its own queue and workers."""
@@ -117,6 +122,25 @@ class QueueSettings:
         """Redis counter of a query's task deliveries (bounds crash loops)."""
         return f"{self.prefix}:query-attempts:{query_id}"
 
+    @property
+    def broker_key_prefix(self) -> str:
+        """The prefix of every key the Celery broker writes (kombu's `global_keyprefix`)."""
+        return f"{self.prefix}:"
+
+    def broker_lists(self, queue: str) -> list[str]:
+        """The Redis lists that hold a queue's waiting tasks, one per kombu priority step."""
+        return [
+            f"{self.broker_key_prefix}{queue}{_KOMBU_PRIORITY_SEP}{step}"
+            if step
+            else f"{self.broker_key_prefix}{queue}"
+            for step in _KOMBU_PRIORITY_STEPS
+        ]
+
+    @property
+    def unacked_key(self) -> str:
+        """The Redis hash of the tasks workers hold and have not acknowledged yet."""
+        return f"{self.broker_key_prefix}unacked"
+
     def timed_out_key(self, query_id: str) -> str:
         """Redis flag set when a query's task hit the hard time limit (its redelivery reports it)."""
         return f"{self.prefix}:query-timed-out:{query_id}"
@@ -164,7 +188,7 @@ def make_celery_app(settings: QueueSettings) -> Celery:
             # redelivery follows the visibility timeout closely.
             "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 10)),
             "unacked_restore_throttle": 1,
-            "global_keyprefix": f"{settings.prefix}:",
+            "global_keyprefix": settings.broker_key_prefix,
         },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,

@@ -192,10 +192,8 @@ class Mesh:
         return next(s for s in self.processes if s.name == name)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        """Send a signal to one service and wait until every process of its group has exited (tests
-        use it to crash processes). Waiting for the children matters: a Celery worker's children hold
-        copies of its broker connection, and while one lives Redis can still hand a new task to the
-        dead worker's last BRPOP, which loses it."""
+        """Send a signal to one service and wait until every process of its group has exited, a
+        Celery worker's children included (tests use it to crash processes)."""
         service = self.service(name)
         os.killpg(service.process.pid, sig)
         service.process.wait(30)

@@ -78,9 +78,14 @@ class CompletionWaiter:
         self._waiting.pop(query_id, None)
 
     async def wait(
-        self, query_id: str, timeout: float, is_done: Callable[[], Awaitable[bool]]
+        self,
+        query_id: str,
+        timeout: float,
+        is_done: Callable[[], Awaitable[bool]],
+        on_poll: Callable[[], Awaitable[None]] | None = None,
     ) -> Completion | None:
-        """The completion once the outcome is stored, None on timeout."""
+        """The completion once the outcome is stored, None on timeout. `on_poll` runs at each poll
+        that finds the outcome not stored yet."""
         waiting = self._waiting.setdefault(query_id, _Waiting())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -97,6 +102,8 @@ class CompletionWaiter:
                 except TimeoutError:
                     if await is_done():
                         return Completion(b"")
+                    if on_poll is not None:
+                        await on_poll()
         finally:
             self.forget(query_id)
 

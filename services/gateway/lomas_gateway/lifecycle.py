@@ -44,6 +44,7 @@ from lomas_common.peers import AsyncPeer
 from lomas_common.queue import EXECUTE_QUERY_TASK
 from lomas_common.rpc_errors import RemoteError
 from lomas_gateway.completion import CompletionWaiter
+from lomas_gateway.lost_tasks import LostTaskFinder
 from lomas_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -167,12 +168,18 @@ def _announced_outcome(payload: bytes, query_id: str) -> archive_pb2.ArchivedQue
 
 class QueryLifecycle:
     def __init__(
-        self, settings: GatewaySettings, peers: Peers, celery: Celery, waiter: CompletionWaiter
+        self,
+        settings: GatewaySettings,
+        peers: Peers,
+        celery: Celery,
+        waiter: CompletionWaiter,
+        lost_tasks: LostTaskFinder,
     ) -> None:
         self._settings = settings
         self._peers = peers
         self._celery = celery
         self._waiter = waiter
+        self._lost_tasks = lost_tasks
         self._costs = CostCache()
         # Names this gateway process as the owner of the reservations it makes (for operators).
         self._owner = f"gateway:{socket.gethostname()}:{os.getpid()}"
@@ -339,8 +346,9 @@ class QueryLifecycle:
         async def is_done() -> bool:
             return await self._stored_outcome(query_id) is not None
 
+        watch = self._lost_tasks.watch(query_id, self._queue_of(task), lambda: self._enqueue(task))
         completion = await self._waiter.wait(
-            query_id, self._settings.query_timeout_seconds, is_done
+            query_id, self._settings.query_timeout_seconds, is_done, on_poll=watch.check
         )
         if completion is None:
             raise QueryTimeout(
@@ -356,6 +364,9 @@ class QueryLifecycle:
             )
         return self._outcome(stored)
 
+    def _queue_of(self, task: task_pb2.ExecuteQueryTask) -> str:
+        return self._settings.queue.queue_for(task.query.WhichOneof("kind"))
+
     async def _enqueue(self, task: task_pb2.ExecuteQueryTask) -> None:
         body = json_format.MessageToJson(task, indent=None)
         await asyncio.to_thread(
@@ -363,7 +374,7 @@ class QueryLifecycle:
             EXECUTE_QUERY_TASK,
             args=[body],
             task_id=task.query_id,
-            queue=self._settings.queue.queue_for(task.query.WhichOneof("kind")),
+            queue=self._queue_of(task),
         )
 
     async def _release_unstarted(self, query_id: str) -> None:

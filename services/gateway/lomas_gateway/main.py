@@ -20,6 +20,7 @@ from lomas_gateway.auth import make_authenticator
 from lomas_gateway.completion import CompletionWaiter
 from lomas_gateway.lifecycle import Peers, QueryLifecycle
 from lomas_gateway.limits import UserLimits
+from lomas_gateway.lost_tasks import LostTaskFinder
 from lomas_gateway.policy import Authorizer, GatewayGuard
 from lomas_gateway.settings import GatewaySettings
 
@@ -33,6 +34,7 @@ class Gateway:
         self.settings = settings
         self.peers = Peers(settings)
         self.waiter = CompletionWaiter(settings.queue)
+        self.lost_tasks = LostTaskFinder(settings.queue)
         self.celery = make_celery_app(settings.queue)
         self.limits = UserLimits(settings.queue.broker_url, settings.queue.prefix, settings.limits)
         self.audit = AuditTrail(self.peers.admin)
@@ -40,7 +42,9 @@ class Gateway:
 
     async def start(self) -> RunningServer:
         await self.waiter.start()
-        lifecycle = QueryLifecycle(self.settings, self.peers, self.celery, self.waiter)
+        lifecycle = QueryLifecycle(
+            self.settings, self.peers, self.celery, self.waiter, self.lost_tasks
+        )
         log.info("authentication: %s", self.settings.auth.describe())
         self.server = await start_server(
             self.settings.server,
@@ -66,6 +70,7 @@ class Gateway:
     async def close(self) -> None:
         await self.audit.close()
         await self.waiter.close()
+        await self.lost_tasks.close()
         await self.limits.close()
         await self.peers.close()
         self.celery.close()
