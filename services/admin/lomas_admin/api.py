@@ -8,7 +8,7 @@ from __future__ import annotations
 from lomas.admin.v1 import admin_store_pb2, admin_store_pb2_grpc
 from lomas_admin import convert
 from lomas_admin.store import AdminStore
-from lomas_common.convert import next_page_token, page_bounds
+from lomas_common.convert import Page
 
 
 class AdminStoreServicer(admin_store_pb2_grpc.AdminStoreServiceServicer):
@@ -32,11 +32,11 @@ class AdminStoreServicer(admin_store_pb2_grpc.AdminStoreServiceServicer):
         return admin_store_pb2.DeleteUserResponse()
 
     def ListUsers(self, request, context):  # type: ignore[no-untyped-def]
-        offset, limit = page_bounds(request.page_size, request.page_token)
-        users, more = self._store.list_users(offset, limit)
+        page = Page.of(request.page_size, request.page_token, "ListUsers")
+        users, more = self._store.list_users(page.offset, page.limit)
         return admin_store_pb2.ListUsersResponse(
             users=[convert.user_to_proto(u) for u in users],
-            next_page_token=next_page_token(offset, len(users), has_more=more),
+            next_page_token=page.next_token(len(users), has_more=more),
         )
 
     def CreateDataset(self, request, context):  # type: ignore[no-untyped-def]
@@ -56,11 +56,11 @@ class AdminStoreServicer(admin_store_pb2_grpc.AdminStoreServiceServicer):
         return admin_store_pb2.DeleteDatasetResponse()
 
     def ListDatasets(self, request, context):  # type: ignore[no-untyped-def]
-        offset, limit = page_bounds(request.page_size, request.page_token)
-        datasets, more = self._store.list_datasets(offset, limit)
+        page = Page.of(request.page_size, request.page_token, "ListDatasets")
+        datasets, more = self._store.list_datasets(page.offset, page.limit)
         return admin_store_pb2.ListDatasetsResponse(
             datasets=[convert.dataset_to_proto(d) for d in datasets],
-            next_page_token=next_page_token(offset, len(datasets), has_more=more),
+            next_page_token=page.next_token(len(datasets), has_more=more),
         )
 
     def CreateGrant(self, request, context):  # type: ignore[no-untyped-def]
@@ -72,11 +72,11 @@ class AdminStoreServicer(admin_store_pb2_grpc.AdminStoreServiceServicer):
         return admin_store_pb2.DeleteGrantResponse()
 
     def ListGrants(self, request, context):  # type: ignore[no-untyped-def]
-        offset, limit = page_bounds(request.page_size, request.page_token)
-        grants, more = self._store.list_grants(request.user, offset, limit)
+        page = Page.of(request.page_size, request.page_token, "ListGrants", request.user)
+        grants, more = self._store.list_grants(request.user, page.offset, page.limit)
         return admin_store_pb2.ListGrantsResponse(
             grants=[convert.grant_to_proto(g) for g in grants],
-            next_page_token=next_page_token(offset, len(grants), has_more=more),
+            next_page_token=page.next_token(len(grants), has_more=more),
         )
 
     def AuthorizeDatasetAccess(self, request, context):  # type: ignore[no-untyped-def]
@@ -96,13 +96,19 @@ class AdminStoreServicer(admin_store_pb2_grpc.AdminStoreServiceServicer):
         return admin_store_pb2.GetArchivedQueryResponse(query=convert.archive_to_proto(record))
 
     def ListArchivedQueries(self, request, context):  # type: ignore[no-untyped-def]
-        offset, limit = page_bounds(request.page_size, request.page_token)
+        page = Page.of(
+            request.page_size,
+            request.page_token,
+            "ListArchivedQueries",
+            request.user,
+            request.dataset,
+        )
         records, more = self._store.list_archived_queries(
-            request.user, request.dataset, offset, limit
+            request.user, request.dataset, page.offset, page.limit
         )
         return admin_store_pb2.ListArchivedQueriesResponse(
             queries=[convert.archive_to_proto(r) for r in records],
-            next_page_token=next_page_token(offset, len(records), has_more=more),
+            next_page_token=page.next_token(len(records), has_more=more),
         )
 
     def FindReleasedQuery(self, request, context):  # type: ignore[no-untyped-def]
@@ -118,9 +124,9 @@ class AdminStoreServicer(admin_store_pb2_grpc.AdminStoreServiceServicer):
         return admin_store_pb2.RecordAuditEventResponse()
 
     def ListAuditEvents(self, request, context):  # type: ignore[no-untyped-def]
-        offset, limit = page_bounds(request.page_size, request.page_token)
-        events, more = self._store.list_audit_events(request.actor, offset, limit)
+        page = Page.of(request.page_size, request.page_token, "ListAuditEvents", request.actor)
+        events, more = self._store.list_audit_events(request.actor, page.offset, page.limit)
         return admin_store_pb2.ListAuditEventsResponse(
             events=[convert.audit_to_proto(e) for e in events],
-            next_page_token=next_page_token(offset, len(events), has_more=more),
+            next_page_token=page.next_token(len(events), has_more=more),
         )

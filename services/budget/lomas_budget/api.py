@@ -15,7 +15,7 @@ from lomas_budget.convert import (
     user_state_to_proto,
 )
 from lomas_budget.ledger import BudgetLedger
-from lomas_common.convert import next_page_token, page_bounds, privacy_loss_from_proto
+from lomas_common.convert import Page, privacy_loss_from_proto
 
 
 class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
@@ -46,13 +46,13 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
 
     def ListLedgers(self, request, context):  # type: ignore[no-untyped-def]
         delta = delta_from_text(request.delta)
-        offset, limit = page_bounds(request.page_size, request.page_token)
+        page = Page.of(request.page_size, request.page_token, "ListLedgers", request.user)
         balances = self._ledger.list_balances(request.user)
-        page = balances[offset : offset + limit]
+        rows = balances[page.offset : page.offset + page.limit]
         return budget_pb2.ListLedgersResponse(
-            ledgers=[ledger_to_proto(b, delta) for b in page],
-            next_page_token=next_page_token(
-                offset, len(page), has_more=offset + limit < len(balances)
+            ledgers=[ledger_to_proto(b, delta) for b in rows],
+            next_page_token=page.next_token(
+                len(rows), has_more=page.offset + page.limit < len(balances)
             ),
         )
 
@@ -71,8 +71,16 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
         return budget_pb2.ReserveBudgetResponse(reservation=reservation_to_proto(reservation))
 
     def MarkReservationAccessed(self, request, context):  # type: ignore[no-untyped-def]
+        expected = (
+            privacy_loss_from_proto(request.expected_cost, field="expected_cost")
+            if request.HasField("expected_cost")
+            else None
+        )
         reservation = self._ledger.mark_accessed(
-            request.query_id, actor=request.actor or "worker", request_id=request.request_id or None
+            request.query_id,
+            actor=request.actor or "worker",
+            request_id=request.request_id or None,
+            expected_cost=expected,
         )
         return budget_pb2.MarkReservationAccessedResponse(
             reservation=reservation_to_proto(reservation)
@@ -148,14 +156,20 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
         return budget_pb2.GetDatasetCapResponse(cap=dataset_cap_to_proto(cap))
 
     def ListLedgerEntries(self, request, context):  # type: ignore[no-untyped-def]
-        offset, limit = page_bounds(request.page_size, request.page_token)
+        page = Page.of(
+            request.page_size,
+            request.page_token,
+            "ListLedgerEntries",
+            request.user,
+            request.dataset,
+        )
         balance, entries, has_more = self._ledger.list_entries(
-            request.user, request.dataset, after_seq=offset, limit=limit
+            request.user, request.dataset, after_seq=page.offset, limit=page.limit
         )
         return budget_pb2.ListLedgerEntriesResponse(
             ledger=ledger_to_proto(balance),
             entries=[entry_to_proto(balance, entry) for entry in entries],
-            next_page_token=next_page_token(offset, len(entries), has_more=has_more),
+            next_page_token=page.next_token(len(entries), has_more=has_more),
         )
 
     def SweepReservations(self, request, context):  # type: ignore[no-untyped-def]

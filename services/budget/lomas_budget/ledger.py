@@ -403,6 +403,22 @@ def _released(query_id: str) -> FailedPrecondition:
     )
 
 
+def _check_expected_cost(
+    reservation: Reservation, expected: PrivacyLoss, definition: PrivacyDefinition
+) -> None:
+    """COST_MISMATCH unless `expected` is what was reserved, in the ledger's unit (exactly)."""
+    try:
+        charge = charge_in_unit(expected, definition)
+    except InvalidArgument:  # a cost of another kind: it cannot be what was reserved
+        charge = None
+    if charge != reservation.cost:
+        raise FailedPrecondition(
+            "the cost of the query to run differs from its reservation; nothing was run",
+            reason="COST_MISMATCH",
+            metadata={"query_id": reservation.query_id},
+        )
+
+
 def _reservation_not_found(query_id: str) -> NotFound:
     return NotFound(
         "no reservation exists for this query id",
@@ -930,18 +946,30 @@ class BudgetLedger:
         return self._once(request_id, "reserve", params, work, _RESERVATION)
 
     def mark_accessed(
-        self, query_id: str, *, actor: str = "worker", request_id: str | None = None
+        self,
+        query_id: str,
+        *,
+        actor: str = "worker",
+        request_id: str | None = None,
+        expected_cost: PrivacyLoss | None = None,
     ) -> Reservation:
         """Record that a worker is about to touch the data (RESERVED -> ACCESSED; idempotent).
 
         From now on the reservation can only be committed. FailedPrecondition (RESERVATION_RELEASED)
         if it was released; NotFound (RESERVATION_NOT_FOUND) if unknown.
+
+        `expected_cost` is the worker's own cost of what it is about to run. When given, it must
+        equal the reserved cost once expressed in the ledger's unit (as `reserve` expressed it);
+        otherwise FailedPrecondition (COST_MISMATCH) and nothing is written, in any state, so the
+        worker runs nothing whose cost differs from the charge.
         """
 
         def work(session: LedgerSession) -> Reservation:
             balance, reservation = self._locked_reservation(session, query_id)
             if reservation.state is ReservationState.RELEASED:
                 raise _released(query_id)
+            if expected_cost is not None:
+                _check_expected_cost(reservation, expected_cost, balance.definition)
             if reservation.state is not ReservationState.RESERVED:
                 return reservation
             return self._transition(
@@ -954,7 +982,9 @@ class BudgetLedger:
                 "",
             )
 
-        params = {"query_id": query_id}
+        params: dict[str, Any] = {"query_id": query_id}
+        if expected_cost is not None:
+            params["expected_cost"] = _loss_params(expected_cost)
         return self._once(request_id, "mark_accessed", params, work, _RESERVATION)
 
     def commit(

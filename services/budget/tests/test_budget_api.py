@@ -15,6 +15,7 @@ import pytest
 from budget_testing import BudgetProcess, approx, pure, zcdp
 
 from lomas.budget.v1 import budget_pb2, budget_pb2_grpc
+from lomas.common.v1 import privacy_pb2
 from lomas_common.errors import Code, LomasError
 from lomas_common.peers import SyncPeer
 from lomas_common.testing import fresh_postgres_url, sqlite_url
@@ -326,3 +327,73 @@ def test_a_restart_resumes_the_sweep(service: BudgetProcess, user: str) -> None:
         assert {e.actor for e in entries[4:]} == {"sweeper"}
     finally:
         budget.close()
+
+
+def test_the_worker_cost_recheck_crosses_the_wire(budget: Peer, user: str) -> None:
+    reserve(budget, f"{user}-q1", user, approx("1", "0"))
+    ledger_before = budget.call(
+        "GetLedger", budget_pb2.GetLedgerRequest(user=user, dataset="penguins")
+    ).ledger
+    mismatch = budget_pb2.MarkReservationAccessedRequest(
+        query_id=f"{user}-q1", expected_cost=approx("3", "0")
+    )
+    metadata = refused(
+        lambda: budget.call("MarkReservationAccessed", mismatch),
+        Code.FAILED_PRECONDITION,
+        "COST_MISMATCH",
+    )
+    assert metadata == {"query_id": f"{user}-q1"}
+    refused(
+        lambda: budget.call(
+            "MarkReservationAccessed",
+            budget_pb2.MarkReservationAccessedRequest(
+                query_id=f"{user}-q1",
+                expected_cost=privacy_pb2.PrivacyLoss(
+                    approx_dp=privacy_pb2.ApproxDp(epsilon="\u0661", delta="0")
+                ),
+            ),
+        ),
+        Code.INVALID_ARGUMENT,
+        "PRIVACY_LOSS_INVALID",
+    )
+    assert (
+        budget.call("GetLedger", budget_pb2.GetLedgerRequest(user=user, dataset="penguins")).ledger
+        == ledger_before
+    )
+    match = budget_pb2.MarkReservationAccessedRequest(
+        query_id=f"{user}-q1", expected_cost=approx("1.0", "0")
+    )
+    assert budget.call("MarkReservationAccessed", match).reservation.state == (
+        budget_pb2.RESERVATION_STATE_ACCESSED
+    )
+
+
+def test_ledger_page_tokens_are_bound_to_their_list(budget: Peer) -> None:
+    name = f"user-{uuid.uuid4().hex[:8]}"
+    for dataset in ("penguins", "iris", "adult"):
+        open_ledger(budget, name, dataset, approx("1", "0"))
+    first = budget.call("ListLedgers", budget_pb2.ListLedgersRequest(user=name, page_size=2))
+    assert len(first.ledgers) == 2 and first.next_page_token
+    second = budget.call(
+        "ListLedgers",
+        budget_pb2.ListLedgersRequest(user=name, page_size=2, page_token=first.next_page_token),
+    )
+    assert len(second.ledgers) == 1 and not second.next_page_token
+    for request in (
+        budget_pb2.ListLedgersRequest(user="someone-else", page_token=first.next_page_token),
+        budget_pb2.ListLedgersRequest(user=name, page_token="eyJvZmZzZXQiOiAxZTk5OX0="),
+        budget_pb2.ListLedgerEntriesRequest(
+            user=name, dataset="penguins", page_token=first.next_page_token
+        ),
+    ):
+        method = type(request).__name__.removesuffix("Request")
+        refused(
+            lambda r=request, m=method: budget.call(m, r),
+            Code.INVALID_ARGUMENT,
+            "PAGE_TOKEN_INVALID",
+        )
+    refused(
+        lambda: budget.call("ListLedgers", budget_pb2.ListLedgersRequest(user=name, page_size=-1)),
+        Code.INVALID_ARGUMENT,
+        "PAGE_SIZE_INVALID",
+    )

@@ -6,8 +6,11 @@ Each service has its own `convert` module for its own messages; this one holds w
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime as dt
+import hashlib
 import json
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -111,28 +114,68 @@ def now_timestamp() -> timestamp_pb2.Timestamp:
     return timestamp_from_datetime(dt.datetime.now(dt.UTC))
 
 
+# Paging (AIP-158), one helper for every List RPC of every service.
+# `page_size`: 0 means DEFAULT_PAGE_SIZE; above MAX_PAGE_SIZE it is clamped to MAX_PAGE_SIZE (not
+# refused, as AIP-158 recommends); negative is INVALID_ARGUMENT (PAGE_SIZE_INVALID).
+# `page_token`: opaque to callers. It holds the position in the list and a digest of the list's
+# identity (the RPC and its filters: user, dataset, ...), so a token is only valid for the list that
+# issued it. Anything else (too long, not base64url JSON, wrong fields, a position out of range, a
+# token of another list) is INVALID_ARGUMENT (PAGE_TOKEN_INVALID), never INTERNAL.
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_TOKEN_CHARS = 200
+MAX_PAGE_OFFSET = 2**31 - 1
 
 
-def page_bounds(page_size: int, page_token: str) -> tuple[int, int]:
-    """(offset, limit) for an offset-paginated list; tokens are opaque to callers."""
-    if page_size < 0:
-        raise InvalidArgument("page_size must not be negative", reason="PAGE_SIZE_INVALID")
-    limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-    if not page_token:
-        return 0, limit
-    try:
-        offset = int(json.loads(base64.urlsafe_b64decode(page_token.encode()))["offset"])
-    except (ValueError, KeyError, TypeError):
-        raise InvalidArgument("page_token is not valid", reason="PAGE_TOKEN_INVALID") from None
-    if offset < 0:
-        raise InvalidArgument("page_token is not valid", reason="PAGE_TOKEN_INVALID")
-    return offset, limit
+def _page_token_invalid() -> InvalidArgument:
+    return InvalidArgument("page_token is not valid for this list", reason="PAGE_TOKEN_INVALID")
 
 
-def next_page_token(offset: int, returned: int, *, has_more: bool) -> str:
-    """The token of the next page, or "" on the last page (lists fetch limit + 1 rows to know)."""
-    if not has_more:
-        return ""
-    return base64.urlsafe_b64encode(json.dumps({"offset": offset + returned}).encode()).decode()
+def _list_digest(scope: tuple[str, ...]) -> str:
+    """A short digest of a list's identity (its RPC name and filters)."""
+    digest = hashlib.sha256()
+    for part in scope:
+        encoded = part.encode()
+        digest.update(len(encoded).to_bytes(8, "big"))
+        digest.update(encoded)
+    return digest.hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a list: where it starts, how many rows, and the list it belongs to."""
+
+    offset: int
+    limit: int
+    scope: tuple[str, ...]
+
+    @classmethod
+    def of(cls, page_size: int, page_token: str, *scope: str) -> Page:
+        """The page a request asks for; `scope` names the list (its RPC and filter values)."""
+        if page_size < 0:
+            raise InvalidArgument("page_size must not be negative", reason="PAGE_SIZE_INVALID")
+        limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        if not page_token:
+            return cls(0, limit, scope)
+        if len(page_token) > MAX_PAGE_TOKEN_CHARS:
+            raise _page_token_invalid()
+        try:
+            fields = json.loads(base64.urlsafe_b64decode(page_token.encode("ascii")))
+        except (ValueError, UnicodeError, binascii.Error):
+            raise _page_token_invalid() from None
+        if not isinstance(fields, dict) or set(fields) != {"offset", "list"}:
+            raise _page_token_invalid()
+        offset = fields["offset"]
+        # bool is an int in Python; floats (1e999 is inf) and strings are refused outright.
+        if type(offset) is not int or not 0 <= offset <= MAX_PAGE_OFFSET:
+            raise _page_token_invalid()
+        if fields["list"] != _list_digest(scope):
+            raise _page_token_invalid()
+        return cls(offset, limit, scope)
+
+    def next_token(self, returned: int, *, has_more: bool) -> str:
+        """The token of the next page, or "" on the last page (lists fetch limit + 1 rows to know)."""
+        if not has_more:
+            return ""
+        payload = {"offset": self.offset + returned, "list": _list_digest(self.scope)}
+        return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()

@@ -12,6 +12,7 @@ So rounding can only ever make the platform more conservative than the exact mat
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Context, Decimal, InvalidOperation
 
@@ -20,6 +21,10 @@ QUANTUM = Decimal("1e-18")
 # Enough digits for 20 integer digits plus 18 decimals, so quantizing never raises.
 _CONTEXT = Context(prec=60)
 _MAX_ABS = Decimal("1e20")
+# What a decimal may look like on the wire: ASCII only. Python's Decimal() also takes other Unicode
+# digits (U+0661, Arabic-Indic one, is 1), Unicode white space and underscores; none of them is accepted. The exponent is
+# bounded in length so a huge one cannot make arithmetic slow.
+_DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,6})?")
 
 
 class PrivacyValueError(ValueError):
@@ -38,11 +43,23 @@ def parse_decimal(text: str | int | float | Decimal, *, name: str) -> Decimal:
     """Parse one privacy parameter exactly.
 
     Floats are converted through their shortest repr, so 0.1 becomes Decimal("0.1"), not the binary
-    expansion; strings are parsed as written. NaN, infinities, negatives and absurd magnitudes are refused.
+    expansion; strings are parsed as written: ASCII `[+-]digits[.digits][e[+-]digits]`, with ASCII
+    spaces around it allowed. NaN, infinities, negatives, other Unicode digits or spaces and absurd
+    magnitudes are refused.
     """
     if isinstance(text, bool):
         raise PrivacyValueError(f"{name} must be a number")
-    raw = repr(text) if isinstance(text, float) else str(text).strip()
+    if isinstance(text, float):
+        raw = repr(text)  # always ASCII: digits, ".", "e", "-", or inf / nan (refused below)
+    elif isinstance(text, Decimal):
+        raw = str(text)  # already a number: only its finiteness and range are checked below
+    else:
+        try:
+            raw = str(text).strip(" ")
+        except ValueError:  # an int too long to print
+            raise PrivacyValueError(f"{name} is too large") from None
+        if not _DECIMAL_TEXT.fullmatch(raw):
+            raise PrivacyValueError(f"{name} must be a decimal number")
     try:
         value = Decimal(raw)
     except (InvalidOperation, ValueError):

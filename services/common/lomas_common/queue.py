@@ -9,6 +9,12 @@ OpenDP queries) and `heavy` (DP machine learning and synthetic data, with their 
 `queue_for(kind)` maps a query kind (the `Query.kind` oneof name) to its queue, and the app's router
 applies it to every task that is sent without an explicit queue. Workers consume the classes their
 settings name (LOMAS_WORKER_QUEUES).
+
+Fairness inside a queue: every task carries a priority, the number of its user's queries that were
+already in flight when it was sent (capped at `MAX_TASK_PRIORITY`). Kombu's Redis transport keeps
+one list per priority and its BRPOP names them lowest number first, so a user's first query is
+served before anyone's second, and so on: one user's backlog cannot starve another user's query.
+Within a priority, tasks are served in the order they were sent.
 """
 
 from __future__ import annotations
@@ -24,9 +30,18 @@ from celery import Celery
 EXECUTE_QUERY_TASK = "lomas.execute_query"
 
 # Kombu's Redis transport (pinned) keeps a queue as one list per priority step, named `<queue>` for
-# step 0 and `<queue>\x06\x16<step>` for the others, under its `global_keyprefix`.
+# step 0 and `<queue>\x06\x16<step>` for the others, under its `global_keyprefix`. Its default
+# steps (0, 3, 6, 9) would put priorities 0, 1 and 2 in one list; one step per priority keeps them
+# apart. Lower numbers are served first (kombu's Redis transport; RabbitMQ is the other way round).
 _KOMBU_PRIORITY_SEP = "\x06\x16"
-_KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
+MAX_TASK_PRIORITY = 9
+_KOMBU_PRIORITY_STEPS = tuple(range(MAX_TASK_PRIORITY + 1))
+
+
+def task_priority(already_in_flight: int) -> int:
+    """The queue priority of a user's task: how many of their queries were already in flight,
+    capped at the last step (0 is served first)."""
+    return max(0, min(already_in_flight, MAX_TASK_PRIORITY))
 
 
 class WorkloadClass(enum.Enum):
@@ -176,6 +191,7 @@ def make_celery_app(settings: QueueSettings) -> Celery:
         task_reject_on_worker_lost=True,
         # A hard time limit requeues the task: its redelivery records the timeout (and keeps the charge).
         task_acks_on_timeout=False,
+        # A worker process holds at most the task it runs, so priorities decide who runs next.
         worker_prefetch_multiplier=1,
         task_time_limit=settings.task_time_limit_seconds,
         task_soft_time_limit=settings.soft_time_limit_seconds,
@@ -189,6 +205,7 @@ def make_celery_app(settings: QueueSettings) -> Celery:
             "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 10)),
             "unacked_restore_throttle": 1,
             "global_keyprefix": settings.broker_key_prefix,
+            "priority_steps": list(_KOMBU_PRIORITY_STEPS),
         },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,

@@ -1,8 +1,12 @@
 """What a worker does with one `ExecuteQueryTask`: one charge, at most one release.
 
 1. If the archive already holds an outcome for the query id (a redelivery, a duplicate), reuse it.
-2. Otherwise mark the reservation ACCESSED (from here on it can never be refunded), load the data,
-   run the query, and store the outcome under the query id: the first stored outcome wins.
+2. Otherwise compute, with this worker's own engine, the cost of exactly the query it will run, and
+   mark the reservation ACCESSED with that cost: the ledger refuses (COST_MISMATCH) unless it is the
+   reserved cost, so whatever the gateway sent, nothing runs that costs more than its charge. A
+   refused or invalid query is refunded (no data was touched) and stored as failed at zero cost.
+   From ACCESSED on the reservation can never be refunded: load the data, run the query, and store
+   the outcome under the query id: the first stored outcome wins.
 3. Commit the charge (idempotent; while the outcome is being stored, as the charge stands either
    way) and announce completion on Redis, with the stored outcome when it is small (the archive's
    copy, so every delivery announces the same release).
@@ -22,6 +26,7 @@ import contextvars
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import redis
 from billiard.exceptions import SoftTimeLimitExceeded
@@ -29,9 +34,9 @@ from google.protobuf import json_format
 
 from lomas.admin.v1 import admin_store_pb2, admin_store_pb2_grpc
 from lomas.budget.v1 import budget_pb2, budget_pb2_grpc
-from lomas.common.v1 import archive_pb2
+from lomas.common.v1 import archive_pb2, privacy_pb2
 from lomas.executor.v1 import task_pb2
-from lomas_common.convert import now_timestamp, zero_cost
+from lomas_common.convert import now_timestamp, privacy_loss_to_proto, zero_cost
 from lomas_common.errors import LomasError
 from lomas_common.peers import SyncPeer
 from lomas_common.rpc_errors import RemoteError
@@ -49,6 +54,19 @@ log = logging.getLogger(__name__)
 # are read from the archive by the gateway.
 ANNOUNCED_OUTCOME_MAX_BYTES = 1024 * 1024
 TIMEOUT_MESSAGE = "the query exceeded its time limit; its cost is charged"
+COST_MISMATCH = "COST_MISMATCH"
+COST_MISMATCH_MESSAGE = (
+    "the cost of this query differs from the cost reserved for it; nothing was run and the "
+    "reservation was refunded: send the query again"
+)
+
+
+@dataclass(frozen=True)
+class _Check:
+    """What the worker found before any data access."""
+
+    refunded: bool  # refused and refunded (its failure is stored): nothing more to do
+    cost: privacy_pb2.PrivacyLoss | None = None  # its own cost of the query; None: nothing to check
 
 
 class QueryRunner:
@@ -81,13 +99,14 @@ class QueryRunner:
         task = json_format.Parse(task_json, task_pb2.ExecuteQueryTask())
         stored = None if first_delivery else self._stored(task.query_id)
         if stored is None:
-            if self._refused_before_access(task):
+            checked = self._checked_before_access(task)
+            if checked.refunded:
                 return
+            request = budget_pb2.MarkReservationAccessedRequest(query_id=task.query_id)
+            if checked.cost is not None:
+                request.expected_cost.CopyFrom(checked.cost)
             try:
-                self._budget.call(
-                    "MarkReservationAccessed",
-                    budget_pb2.MarkReservationAccessedRequest(query_id=task.query_id),
-                )
+                self._budget.call("MarkReservationAccessed", request)
             except RemoteError as error:
                 if error.reason in ("RESERVATION_RELEASED", "RESERVATION_NOT_FOUND"):
                     # The gateway gave up on this query before any data access: nothing to run.
@@ -97,7 +116,24 @@ class QueryRunner:
                         error.reason,
                     )
                     return
-                raise
+                if error.reason != COST_MISMATCH:
+                    raise
+                log.warning("query %s: its cost differs from its reservation", task.query_id)
+                if self._refund_and_record(task, COST_MISMATCH, COST_MISMATCH_MESSAGE):
+                    return
+                # An earlier delivery (of a worker without this check) touched the data: the
+                # charge stands, but a query whose cost differs from it never runs.
+                outcome = self._new_outcome(task)
+                self._fail(
+                    outcome,
+                    COST_MISMATCH,
+                    "the cost of this query differs from the cost reserved for it; nothing was "
+                    "run, and its reserved cost is charged",
+                )
+                outcome.complete_time.CopyFrom(now_timestamp())
+                self._commit(task.query_id)
+                self._announce(self._record(outcome))
+                return
             if attempt is None:
                 attempt = count_delivery(self._redis, self._settings.queue, task.query_id)
             outcome = self._attempt(task, attempt, started)
@@ -132,32 +168,51 @@ class QueryRunner:
             payload = b""
         self._redis.publish(self._settings.queue.done_channel(stored.query_id), payload)
 
-    def _refused_before_access(self, task: task_pb2.ExecuteQueryTask) -> bool:
-        """A dataset whose source certainly cannot be read fails before any data access: the
-        reservation is released (refunded) and the failure stored at zero cost."""
+    def _checked_before_access(self, task: task_pb2.ExecuteQueryTask) -> _Check:
+        """What the worker checks before any data access, and the cost of the query it will run.
+
+        A dataset whose source certainly cannot be read, or a query this worker's engine refuses
+        (or cannot cost), fails here: the reservation is released (refunded) and the failure
+        stored at zero cost. If an earlier delivery already touched the data, nothing is refunded:
+        the query runs as before, keeps its charge and fails the same way.
+        Otherwise the cost is that of exactly `task.query` on `task.dataset`, by this worker's engine.
+        """
         try:
-            self._engine.preflight(convert.dataset_from_proto(task.dataset))
+            dataset = convert.dataset_from_proto(task.dataset)
+            self._engine.preflight(dataset)
+            cost = self._engine.estimate_cost(convert.query_from_proto(task.query), dataset)
         except LomasError as error:
-            try:
-                self._budget.call(
-                    "ReleaseReservation",
-                    budget_pb2.ReleaseReservationRequest(
-                        query_id=task.query_id, reason=error.reason
-                    ),
-                )
-            except RemoteError as release_error:
-                if release_error.reason != "DATA_ACCESSED":
-                    raise
-                return False  # an earlier delivery touched the data: run it, keep the charge
-            outcome = self._new_outcome(task)
-            outcome.cost.CopyFrom(zero_cost(task.cost))
-            outcome.status = archive_pb2.QUERY_STATUS_FAILED
-            outcome.error_reason = error.reason
-            outcome.error_message = error.message
-            outcome.complete_time.CopyFrom(now_timestamp())
-            self._announce(self._record(outcome))
-            return True
-        return False
+            return _Check(refunded=self._refund_and_record(task, error.reason, error.message))
+        except SoftTimeLimitExceeded:
+            raise  # the task is retried (worker.py)
+        except Exception as error:
+            # No cost means no check: never run what the ledger cannot compare with its charge.
+            log.error("query %s: no cost computed (%s)", task.query_id, chain_names(error))
+            return _Check(
+                refunded=self._refund_and_record(task, COST_MISMATCH, COST_MISMATCH_MESSAGE)
+            )
+        return _Check(refunded=False, cost=privacy_loss_to_proto(cost))
+
+    def _refund_and_record(
+        self, task: task_pb2.ExecuteQueryTask, reason: str, message: str
+    ) -> bool:
+        """Release the reservation of a query that touched no data and store its failure at zero
+        cost, announced; False (nothing done) if an earlier delivery already touched the data."""
+        try:
+            self._budget.call(
+                "ReleaseReservation",
+                budget_pb2.ReleaseReservationRequest(query_id=task.query_id, reason=reason),
+            )
+        except RemoteError as release_error:
+            if release_error.reason != "DATA_ACCESSED":
+                raise
+            return False
+        outcome = self._new_outcome(task)
+        outcome.cost.CopyFrom(zero_cost(task.cost))
+        self._fail(outcome, reason, message)
+        outcome.complete_time.CopyFrom(now_timestamp())
+        self._announce(self._record(outcome))
+        return True
 
     def _stored(self, query_id: str) -> archive_pb2.ArchivedQuery | None:
         try:

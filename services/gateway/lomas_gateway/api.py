@@ -9,6 +9,7 @@ from lomas.executor.v1 import executor_pb2
 from lomas.gateway.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from lomas_common.convert import definition_from_proto, privacy_loss_from_proto
 from lomas_common.errors import InvalidArgument
+from lomas_common.queue import task_priority
 from lomas_gateway.auth import current_caller
 from lomas_gateway.lifecycle import Peers, QueryLifecycle
 from lomas_gateway.limits import UserLimits
@@ -32,36 +33,49 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         access = await self._lifecycle.authorize(current_caller().subject, request.dataset)
         return gateway_pb2.GetDatasetMetadataResponse(metadata_json=access.dataset.metadata_json)
 
+    # Free calls (dummy dataset, cost estimate, dummy query) are rate-limited like every call
+    # (GatewayGuard) and hold one of the caller's free-call slots while they run.
+
     async def GetDummyDataset(self, request, context):  # type: ignore[no-untyped-def]
-        access = await self._lifecycle.authorize(current_caller().subject, request.dataset)
-        rows = self._lifecycle.check_dummy_rows(request.row_count)
-        response = await self._peers.executor.call(
-            "GetDummyDataset",
-            executor_pb2.GetDummyDatasetRequest(
-                dataset=access.dataset, row_count=rows, seed=request.seed
-            ),
-        )
+        subject = current_caller().subject
+        async with self._limits.free_call_slot(subject):
+            access = await self._lifecycle.authorize(subject, request.dataset)
+            rows = self._lifecycle.check_dummy_rows(request.row_count)
+            response = await self._peers.executor.call(
+                "GetDummyDataset",
+                executor_pb2.GetDummyDatasetRequest(
+                    dataset=access.dataset, row_count=rows, seed=request.seed
+                ),
+            )
         return gateway_pb2.GetDummyDatasetResponse(arrow_ipc=response.arrow_ipc)
 
     async def EstimateQueryCost(self, request, context):  # type: ignore[no-untyped-def]
-        access = await self._lifecycle.authorize(current_caller().subject, request.dataset)
-        response = await self._lifecycle.estimate_cost(access.dataset, request.query)
+        subject = current_caller().subject
+        async with self._limits.free_call_slot(subject):
+            access = await self._lifecycle.authorize(subject, request.dataset)
+            response = await self._lifecycle.estimate_cost(subject, access.dataset, request.query)
         return gateway_pb2.EstimateQueryCostResponse(cost=response.cost)
 
     async def ExecuteQuery(self, request, context):  # type: ignore[no-untyped-def]
         subject = current_caller().subject
         if request.dummy:
-            async with self._limits.padded():
+            async with self._limits.free_call_slot(subject), self._limits.padded():
                 access = await self._lifecycle.authorize(subject, request.dataset)
                 outcome = await self._lifecycle.run_dummy(
                     access.dataset, request.query, request.dummy_row_count, request.dummy_seed
                 )
         else:
-            # The slot is held through the padding, so padded queries count as in flight.
-            async with self._limits.query_slot(subject), self._limits.padded():
+            # The slot is held through the padding, so padded queries count as in flight. The
+            # caller's queries already in flight set this one's queue priority (fairness).
+            async with self._limits.query_slot(subject) as slot, self._limits.padded():
                 access = await self._lifecycle.authorize(subject, request.dataset)
                 outcome = await self._lifecycle.run(
-                    subject, access, request.query, request.request_id, fresh=request.fresh
+                    subject,
+                    access,
+                    request.query,
+                    request.request_id,
+                    fresh=request.fresh,
+                    priority=task_priority(slot.already_in_flight),
                 )
         return gateway_pb2.ExecuteQueryResponse(
             query_id=outcome.query_id,

@@ -82,33 +82,41 @@ class Peers:
             await peer.close()
 
 
-def canonical_query(query: query_pb2.Query) -> bytes:
-    """A query in canonical form: deterministic serialization, SQL with its white space collapsed."""
-    canonical = query_pb2.Query()
-    canonical.CopyFrom(query)
-    if canonical.WhichOneof("kind") == "smartnoise_sql":
-        canonical.smartnoise_sql.sql = " ".join(canonical.smartnoise_sql.sql.split())
-    return canonical.SerializeToString(deterministic=True)
+def query_bytes(query: query_pb2.Query) -> bytes:
+    """A query as exactly the bytes the engine will be handed (deterministic serialization).
+
+    No textual normalisation: SQL comments end at a newline, so collapsing white space can turn two
+    different queries into one text. Until queries are canonicalised through the SQL parser, the
+    exact bytes are the only safe key for anything cached or replayed.
+    """
+    return query.SerializeToString(deterministic=True)
+
+
+def _digest(*parts: bytes) -> bytes:
+    """SHA-256 over length-prefixed parts, so no two different part lists collide by concatenation."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.digest()
 
 
 def query_fingerprint(
     subject: str, dataset: dataset_pb2.DatasetDescriptor, query: query_pb2.Query
 ) -> str:
-    """What makes two queries "the same" for a free replay: caller, dataset version and the query in
-    canonical form."""
-    digest = hashlib.sha256()
-    for part in (subject, dataset.name, str(dataset.version)):
-        digest.update(part.encode())
-        digest.update(b"\x00")
-    digest.update(canonical_query(query))
-    return digest.hexdigest()
+    """What makes two queries "the same" for a free replay: caller, dataset name and version, and
+    the exact query bytes."""
+    return _digest(
+        subject.encode(), dataset.name.encode(), str(dataset.version).encode(), query_bytes(query)
+    ).hex()
 
 
 class CostCache:
     """Cost estimates the gateway has already had from the executor, most recently used kept.
 
-    A cost is a function of the dataset's descriptor (its metadata above all) and the query alone,
-    so it is keyed by both, in full: an updated dataset misses. Only successful estimates are kept.
+    A cost is a function of the dataset's descriptor (its metadata above all) and the query alone;
+    the key holds both in full (an updated dataset misses) and the caller's subject as well, so an
+    entry one caller filled is never consumed by another. Only successful estimates are kept.
     """
 
     def __init__(self, max_entries: int = 10_000) -> None:
@@ -116,11 +124,10 @@ class CostCache:
         self._costs: OrderedDict[bytes, privacy_pb2.PrivacyLoss] = OrderedDict()
 
     @staticmethod
-    def key(dataset: dataset_pb2.DatasetDescriptor, query: query_pb2.Query) -> bytes:
-        digest = hashlib.sha256(dataset.SerializeToString(deterministic=True))
-        digest.update(b"\x00")
-        digest.update(canonical_query(query))
-        return digest.digest()
+    def key(subject: str, dataset: dataset_pb2.DatasetDescriptor, query: query_pb2.Query) -> bytes:
+        return _digest(
+            subject.encode(), dataset.SerializeToString(deterministic=True), query_bytes(query)
+        )
 
     def get(self, key: bytes) -> privacy_pb2.PrivacyLoss | None:
         cost = self._costs.get(key)
@@ -133,6 +140,18 @@ class CostCache:
         self._costs.move_to_end(key)
         while len(self._costs) > self._max_entries:
             self._costs.popitem(last=False)
+
+
+def send_query_task(
+    celery: Celery, queue: str, task: task_pb2.ExecuteQueryTask, priority: int
+) -> None:
+    """Put a query's task on its queue with its priority (0 is served first; see
+    `lomas_common.queue.task_priority`). The task id is the query id, so a re-send is the same task."""
+    body = json_format.MessageToJson(task, indent=None)
+    log.debug("query %s queued on %s with priority %d", task.query_id, queue, priority)
+    celery.send_task(
+        EXECUTE_QUERY_TASK, args=[body], task_id=task.query_id, queue=queue, priority=priority
+    )
 
 
 def query_id_for(subject: str, request_id: str) -> str:
@@ -225,10 +244,10 @@ class QueryLifecycle:
         return rows
 
     async def estimate_cost(
-        self, descriptor: dataset_pb2.DatasetDescriptor, query: query_pb2.Query
+        self, subject: str, descriptor: dataset_pb2.DatasetDescriptor, query: query_pb2.Query
     ) -> executor_pb2.EstimateCostResponse:
         self.check_query(query)
-        key = CostCache.key(descriptor, query)
+        key = CostCache.key(subject, descriptor, query)
         cost = self._costs.get(key)
         if cost is None:
             cost = (
@@ -264,12 +283,14 @@ class QueryLifecycle:
         request_id: str,
         *,
         fresh: bool = False,
+        priority: int = 0,
     ) -> QueryOutcome:
         """Run a real query: one charge, at most one release.
 
         The same query asked again by the same caller on the same dataset version is a free replay of
         the stored release (re-releasing a release is post-processing), unless `fresh` asks for a new
-        draw, which is charged.
+        draw, which is charged. `priority` is the task's queue priority (lower runs first; see
+        `lomas_common.queue.task_priority`); a re-send of a lost task keeps it.
         """
         if not access.user.may_query:
             raise PermissionDenied(
@@ -281,7 +302,7 @@ class QueryLifecycle:
         # Three reads, none of which touches data or budget, run together: the outcome of this
         # request id (a retry), an earlier release of the same query (a free replay) and the cost,
         # which is dropped if either of the others answers.
-        estimate = asyncio.ensure_future(self.estimate_cost(access.dataset, query))
+        estimate = asyncio.ensure_future(self.estimate_cost(subject, access.dataset, query))
         try:
             retried, earlier = await asyncio.gather(
                 self._stored_outcome(query_id) if request_id else _nothing(),
@@ -335,7 +356,7 @@ class QueryLifecycle:
             # A retry whose query a worker already picked up only waits for it; a duplicate task
             # would be harmless (the worker finds the stored outcome) but is not needed.
             if reservation.state == budget_pb2.RESERVATION_STATE_RESERVED:
-                await self._enqueue(task)
+                await self._enqueue(task, priority)
         except Exception:
             self._waiter.forget(query_id)
             await self._release_unstarted(query_id)
@@ -346,7 +367,9 @@ class QueryLifecycle:
         async def is_done() -> bool:
             return await self._stored_outcome(query_id) is not None
 
-        watch = self._lost_tasks.watch(query_id, self._queue_of(task), lambda: self._enqueue(task))
+        watch = self._lost_tasks.watch(
+            query_id, self._queue_of(task), lambda: self._enqueue(task, priority)
+        )
         completion = await self._waiter.wait(
             query_id, self._settings.query_timeout_seconds, is_done, on_poll=watch.check
         )
@@ -367,15 +390,8 @@ class QueryLifecycle:
     def _queue_of(self, task: task_pb2.ExecuteQueryTask) -> str:
         return self._settings.queue.queue_for(task.query.WhichOneof("kind"))
 
-    async def _enqueue(self, task: task_pb2.ExecuteQueryTask) -> None:
-        body = json_format.MessageToJson(task, indent=None)
-        await asyncio.to_thread(
-            self._celery.send_task,
-            EXECUTE_QUERY_TASK,
-            args=[body],
-            task_id=task.query_id,
-            queue=self._queue_of(task),
-        )
+    async def _enqueue(self, task: task_pb2.ExecuteQueryTask, priority: int) -> None:
+        await asyncio.to_thread(send_query_task, self._celery, self._queue_of(task), task, priority)
 
     async def _release_unstarted(self, query_id: str) -> None:
         try:
@@ -427,9 +443,11 @@ class QueryLifecycle:
 
 
 # The code a stored failure is reported with; other reasons (a source that cannot be read, say)
-# describe a state of the platform, hence FAILED_PRECONDITION.
+# describe a state of the platform, hence FAILED_PRECONDITION. COST_MISMATCH: the worker's own cost
+# of the query differed from the reservation, so it refunded and did not run (send it again).
 _STORED_FAILURE_CODES = {
     "QUERY_INVALID": Code.INVALID_ARGUMENT,
+    "COST_MISMATCH": Code.FAILED_PRECONDITION,
     "QUERY_TIMEOUT": Code.DEADLINE_EXCEEDED,
     "QUERY_EXECUTION_FAILED": Code.INTERNAL,
 }

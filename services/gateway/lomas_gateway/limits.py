@@ -1,8 +1,11 @@
 """Per-user limits shared by every gateway replica (kept in Redis), and response-time padding.
 
-- request rate: a fixed one-second window per subject;
+- request rate: a fixed one-second window per subject (every public call, free ones included);
 - concurrent real queries: a counter per subject, with a safety expiry so a crashed gateway cannot
-  leave a user blocked for longer than one query timeout;
+  leave a user blocked for longer than one query timeout. The count is always kept (even with no
+  limit): it also gives a query its queue priority (`QuerySlot.already_in_flight`);
+- concurrent free calls (cost estimates, dummy queries, dummy datasets): a second counter per
+  subject, so free work is bounded per user too;
 - timing protection (as Lomas offers): query responses, answers and errors alike, are held back to a
   minimum duration and/or rounded up to a quantum, so response times say less about the data.
 """
@@ -20,6 +23,9 @@ import redis.asyncio as aioredis
 
 from lomas_common.errors import RateLimited, TooManyConcurrentQueries
 
+# How long a free call may hold its slot if its gateway dies (the counter's safety expiry).
+FREE_CALL_SLOT_TTL_SECONDS = 600
+
 
 @dataclass(frozen=True)
 class LimitSettings:
@@ -28,6 +34,15 @@ class LimitSettings:
     query_timeout_seconds: float
     response_min_seconds: float = 0.0
     response_quantum_seconds: float = 0.0
+    concurrent_free_calls: int = 4  # estimates and dummy runs in flight per subject; 0 disables
+
+
+@dataclass(frozen=True)
+class QuerySlot:
+    """A held query slot: how many of the subject's other real queries were in flight when it was
+    taken (the query's queue priority comes from it)."""
+
+    already_in_flight: int
 
 
 class UserLimits:
@@ -42,27 +57,57 @@ class UserLimits:
             return
         key = f"{self._prefix}:rate:{subject}:{int(time.time())}"
         async with self._redis.pipeline(transaction=True) as pipe:
-            count, _ = await pipe.incr(key).expire(key, 2).execute()
+            pipe.incr(key)
+            pipe.expire(key, 2)
+            count, _ = await pipe.execute()
         if int(count) > limit:
             raise RateLimited(f"more than {limit} requests per second", retry_after_seconds=1.0)
 
+    def _inflight_key(self, subject: str) -> str:
+        return f"{self._prefix}:inflight:{subject}"
+
+    async def queries_in_flight(self, subject: str) -> int:
+        """How many real queries of the subject are in flight now (across gateway replicas)."""
+        return int(await self._redis.get(self._inflight_key(subject)) or 0)
+
     @asynccontextmanager
-    async def query_slot(self, subject: str) -> AsyncIterator[None]:
+    async def query_slot(self, subject: str) -> AsyncIterator[QuerySlot]:
         """Hold one of the subject's concurrent-query slots for the duration of a real query."""
         limit = self._settings.concurrent_queries
-        if limit <= 0:
-            yield
-            return
-        key = f"{self._prefix}:inflight:{subject}"
         ttl = int(self._settings.query_timeout_seconds) + 60
-        async with self._redis.pipeline(transaction=True) as pipe:
-            count, _ = await pipe.incr(key).expire(key, ttl).execute()
-        try:
-            if int(count) > limit:
+        async with self._counted(self._inflight_key(subject), ttl) as count:
+            if 0 < limit < count:
                 raise TooManyConcurrentQueries(
                     f"at most {limit} queries may run at once per user", retry_after_seconds=1.0
                 )
+            yield QuerySlot(already_in_flight=count - 1)
+
+    @asynccontextmanager
+    async def free_call_slot(self, subject: str) -> AsyncIterator[None]:
+        """Hold one of the subject's slots for free work (a cost estimate, a dummy run)."""
+        limit = self._settings.concurrent_free_calls
+        if limit <= 0:
             yield
+            return
+        key = f"{self._prefix}:inflight-free:{subject}"
+        async with self._counted(key, FREE_CALL_SLOT_TTL_SECONDS) as count:
+            if count > limit:
+                raise TooManyConcurrentQueries(
+                    f"at most {limit} cost estimates or dummy runs may run at once per user",
+                    reason="TOO_MANY_CONCURRENT_CALLS",
+                    retry_after_seconds=1.0,
+                )
+            yield
+
+    @asynccontextmanager
+    async def _counted(self, key: str, ttl_seconds: int) -> AsyncIterator[int]:
+        """Count one more in `key` while the block runs (the count includes this one)."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, ttl_seconds)
+            count, _ = await pipe.execute()
+        try:
+            yield int(count)
         finally:
             await self._redis.decr(key)
 

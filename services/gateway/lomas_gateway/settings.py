@@ -178,5 +178,7 @@ class GatewaySettings:
                 query_timeout_seconds=env_float(env, "QUERY_TIMEOUT_SECONDS", 330.0),
                 response_min_seconds=env_float(env, "RESPONSE_MIN_SECONDS", 0.0),
                 response_quantum_seconds=env_float(env, "RESPONSE_QUANTUM_SECONDS", 0.0),
+                # Cost estimates, dummy queries and dummy datasets in flight per user (0: no cap).
+                concurrent_free_calls=env_int(env, "MAX_CONCURRENT_FREE_CALLS_PER_USER", 4),
             ),
         )

@@ -1,9 +1,10 @@
-"""The query lifecycle's pure parts: the cost cache and the announced outcome."""
+"""The query lifecycle's pure parts: the cost cache, the replay fingerprint and the announced
+outcome."""
 
 from __future__ import annotations
 
 from lomas.common.v1 import archive_pb2, dataset_pb2, privacy_pb2, query_pb2
-from lomas_gateway.lifecycle import CostCache, _announced_outcome
+from lomas_gateway.lifecycle import CostCache, _announced_outcome, query_fingerprint
 
 
 def descriptor(
@@ -24,14 +25,48 @@ def cost(epsilon: str) -> privacy_pb2.PrivacyLoss:
     return privacy_pb2.PrivacyLoss(approx_dp=privacy_pb2.ApproxDp(epsilon=epsilon, delta="0"))
 
 
-def test_a_cost_is_keyed_by_the_whole_descriptor_and_the_canonical_query() -> None:
-    key = CostCache.key(descriptor(), sql("SELECT COUNT(*) FROM df"))
-    assert key == CostCache.key(descriptor(), sql("SELECT  COUNT(*)\n FROM df"))
-    assert key != CostCache.key(descriptor(version=2), sql("SELECT COUNT(*) FROM df"))
+def test_a_cost_is_keyed_by_the_caller_the_whole_descriptor_and_the_exact_query() -> None:
+    key = CostCache.key("alice", descriptor(), sql("SELECT COUNT(*) FROM df"))
+    assert key == CostCache.key("alice", descriptor(), sql("SELECT COUNT(*) FROM df"))
+    # No textual normalisation: other white space is another key.
+    assert key != CostCache.key("alice", descriptor(), sql("SELECT  COUNT(*)\n FROM df"))
+    assert key != CostCache.key("bob", descriptor(), sql("SELECT COUNT(*) FROM df"))
+    assert key != CostCache.key("alice", descriptor(version=2), sql("SELECT COUNT(*) FROM df"))
     assert key != CostCache.key(
-        descriptor(metadata_json='{"max_ids": 2}'), sql("SELECT COUNT(*) FROM df")
+        "alice", descriptor(metadata_json='{"max_ids": 2}'), sql("SELECT COUNT(*) FROM df")
     )
-    assert key != CostCache.key(descriptor(), sql("SELECT COUNT(*) FROM df", epsilon="2"))
+    assert key != CostCache.key("alice", descriptor(), sql("SELECT COUNT(*) FROM df", epsilon="2"))
+    # Parts are length-prefixed: moving bytes between the subject and the query changes the key.
+    assert CostCache.key("a", descriptor(), sql("b")) != CostCache.key("ab", descriptor(), sql(""))
+
+
+# The budget bypass of the hostile review: one COUNT once white space is collapsed, three
+# aggregates as SQL reads it (the comment ends at the newline).
+ONE_COUNT = "SELECT COUNT(*) AS n -- , SUM(bill_length_mm) AS s1, SUM(body_mass_g) AS s2\nFROM df"
+THREE_AGGREGATES = (
+    "SELECT COUNT(*) AS n --\n, SUM(bill_length_mm) AS s1, SUM(body_mass_g) AS s2 FROM df"
+)
+
+
+def test_the_comment_trick_gets_its_own_cost_key_and_fingerprint() -> None:
+    assert " ".join(ONE_COUNT.split()) == " ".join(THREE_AGGREGATES.split())  # the old key
+    one, three = sql(ONE_COUNT), sql(THREE_AGGREGATES)
+    assert CostCache.key("alice", descriptor(), one) != CostCache.key("alice", descriptor(), three)
+    assert query_fingerprint("alice", descriptor(), one) != query_fingerprint(
+        "alice", descriptor(), three
+    )
+
+
+def test_a_replay_fingerprint_is_the_caller_the_dataset_version_and_the_exact_query() -> None:
+    query = sql("SELECT COUNT(*) FROM df")
+    fingerprint = query_fingerprint("alice", descriptor(), query)
+    assert fingerprint == query_fingerprint("alice", descriptor(), sql("SELECT COUNT(*) FROM df"))
+    assert fingerprint != query_fingerprint("bob", descriptor(), query)
+    assert fingerprint != query_fingerprint("alice", descriptor(version=2), query)
+    assert fingerprint != query_fingerprint("alice", descriptor(), sql("SELECT COUNT(*)  FROM df"))
+    assert fingerprint != query_fingerprint(
+        "alice", descriptor(), sql("SELECT COUNT(*) FROM df", "2")
+    )
 
 
 def test_the_cost_cache_keeps_the_most_recently_used() -> None:

@@ -681,22 +681,31 @@ class MarkReservationAccessedRequest(_message.Message):
     QUERY_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
+    EXPECTED_COST_FIELD_NUMBER: _builtins.int
     query_id: _builtins.str
     """Query id."""
     request_id: _builtins.str
     """Optional idempotency key: a replay returns the first response."""
     actor: _builtins.str
     """Who asked (recorded in the entry); defaults to "worker"."""
+    @_builtins.property
+    def expected_cost(self) -> _privacy_pb2.PrivacyLoss:
+        """The cost of exactly what the worker is about to run, by its own engine. When set, the ledger
+        refuses (FAILED_PRECONDITION, reason COST_MISMATCH, nothing written) unless it equals the
+        reserved cost once expressed in the ledger's unit. Unset: no check (older workers).
+        """
+
     def __init__(
         self,
         *,
         query_id: _builtins.str = ...,
         request_id: _builtins.str = ...,
         actor: _builtins.str = ...,
+        expected_cost: _privacy_pb2.PrivacyLoss | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expected_cost", b"expected_cost"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "query_id", b"query_id", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "expected_cost", b"expected_cost", "query_id", b"query_id", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
