@@ -9,7 +9,9 @@ back, and the event loop and the workers would contend for the GIL. Measured on 
 Each call gets the same edges as on the asyncio server (`lomas_common.server`): the request id, the
 mesh service token, the one error model (a `LomasError` becomes its status and `ErrorInfo`; anything
 else becomes INTERNAL), health checking, reflection, message-size limits, OpenTelemetry when an
-exporter is configured, and a graceful drain on SIGTERM/SIGINT.
+exporter is configured, and a graceful drain on SIGTERM/SIGINT. Health is NOT_SERVING until the
+server has started and from the start of its shutdown; a request that does not decode gets
+INVALID_ARGUMENT with reason REQUEST_UNDECODABLE (see `lomas_common.server`).
 
     server = start_blocking_server(settings.server, [Service(add_..., servicer, "lomas...")])
     serve_blocking_until_signalled(server, on_stop=[db.close])
@@ -33,12 +35,15 @@ from lomas_common.rpc_errors import internal_status, to_status
 from lomas_common.server import (
     Service,
     ServiceTokenAuthenticator,
+    UndecodableRequest,
     add_health_and_reflection,
     call_metadata,
     request_id_var,
     rich_status,
     server_options,
     set_request_id,
+    tolerant_deserializer,
+    undecodable_error,
 )
 from lomas_common.settings import ServerSettings
 from lomas_common.telemetry import blocking_server_interceptors
@@ -60,6 +65,8 @@ def _with_edges(
         try:
             if authenticator is not None:
                 authenticator.check(method, metadata)
+            if isinstance(request, UndecodableRequest):
+                raise undecodable_error(method)
             return behavior(request, context)
         except LomasError as error:
             log.info("%s refused: %s %s", method, error.code.value, error.reason)
@@ -71,33 +78,93 @@ def _with_edges(
     return handler
 
 
-class _EdgedServicer:
-    """A servicer seen through `_with_edges`: the generated `add_..._to_server` reads each method
-    once, at registration, so a call pays for no interceptor lookup."""
+def _refusing_undecodable(method: str, behavior: Handler) -> Handler:
+    """`behavior` (health, not edged: it aborts on its own) answering undecodable requests."""
+
+    @functools.wraps(behavior)
+    def handler(request: Any, context: grpc.ServicerContext) -> Any:
+        if isinstance(request, UndecodableRequest):
+            context.abort_with_status(rich_status(to_status(undecodable_error(method))))
+        return behavior(request, context)
+
+    return handler
+
+
+class _EdgedRegistrar:
+    """Stands in for the server in a generated `add_..._to_server`: each unary method is registered
+    with a request deserializer that never raises and, with `edges`, `_with_edges` around its
+    behavior. This happens once, at registration, so a call pays for no interceptor lookup."""
 
     def __init__(
-        self, servicer: Any, full_name: str, authenticator: ServiceTokenAuthenticator | None
+        self, server: grpc.Server, authenticator: ServiceTokenAuthenticator | None, *, edges: bool
     ) -> None:
-        self._servicer = servicer
-        self._full_name = full_name
+        self._server = server
         self._authenticator = authenticator
+        self._edges = edges
 
-    def __getattr__(self, name: str) -> Handler:
-        behavior = getattr(self._servicer, name)
-        return _with_edges(f"/{self._full_name}/{name}", behavior, self._authenticator)
+    def edged(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if handler.unary_unary is None:
+            return handler  # streams (health Watch, reflection) keep gRPC's own handling
+        behavior = (
+            _with_edges(method, handler.unary_unary, self._authenticator)
+            if self._edges
+            else _refusing_undecodable(method, handler.unary_unary)
+        )
+        return handler._replace(  # type: ignore[attr-defined,no-any-return]
+            unary_unary=behavior,
+            request_deserializer=tolerant_deserializer(handler.request_deserializer),
+        )
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self._server.add_registered_method_handlers(  # type: ignore[attr-defined]
+            service, {name: self.edged(f"/{service}/{name}", h) for name, h in handlers.items()}
+        )
+
+    def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(
+            tuple(_EdgedGenericHandler(h, self) for h in handlers)
+        )
+
+
+class _EdgedGenericHandler(grpc.GenericRpcHandler):
+    """A generic handler (the lookup for methods not registered by name) with the same edges."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, registrar: _EdgedRegistrar) -> None:
+        self._inner = inner
+        self._registrar = registrar
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
+        return self._registrar.edged(handler_call_details.method, handler)  # type: ignore[attr-defined]
 
 
 class BlockingServer:
     """A started thread-pool server with its bound port."""
 
-    def __init__(self, server: grpc.Server, port: int, grace: float, pool: ThreadPoolExecutor):
+    def __init__(
+        self,
+        server: grpc.Server,
+        port: int,
+        grace: float,
+        pool: ThreadPoolExecutor,
+        health_servicer: health.HealthServicer | None = None,
+    ):
         self.server = server
         self.port = port
         self._grace = grace
         self._pool = pool
+        self.health = health_servicer
 
     def stop(self) -> None:
-        """Refuse new calls, let in-flight ones finish for the grace period, then stop."""
+        """Report NOT_SERVING, refuse new calls, let in-flight ones finish for the grace period."""
+        if self.health is not None:
+            self.health.enter_graceful_shutdown()
         self.server.stop(self._grace).wait()
         self._pool.shutdown(wait=False)
 
@@ -116,11 +183,13 @@ def start_blocking_server(
         options=server_options(settings),
     )
     for service in services:
-        service.add_to_server(
-            _EdgedServicer(service.servicer, service.full_name, authenticator), server
-        )
+        service.add_to_server(service.servicer, _EdgedRegistrar(server, authenticator, edges=True))
     health_servicer = health.HealthServicer()
-    names = add_health_and_reflection(server, health_servicer, services)
+    names = add_health_and_reflection(
+        _EdgedRegistrar(server, None, edges=False), health_servicer, services
+    )
+    for name in ["", *names]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     port = server.add_insecure_port(settings.listen)
     if port == 0:
         raise SystemExit(f"cannot listen on {settings.listen}")
@@ -128,7 +197,7 @@ def start_blocking_server(
     for name in ["", *names]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving %s on port %d (%d threads)", ", ".join(names), port, threads)
-    return BlockingServer(server, port, settings.grace_seconds, pool)
+    return BlockingServer(server, port, settings.grace_seconds, pool, health_servicer)
 
 
 def serve_blocking_until_signalled(

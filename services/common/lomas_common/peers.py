@@ -1,5 +1,9 @@
 """Calling mesh peers: channels with size limits, the service credential, request-id propagation,
-telemetry, and peer errors turned back into `LomasError`s (same code, same reason)."""
+telemetry, and peer errors turned back into `LomasError`s (same code, same reason).
+
+A peer that is down or restarting (connection refused, connection lost mid-call, no answer in time)
+becomes UNAVAILABLE with reason BACKEND_UNAVAILABLE, a RetryInfo and `peer: <name>` in the ErrorInfo
+metadata, so a caller of the gateway knows to retry and what was missing."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lomas_common.rpc_errors import from_rpc_error
 from lomas_common.server import REQUEST_ID_HEADER, SERVICE_TOKEN_HEADER, request_id_var
@@ -15,6 +20,13 @@ from lomas_common.telemetry import client_interceptors
 StubT = TypeVar("StubT")
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
+HEALTH_CHECK_TIMEOUT_SECONDS = 1.0
+
+# Reconnect quickly to a peer that went away: peers are on the same machine or cluster, and a
+# supervised restart takes seconds. gRPC's defaults (1 s growing to 120 s) would keep a channel
+# failing long after its peer is back.
+INITIAL_RECONNECT_BACKOFF_MS = 100
+MAX_RECONNECT_BACKOFF_MS = 2000
 
 
 @dataclass(frozen=True)
@@ -30,6 +42,9 @@ def _channel_options(settings: PeerSettings) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.initial_reconnect_backoff_ms", INITIAL_RECONNECT_BACKOFF_MS),
+        ("grpc.min_reconnect_backoff_ms", INITIAL_RECONNECT_BACKOFF_MS),
+        ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
     ]
 
 
@@ -43,17 +58,28 @@ def _call_metadata(settings: PeerSettings) -> list[tuple[str, str]]:
     return metadata
 
 
-class AsyncPeer(Generic[StubT]):
-    """An asyncio client of one peer service."""
+def peer_name(stub_class: type[Any]) -> str:
+    """The peer a stub calls, from its generated module (`lomas.executor.v1...` -> "executor")."""
+    parts = stub_class.__module__.split(".")
+    return parts[1] if len(parts) > 2 and parts[0] == "lomas" else stub_class.__name__
 
-    def __init__(self, target: str, stub_class: type[StubT], settings: PeerSettings) -> None:
+
+class AsyncPeer(Generic[StubT]):
+    """An asyncio client of one peer service. `name` (default: from the stub's package, e.g.
+    "executor") names the peer in BACKEND_UNAVAILABLE errors and health reports."""
+
+    def __init__(
+        self, target: str, stub_class: type[StubT], settings: PeerSettings, name: str = ""
+    ) -> None:
         self._settings = settings
+        self.name = name or peer_name(stub_class)
         self.channel = grpc.aio.insecure_channel(
             target,
             options=_channel_options(settings),
             interceptors=client_interceptors(settings.otel_exporter),
         )
         self.stub: StubT = stub_class(self.channel)  # type: ignore[call-arg]
+        self._health = health_pb2_grpc.HealthStub(self.channel)
 
     async def call(self, method: str, request: Any, *, timeout: float | None = None) -> Any:
         try:
@@ -63,7 +89,17 @@ class AsyncPeer(Generic[StubT]):
                 timeout=timeout or DEFAULT_TIMEOUT_SECONDS,
             )
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            raise from_rpc_error(error, peer=self.name) from None
+
+    async def serving(self) -> bool:
+        """Whether the peer answers its health check with SERVING (a dependency of `start_server`)."""
+        try:
+            response = await self._health.Check(
+                health_pb2.HealthCheckRequest(), timeout=HEALTH_CHECK_TIMEOUT_SECONDS
+            )
+        except grpc.RpcError:
+            return False
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
     async def close(self) -> None:
         await self.channel.close()
@@ -72,8 +108,11 @@ class AsyncPeer(Generic[StubT]):
 class SyncPeer(Generic[StubT]):
     """A blocking client of one peer service (for Celery workers)."""
 
-    def __init__(self, target: str, stub_class: type[StubT], settings: PeerSettings) -> None:
+    def __init__(
+        self, target: str, stub_class: type[StubT], settings: PeerSettings, name: str = ""
+    ) -> None:
         self._settings = settings
+        self.name = name or peer_name(stub_class)
         self.channel = grpc.insecure_channel(target, options=_channel_options(settings))
         self.stub: StubT = stub_class(self.channel)  # type: ignore[call-arg]
 
@@ -85,7 +124,7 @@ class SyncPeer(Generic[StubT]):
                 timeout=timeout or DEFAULT_TIMEOUT_SECONDS,
             )
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            raise from_rpc_error(error, peer=self.name) from None
 
     def close(self) -> None:
         self.channel.close()

@@ -68,11 +68,20 @@ def internal_status() -> status_pb2.Status:
 
 
 class RemoteError(LomasError):
-    """An error reported by a peer service, re-raised with the peer's code and reason."""
+    """An error reported by a peer service, re-raised with the peer's code, reason and retry advice."""
 
-    def __init__(self, code: Code, message: str, reason: str, metadata: dict[str, str]) -> None:
+    def __init__(
+        self,
+        code: Code,
+        message: str,
+        reason: str,
+        metadata: dict[str, str],
+        retry_after_seconds: float | None = None,
+    ) -> None:
         self.code = code
-        super().__init__(message, reason=reason, metadata=metadata)
+        super().__init__(
+            message, reason=reason, metadata=metadata, retry_after_seconds=retry_after_seconds
+        )
 
 
 def _status_of(error: grpc.RpcError) -> status_pb2.Status | None:
@@ -84,8 +93,36 @@ def _status_of(error: grpc.RpcError) -> status_pb2.Status | None:
     return None
 
 
-def from_rpc_error(error: grpc.RpcError) -> LomasError:
-    """Rebuild the domain error from a peer's status; transport failures become BACKEND_UNAVAILABLE."""
+def _retry_after(status: status_pb2.Status) -> float | None:
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            return retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
+    return None
+
+
+# How long a caller should wait before retrying a call that failed because a peer was unreachable:
+# long enough for a supervised restart to begin, short enough not to hold a researcher back.
+PEER_RETRY_AFTER_SECONDS = 1.0
+
+# Transport failures: the peer was not reached, went away mid-call, or did not answer in time. They
+# carry no ErrorInfo because no Lomas code produced them.
+_TRANSPORT_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def peer_unavailable(peer: str) -> BackendUnavailable:
+    """The error a caller gets while `peer` (e.g. "executor") is down or restarting."""
+    return BackendUnavailable(
+        "a backend service is unavailable; retry later",
+        metadata={"peer": peer} if peer else None,
+        retry_after_seconds=PEER_RETRY_AFTER_SECONDS,
+    )
+
+
+def from_rpc_error(error: grpc.RpcError, peer: str = "") -> LomasError:
+    """Rebuild the domain error from a peer's status; transport failures become BACKEND_UNAVAILABLE
+    naming `peer`, with retry advice."""
     code_method = getattr(error, "code", None)
     code = code_method() if callable(code_method) else None
     status = _status_of(error)
@@ -95,8 +132,15 @@ def from_rpc_error(error: grpc.RpcError) -> LomasError:
                 info = error_details_pb2.ErrorInfo()
                 detail.Unpack(info)
                 domain_code = _CODES_BY_GRPC.get(code, Code.INTERNAL) if code else Code.INTERNAL
-                return RemoteError(domain_code, status.message, info.reason, dict(info.metadata))
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return BackendUnavailable("a backend service is unavailable", retry_after_seconds=1.0)
-    log.warning("peer call failed without ErrorInfo: %s", code)
+                return RemoteError(
+                    domain_code,
+                    status.message,
+                    info.reason,
+                    dict(info.metadata),
+                    retry_after_seconds=_retry_after(status),
+                )
+    if code in _TRANSPORT_CODES:
+        log.warning("peer %s unreachable: %s", peer or "?", code)
+        return peer_unavailable(peer)
+    log.warning("peer %s call failed without ErrorInfo: %s", peer or "?", code)
     return LomasError("internal error", reason="INTERNAL")

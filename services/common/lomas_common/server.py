@@ -3,6 +3,16 @@
 Every server gets: a request-id interceptor, an optional authentication interceptor, the error-mapping
 interceptor, gRPC health checking and reflection, explicit message-size limits, OpenTelemetry when an
 exporter is configured, and a graceful shutdown on SIGTERM/SIGINT.
+
+Health tells the truth: every name (the server "" and each service) is NOT_SERVING until the server
+has started, and again from the moment it starts shutting down. A server with `dependencies` (the
+gateway's peers) also reports its own services NOT_SERVING while one of them is unreachable; the
+server's own name "" keeps describing the process alone, so probes that restart or unlist a process
+(Kubernetes, the embedded launcher) never act on a peer's outage.
+
+A request whose bytes do not decode as the method's request message is refused with
+INVALID_ARGUMENT, reason REQUEST_UNDECODABLE (gRPC alone would answer UNKNOWN or INTERNAL, with no
+ErrorInfo).
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ import signal
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.rpc import status_pb2
@@ -24,7 +34,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from lomas_common.errors import LomasError, PermissionDenied
+from lomas_common.errors import InvalidArgument, LomasError, PermissionDenied
 from lomas_common.rpc_errors import internal_status, to_status
 from lomas_common.settings import ServerSettings
 from lomas_common.telemetry import server_interceptors
@@ -77,6 +87,49 @@ class CallOutcome:
 
 Observer = Callable[[CallOutcome], Awaitable[None]]
 
+UNDECODABLE_REASON = "REQUEST_UNDECODABLE"
+
+
+class UndecodableRequest:
+    """What a handler receives instead of a request whose bytes did not decode. `empty` is an empty
+    request of the method's type, for observers (an audit trail records the call, not the bytes)."""
+
+    def __init__(self, empty: Any) -> None:
+        self.empty = empty
+
+
+def tolerant_deserializer(
+    deserializer: Callable[[bytes], Any] | None,
+) -> Callable[[bytes], Any] | None:
+    """`deserializer`, returning an `UndecodableRequest` instead of raising, so that the handler can
+    answer with the error model rather than gRPC's bare UNKNOWN/INTERNAL."""
+    if deserializer is None:
+        return None
+    decode = deserializer
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return decode(data)
+        except Exception:
+            return UndecodableRequest(decode(b""))  # empty bytes are every message's default
+
+    return deserialize
+
+
+def undecodable_error(method: str) -> InvalidArgument:
+    return InvalidArgument(
+        "the request does not decode as the method's request message",
+        reason=UNDECODABLE_REASON,
+        metadata={"method": method},
+    )
+
+
+def with_tolerant_deserializer(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A method handler whose request deserializer never raises (see `tolerant_deserializer`)."""
+    return handler._replace(  # type: ignore[attr-defined,no-any-return]
+        request_deserializer=tolerant_deserializer(handler.request_deserializer)
+    )
+
 
 def _wrap_unary(
     behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
@@ -91,6 +144,8 @@ def _wrap_unary(
         try:
             if authenticator is not None:
                 await authenticator.authenticate(method, metadata)
+            if isinstance(request, UndecodableRequest):
+                raise undecodable_error(method)
             return await behavior(request, context)
         except LomasError as error:
             code, reason = error.code.value, error.reason
@@ -107,6 +162,8 @@ def _wrap_unary(
             await context.abort_with_status(rich_status(internal_status()))
         finally:
             if observer is not None and not method.startswith("/grpc."):
+                if isinstance(request, UndecodableRequest):
+                    request = request.empty
                 try:
                     await observer(CallOutcome(method, request, code, reason))
                 except Exception:
@@ -147,7 +204,7 @@ class _EdgeInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         return grpc.unary_unary_rpc_method_handler(
             _wrap_unary(handler.unary_unary, method, self._authenticator, self._observer),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=tolerant_deserializer(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
@@ -161,15 +218,73 @@ class Service:
     full_name: str  # e.g. "lomas.budget.v1.BudgetService"
 
 
+class Dependency(Protocol):
+    """A peer this server needs to serve its own services (an `AsyncPeer` is one)."""
+
+    name: str
+
+    async def serving(self) -> bool:
+        """Whether the peer answers its health check with SERVING (never raises)."""
+        ...
+
+
+# How often a server with dependencies checks them (each check times out after about 1 s).
+DEPENDENCY_CHECK_SECONDS = 2.0
+
+
+async def _watch_dependencies(
+    health_servicer: health.aio.HealthServicer,
+    names: Sequence[str],
+    dependencies: Sequence[Dependency],
+    interval: float,
+) -> None:
+    """Report `names` NOT_SERVING while a dependency is not SERVING, SERVING otherwise."""
+    down: set[str] | None = None  # unknown before the first check
+    while True:
+        try:
+            results = await asyncio.gather(*(d.serving() for d in dependencies))
+            now_down = {d.name for d, ok in zip(dependencies, results, strict=True) if not ok}
+            if now_down != down:
+                if now_down:
+                    log.warning("peers not serving: %s", ", ".join(sorted(now_down)))
+                elif down:
+                    log.info("all peers serving again")
+                status = (
+                    health_pb2.HealthCheckResponse.NOT_SERVING
+                    if now_down
+                    else health_pb2.HealthCheckResponse.SERVING
+                )
+                for name in names:
+                    await health_servicer.set(name, status)
+                down = now_down
+        except Exception:  # keep watching: a stale report is worse than a logged failure
+            log.exception("checking the peers failed")
+        await asyncio.sleep(interval)
+
+
 class RunningServer:
     """A started server with its bound port."""
 
-    def __init__(self, server: grpc.aio.Server, port: int, grace: float) -> None:
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        port: int,
+        grace: float,
+        health_servicer: health.aio.HealthServicer | None = None,
+        watcher: asyncio.Task[None] | None = None,
+    ) -> None:
         self.server = server
         self.port = port
         self._grace = grace
+        self.health = health_servicer
+        self._watcher = watcher
 
     async def stop(self) -> None:
+        """Report NOT_SERVING everywhere, refuse new calls, drain in-flight ones for the grace period."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+        if self.health is not None:
+            await self.health.enter_graceful_shutdown()
         await self.server.stop(self._grace)
 
     async def wait(self) -> None:
@@ -187,11 +302,15 @@ def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
 
 
 def add_health_and_reflection(
-    server: grpc.Server | grpc.aio.Server,
+    server: Any,
     health_servicer: health.HealthServicer | health.aio.HealthServicer,
     services: Sequence[Service],
 ) -> list[str]:
-    """Serve gRPC health checking and reflection beside `services`; returns their full names."""
+    """Serve gRPC health checking and reflection beside `services`; returns their full names.
+
+    `server` is a `grpc.aio.Server`, a `grpc.Server`, or what stands in for one at registration
+    (the blocking server's registrar). Health starts with the server's own name "" SERVING (gRPC's
+    default): the caller sets every name NOT_SERVING until the server is ready."""
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [s.full_name for s in services]
     reflection.enable_server_reflection(
@@ -212,8 +331,13 @@ async def start_server(
     authenticator: Authenticator | None = None,
     credentials: grpc.ServerCredentials | None = None,
     observer: Observer | None = None,
+    dependencies: Sequence[Dependency] = (),
+    dependency_check_seconds: float = DEPENDENCY_CHECK_SECONDS,
 ) -> RunningServer:
-    """Build, bind and start a server (port 0 picks a free port; see `RunningServer.port`)."""
+    """Build, bind and start a server (port 0 picks a free port; see `RunningServer.port`).
+
+    With `dependencies`, the services' health follows theirs (checked every
+    `dependency_check_seconds`); the server's own name "" stays SERVING while the process serves."""
     if authenticator is None and settings.service_token:
         authenticator = ServiceTokenAuthenticator(settings.service_token)
     options = server_options(settings)
@@ -226,6 +350,8 @@ async def start_server(
         service.add_to_server(service.servicer, server)
     health_servicer = health.aio.HealthServicer()
     names = add_health_and_reflection(server, health_servicer, services)
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     if credentials is None:
         port = server.add_insecure_port(settings.listen)
     else:
@@ -233,10 +359,17 @@ async def start_server(
     if port == 0:
         raise SystemExit(f"cannot listen on {settings.listen}")
     await server.start()
-    for name in ["", *names]:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    watcher = None
+    if dependencies:
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        watcher = asyncio.create_task(
+            _watch_dependencies(health_servicer, names, dependencies, dependency_check_seconds)
+        )
+    else:
+        for name in ["", *names]:
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving %s on port %d", ", ".join(names), port)
-    return RunningServer(server, port, settings.grace_seconds)
+    return RunningServer(server, port, settings.grace_seconds, health_servicer, watcher)
 
 
 async def serve_until_signalled(

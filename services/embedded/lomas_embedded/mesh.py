@@ -2,6 +2,12 @@
 
 The embedded default and the tests use this; it runs each service exactly as an operator would, with
 `LOMAS_` environment variables, so the embedded default and the mesh share one code path.
+
+Every process is supervised (`lomas_embedded.supervision`): one that exits unexpectedly is started
+again on the same port with the same environment, with backoff, and the restart is logged. A gRPC
+service is supervised from the moment it first serves (a service that cannot start at all fails
+`start()` at once instead of looping); a worker from its start. `stop()` and `kill()` release the
+supervision first, so they cause no restart (unless `kill(..., restart=True)`).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lomas_embedded.ports import free_port
+from lomas_embedded.supervision import Backoff, Watchdog
 
 
 @dataclass
@@ -47,14 +54,24 @@ class MeshConfig:
     # `jwt` mode means OIDC discovery from `issuer`; `envoy` mode trusts an Envoy sidecar's claims.
     auth_mode: str = ""
     gateway_env: dict[str, str] = field(default_factory=dict)  # e.g. LOMAS_JWKS_MAX_AGE_SECONDS
+    # Restart processes that exit unexpectedly (see `lomas_embedded.supervision`).
+    supervise: bool = True
+    restart_backoff: Backoff = field(default_factory=Backoff)
 
 
 @dataclass
 class ServiceProcess:
     name: str
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes]  # the current process (a restart replaces it)
     target: str  # host:port for gRPC services, "" for workers
     log_path: Path
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    watchdog: Watchdog | None = None
+
+    @property
+    def restarts(self) -> int:
+        return self.watchdog.restarts if self.watchdog is not None else 0
 
 
 class Mesh:
@@ -87,19 +104,41 @@ class Mesh:
         return env
 
     def _spawn(self, name: str, module: str, target: str, env: dict[str, str]) -> ServiceProcess:
+        argv = [sys.executable, "-m", module]
         log_path = self.logs / f"{name}.log"
-        log_file = log_path.open("ab")
-        process = subprocess.Popen(
-            [sys.executable, "-m", module],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C in a terminal reaches the launcher, which stops us in order
-        )
-        log_file.close()
-        service = ServiceProcess(name, process, target, log_path)
+        service = ServiceProcess(name, _popen(argv, env, log_path), target, log_path, argv, env)
         self.processes.append(service)
+        if not target:
+            self._supervise(service)
         return service
+
+    def _supervise(self, service: ServiceProcess) -> None:
+        """Watch `service` from now on (once; nothing if the mesh is not supervised)."""
+        if not self.config.supervise or service.watchdog is not None:
+            return
+
+        def spawn() -> subprocess.Popen[bytes]:
+            with service.log_path.open("ab") as log_file:
+                log_file.write(b"--- restarted by the launcher after an unexpected exit ---\n")
+            return _popen(service.argv, service.env, service.log_path)
+
+        def replaced(process: subprocess.Popen[bytes]) -> None:
+            service.process = process
+
+        service.watchdog = Watchdog(
+            service.name,
+            service.process,
+            spawn,
+            backoff=self.config.restart_backoff,
+            ready=(lambda: _serving(service.target)) if service.target else None,
+            reap=_reap_group,
+            on_restart=replaced,
+        )
+
+    def _release(self, service: ServiceProcess) -> None:
+        """End the supervision of `service` (its current process is in `service.process`)."""
+        if service.watchdog is not None:
+            service.process = service.watchdog.release()
 
     def start_service(
         self, name: str, *, listen: str = "", gateway_env: Mapping[str, str] | None = None
@@ -160,6 +199,21 @@ class Mesh:
         return self
 
     def wait_healthy(self, service: ServiceProcess, timeout: float) -> None:
+        """Wait until `service` reports SERVING, then supervise it; fail at once if it exits."""
+        self._wait_first_serving(service, timeout)
+        self._supervise(service)
+
+    def wait_serving(self, name: str, timeout: float) -> ServiceProcess:
+        """Wait until the service `name` reports SERVING, through any restarts of its process."""
+        service = self.service(name)
+        deadline = time.monotonic() + timeout
+        while not _serving(service.target):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} is not serving; see {service.log_path}")
+            time.sleep(0.05)
+        return service
+
+    def _wait_first_serving(self, service: ServiceProcess, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         with grpc.insecure_channel(service.target) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
@@ -191,17 +245,30 @@ class Mesh:
     def service(self, name: str) -> ServiceProcess:
         return next(s for s in self.processes if s.name == name)
 
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+    def kill(self, name: str, sig: int = signal.SIGKILL, *, restart: bool = False) -> None:
         """Send a signal to one service and wait until every process of its group has exited, a
-        Celery worker's children included (tests use it to crash processes)."""
+        Celery worker's children included (tests use it to crash processes).
+
+        By default the service stays dead and leaves the mesh (`start_service(name)` starts it
+        again); with `restart=True` it stays supervised and is restarted like after a crash (wait
+        for it with `wait_serving`)."""
         service = self.service(name)
-        os.killpg(service.process.pid, sig)
-        service.process.wait(30)
-        _wait_for_group_exit(service.process.pid, 30.0)
-        self.processes.remove(service)
+        if restart and service.watchdog is None:
+            raise RuntimeError(f"{name} is not supervised: it would not be restarted")
+        if not restart:
+            self._release(service)
+        process = service.process
+        os.killpg(process.pid, sig)
+        process.wait(30)
+        _wait_for_group_exit(process.pid, 30.0)
+        if not restart:
+            self.processes.remove(service)
 
     def stop(self, grace: float = 15.0) -> None:
-        """SIGTERM everything (gateway first, so no new work arrives), then SIGKILL stragglers."""
+        """SIGTERM everything (gateway first, so no new work arrives), then SIGKILL stragglers.
+        Supervision ends first: nothing stopped here is restarted."""
+        for service in self.processes:
+            self._release(service)
         for service in reversed(self.processes):
             if service.process.poll() is None:
                 try:
@@ -219,7 +286,43 @@ class Mesh:
                 except ProcessLookupError:
                     pass
                 service.process.wait()
+        for service in self.processes:
+            if service.watchdog is not None:
+                service.watchdog.join(5.0)
         self.processes.clear()
+
+
+def _popen(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log_file:
+        return subprocess.Popen(
+            argv,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C in a terminal reaches the launcher, which stops us in order
+        )
+
+
+def _serving(target: str) -> bool:
+    """Whether the gRPC server at `target` answers its health check with SERVING."""
+    with grpc.insecure_channel(target) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=1.0
+            )
+        except grpc.RpcError:
+            return False
+    return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def _reap_group(process: subprocess.Popen[bytes]) -> None:
+    """After a service's main process exited: kill what is left of its group (a dead Celery
+    worker's children still hold the broker connection) and wait until all of it is gone."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    _wait_for_group_exit(process.pid, 30.0)
 
 
 def _group_alive(pgid: int) -> bool:

