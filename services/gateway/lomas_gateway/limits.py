@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
 
-from lomas_common.errors import RateLimited, TooManyConcurrentQueries
+from lomas_common.errors import BackendUnavailable, RateLimited, TooManyConcurrentQueries
 
 # How long a free call may hold its slot if its gateway dies (the counter's safety expiry).
 FREE_CALL_SLOT_TTL_SECONDS = 600
@@ -56,10 +57,11 @@ class UserLimits:
         if limit <= 0:
             return
         key = f"{self._prefix}:rate:{subject}:{int(time.time())}"
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.incr(key)
-            pipe.expire(key, 2)
-            count, _ = await pipe.execute()
+        with _redis_unavailable():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.incr(key)
+                pipe.expire(key, 2)
+                count, _ = await pipe.execute()
         if int(count) > limit:
             raise RateLimited(f"more than {limit} requests per second", retry_after_seconds=1.0)
 
@@ -68,7 +70,8 @@ class UserLimits:
 
     async def queries_in_flight(self, subject: str) -> int:
         """How many real queries of the subject are in flight now (across gateway replicas)."""
-        return int(await self._redis.get(self._inflight_key(subject)) or 0)
+        with _redis_unavailable():
+            return int(await self._redis.get(self._inflight_key(subject)) or 0)
 
     @asynccontextmanager
     async def query_slot(self, subject: str) -> AsyncIterator[QuerySlot]:
@@ -102,14 +105,16 @@ class UserLimits:
     @asynccontextmanager
     async def _counted(self, key: str, ttl_seconds: int) -> AsyncIterator[int]:
         """Count one more in `key` while the block runs (the count includes this one)."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.incr(key)
-            pipe.expire(key, ttl_seconds)
-            count, _ = await pipe.execute()
+        with _redis_unavailable():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.incr(key)
+                pipe.expire(key, ttl_seconds)
+                count, _ = await pipe.execute()
         try:
             yield int(count)
         finally:
-            await self._redis.decr(key)
+            with _redis_unavailable():
+                await self._redis.decr(key)
 
     @asynccontextmanager
     async def padded(self) -> AsyncIterator[None]:
@@ -132,3 +137,14 @@ class UserLimits:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+@contextmanager
+def _redis_unavailable() -> Iterator[None]:
+    """Redis down or restarting is a backend outage for the caller (retry later), not INTERNAL."""
+    try:
+        yield
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError):
+        raise BackendUnavailable(
+            "the limits store is unavailable", metadata={"peer": "redis"}, retry_after_seconds=1.0
+        ) from None

@@ -64,6 +64,8 @@ class Gateway:
                 make_authenticator(self.settings.auth), Authorizer(self.peers.admin), self.limits
             ),
             observer=self.audit.observe,
+            # The public services report NOT_SERVING while a peer they need is down.
+            dependencies=[self.peers.admin, self.peers.budget, self.peers.executor],
         )
         return self.server
 

@@ -62,6 +62,11 @@ class ExecutionFailed(LomasError):
     """The query failed after touching data; its cost is charged (no refund after data access)."""
 
 
+class CostMismatch(LomasError):
+    """The worker's cost of the query differed from what was reserved: nothing ran, nothing was
+    charged; sending the query again prices it anew."""
+
+
 _BY_REASON: dict[str, type[LomasError]] = {
     "PRIVACY_BUDGET_EXHAUSTED": BudgetExhausted,
     "QUERY_INVALID": InvalidQuery,
@@ -73,6 +78,11 @@ _BY_REASON: dict[str, type[LomasError]] = {
     "BACKEND_UNAVAILABLE": BackendUnavailable,
     "RATE_LIMITED": LimitExceeded,
     "TOO_MANY_CONCURRENT_QUERIES": LimitExceeded,
+    "TOO_MANY_CONCURRENT_CALLS": LimitExceeded,
+    "FREE_CALL_LIMIT_EXCEEDED": LimitExceeded,
+    "QUERY_LIMIT_EXCEEDED": InvalidQuery,
+    "GROUP_KEYS_NOT_PUBLIC": InvalidQuery,
+    "COST_MISMATCH": CostMismatch,
 }
 _BY_CODE: dict[grpc.StatusCode, type[LomasError]] = {
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
