@@ -2,17 +2,37 @@
 
 Three phases, kept apart so that errors are honest about data access:
 
-1. **Validate and cost** (`estimate_cost`): parse and rewrite the SQL against the metadata alone.
-   The reader used here cannot read data at all (`_MetadataOnlyReader`), so this is free and its
-   error messages (about the SQL text and the schema) are safe to return as QUERY_INVALID.
+1. **Validate and cost** (`estimate_cost`), free and before any charge:
+   * size ceilings on the text, before parsing (`sql_limits.check_sql_text`);
+   * parse and rewrite the SQL against the metadata alone, with a reader that cannot read data at
+     all (`_MetadataOnlyReader`); the library's messages (about the SQL text and the schema) are
+     safe to return as QUERY_INVALID;
+   * the privacy boundary of group keys (`sql_limits.plan_group_keys`): without `censor_dims`,
+     every GROUP BY key must be a column with a public key set;
+   * a dry run of the very engine the worker uses (`PrivateReader` over `SqliteTableReader`) on an
+     EMPTY table with the dataset's schema, so that SQL the engine cannot execute is refused here,
+     not after the data is read. Its messages cannot quote data: there is none.
 2. **Prepare** (`prepare_reader`): copy a table into an in-memory SQLite database once per dataset
    version (`SqliteTableReader`); the executor caches it.
-3. **Execute** (`execute`): validate again (phase 1, cheap), then run on the prepared reader
-   through a fresh `PrivateReader`. A failure in this phase has touched data: it becomes
+3. **Execute** (`execute`): validate again (phase 1, memoised), then run on the prepared reader
+   through a fresh `_LomasPrivateReader`. A failure in this phase has touched data: it becomes
    QUERY_EXECUTION_FAILED with a generic message, because the library's text could quote row values.
 
-The cost is what the library will really charge (`PrivateReader.get_privacy_cost`): smartnoise-sql
-spends the query's epsilon once per mechanism, so `SELECT AVG(x)` costs 2 epsilon (SUM and COUNT).
+Group keys: with public categories, the exact aggregates are completed before noise with a zero row
+for every declared key combination the data lacks (see `sql_limits`), so the key set of a release
+is the declared one, whatever the data.
+
+The charge, basic composition, exactly: smartnoise-sql runs one mechanism per noisy column, each
+with the query's (epsilon, delta) as floats (`SELECT AVG(x)` runs a SUM and a COUNT: 2 epsilon).
+The library gets floats rounded DOWN from the user's decimals, so it never runs with more than the
+user asked for. The charge is the exact sum over the mechanisms that will run of their (epsilon,
+delta), where a float is the one passed in counting as the user's decimal (which is >= it) and any
+other float as its exact binary value, rounded up to the ledger quantum. Basic composition is a
+valid (epsilon, delta) bound for the release, never below the epsilon of the library's own
+odometer (which takes the minimum of basic and advanced composition), and charges delta 0 for pure
+mechanisms: the odometer's extra tolerance (delta/2, or 1e-15 when delta is 0) belongs to its
+advanced-composition bound, which is not the bound charged here. A COUNT(*) that could serve as a
+thresholding key count still carries the query's delta in the library, and is charged it.
 
 Speed: each Laplace/Gaussian mechanism searches its noise scale with OpenDP's `binary_search_param`
 (~20 ms each, for every cost and every execution). The scale is a pure function of the mechanism's
@@ -23,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import sqlite3
 import threading
 import uuid
@@ -30,7 +51,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_CEILING, Context, Decimal
 from types import MappingProxyType
 from typing import Any
 
@@ -51,6 +72,13 @@ from lomas_common.errors import ExecutionFailed, FailedPrecondition, InvalidQuer
 from lomas_common.privacy import PrivacyLoss, PrivacyValueError, parse_decimal
 from lomas_executor.failures import chain_names
 from lomas_executor.metadata import TABLE_NAME, DatasetMetadata
+from lomas_executor.sql_limits import (
+    DEFAULT_LIMITS,
+    CompletingReader,
+    SqlLimits,
+    check_sql_text,
+    plan_group_keys,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -58,6 +86,10 @@ MAX_SQL_LENGTH = 100_000
 MAX_MESSAGE_LENGTH = 500
 STAT_NAMES = tuple(stat.name for stat in Stat)
 MECHANISM_NAMES = tuple(mechanism.name for mechanism in Mechanism)
+# Key combinations a dry run completes (enough to run every step of the engine on some rows).
+DRY_RUN_KEY_ROWS = 16
+# Sums of exact binary fractions: enough digits for any float, and inexact results round up.
+_EXACT_SUM = Context(prec=1_000, rounding=ROUND_CEILING)
 
 
 # -- the query -------------------------------------------------------------------------------------
@@ -108,11 +140,22 @@ class SmartnoiseSqlQuery:
         object.__setattr__(self, "mechanisms", MappingProxyType(dict(self.mechanisms)))
 
     def privacy(self) -> Privacy:
-        """smartnoise-sql's privacy parameters for this query (a fresh object: it is mutable)."""
-        privacy = Privacy(epsilon=float(self.epsilon), delta=float(self.delta))
+        """smartnoise-sql's privacy parameters for this query (a fresh object: it is mutable).
+
+        The floats are never above the decimals (see `float_at_most`).
+        """
+        privacy = Privacy(epsilon=float_at_most(self.epsilon), delta=float_at_most(self.delta))
         for stat, mechanism in self.mechanisms.items():
             privacy.mechanisms.map[Stat[stat]] = Mechanism[mechanism]
         return privacy
+
+
+def float_at_most(value: Decimal) -> float:
+    """The largest float not above `value` (>= 0): `float()` rounds to nearest, sometimes up."""
+    nearest = float(value)
+    if Decimal(nearest) > value:
+        return math.nextafter(nearest, 0.0)
+    return nearest
 
 
 # -- readers ---------------------------------------------------------------------------------------
@@ -169,19 +212,25 @@ def prepare_reader(data: pd.DataFrame | pa.Table, metadata: DatasetMetadata) -> 
 # -- cost ------------------------------------------------------------------------------------------
 
 
-def estimate_cost(query: SmartnoiseSqlQuery, metadata: DatasetMetadata) -> PrivacyLoss:
-    """The privacy loss smartnoise-sql will charge for this query, as (epsilon, delta) rounded up.
+def estimate_cost(
+    query: SmartnoiseSqlQuery, metadata: DatasetMetadata, limits: SqlLimits = DEFAULT_LIMITS
+) -> PrivacyLoss:
+    """The privacy loss this query is charged: basic composition of the mechanisms smartnoise-sql
+    will run, as exact (epsilon, delta) decimals rounded up (see the module docstring).
 
-    No data access. Raises InvalidQuery for anything the library refuses (parse errors, unsupported
-    aggregates, unknown columns or tables, noise scale too large) and for aggregates of unbounded
-    columns.
+    No data access. Raises InvalidQuery (or a subclass: QueryLimitExceeded, GroupKeysNotPublic) for
+    anything beyond the size ceilings, anything the library refuses (parse errors, unsupported
+    aggregates, unknown columns or tables, noise scale too large), aggregates of unbounded columns,
+    group keys that are not public, and SQL the engine cannot execute on the dataset's schema.
 
-    Memoised: the answer is a function of the query's SQL and privacy parameters and of the
-    metadata alone, and working it out (parsing and rewriting the SQL) takes milliseconds, for
-    every estimate and again before every run. Refusals are not memoised.
+    Memoised: the answer is a function of the query's SQL and privacy parameters, of the metadata
+    and of the limits alone, and working it out (parsing, rewriting, a dry run) takes
+    milliseconds, for every estimate and again before every run. Refusals are not memoised.
     """
     mechanisms = tuple(sorted(query.mechanisms.items()))
-    return _cost(query.sql, query.epsilon, query.delta, mechanisms, metadata)
+    return _cost(
+        query.sql, query.epsilon, query.delta, mechanisms, query.postprocess, metadata, limits
+    )
 
 
 @functools.lru_cache(maxsize=1024)
@@ -190,32 +239,58 @@ def _cost(
     epsilon: Decimal,
     delta: Decimal,
     mechanisms: tuple[tuple[str, str], ...],
+    postprocess: bool,
     metadata: DatasetMetadata,
+    limits: SqlLimits,
 ) -> PrivacyLoss:
-    query = SmartnoiseSqlQuery(sql, epsilon, delta, dict(mechanisms))
-    private = _private_reader(query, _MetadataOnlyReader(), metadata)
+    check_sql_text(sql, limits)  # before the parser sees it
+    query = SmartnoiseSqlQuery(sql, epsilon, delta, dict(mechanisms), postprocess)
+    private = _private_reader(query, _MetadataOnlyReader(), metadata, limits)
     try:
-        epsilon, delta = private.get_privacy_cost(query.sql)
+        # `PrivateReader._get_mechanism_costs` without parsing twice: the subquery is needed too.
+        subquery, _ = private._rewrite(query.sql)
+        costs = [
+            (mechanism.epsilon, mechanism.delta)
+            for mechanism in private._get_mechanisms(subquery)
+            if mechanism is not None
+        ]
         if metadata.unbounded_numeric_columns():
-            _refuse_unbounded(private, query.sql, metadata)
+            _refuse_unbounded(subquery, metadata)
+        plan_group_keys(subquery, metadata, limits)
     except InvalidQuery:
         raise
     except Exception as exc:
         # The library raises bare ValueErrors (and worse) for bad queries; no data was read.
         raise InvalidQuery(_clean_message(exc)) from None
+    loss = _basic_composition(costs, query)
+    _dry_run(query, metadata, limits)
+    return loss
+
+
+def _basic_composition(costs: list[tuple[float, float]], query: SmartnoiseSqlQuery) -> PrivacyLoss:
+    """The exact sum of the mechanisms' (epsilon, delta), rounded up to the ledger quantum."""
+    passed_epsilon = float_at_most(query.epsilon)
+    passed_delta = float_at_most(query.delta)
+
+    def exact(value: float, passed: float, decimal: Decimal) -> Decimal:
+        # The float we passed in stands for the user's decimal, which is never below it.
+        return decimal if value == passed else Decimal(float(value))
+
+    epsilon = delta = Decimal(0)
+    for mechanism_epsilon, mechanism_delta in costs:
+        epsilon = _EXACT_SUM.add(epsilon, exact(mechanism_epsilon, passed_epsilon, query.epsilon))
+        delta = _EXACT_SUM.add(delta, exact(mechanism_delta, passed_delta, query.delta))
     try:
         loss = PrivacyLoss.approx_dp(
-            parse_decimal(float(epsilon), name="epsilon"),
-            parse_decimal(float(delta), name="delta"),
+            parse_decimal(epsilon, name="epsilon"), parse_decimal(delta, name="delta")
         )
     except PrivacyValueError as exc:
         raise InvalidQuery(f"the query's privacy cost is out of range: {exc}") from None
     return loss.as_cost()
 
 
-def _refuse_unbounded(private: PrivateReader, sql: str, metadata: DatasetMetadata) -> None:
+def _refuse_unbounded(subquery: Any, metadata: DatasetMetadata) -> None:
     """smartnoise-sql prices sums of unbounded columns, then refuses them after reading the data."""
-    subquery, _ = private._rewrite(sql)
     if any(
         symbol.mechanism is not None and symbol.mechanism.sensitivity is np.inf
         for symbol in subquery._select_symbols
@@ -224,6 +299,51 @@ def _refuse_unbounded(private: PrivateReader, sql: str, metadata: DatasetMetadat
             "the query aggregates a column without bounds in the metadata (only COUNT is possible "
             f"on: {', '.join(metadata.unbounded_numeric_columns())})"
         )
+
+
+def _dry_run(query: SmartnoiseSqlQuery, metadata: DatasetMetadata, limits: SqlLimits) -> None:
+    """Run the query, as the worker will, on an empty table of the dataset's schema.
+
+    What fails here (SQL that SQLite refuses, post-processing that cannot evaluate) would fail after
+    the data is read; here it is refused for free, and the library's text can only quote the query
+    and the metadata (the table is empty), so its first line is returned. It completes only the
+    first `DRY_RUN_KEY_ROWS` key combinations: every row of an empty table is a filler row, so more
+    would only draw more noise (10,000 rows take seconds).
+    """
+    private = _private_reader(query, _empty_reader(metadata), metadata, limits, DRY_RUN_KEY_ROWS)
+    try:
+        _release(private, query)
+    except InvalidQuery:
+        raise
+    except Exception as exc:
+        message = _clean_message(exc, "the query cannot be executed", any_class=True)
+        raise InvalidQuery(f"the query cannot be executed on this dataset: {message}") from None
+
+
+@functools.lru_cache(maxsize=64)
+def _empty_reader(metadata: DatasetMetadata) -> SqliteTableReader:
+    """The engine's reader over an empty table with the dataset's columns, once per metadata.
+
+    Built from pandas alone: Arrow's first allocation reserves about 1 GB of address space, which
+    a free call's address-space limit cannot spare.
+    """
+    frame = pd.DataFrame(
+        {
+            name: pd.Series([], dtype=_EMPTY_DTYPES[metadata.column_type(name)])
+            for name in metadata.column_names
+        }
+    )
+    return SqliteTableReader(frame, metadata)
+
+
+# The pandas types of a loaded table's columns (`prepare_reader`), for the dry run's empty table.
+_EMPTY_DTYPES = {
+    "int": "Int64",
+    "float": "float64",
+    "string": "object",
+    "boolean": "bool",
+    "datetime": "datetime64[us]",
+}
 
 
 # -- execution -------------------------------------------------------------------------------------
@@ -235,6 +355,7 @@ def execute(
     metadata: DatasetMetadata,
     *,
     validated: bool = False,
+    limits: SqlLimits = DEFAULT_LIMITS,
 ) -> pd.DataFrame:
     """Run the query on prepared data and return the DP release.
 
@@ -243,15 +364,10 @@ def execute(
     message that names only the exception class.
     """
     if not validated:
-        estimate_cost(query, metadata)
-    private = _private_reader(query, prepared, metadata)
+        estimate_cost(query, metadata, limits)
+    private = _private_reader(query, prepared, metadata, limits)
     try:
-        result = private.execute(query.sql, postprocess=query.postprocess)
-        if not query.postprocess:
-            rows = [list(row) for row in result]
-            width = len(rows[0]) if rows else 0
-            return pd.DataFrame(rows, columns=[f"res_{i}" for i in range(width)])
-        return pd.DataFrame(result[1:], columns=result[0])
+        return _release(private, query)
     except Exception as exc:
         # Data was read: whatever failed, report only the exception class (logs keep the details).
         _log.warning("smartnoise-sql failed after reading data (%s)", chain_names(exc))
@@ -260,12 +376,55 @@ def execute(
         ) from None
 
 
+def _release(private: PrivateReader, query: SmartnoiseSqlQuery) -> pd.DataFrame:
+    """The library's release as a frame (the one code path of real, dummy and dry runs)."""
+    result = private.execute(query.sql, postprocess=query.postprocess)
+    if not query.postprocess:
+        rows = [list(row) for row in result]
+        width = len(rows[0]) if rows else 0
+        return pd.DataFrame(rows, columns=[f"res_{i}" for i in range(width)])
+    return pd.DataFrame(result[1:], columns=result[0])
+
+
+class _LomasPrivateReader(PrivateReader):
+    """smartnoise-sql's PrivateReader, whose exact aggregates are completed over public keys.
+
+    `PrivateReader._execute_ast` gets the exact aggregates from `_get_reader(subquery)`; this one
+    wraps the reader so that, without `censor_dims`, the rows cover every declared key combination
+    (`sql_limits.complete_aggregates`) before noise is added. (The library's other use of the hook,
+    DPSU, is refused by the metadata.)
+    """
+
+    def __init__(
+        self,
+        reader: SqlReader,
+        metadata: DatasetMetadata,
+        privacy: Privacy,
+        limits: SqlLimits,
+        max_key_rows: int | None,
+    ) -> None:
+        super().__init__(reader, smartnoise_metadata(metadata), privacy=privacy)
+        self._dataset_metadata = metadata
+        self._limits = limits
+        self._max_key_rows = max_key_rows
+
+    def _get_reader(self, query_ast: Any) -> Any:
+        plan = plan_group_keys(query_ast, self._dataset_metadata, self._limits)
+        if plan is None:
+            return self.reader
+        return CompletingReader(self.reader, plan, self._max_key_rows)
+
+
 def _private_reader(
-    query: SmartnoiseSqlQuery, reader: SqlReader, metadata: DatasetMetadata
+    query: SmartnoiseSqlQuery,
+    reader: SqlReader,
+    metadata: DatasetMetadata,
+    limits: SqlLimits = DEFAULT_LIMITS,
+    max_key_rows: int | None = None,
 ) -> PrivateReader:
     # Cheap (~0.01 ms): a fresh one per query, so no state leaks between queries. The parsed
     # metadata is shared: smartnoise-sql only reads it, and parsing costs ~1.2 ms per query.
-    return PrivateReader(reader, smartnoise_metadata(metadata), privacy=query.privacy())
+    return _LomasPrivateReader(reader, metadata, query.privacy(), limits, max_key_rows)
 
 
 @functools.lru_cache(maxsize=256)
@@ -274,12 +433,21 @@ def smartnoise_metadata(metadata: DatasetMetadata) -> Metadata:
     return Metadata.from_dict(metadata.to_smartnoise())
 
 
-def _clean_message(exc: Exception) -> str:
-    """The first line of a library error (later lines carry OpenDP internals), bounded in length."""
+def _clean_message(
+    exc: Exception,
+    fallback: str = "smartnoise-sql could not analyse the query",
+    *,
+    any_class: bool = False,
+) -> str:
+    """The first line of a library error (later lines carry OpenDP internals), bounded in length.
+
+    Only a ValueError's text is quoted (the library's refusals), unless `any_class`: errors of a
+    run on an empty table (SQLite's, say) have no data to quote.
+    """
     lines = str(exc).strip().splitlines()
     text = lines[0].strip() if lines else ""
-    if not isinstance(exc, ValueError) or not text:
-        text = f"smartnoise-sql could not analyse the query ({type(exc).__name__})"
+    if not (any_class or isinstance(exc, ValueError)) or not text:
+        text = f"{fallback} ({type(exc).__name__})"
     if len(text) > MAX_MESSAGE_LENGTH:
         text = text[: MAX_MESSAGE_LENGTH - 3] + "..."
     return text

@@ -447,6 +447,8 @@ class QueryLifecycle:
 # of the query differed from the reservation, so it refunded and did not run (send it again).
 _STORED_FAILURE_CODES = {
     "QUERY_INVALID": Code.INVALID_ARGUMENT,
+    "QUERY_LIMIT_EXCEEDED": Code.INVALID_ARGUMENT,
+    "GROUP_KEYS_NOT_PUBLIC": Code.INVALID_ARGUMENT,
     "COST_MISMATCH": Code.FAILED_PRECONDITION,
     "QUERY_TIMEOUT": Code.DEADLINE_EXCEEDED,
     "QUERY_EXECUTION_FAILED": Code.INTERNAL,
