@@ -83,8 +83,12 @@ def polars_plans() -> dict[str, pl.LazyFrame]:
     lf = pl.LazyFrame(schema={"g": pl.String, "x": pl.Float64})
     return {
         "OpenDP COUNT": lf.select(dp.len(scale=1.0)),
-        "OpenDP GROUP BY AVG": lf.group_by("g").agg(
-            pl.col("x").fill_null(50.0).dp.mean((0.0, 100.0), scale=100.0)
+        # Every declared key released: the public key set joined in (OpenDP's `with_keys`).
+        "OpenDP GROUP BY AVG": pl.LazyFrame({"g": CATEGORIES}).join(
+            lf.group_by("g").agg(pl.col("x").fill_null(50.0).dp.mean((0.0, 100.0), scale=100.0)),
+            on="g",
+            how="left",
+            nulls_equal=True,
         ),
     }
 

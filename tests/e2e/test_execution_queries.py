@@ -146,8 +146,9 @@ def mean_bill(columns: list[str], noise: str = "laplace") -> dp.Measurement:
 
 
 def species_plan() -> pl.LazyFrame:
-    """An OpenDP Polars query: count and mean bill length per species."""
-    return (
+    """An OpenDP Polars query: count and mean bill length per species, every declared species
+    released (the public key set joined in, as OpenDP's `with_keys` does)."""
+    grouped = (
         pl.LazyFrame(schema={"species": pl.String, "bill_length_mm": pl.Float64})
         .group_by("species")
         .agg(
@@ -155,6 +156,8 @@ def species_plan() -> pl.LazyFrame:
             pl.col("bill_length_mm").fill_null(40.0).dp.mean((30.0, 65.0), scale=65.0),
         )
     )
+    keys = pl.LazyFrame({"species": ["Adelie", "Chinstrap", "Gentoo"]})
+    return keys.join(grouped, on="species", how="left", nulls_equal=True)
 
 
 # -- every kind ------------------------------------------------------------------------------------

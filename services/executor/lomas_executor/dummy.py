@@ -16,8 +16,14 @@ import pandas as pd
 
 from lomas_common.errors import InvalidArgument
 from lomas_executor.metadata import DatasetMetadata
+from lomas_executor.settings import QueryLimits
 
 MAX_DUMMY_ROWS = 1_000_000
+# Rows x columns of one dummy frame (`QueryLimits.max_dummy_cells`, LOMAS_MAX_DUMMY_CELLS) are
+# checked before anything is allocated: 5,000,000 cells of the penguin metadata (7 columns, about
+# 714,000 rows) run a SQL query in about 1 GB of resident memory (1.8 GB of address space), within
+# the free calls' default address-space limit.
+DUMMY_LIMIT_EXCEEDED = "QUERY_LIMIT_EXCEEDED"
 NULL_FRACTION = 0.05
 # Ranges used when the metadata gives no bounds (unbounded numeric columns, datetimes without
 # bounds).
@@ -28,12 +34,29 @@ _STRING_LENGTH = 8
 _LETTERS = np.array(list("abcdefghijklmnopqrstuvwxyz"))
 
 
-def make_dummy_frame(metadata: DatasetMetadata, rows: int, seed: int) -> pd.DataFrame:
-    """A deterministic frame with `rows` rows and the metadata's columns, in metadata order."""
+def make_dummy_frame(
+    metadata: DatasetMetadata,
+    rows: int,
+    seed: int,
+    max_cells: int = QueryLimits.max_dummy_cells,
+) -> pd.DataFrame:
+    """A deterministic frame with `rows` rows and the metadata's columns, in metadata order.
+
+    Refuses (INVALID_ARGUMENT, QUERY_LIMIT_EXCEEDED, `limit` maxDummyCells) a frame of more than
+    `max_cells` cells, before allocating anything."""
     if isinstance(rows, bool) or not isinstance(rows, int) or not 0 <= rows <= MAX_DUMMY_ROWS:
         raise InvalidArgument(f"dummy rows must be an integer between 0 and {MAX_DUMMY_ROWS}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InvalidArgument("dummy seed must be an integer")
+    columns_count = len(metadata.column_names)
+    if rows * columns_count > max_cells:
+        raise InvalidArgument(
+            f"{rows} dummy rows of {columns_count} columns are more than this executor's ceiling "
+            f"of {max_cells} cells (maxDummyCells): ask for at most "
+            f"{max_cells // max(columns_count, 1)} rows",
+            reason=DUMMY_LIMIT_EXCEEDED,
+            metadata={"limit": "maxDummyCells", "maximum": str(max_cells)},
+        )
     columns: dict[str, pd.Series] = {}
     for position, name in enumerate(metadata.column_names):
         rng = np.random.default_rng([seed % 2**64, position])

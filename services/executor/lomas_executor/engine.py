@@ -4,6 +4,8 @@
 loads datasets through the byte-bounded cache, and keeps the phases honest:
 
 * `estimate_cost`, `dummy_frame` and `run_dummy` never touch the real data;
+* sizes a query chooses are checked against `QueryLimits` before anything is allocated, on the
+  dummy path and before a real run loads data alike;
 * `run` validates the query before loading anything, so an invalid query fails with QUERY_INVALID
   (or a more specific refusal) and no data access; after loading, failures are
   QUERY_EXECUTION_FAILED without data values.
@@ -28,6 +30,7 @@ from lomas_executor.cache import SQL_READER, DatasetCache, LoadedDataset
 from lomas_executor.dummy import make_dummy_frame
 from lomas_executor.metadata import DatasetMetadata
 from lomas_executor.opendp_queries import OpenDpMeasurementQuery, OpenDpPolarsQuery
+from lomas_executor.settings import QueryLimits
 from lomas_executor.smartnoise_sql import SmartnoiseSqlQuery
 from lomas_executor.sources import DataFormat, DataSource, S3Secrets, check_source, load_table
 
@@ -50,9 +53,15 @@ class DatasetRef:
 
 
 class QueryEngine:
-    def __init__(self, cache: DatasetCache, s3_secrets: S3Secrets | None = None) -> None:
+    def __init__(
+        self,
+        cache: DatasetCache,
+        s3_secrets: S3Secrets | None = None,
+        limits: QueryLimits | None = None,
+    ) -> None:
         self._cache = cache
         self._s3_secrets = s3_secrets or S3Secrets()
+        self._limits = limits or QueryLimits()
 
     @property
     def cache(self) -> DatasetCache:
@@ -64,13 +73,13 @@ class QueryEngine:
             case SmartnoiseSqlQuery():
                 return smartnoise_sql.estimate_cost(query, dataset.metadata)
             case OpenDpMeasurementQuery() | OpenDpPolarsQuery():
-                return opendp_queries.estimate_cost(query, dataset.metadata).as_cost()
+                return opendp_queries.estimate_cost(query, dataset.metadata, self._limits).as_cost()
             case _:
                 raise _unsupported(query)
 
     def dummy_frame(self, dataset: DatasetRef, rows: int, seed: int) -> pd.DataFrame:
         """Seeded dummy data following the dataset's metadata."""
-        return make_dummy_frame(dataset.metadata, rows, seed)
+        return self._dummy(dataset.metadata, rows, seed)
 
     def run_dummy(self, query: Query, dataset: DatasetRef, rows: int, seed: int) -> pd.DataFrame:
         """Run `query` on seeded dummy data (free: the caller reports the real cost separately)."""
@@ -78,21 +87,26 @@ class QueryEngine:
         match query:
             case SmartnoiseSqlQuery():
                 smartnoise_sql.estimate_cost(query, metadata)  # validate before building
-                frame = make_dummy_frame(metadata, rows, seed)
+                frame = self._dummy(metadata, rows, seed)
                 prepared = smartnoise_sql.prepare_reader(frame, metadata)
                 return smartnoise_sql.execute(query, prepared, metadata, validated=True)
             case OpenDpMeasurementQuery():
-                measurement = opendp_queries.build_measurement(query, metadata)  # validate first
-                table = opendp_queries.dummy_table(make_dummy_frame(metadata, rows, seed), metadata)
+                measurement = opendp_queries.build_measurement(
+                    query, metadata, self._limits
+                )  # validate first
+                table = opendp_queries.dummy_table(self._dummy(metadata, rows, seed), metadata)
                 text = opendp_queries.prepare_csv(table, metadata)
                 return opendp_queries.execute(query, text, metadata, measurement)
             case OpenDpPolarsQuery():
-                measurement = opendp_queries.build_measurement(query, metadata)
-                table = opendp_queries.dummy_table(make_dummy_frame(metadata, rows, seed), metadata)
+                measurement = opendp_queries.build_measurement(query, metadata, self._limits)
+                table = opendp_queries.dummy_table(self._dummy(metadata, rows, seed), metadata)
                 frame = opendp_queries.prepare_polars(table, metadata)
                 return opendp_queries.execute(query, frame, metadata, measurement)
             case _:
                 raise _unsupported(query)
+
+    def _dummy(self, metadata: DatasetMetadata, rows: int, seed: int) -> pd.DataFrame:
+        return make_dummy_frame(metadata, rows, seed, max_cells=self._limits.max_dummy_cells)
 
     def run(self, query: Query, dataset: DatasetRef) -> pd.DataFrame:
         """Run `query` on the real data and return its DP release."""
@@ -103,11 +117,13 @@ class QueryEngine:
                 reader = cast(smartnoise_sql.SqliteTableReader, self.prepared(dataset, SQL_READER))
                 return smartnoise_sql.execute(query, reader, metadata, validated=True)
             case OpenDpMeasurementQuery():
-                measurement = opendp_queries.build_measurement(query, metadata)  # before loading
+                measurement = opendp_queries.build_measurement(
+                    query, metadata, self._limits
+                )  # before loading
                 text = cast(str, self.prepared(dataset, OPENDP_CSV))
                 return opendp_queries.execute(query, text, metadata, measurement)
             case OpenDpPolarsQuery():
-                measurement = opendp_queries.build_measurement(query, metadata)
+                measurement = opendp_queries.build_measurement(query, metadata, self._limits)
                 frame = cast(pl.DataFrame, self.prepared(dataset, OPENDP_POLARS))
                 return opendp_queries.execute(query, frame, metadata, measurement)
             case _:

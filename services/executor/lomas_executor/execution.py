@@ -75,7 +75,9 @@ class QueryRunner:
     def __init__(self, settings: WorkerSettings) -> None:
         self._settings = settings
         self._engine = QueryEngine(
-            DatasetCache(max_bytes=settings.cache_bytes), s3_secrets=settings.s3_secrets
+            DatasetCache(max_bytes=settings.cache_bytes),
+            s3_secrets=settings.s3_secrets,
+            limits=settings.limits,
         )
         self._admin = SyncPeer(
             settings.admin_target, admin_store_pb2_grpc.AdminStoreServiceStub, settings.peers

@@ -1,4 +1,8 @@
-"""Run the executor service: `lomas-executor` (configured by LOMAS_ environment variables)."""
+"""Run the executor service: `lomas-executor` (configured by LOMAS_ environment variables).
+
+The server process runs no engine: every call goes to the free-call pool's children
+(`lomas_executor.sandbox`), which stop with the server.
+"""
 
 from __future__ import annotations
 
@@ -10,31 +14,41 @@ from lomas_common.blocking_server import (
 )
 from lomas_common.server import Service, configure_logging
 from lomas_executor.api import ExecutorServicer
-from lomas_executor.cache import DatasetCache
-from lomas_executor.engine import QueryEngine
+from lomas_executor.sandbox import FreeCallPool
 from lomas_executor.settings import ExecutorSettings
 
 
-def start(settings: ExecutorSettings) -> BlockingServer:
-    # The executor service never loads private data: its cache stays empty.
-    engine = QueryEngine(DatasetCache(max_bytes=0))
-    return start_blocking_server(
-        settings.server,
-        [
-            Service(
-                executor_pb2_grpc.add_ExecutorServiceServicer_to_server,
-                ExecutorServicer(engine),
-                "lomas.executor.v1.ExecutorService",
-            )
-        ],
-        threads=settings.server.threads,
-    )
+def start(settings: ExecutorSettings) -> tuple[BlockingServer, FreeCallPool]:
+    """Start the free-call pool (one child ready at least), then the server in front of it."""
+    pool = FreeCallPool(settings.free_calls, settings.limits, settings.server.log_level).start()
+    try:
+        server = start_blocking_server(
+            settings.server,
+            [
+                Service(
+                    executor_pb2_grpc.add_ExecutorServiceServicer_to_server,
+                    ExecutorServicer(pool),
+                    "lomas.executor.v1.ExecutorService",
+                )
+            ],
+            # A waiting call holds a thread: room for every call the pool admits, and for health.
+            threads=max(
+                settings.server.threads,
+                settings.free_calls.workers + settings.free_calls.queue + 4,
+            ),
+        )
+    except BaseException:
+        pool.close()
+        raise
+    return server, pool
 
 
 def main() -> None:
     settings = ExecutorSettings.from_env()
     configure_logging(settings.server.log_level)
-    serve_blocking_until_signalled(start(settings))
+    server, pool = start(settings)
+    # The server drains its calls first, then the children go (none outlives the service).
+    serve_blocking_until_signalled(server, on_stop=[pool.close])
 
 
 if __name__ == "__main__":

@@ -17,7 +17,19 @@ is deserialized:
   process has enabled globally (smartnoise-sql enables some); Polars objects are refused here.
 * Polars JSON: no node may carry a Python function (pickles), a file scan or sink, or a plugin other
   than OpenDP's own `dp` expressions (whose library path is rewritten to this server's); the plan's
-  input schema must agree with the metadata.
+  input schema must agree with the metadata; a literal frame (the key set of `with_keys`, a join
+  against public keys) may hold only declared categories of metadata columns.
+
+Sizes a pipeline chooses are checked in the same walk, before anything is allocated (`QueryLimits`):
+a row-like size (`make_resize` `size`, the sized sums' `size`/`size_limit`, `vector_domain` `size`)
+may not exceed the dataset's `rows` times `rows_factor` nor `max_rows`, whichever is smaller; a
+count of elements (categories, bin edges, candidates, alphas, b-ary tree leaves and branching, a
+key set's rows) may not exceed `max_elements`. Beyond them: QUERY_LIMIT_EXCEEDED, free of charge.
+
+Group keys are never taken from the data: a Polars group-by releases its keys only through OpenDP's
+charged threshold (`threshold`) or a join against a public key set (`with_keys`), which releases every
+listed key, absent or not. (Declaring the keys of a margin invariant would have OpenDP release exactly
+the keys present in the data, so an empty category would vanish from the release.)
 
 The input domain and metric always come from the metadata: a measurement must take exactly the
 metadata's CSV domain (`AtomDomain<String>`, `SymmetricDistance`, `make_split_dataframe` naming the
@@ -52,6 +64,7 @@ from lomas_common.errors import ExecutionFailed, FailedPrecondition, InvalidQuer
 from lomas_common.privacy import PrivacyLoss, PrivacyValueError, parse_decimal
 from lomas_executor.failures import chain_names
 from lomas_executor.metadata import DatasetMetadata
+from lomas_executor.settings import QueryLimits
 
 _log = logging.getLogger(__name__)
 
@@ -64,6 +77,8 @@ MAX_JSON_NODES = 500_000
 MAX_MESSAGE_LENGTH = 500
 PIPELINE_REFUSED = "OPENDP_PIPELINE_REFUSED"
 INPUT_DOMAIN_MISMATCH = "OPENDP_INPUT_DOMAIN_MISMATCH"
+QUERY_LIMIT_EXCEEDED = "QUERY_LIMIT_EXCEEDED"
+GROUP_KEYS_NOT_PUBLIC = "GROUP_KEYS_NOT_PUBLIC"
 
 Mechanism = Literal["laplace", "gaussian"]
 MECHANISMS: tuple[Mechanism, ...] = ("laplace", "gaussian")
@@ -79,6 +94,16 @@ class InputDomainMismatch(InvalidQuery):
     """The pipeline's input domain or metric is not the one the dataset metadata defines."""
 
     reason = INPUT_DOMAIN_MISMATCH
+
+
+class QueryLimitExceeded(InvalidQuery):
+    """A size the query chose is above one of the executor's ceilings (nothing was allocated).
+
+    Metadata: `limit` (the ceiling's name: maxRows, maxElements), `argument` (e.g.
+    make_resize.size) and `maximum`.
+    """
+
+    reason = QUERY_LIMIT_EXCEEDED
 
 
 # -- the queries -----------------------------------------------------------------------------------
@@ -334,12 +359,16 @@ def _walk(tree: Any) -> Iterator[tuple[Any, Any]]:
             stack.extend((key, item) for item in node)
 
 
-def check_measurement_json(tree: Any, metadata: DatasetMetadata) -> None:
+def check_measurement_json(
+    tree: Any, metadata: DatasetMetadata, limits: QueryLimits | None = None
+) -> None:
     """Refuse anything but allow-listed OpenDP constructors, before deserializing anything.
 
     Also checks that every `make_split_dataframe`/`make_create_dataframe` names the metadata's
-    columns in order (the measurement reads the dataset as CSV text).
+    columns in order (the measurement reads the dataset as CSV text), and that every size the
+    pipeline chooses is within `limits`.
     """
+    limits = limits or QueryLimits()
     if not isinstance(tree, dict) or "__function__" not in tree:
         raise InvalidQuery("the OpenDP measurement JSON must be one serialized OpenDP measurement")
     for _, node in _walk(tree):
@@ -360,6 +389,7 @@ def check_measurement_json(tree: Any, metadata: DatasetMetadata) -> None:
                 raise PipelineRefused(f"unknown OpenDP JSON field {flags[0]!r}")
             continue
         _check_constructor(node)
+        _check_sizes(node["__function__"], node.get("__kwargs__", {}), metadata, limits)
         if node["__function__"] in ("make_split_dataframe", "make_create_dataframe"):
             names = node.get("__kwargs__", {}).get("col_names")
             if names != list(metadata.column_names):
@@ -402,9 +432,45 @@ def _check_constructor(node: dict[str, Any]) -> None:
         )
 
 
-def _measurement_from_json(text: str, metadata: DatasetMetadata) -> dp.Measurement:
+# Arguments that allocate by a number the client chose, by name (the same in every constructor that
+# takes them): row-like sizes (`make_resize`, the sized sums, `vector_domain`), element counts
+# (b-ary trees; `k` of `make_noisy_top_k`) and lists whose length counts elements.
+_ROW_SIZE_ARGUMENTS = frozenset({"size", "size_limit"})
+_COUNT_ARGUMENTS = frozenset({"leaf_count", "branching_factor"})
+_LIST_ARGUMENTS = frozenset({"categories", "edges", "bin_edges", "candidates", "alphas"})
+
+
+def _check_sizes(
+    function: str, kwargs: Mapping[str, Any], metadata: DatasetMetadata, limits: QueryLimits
+) -> None:
+    for name, value in kwargs.items():
+        if name in _ROW_SIZE_ARGUMENTS:
+            _check_count(function, name, value, limits.opendp_row_ceiling(metadata.rows), "maxRows")
+        elif name in _COUNT_ARGUMENTS or (function, name) == ("make_noisy_top_k", "k"):
+            _check_count(function, name, value, limits.opendp_max_elements, "maxElements")
+        elif name in _LIST_ARGUMENTS:
+            items = value.get("__tuple__") if isinstance(value, dict) else value
+            if isinstance(items, list):
+                _check_count(function, name, len(items), limits.opendp_max_elements, "maxElements")
+
+
+def _check_count(function: str, name: str, value: object, maximum: int, limit: str) -> None:
+    if value is None:
+        return  # optional sizes (vector_domain without a size)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidQuery(f"{function} {name} must be an integer")
+    if value > maximum:
+        raise QueryLimitExceeded(
+            f"{function} {name} is {value}, above this executor's ceiling of {maximum} ({limit})",
+            metadata={"limit": limit, "argument": f"{function}.{name}", "maximum": str(maximum)},
+        )
+
+
+def _measurement_from_json(
+    text: str, metadata: DatasetMetadata, limits: QueryLimits
+) -> dp.Measurement:
     tree = _parse_json(text, "OpenDP measurement JSON")
-    check_measurement_json(tree, metadata)
+    check_measurement_json(tree, metadata, limits)
     # Every constructor named in the JSON is allow-listed: deserializing runs only those.
     try:
         with warnings.catch_warnings():
@@ -504,12 +570,16 @@ def _opendp_plugin_lib() -> str:
     raise RuntimeError("OpenDP's dp.len did not serialize as a Polars plugin")
 
 
-def check_polars_plan(tree: Any, metadata: DatasetMetadata) -> _PlanFacts:
+def check_polars_plan(
+    tree: Any, metadata: DatasetMetadata, limits: QueryLimits | None = None
+) -> _PlanFacts:
     """Refuse Python functions, scans, sinks and foreign plugins; rewrite OpenDP's plugin paths.
 
     Mutates `tree` in place (OpenDP plugin library paths become this server's) and returns the
-    grouping keys and input columns it found. Nothing is deserialized.
+    grouping keys and input columns it found. Literal frames are read (Arrow IPC, no code) and must
+    be the plan's empty input or a public key set. Nothing is deserialized by Polars or OpenDP.
     """
+    limits = limits or QueryLimits()
     if not isinstance(tree, dict) or len(tree) != 1:
         raise InvalidQuery("the Polars plan must be one serialized LazyFrame")
     facts = _PlanFacts()
@@ -548,12 +618,75 @@ def check_polars_plan(tree: Any, metadata: DatasetMetadata) -> _PlanFacts:
                     facts.named_columns = None  # a wildcard or a regex
                 else:
                     facts.named_columns.add(name)
-        if "DataFrameScan" in node and isinstance(node["DataFrameScan"], dict):
-            fields = node["DataFrameScan"].get("schema", {}).get("fields", {})
-            if isinstance(fields, dict):
-                facts.scanned_columns.update(fields)
+        if "DataFrameScan" in node:
+            facts.scanned_columns.update(_check_frame_scan(node["DataFrameScan"], metadata, limits))
     _check_scanned_columns(facts.scanned_columns, metadata)
     return facts
+
+
+def _check_frame_scan(scan: Any, metadata: DatasetMetadata, limits: QueryLimits) -> dict[str, Any]:
+    """The columns of a literal frame in the plan, which must be either the plan's input (no rows:
+    OpenDP puts the data in its place) or a key set holding declared categories only (the public
+    keys of a join, as `with_keys` sends them). Its Arrow IPC bytes are read here, which runs no
+    code; Polars reads the same bytes later."""
+    malformed = PipelineRefused("malformed literal frame (DataFrameScan) in the Polars plan")
+    if not isinstance(scan, dict) or not isinstance(scan.get("df"), list):
+        raise malformed
+    try:
+        data = bytes(scan["df"])
+    except (TypeError, ValueError):
+        raise malformed from None
+    if data.startswith(_PICKLE_MAGIC):
+        raise PipelineRefused("the Polars plan carries a pickled Python object")
+    schema = scan.get("schema")
+    fields = schema.get("fields") if isinstance(schema, dict) else None
+    if not isinstance(fields, dict):
+        raise malformed
+    try:
+        table = pa.ipc.open_stream(data).read_all()
+    except (pa.ArrowException, ValueError, OSError):
+        raise malformed from None
+    if table.column_names != list(fields):
+        raise malformed
+    if table.num_rows:
+        _check_key_set(table, metadata, limits)
+    return fields
+
+
+def _check_key_set(table: pa.Table, metadata: DatasetMetadata, limits: QueryLimits) -> None:
+    if table.num_rows > limits.opendp_max_elements:
+        raise QueryLimitExceeded(
+            f"the key set has {table.num_rows} rows, above this executor's ceiling of "
+            f"{limits.opendp_max_elements} (maxElements)",
+            metadata={
+                "limit": "maxElements",
+                "argument": "keys.rows",
+                "maximum": str(limits.opendp_max_elements),
+            },
+        )
+    for name in table.column_names:
+        if name not in metadata.column_names:
+            raise InputDomainMismatch(
+                f"the plan's key set has a column {name!r} that the dataset's metadata does not have"
+            )
+        column = metadata.column(name)
+        if "categories" not in column:
+            raise PipelineRefused(
+                f"a literal frame in the Polars plan may only list public keys: column {name!r} "
+                "declares no categories"
+            )
+        values = table.column(name).to_pylist()
+        if None in values and not column.get("nullable", False):
+            raise PipelineRefused(
+                f"the key set lists nulls for column {name!r}, which is not nullable"
+            )
+        listed = {value for value in values if value is not None}
+        allowed = set(column["categories"])
+        if any(isinstance(v, bool) for v in listed) or not listed <= allowed:
+            raise PipelineRefused(
+                f"the key set lists values of column {name!r} that are not among its declared "
+                "categories"
+            )
 
 
 def _check_plugin(plugin: Any) -> None:
@@ -598,9 +731,10 @@ def lazyframe_domain(
 
     Columns get their type and nullability (bounds are not trusted: `dp` expressions clamp). Every
     margin bounds group sizes by `rows` (or the columns' `max_partition_length`) and the number of
-    groups by the product of the columns' cardinalities. Group keys are public only when every
-    grouping column lists its categories and `censor_dims` is false (as smartnoise-sql releases
-    them); otherwise OpenDP needs a threshold to release keys.
+    groups by the product of the columns' cardinalities. Keys are never declared invariant (public):
+    OpenDP would then release exactly the keys present in the data, and a category without rows
+    would vanish from the release. A grouped plan needs a threshold or a join against a public key
+    set (`with_keys`), which releases every listed key.
     """
     series = []
     for name in metadata.column_names if columns is None else columns:
@@ -628,22 +762,22 @@ def lazyframe_domain(
         lengths = [c["max_partition_length"] for c in columns if "max_partition_length" in c]
         cardinalities = [c.get("cardinality") for c in columns]
         max_groups = math.prod(cardinalities) if all(cardinalities) else None  # type: ignore[arg-type]
-        public = not metadata.censor_dims and all("categories" in c for c in columns)
         domain = dp.with_margin(
             domain,
             dp.polars.Margin(
                 by=[pl.col(k) for k in keys],
                 max_length=min([metadata.rows, *lengths]),
                 max_groups=max_groups,
-                invariant="keys" if public else None,
             ),
         )
     return domain
 
 
-def _measurement_from_plan(query: OpenDpPolarsQuery, metadata: DatasetMetadata) -> dp.Measurement:
+def _measurement_from_plan(
+    query: OpenDpPolarsQuery, metadata: DatasetMetadata, limits: QueryLimits
+) -> dp.Measurement:
     tree = _parse_json(query.plan_json, "Polars plan")
-    facts = check_polars_plan(tree, metadata)
+    facts = check_polars_plan(tree, metadata, limits)
     measure = (
         dp.max_divergence() if query.mechanism == "laplace" else dp.zero_concentrated_divergence()
     )
@@ -683,7 +817,14 @@ def _measurement_from_plan(query: OpenDpPolarsQuery, metadata: DatasetMetadata) 
                 pass
         return measurement(None)
     except (OpenDPException, TypeError, ValueError) as exc:
-        raise InvalidQuery(f"OpenDP refused the Polars plan: {_clean_message(exc)}") from None
+        message = _clean_message(exc)
+        if query.threshold is None and "key-set" in message and "private" in message:
+            raise InvalidQuery(
+                "OpenDP refused the Polars plan: its group keys would come from the data; give a "
+                "threshold (charged with a delta) or join a public key set (with_keys)",
+                reason=GROUP_KEYS_NOT_PUBLIC,
+            ) from None
+        raise InvalidQuery(f"OpenDP refused the Polars plan: {message}") from None
 
 
 def _read_columns(facts: _PlanFacts, metadata: DatasetMetadata) -> list[str] | None:
@@ -703,16 +844,22 @@ def _read_columns(facts: _PlanFacts, metadata: DatasetMetadata) -> list[str] | N
 OpenDpQuery = OpenDpMeasurementQuery | OpenDpPolarsQuery
 
 
-def build_measurement(query: OpenDpQuery, metadata: DatasetMetadata) -> dp.Measurement:
+def build_measurement(
+    query: OpenDpQuery, metadata: DatasetMetadata, limits: QueryLimits | None = None
+) -> dp.Measurement:
     """The checked measurement for `query` on data described by `metadata` (no data access)."""
+    limits = limits or QueryLimits()
     if isinstance(query, OpenDpMeasurementQuery):
-        return _measurement_from_json(query.measurement_json, metadata)
-    return _measurement_from_plan(query, metadata)
+        return _measurement_from_json(query.measurement_json, metadata, limits)
+    return _measurement_from_plan(query, metadata, limits)
 
 
-def estimate_cost(query: OpenDpQuery, metadata: DatasetMetadata) -> PrivacyLoss:
+def estimate_cost(
+    query: OpenDpQuery, metadata: DatasetMetadata, limits: QueryLimits | None = None
+) -> PrivacyLoss:
     """The privacy loss the query will be charged (rounded up); validates it; no data access."""
-    return measurement_cost(build_measurement(query, metadata), query.fixed_delta, metadata)
+    measurement = build_measurement(query, metadata, limits)
+    return measurement_cost(measurement, query.fixed_delta, metadata)
 
 
 def measurement_cost(

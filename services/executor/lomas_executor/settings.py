@@ -8,20 +8,124 @@ from dataclasses import dataclass, field
 
 from lomas_common.peers import PeerSettings
 from lomas_common.queue import QueueSettings, WorkloadClass, parse_workload_classes
-from lomas_common.settings import ServerSettings, env_int, env_required, env_str
+from lomas_common.settings import ServerSettings, env_float, env_int, env_required, env_str
 from lomas_executor.sources import S3Secrets
 
 DEFAULT_PORT = 50054
 
 
 @dataclass(frozen=True)
+class QueryLimits:
+    """Ceilings on the sizes one query may ask for, checked before anything is allocated (the
+    executor service and the workers alike, so a refusal comes before any charge).
+
+    * `opendp_max_rows` (LOMAS_OPENDP_MAX_ROWS) and `opendp_rows_factor`
+      (LOMAS_OPENDP_ROWS_FACTOR): a row-like size in an OpenDP pipeline (`make_resize` size, the
+      sized sums' size) may not exceed the metadata's `rows` times the factor, nor the maximum.
+    * `opendp_max_elements` (LOMAS_OPENDP_MAX_ELEMENTS): categories, bin edges, candidates,
+      b-ary tree leaves and branching, rows of a Polars key set.
+    * `max_dummy_cells` (LOMAS_MAX_DUMMY_CELLS): rows x columns of one dummy frame.
+    """
+
+    opendp_max_rows: int = 10_000_000
+    opendp_rows_factor: int = 2
+    opendp_max_elements: int = 100_000
+    max_dummy_cells: int = 5_000_000
+
+    def __post_init__(self) -> None:
+        for name in ("opendp_max_rows", "opendp_rows_factor", "opendp_max_elements"):
+            if getattr(self, name) < 1:
+                raise SystemExit(f"LOMAS_{name.upper()} must be at least 1")
+        if self.max_dummy_cells < 0:
+            raise SystemExit("LOMAS_MAX_DUMMY_CELLS must not be negative")
+
+    def opendp_row_ceiling(self, rows: int) -> int:
+        """The largest row-like size a pipeline may choose for a dataset of about `rows` rows."""
+        return min(rows * self.opendp_rows_factor, self.opendp_max_rows)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> QueryLimits:
+        default = cls()
+        return cls(
+            opendp_max_rows=env_int(env, "OPENDP_MAX_ROWS", default.opendp_max_rows),
+            opendp_rows_factor=env_int(env, "OPENDP_ROWS_FACTOR", default.opendp_rows_factor),
+            opendp_max_elements=env_int(env, "OPENDP_MAX_ELEMENTS", default.opendp_max_elements),
+            max_dummy_cells=env_int(env, "MAX_DUMMY_CELLS", default.max_dummy_cells),
+        )
+
+
+@dataclass(frozen=True)
+class FreeCallSettings:
+    """The executor service's pool of child processes for free calls (validation, cost estimates,
+    dummy data and dummy runs): the server process runs none of them itself.
+
+    * `workers` (LOMAS_FREE_CALL_WORKERS): calls running at once, one child each.
+    * `spares` (LOMAS_FREE_CALL_SPARES): children kept started beyond those, so that replacing a
+      killed child does not put the engines' imports (about 2 s) on the next caller's path.
+    * `queue` (LOMAS_FREE_CALL_QUEUE): calls that may wait for a child; beyond it a call is refused
+      at once (RESOURCE_EXHAUSTED, FREE_CALLS_BUSY, with a retry delay). Real queries need a cost
+      estimate too, so the line is long enough for a burst of distinct queries; the server runs at
+      least `workers + queue + 4` threads, so health checks always find one.
+    * `memory_mb` (LOMAS_FREE_CALL_MEMORY_MB): each child's address-space limit (RLIMIT_AS). The
+      engines' libraries and thread stacks take about 0.95 GB of address space before any work;
+      the default leaves about 1 GB for the call.
+    * `cpu_seconds` (LOMAS_FREE_CALL_CPU_SECONDS): CPU time one call may use (RLIMIT_CPU, a
+      backstop to the wall-clock limit: a call's threads may use more CPU than wall time).
+    * `timeout_seconds` (LOMAS_FREE_CALL_TIMEOUT_SECONDS): wall-clock limit of one call, waiting
+      included, never beyond the caller's own gRPC deadline.
+    * `max_calls_per_child` (LOMAS_FREE_CALL_MAX_CALLS_PER_CHILD): a child is replaced after that
+      many calls (the memory it kept goes with it).
+    """
+
+    workers: int = 2
+    spares: int = 1
+    queue: int = 32
+    memory_mb: int = 2048
+    cpu_seconds: int = 60
+    timeout_seconds: float = 20.0
+    max_calls_per_child: int = 100
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.max_calls_per_child < 1 or self.cpu_seconds < 1:
+            raise SystemExit(
+                "LOMAS_FREE_CALL_WORKERS, LOMAS_FREE_CALL_CPU_SECONDS and "
+                "LOMAS_FREE_CALL_MAX_CALLS_PER_CHILD must be at least 1"
+            )
+        if self.spares < 0 or self.queue < 0 or self.memory_mb < 0:
+            raise SystemExit("free call spares, queue and memory must not be negative")
+        if not self.timeout_seconds > 0:
+            raise SystemExit("LOMAS_FREE_CALL_TIMEOUT_SECONDS must be positive")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> FreeCallSettings:
+        default = cls()
+        return cls(
+            workers=env_int(env, "FREE_CALL_WORKERS", default.workers),
+            spares=env_int(env, "FREE_CALL_SPARES", default.spares),
+            queue=env_int(env, "FREE_CALL_QUEUE", default.queue),
+            memory_mb=env_int(env, "FREE_CALL_MEMORY_MB", default.memory_mb),
+            cpu_seconds=env_int(env, "FREE_CALL_CPU_SECONDS", default.cpu_seconds),
+            timeout_seconds=env_float(env, "FREE_CALL_TIMEOUT_SECONDS", default.timeout_seconds),
+            max_calls_per_child=env_int(
+                env, "FREE_CALL_MAX_CALLS_PER_CHILD", default.max_calls_per_child
+            ),
+        )
+
+
+@dataclass(frozen=True)
 class ExecutorSettings:
     server: ServerSettings
+    free_calls: FreeCallSettings = field(default_factory=FreeCallSettings)
+    limits: QueryLimits = field(default_factory=QueryLimits)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ExecutorSettings:
         env = os.environ if env is None else env
-        return cls(server=ServerSettings.from_env(env, default_port=DEFAULT_PORT))
+        return cls(
+            server=ServerSettings.from_env(env, default_port=DEFAULT_PORT),
+            free_calls=FreeCallSettings.from_env(env),
+            limits=QueryLimits.from_env(env),
+        )
 
 
 @dataclass(frozen=True)
@@ -39,6 +143,8 @@ class WorkerSettings:
     * `max_attempts` (LOMAS_TASK_MAX_ATTEMPTS): deliveries of one query before a query that keeps
       killing its worker is recorded as failed (charge kept) instead of being run again.
     * `s3_secrets` (LOMAS_S3_CREDENTIALS_FILE): named S3 credentials, kept out of the admin store.
+    * `limits` (`QueryLimits`, the same LOMAS_ variables as the executor service): a worker
+      refuses what the service refused, before it loads data.
     """
 
     queue: QueueSettings
@@ -54,6 +160,7 @@ class WorkerSettings:
     task_memory_limit_mb: int = 0
     max_attempts: int = 3
     s3_secrets: S3Secrets = field(default_factory=S3Secrets)
+    limits: QueryLimits = field(default_factory=QueryLimits)
 
     def __post_init__(self) -> None:
         if self.max_tasks_per_child < 1:
@@ -95,4 +202,5 @@ class WorkerSettings:
             task_memory_limit_mb=env_int(env, "TASK_MEMORY_LIMIT_MB", 0),
             max_attempts=env_int(env, "TASK_MAX_ATTEMPTS", 3),
             s3_secrets=secrets,
+            limits=QueryLimits.from_env(env),
         )

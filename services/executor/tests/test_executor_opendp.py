@@ -65,15 +65,30 @@ def plan_json(plan: pl.LazyFrame) -> str:
         return plan.serialize(format="json")
 
 
-def penguin_plan() -> pl.LazyFrame:
-    return (
-        pl.LazyFrame(schema={"species": pl.String, "bill_length_mm": pl.Float64})
-        .group_by("species")
-        .agg(
-            pl.col("bill_length_mm").fill_null(40.0).dp.sum((30.0, 65.0), scale=100.0),
-            dp.len(scale=2.0),
-        )
+SPECIES = ["Adelie", "Chinstrap", "Gentoo"]
+
+
+def grouped_plan(lf: pl.LazyFrame | None = None) -> pl.LazyFrame:
+    """Sum and count by species: its keys would come from the data (a threshold must hide them)."""
+    lf = lf if lf is not None else pl.LazyFrame(schema=PENGUIN_SCHEMA)
+    return lf.group_by("species").agg(
+        pl.col("bill_length_mm").fill_null(40.0).dp.sum((30.0, 65.0), scale=100.0),
+        dp.len(scale=2.0),
     )
+
+
+def with_keys(plan: pl.LazyFrame, keys: dict[str, list[object]]) -> pl.LazyFrame:
+    """What OpenDP's `LazyFrameQuery.with_keys` sends: the public keys left-joined with the plan."""
+    frame = pl.LazyFrame(keys, schema={k: PENGUIN_SCHEMA.get(k, pl.String) for k in keys})
+    return frame.join(plan, how="left", on=list(keys), nulls_equal=True)
+
+
+PENGUIN_SCHEMA = {"species": pl.String, "bill_length_mm": pl.Float64}
+
+
+def penguin_plan() -> pl.LazyFrame:
+    """Sum and count for every species, listed by the analyst (the keys are public)."""
+    return with_keys(grouped_plan(), {"species": SPECIES})
 
 
 def refused(error: pytest.ExceptionInfo[InvalidQuery], reason: str, text: str) -> None:
@@ -126,28 +141,32 @@ def test_cost_is_taken_at_max_ids(penguin_md: DatasetMetadata) -> None:
 
 def test_polars_costs_and_margins_come_from_the_metadata(penguin_md: DatasetMetadata) -> None:
     laplace = OpenDpPolarsQuery(plan_json(penguin_plan()))
-    # sum: 65 * max_ids / 100 (keys are public: categories listed, censor_dims false); len: 1 / 2
+    # sum: 65 * max_ids / 100 (keys are public: the analyst lists them); len: 1 / 2
     epsilon = oq.estimate_cost(laplace, penguin_md)
     assert epsilon.definition.value == "pure_dp"
     assert Decimal("1.15") <= epsilon.epsilon < Decimal("1.1500001")  # OpenDP rounds up
     gaussian = OpenDpPolarsQuery(plan_json(penguin_plan()), mechanism="gaussian")
     assert oq.estimate_cost(gaussian, penguin_md).definition.value == "rho_zcdp"
 
-    # With censor_dims the species keys are private: OpenDP needs a threshold (approximate DP).
-    censored = DatasetMetadata.from_dict({**penguin_md.to_dict(), "censor_dims": True})
-    with pytest.raises(InvalidQuery, match="OpenDP refused the Polars plan"):
-        oq.estimate_cost(laplace, censored)
-    thresholded = OpenDpPolarsQuery(plan_json(penguin_plan()), threshold=50)
-    loss = oq.estimate_cost(thresholded, censored)
-    assert loss.definition.value == "approx_dp" and 0 < loss.delta < Decimal("1e-9")
-    assert loss.epsilon == epsilon.epsilon
-    gaussian_keys = OpenDpPolarsQuery(plan_json(penguin_plan()), "gaussian", threshold=50)
+    # Keys from the data need a threshold (approximate DP), with or without censor_dims.
+    for md in (
+        penguin_md,
+        DatasetMetadata.from_dict({**penguin_md.to_dict(), "censor_dims": True}),
+    ):
+        with pytest.raises(InvalidQuery) as error:
+            oq.estimate_cost(OpenDpPolarsQuery(plan_json(grouped_plan())), md)
+        refused(error, oq.GROUP_KEYS_NOT_PUBLIC, "OpenDP refused the Polars plan")
+        thresholded = OpenDpPolarsQuery(plan_json(grouped_plan()), threshold=50)
+        loss = oq.estimate_cost(thresholded, md)
+        assert loss.definition.value == "approx_dp" and 0 < loss.delta < Decimal("1e-9")
+        assert loss.epsilon == epsilon.epsilon
+    gaussian_keys = OpenDpPolarsQuery(plan_json(grouped_plan()), "gaussian", threshold=50)
     with pytest.raises(InvalidQuery, match="give fixed_delta"):
-        oq.estimate_cost(gaussian_keys, censored)
+        oq.estimate_cost(gaussian_keys, penguin_md)
     at_delta = OpenDpPolarsQuery(
-        plan_json(penguin_plan()), "gaussian", threshold=50, fixed_delta=Decimal("1e-6")
+        plan_json(grouped_plan()), "gaussian", threshold=50, fixed_delta=Decimal("1e-6")
     )
-    loss = oq.estimate_cost(at_delta, censored)
+    loss = oq.estimate_cost(at_delta, penguin_md)
     assert Decimal("1e-6") < loss.delta < Decimal("1.001e-6")
 
     unscaled = pl.LazyFrame(schema={"body_mass_g": pl.Float64}).select(
@@ -413,11 +432,8 @@ def test_engine_validates_before_loading_and_runs_dummies_without_data(
     missing = _dataset(tmp_path / "absent.csv", penguin_md)
     with pytest.raises(InvalidQuery):
         engine.run(_hostile(_node("new_function", "core")), missing)
-    censored = DatasetMetadata.from_dict({**penguin_md.to_dict(), "censor_dims": True})
     with pytest.raises(InvalidQuery, match="OpenDP refused"):  # private keys need a threshold
-        engine.run(
-            OpenDpPolarsQuery(plan_json(penguin_plan())), _dataset(missing.source.path, censored)
-        )  # type: ignore[arg-type]
+        engine.run(OpenDpPolarsQuery(plan_json(grouped_plan())), missing)
     assert cache.stats().misses == 0
 
     measurement = OpenDpMeasurementQuery(dp.serialize(count_rows(penguin_md)))
@@ -465,3 +481,121 @@ def test_prepared_inputs_follow_the_metadata(
     frame = oq.prepare_polars(shuffled, penguin_md)
     assert frame.columns == list(penguin_md.column_names)
     assert frame.schema["bill_length_mm"] == pl.Float64
+
+
+# -- group keys ------------------------------------------------------------------------------------
+
+
+def test_group_keys_never_come_from_the_data(
+    penguin_csv: Path, penguin_md: DatasetMetadata
+) -> None:
+    """A species the data lacks is released all the same (with noise) when the analyst lists the
+    keys; without keys or a threshold the plan is refused before anything is read; a threshold
+    is charged its delta."""
+    cache = DatasetCache(max_bytes=64 * 1024**2)
+    engine = QueryEngine(cache)
+    dataset = _dataset(penguin_csv, penguin_md)
+    no_gentoo = pl.LazyFrame(schema=PENGUIN_SCHEMA).filter(pl.col("species") != "Gentoo")
+
+    unkeyed = OpenDpPolarsQuery(plan_json(grouped_plan(no_gentoo)))
+    with pytest.raises(InvalidQuery) as error:
+        engine.run(unkeyed, dataset)
+    refused(error, oq.GROUP_KEYS_NOT_PUBLIC, "join a public key set (with_keys)")
+    assert cache.stats().misses == 0  # refused before the data was read
+
+    keyed = OpenDpPolarsQuery(plan_json(with_keys(grouped_plan(no_gentoo), {"species": SPECIES})))
+    assert oq.estimate_cost(keyed, penguin_md).definition.value == "pure_dp"
+    release = engine.run(keyed, dataset)
+    assert sorted(release["species"]) == SPECIES
+    dummy = engine.run_dummy(keyed, dataset, rows=200, seed=3)
+    assert sorted(dummy["species"]) == SPECIES
+
+    thresholded = OpenDpPolarsQuery(plan_json(grouped_plan(no_gentoo)), threshold=20)
+    loss = oq.estimate_cost(thresholded, penguin_md)
+    assert loss.definition.value == "approx_dp" and loss.delta > 0
+    assert "Gentoo" not in set(engine.run(thresholded, dataset)["species"])
+
+
+def _keyed(keys: dict[str, list[object]], schema: dict[str, pl.DataType]) -> str:
+    frame = pl.LazyFrame(keys, schema=schema)
+    plan = frame.join(grouped_plan(), how="left", on=list(keys), nulls_equal=True)
+    return plan_json(plan)
+
+
+@pytest.mark.parametrize(
+    ("keys", "schema", "reason", "text"),
+    [
+        (
+            {"species": ["Adelie", "Emperor"]},
+            {"species": pl.String},
+            oq.PIPELINE_REFUSED,
+            "not among its declared categories",
+        ),
+        (
+            {"species": ["Adelie", None]},
+            {"species": pl.String},
+            oq.PIPELINE_REFUSED,
+            "not nullable",
+        ),
+        (
+            {"bill_length_mm": [40.0]},
+            {"bill_length_mm": pl.Float64},
+            oq.PIPELINE_REFUSED,
+            "declares no categories",
+        ),
+        (
+            {"salary": [1.0]},
+            {"salary": pl.Float64},
+            oq.INPUT_DOMAIN_MISMATCH,
+            "'salary'",
+        ),
+        (
+            {"species": SPECIES * 40_000},
+            {"species": pl.String},
+            oq.QUERY_LIMIT_EXCEEDED,
+            "maxElements",
+        ),
+    ],
+    ids=["unknown-category", "null", "no-categories", "unknown-column", "too-many-rows"],
+)
+def test_literal_frames_may_only_list_declared_categories(
+    keys: dict[str, list[object]],
+    schema: dict[str, pl.DataType],
+    reason: str,
+    text: str,
+    penguin_md: DatasetMetadata,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A literal frame in a plan is the analyst's public key set: it cannot carry a column or a
+    value the metadata does not declare public (and nothing is deserialized before that check)."""
+    query = OpenDpPolarsQuery(_keyed(keys, schema))
+
+    def never(*_: object, **__: object) -> None:
+        raise AssertionError("the plan must not be deserialized")
+
+    monkeypatch.setattr(pl.LazyFrame, "deserialize", never)
+    with pytest.raises(InvalidQuery) as error:
+        oq.estimate_cost(query, penguin_md)
+    refused(error, reason, text)
+
+
+def test_a_literal_frame_must_be_readable_and_match_its_schema(
+    penguin_md: DatasetMetadata,
+) -> None:
+    tree = json.loads(_keyed({"species": SPECIES}, {"species": pl.String}))
+    scans = [
+        n["DataFrameScan"]
+        for _, n in oq._walk(tree)
+        if isinstance(n, dict) and "DataFrameScan" in n
+    ]
+    keys = next(scan for scan in scans if scan["schema"]["fields"] == {"species": "String"})
+    original = list(keys["df"])
+    for df, fields in (
+        (original[:40], {"species": "String"}),  # truncated Arrow stream
+        ("AAAA", {"species": "String"}),  # not bytes
+        (original, {"island": "String"}),  # the schema names another column
+    ):
+        keys["df"], keys["schema"]["fields"] = df, fields
+        with pytest.raises(InvalidQuery) as error:
+            oq.estimate_cost(OpenDpPolarsQuery(json.dumps(tree)), penguin_md)
+        refused(error, oq.PIPELINE_REFUSED, "malformed literal frame")

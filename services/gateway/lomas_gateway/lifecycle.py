@@ -200,6 +200,7 @@ class QueryLifecycle:
         self._waiter = waiter
         self._lost_tasks = lost_tasks
         self._costs = CostCache()
+        self._estimating: dict[bytes, asyncio.Future[privacy_pb2.PrivacyLoss]] = {}
         # Names this gateway process as the owner of the reservations it makes (for operators).
         self._owner = f"gateway:{socket.gethostname()}:{os.getpid()}"
 
@@ -250,14 +251,29 @@ class QueryLifecycle:
         key = CostCache.key(subject, descriptor, query)
         cost = self._costs.get(key)
         if cost is None:
-            cost = (
-                await self._peers.executor.call(
-                    "EstimateCost",
-                    executor_pb2.EstimateCostRequest(dataset=descriptor, query=query),
-                )
-            ).cost
-            self._costs.put(key, cost)
+            # Single flight: concurrent estimates of one key (a burst of the same query) share one
+            # executor call, which outlives any one caller's cancellation.
+            pending = self._estimating.get(key)
+            if pending is None:
+                pending = asyncio.ensure_future(self._estimate_remote(key, descriptor, query))
+                self._estimating[key] = pending
+                pending.add_done_callback(lambda done: self._estimate_done(key, done))
+            cost = await asyncio.shield(pending)
         return executor_pb2.EstimateCostResponse(cost=cost)
+
+    def _estimate_done(self, key: bytes, done: asyncio.Future[privacy_pb2.PrivacyLoss]) -> None:
+        self._estimating.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # seen, even when every caller went away before it ended
+
+    async def _estimate_remote(
+        self, key: bytes, descriptor: dataset_pb2.DatasetDescriptor, query: query_pb2.Query
+    ) -> privacy_pb2.PrivacyLoss:
+        response = await self._peers.executor.call(
+            "EstimateCost", executor_pb2.EstimateCostRequest(dataset=descriptor, query=query)
+        )
+        self._costs.put(key, response.cost)
+        return response.cost
 
     async def run_dummy(
         self,

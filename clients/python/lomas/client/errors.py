@@ -80,6 +80,7 @@ _BY_REASON: dict[str, type[LomasError]] = {
     "TOO_MANY_CONCURRENT_QUERIES": LimitExceeded,
     "TOO_MANY_CONCURRENT_CALLS": LimitExceeded,
     "FREE_CALL_LIMIT_EXCEEDED": LimitExceeded,
+    "FREE_CALLS_BUSY": LimitExceeded,
     "QUERY_LIMIT_EXCEEDED": InvalidQuery,
     "GROUP_KEYS_NOT_PUBLIC": InvalidQuery,
     "COST_MISMATCH": CostMismatch,
