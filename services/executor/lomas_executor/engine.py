@@ -71,7 +71,7 @@ class QueryEngine:
         """The privacy loss `query` will be charged (rounded up); validates it; no data access."""
         match query:
             case SmartnoiseSqlQuery():
-                return smartnoise_sql.estimate_cost(query, dataset.metadata)
+                return smartnoise_sql.estimate_cost(query, dataset.metadata, self._limits.sql)
             case OpenDpMeasurementQuery() | OpenDpPolarsQuery():
                 return opendp_queries.estimate_cost(query, dataset.metadata, self._limits).as_cost()
             case _:
@@ -86,10 +86,14 @@ class QueryEngine:
         metadata = dataset.metadata
         match query:
             case SmartnoiseSqlQuery():
-                smartnoise_sql.estimate_cost(query, metadata)  # validate before building
+                smartnoise_sql.estimate_cost(
+                    query, metadata, self._limits.sql
+                )  # validate before building
                 frame = self._dummy(metadata, rows, seed)
                 prepared = smartnoise_sql.prepare_reader(frame, metadata)
-                return smartnoise_sql.execute(query, prepared, metadata, validated=True)
+                return smartnoise_sql.execute(
+                    query, prepared, metadata, validated=True, limits=self._limits.sql
+                )
             case OpenDpMeasurementQuery():
                 measurement = opendp_queries.build_measurement(
                     query, metadata, self._limits
@@ -113,9 +117,13 @@ class QueryEngine:
         metadata = dataset.metadata
         match query:
             case SmartnoiseSqlQuery():
-                smartnoise_sql.estimate_cost(query, metadata)  # fail before loading data
+                smartnoise_sql.estimate_cost(
+                    query, metadata, self._limits.sql
+                )  # fail before loading data
                 reader = cast(smartnoise_sql.SqliteTableReader, self.prepared(dataset, SQL_READER))
-                return smartnoise_sql.execute(query, reader, metadata, validated=True)
+                return smartnoise_sql.execute(
+                    query, reader, metadata, validated=True, limits=self._limits.sql
+                )
             case OpenDpMeasurementQuery():
                 measurement = opendp_queries.build_measurement(
                     query, metadata, self._limits

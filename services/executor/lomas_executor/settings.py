@@ -15,6 +15,44 @@ DEFAULT_PORT = 50054
 
 
 @dataclass(frozen=True)
+class SqlLimits:
+    """Ceilings on a SmartNoise-SQL query, checked before any charge.
+
+    * `max_parenthesis_depth`: nesting of parentheses outside literals and comments. The engine
+      nests the query two levels deeper when it rewrites it; SQLite's parser overflows near 100.
+    * `max_numeric_literal_length`: characters of one number (digits, point, exponent).
+    * `max_string_literal_length`: characters between the quotes of one string literal.
+    * `max_tokens`: lexical tokens (smartnoise-sql's parser recurses once per operator of a chain
+      and runs out of stack past ~1,000).
+    * `max_group_key_combinations`: rows of a GROUP BY release over declared categories (the
+      product of the key sets), each of which gets a row and noise.
+
+    Each is set by LOMAS_SQL_<FIELD> (e.g. LOMAS_SQL_MAX_PARENTHESIS_DEPTH).
+    """
+
+    max_parenthesis_depth: int = 32
+    max_numeric_literal_length: int = 40
+    max_string_literal_length: int = 1_000
+    max_tokens: int = 2_000
+    max_group_key_combinations: int = 10_000
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if value < 1:
+                raise SystemExit(f"LOMAS_SQL_{name.upper()} must be at least 1")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> SqlLimits:
+        default = cls()
+        return cls(
+            **{
+                name: env_int(env, f"SQL_{name.upper()}", value)
+                for name, value in vars(default).items()
+            }
+        )
+
+
+@dataclass(frozen=True)
 class QueryLimits:
     """Ceilings on the sizes one query may ask for, checked before anything is allocated (the
     executor service and the workers alike, so a refusal comes before any charge).
@@ -25,12 +63,14 @@ class QueryLimits:
     * `opendp_max_elements` (LOMAS_OPENDP_MAX_ELEMENTS): categories, bin edges, candidates,
       b-ary tree leaves and branching, rows of a Polars key set.
     * `max_dummy_cells` (LOMAS_MAX_DUMMY_CELLS): rows x columns of one dummy frame.
+    * `sql` (`SqlLimits`, LOMAS_SQL_*): the SmartNoise-SQL ceilings.
     """
 
     opendp_max_rows: int = 10_000_000
     opendp_rows_factor: int = 2
     opendp_max_elements: int = 100_000
     max_dummy_cells: int = 5_000_000
+    sql: SqlLimits = field(default_factory=SqlLimits)
 
     def __post_init__(self) -> None:
         for name in ("opendp_max_rows", "opendp_rows_factor", "opendp_max_elements"):
@@ -51,6 +91,7 @@ class QueryLimits:
             opendp_rows_factor=env_int(env, "OPENDP_ROWS_FACTOR", default.opendp_rows_factor),
             opendp_max_elements=env_int(env, "OPENDP_MAX_ELEMENTS", default.opendp_max_elements),
             max_dummy_cells=env_int(env, "MAX_DUMMY_CELLS", default.max_dummy_cells),
+            sql=SqlLimits.from_env(env),
         )
 
 

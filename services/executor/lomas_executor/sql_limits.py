@@ -37,6 +37,7 @@ from snsql._ast.ast import Query, TableColumn
 
 from lomas_common.errors import InvalidQuery
 from lomas_executor.metadata import DatasetMetadata
+from lomas_executor.settings import SqlLimits
 
 
 class QueryLimitExceeded(InvalidQuery):
@@ -52,27 +53,6 @@ class GroupKeysNotPublic(InvalidQuery):
     """A GROUP BY key whose values would come from the data (metadata: `column`, when it is one)."""
 
     reason = "GROUP_KEYS_NOT_PUBLIC"
-
-
-@dataclass(frozen=True)
-class SqlLimits:
-    """Ceilings on a SmartNoise-SQL query, checked before any charge.
-
-    * `max_parenthesis_depth`: nesting of parentheses outside literals and comments. The engine
-      nests the query two levels deeper when it rewrites it; SQLite's parser overflows near 100.
-    * `max_numeric_literal_length`: characters of one number (digits, point, exponent).
-    * `max_string_literal_length`: characters between the quotes of one string literal.
-    * `max_tokens`: lexical tokens (smartnoise-sql's parser recurses once per operator of a chain
-      and runs out of stack past ~1,000).
-    * `max_group_key_combinations`: rows of a GROUP BY release over declared categories (the
-      product of the key sets), each of which gets a row and noise.
-    """
-
-    max_parenthesis_depth: int = 32
-    max_numeric_literal_length: int = 40
-    max_string_literal_length: int = 1_000
-    max_tokens: int = 2_000
-    max_group_key_combinations: int = 10_000
 
 
 DEFAULT_LIMITS = SqlLimits()

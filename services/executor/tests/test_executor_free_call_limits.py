@@ -8,6 +8,7 @@ import json
 import time
 import warnings
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import grpc
@@ -27,6 +28,7 @@ from lomas_executor.main import start
 from lomas_executor.metadata import DatasetMetadata
 from lomas_executor.opendp_queries import OpenDpMeasurementQuery
 from lomas_executor.settings import ExecutorSettings, QueryLimits
+from lomas_executor.smartnoise_sql import SmartnoiseSqlQuery
 from lomas_executor.sources import DataFormat, DataSource
 
 dp.enable_features("contrib")
@@ -186,6 +188,24 @@ def test_ceilings_follow_the_settings(penguin_md: DatasetMetadata) -> None:
         engine.dummy_frame(ref, 11, 0)
     assert refused.value.reason == "QUERY_LIMIT_EXCEEDED"
     assert refused.value.metadata == {"limit": "maxDummyCells", "maximum": "70"}
+
+
+def test_sql_ceilings_come_from_the_environment(penguin_md: DatasetMetadata) -> None:
+    limits = QueryLimits.from_env({"LOMAS_SQL_MAX_PARENTHESIS_DEPTH": "3"})
+    engine = QueryEngine(DatasetCache(max_bytes=0), limits=limits)
+    ref = DatasetRef("PENGUIN", 1, DataSource.local("/nowhere.csv"), DataFormat.CSV, penguin_md)
+
+    def nested(depth: int) -> SmartnoiseSqlQuery:
+        condition = "(" * depth + "bill_length_mm > 40" + ")" * depth
+        return SmartnoiseSqlQuery(
+            f"SELECT COUNT(*) AS n FROM df WHERE {condition}", Decimal(1), Decimal(0)
+        )
+
+    assert engine.estimate_cost(nested(3), ref)
+    with pytest.raises(InvalidArgument) as refused:
+        engine.estimate_cost(nested(4), ref)
+    assert refused.value.reason == "QUERY_LIMIT_EXCEEDED"
+    assert refused.value.metadata == {"limit": "maxParenthesisDepth", "maximum": "3"}
 
 
 def _node(name: str, module: str, **kwargs: object) -> dict[str, object]:
