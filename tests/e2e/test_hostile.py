@@ -135,6 +135,7 @@ def resize_measurement(size: int) -> dp.Measurement:
         dp.t.make_split_dataframe(separator=",", col_names=columns)
         >> dp.t.make_select_column(key="bill_length_mm", TOA=str)
         >> dp.t.then_cast_default(TOA=float)
+        >> dp.t.then_impute_constant(40.0)
         >> dp.t.then_clamp(bounds=(30.0, 65.0))
         >> dp.t.then_resize(size=size, constant=40.0)
         >> dp.t.then_mean()
