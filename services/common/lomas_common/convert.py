@@ -179,3 +179,59 @@ class Page:
             return ""
         payload = {"offset": self.offset + returned, "list": _list_digest(self.scope)}
         return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()
+
+
+# Keyset paging: the token holds the sort key of the last row returned, so a page starts right after
+# it however many rows were added or removed meanwhile (an offset would repeat or skip rows). Keys are
+# tuples of strings and integers (the list's ORDER BY columns, unique together).
+KeyPart = str | int
+MAX_KEY_PART_CHARS = 256
+_MAX_KEY_INT = 2**63 - 1
+MAX_KEYSET_TOKEN_CHARS = 1200
+
+
+@dataclass(frozen=True)
+class KeysetPage:
+    """One page of a list ordered by a unique key: the rows after `after` (all rows when None)."""
+
+    after: tuple[KeyPart, ...] | None
+    limit: int
+    scope: tuple[str, ...]
+
+    @classmethod
+    def of(cls, page_size: int, page_token: str, *scope: str) -> KeysetPage:
+        """The page a request asks for; `scope` names the list (its RPC and filter values)."""
+        if page_size < 0:
+            raise InvalidArgument("page_size must not be negative", reason="PAGE_SIZE_INVALID")
+        limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        if not page_token:
+            return cls(None, limit, scope)
+        if len(page_token) > MAX_KEYSET_TOKEN_CHARS:
+            raise _page_token_invalid()
+        try:
+            fields = json.loads(base64.urlsafe_b64decode(page_token.encode("ascii")))
+        except (ValueError, UnicodeError, binascii.Error):
+            raise _page_token_invalid() from None
+        if not isinstance(fields, dict) or set(fields) != {"after", "list"}:
+            raise _page_token_invalid()
+        if fields["list"] != _list_digest(scope):
+            raise _page_token_invalid()
+        after = fields["after"]
+        if not isinstance(after, list) or not 0 < len(after) <= 8:
+            raise _page_token_invalid()
+        for part in after:
+            # bool is an int in Python; floats (1e999 is inf) are refused outright.
+            if type(part) is int:
+                if not -_MAX_KEY_INT <= part <= _MAX_KEY_INT:
+                    raise _page_token_invalid()
+            elif type(part) is not str or len(part) > MAX_KEY_PART_CHARS:
+                raise _page_token_invalid()
+        return cls(tuple(after), limit, scope)
+
+    def next_token(self, last_key: tuple[KeyPart, ...] | None, *, has_more: bool) -> str:
+        """The token of the page after the row whose key is `last_key`, or "" on the last page
+        (lists fetch limit + 1 rows to know)."""
+        if not has_more or last_key is None:
+            return ""
+        payload = {"after": list(last_key), "list": _list_digest(self.scope)}
+        return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()

@@ -61,6 +61,8 @@ FREE_CALLS_BUSY = "FREE_CALLS_BUSY"
 CHILD_START_SECONDS = 60.0
 # After a child fails to start, the next attempt waits this long (doubling up to the maximum).
 START_RETRY_SECONDS = (1.0, 30.0)
+# How long past the caller's gRPC deadline a call may run before our own wall-clock limit ends it.
+CALLER_DEADLINE_GRACE_SECONDS = 0.5
 # How often a waiting call looks at its caller and its deadline.
 POLL_SECONDS = 0.05
 # A child that keeps more than this share of its memory limit resident after a call is replaced.
@@ -391,7 +393,9 @@ class FreeCallPool:
         """
         timeout = self.settings.timeout_seconds
         if time_remaining is not None:
-            timeout = min(timeout, max(time_remaining, 0.0))
+            # A little past the caller's own deadline: the caller sees DEADLINE_EXCEEDED (its call
+            # ends and the child is killed as for any caller who left), not a limit of ours.
+            timeout = min(timeout, max(time_remaining, 0.0) + CALLER_DEADLINE_GRACE_SECONDS)
         deadline = time.monotonic() + timeout
         child = self._acquire(deadline, is_active)
         try:
