@@ -10,6 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import googleapis
 import grpc_tools
 from grpc_tools import protoc
 
@@ -17,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 OUT = ROOT / "clients" / "python"
 VENV_BIN = Path(sys.executable).parent
+GOOGLEAPIS = ROOT / "build" / "googleapis"
 
 
 def main() -> int:
@@ -25,9 +27,14 @@ def main() -> int:
         shutil.rmtree(OUT / "lomas" / domain, ignore_errors=True)
     files = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
     well_known = Path(grpc_tools.__file__).parent / "_proto"
+    # google/api and google/rpc are imported, not generated: their Python modules come from the
+    # googleapis-common-protos package at run time.
+    if googleapis.main(GOOGLEAPIS) != 0:
+        return 1
     args = [
         "grpc_tools.protoc",
         f"--proto_path={PROTOS}",
+        f"--proto_path={GOOGLEAPIS}",
         f"--proto_path={well_known}",
         f"--plugin=protoc-gen-mypy={VENV_BIN / 'protoc-gen-mypy'}",
         f"--plugin=protoc-gen-mypy_grpc={VENV_BIN / 'protoc-gen-mypy_grpc'}",

@@ -3,12 +3,37 @@
 Domain code raises a `LomasError` subclass; each declares its status code (by gRPC name) and its
 `ErrorInfo.reason`. One server interceptor turns it into a `google.rpc.Status`; the Python client turns
 the reason back into a typed exception. Messages describe schema and parameters, never data values.
+
+Every reason is a value of the registry `lomas.common.v1.ErrorReason` (its name without the
+`ERROR_REASON_` prefix): a `LomasError` with any other reason cannot be built, so no caller ever
+receives a reason the contracts do not declare.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
+
+from lomas.common.v1 import error_reason_pb2
+
+_REASON_PREFIX = "ERROR_REASON_"
+# Every reason a caller can receive (the registry enum's value names, without the prefix).
+REASONS: frozenset[str] = frozenset(
+    name.removeprefix(_REASON_PREFIX)
+    for name in error_reason_pb2.ErrorReason.keys()
+    if name != "ERROR_REASON_UNSPECIFIED"
+)
+
+
+def reason_of(value: error_reason_pb2.ErrorReason.ValueType) -> str:
+    """The `ErrorInfo.reason` of a registry value (`error_reason_pb2.ERROR_REASON_QUERY_INVALID`
+    -> "QUERY_INVALID")."""
+    return error_reason_pb2.ErrorReason.Name(value).removeprefix(_REASON_PREFIX)
+
+
+class UnregisteredReason(ValueError):
+    """A programming error: a reason that `lomas.common.v1.ErrorReason` does not declare."""
+
 
 ERROR_DOMAIN = "lomas.mesh"
 
@@ -47,6 +72,10 @@ class LomasError(Exception):
         self.message = message
         if reason is not None:
             self.reason = reason
+        if self.reason not in REASONS:
+            raise UnregisteredReason(
+                f"{self.reason!r} is not in lomas.common.v1.ErrorReason: declare it there first"
+            )
         self.metadata: dict[str, str] = {k: str(v) for k, v in (metadata or {}).items()}
         self.retry_after_seconds = retry_after_seconds
 

@@ -6,6 +6,8 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from lomas.common.v1 import error_reason_pb2
+
 
 class LomasError(Exception):
     """An error reported by the platform."""
@@ -67,23 +69,31 @@ class CostMismatch(LomasError):
     charged; sending the query again prices it anew."""
 
 
+# Typed exceptions by registry value (`lomas.common.v1.ErrorReason`); reasons not named here map by
+# their gRPC code below.
+_R = error_reason_pb2
+_BY_REGISTRY: dict[error_reason_pb2.ErrorReason.ValueType, type[LomasError]] = {
+    _R.ERROR_REASON_PRIVACY_BUDGET_EXHAUSTED: BudgetExhausted,
+    _R.ERROR_REASON_DATASET_CAP_EXHAUSTED: BudgetExhausted,
+    _R.ERROR_REASON_QUERY_INVALID: InvalidQuery,
+    _R.ERROR_REASON_QUERY_TOO_LONG: InvalidQuery,
+    _R.ERROR_REASON_QUERY_LIMIT_EXCEEDED: InvalidQuery,
+    _R.ERROR_REASON_GROUP_KEYS_NOT_PUBLIC: InvalidQuery,
+    _R.ERROR_REASON_OPENDP_PIPELINE_REFUSED: InvalidQuery,
+    _R.ERROR_REASON_OPENDP_INPUT_DOMAIN_MISMATCH: InvalidQuery,
+    _R.ERROR_REASON_QUERY_TIMEOUT: QueryTimeout,
+    _R.ERROR_REASON_QUERY_EXECUTION_FAILED: ExecutionFailed,
+    _R.ERROR_REASON_BACKEND_UNAVAILABLE: BackendUnavailable,
+    _R.ERROR_REASON_RATE_LIMITED: LimitExceeded,
+    _R.ERROR_REASON_TOO_MANY_CONCURRENT_QUERIES: LimitExceeded,
+    _R.ERROR_REASON_TOO_MANY_CONCURRENT_CALLS: LimitExceeded,
+    _R.ERROR_REASON_FREE_CALL_LIMIT_EXCEEDED: LimitExceeded,
+    _R.ERROR_REASON_FREE_CALLS_BUSY: LimitExceeded,
+    _R.ERROR_REASON_COST_MISMATCH: CostMismatch,
+}
 _BY_REASON: dict[str, type[LomasError]] = {
-    "PRIVACY_BUDGET_EXHAUSTED": BudgetExhausted,
-    "QUERY_INVALID": InvalidQuery,
-    "QUERY_TOO_LONG": InvalidQuery,
-    "OPENDP_PIPELINE_REFUSED": InvalidQuery,
-    "OPENDP_INPUT_DOMAIN_MISMATCH": InvalidQuery,
-    "QUERY_TIMEOUT": QueryTimeout,
-    "QUERY_EXECUTION_FAILED": ExecutionFailed,
-    "BACKEND_UNAVAILABLE": BackendUnavailable,
-    "RATE_LIMITED": LimitExceeded,
-    "TOO_MANY_CONCURRENT_QUERIES": LimitExceeded,
-    "TOO_MANY_CONCURRENT_CALLS": LimitExceeded,
-    "FREE_CALL_LIMIT_EXCEEDED": LimitExceeded,
-    "FREE_CALLS_BUSY": LimitExceeded,
-    "QUERY_LIMIT_EXCEEDED": InvalidQuery,
-    "GROUP_KEYS_NOT_PUBLIC": InvalidQuery,
-    "COST_MISMATCH": CostMismatch,
+    _R.ErrorReason.Name(value).removeprefix("ERROR_REASON_"): cls
+    for value, cls in _BY_REGISTRY.items()
 }
 _BY_CODE: dict[grpc.StatusCode, type[LomasError]] = {
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
@@ -100,7 +110,7 @@ _BY_CODE: dict[grpc.StatusCode, type[LomasError]] = {
 def from_rpc_error(error: grpc.RpcError) -> LomasError:
     code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
     message = error.details() if isinstance(error, grpc.Call) else str(error)
-    reason, metadata = code.name, {}
+    reason, metadata = code.name, dict[str, str]()
     status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
     if status is not None:
         message = status.message

@@ -1,0 +1,100 @@
+"""Every reason the platform can emit is declared in `lomas.common.v1.ErrorReason`, and the README
+lists them all: checked on the classes, on every reason literal in the source, and at run time."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lomas.common.v1 import error_reason_pb2
+from lomas_common import errors
+from lomas_common.errors import REASONS, LomasError, UnregisteredReason, reason_of
+
+ROOT = Path(__file__).resolve().parents[3]
+SOURCES = [ROOT / "services", ROOT / "clients" / "python" / "lomas" / "client"]
+PACKAGES = [
+    "lomas_common",
+    "lomas_admin",
+    "lomas_budget",
+    "lomas_executor",
+    "lomas_gateway",
+    "lomas_embedded",
+    "lomas.client",
+]
+# `reason="X"`, `reason = "X"`, `reason: str = "X"`, and constants that name a reason.
+_REASON_LITERAL = re.compile(r"""(?<!, )\breason\s*(?::\s*str\s*)?=\s*["']([A-Z][A-Z0-9_]*)["']""")
+_CONSTANT = re.compile(r"""^([A-Z][A-Z0-9_]*)\s*=\s*["']([A-Z][A-Z0-9_]*)["']""", re.MULTILINE)
+_REASON_NAME = re.compile(r"""\breason\s*(?::\s*str\s*)?=\s*([A-Z][A-Z0-9_]*)\b""")
+
+
+def _sources() -> list[Path]:
+    return [
+        path
+        for root in SOURCES
+        for path in root.rglob("*.py")
+        if "_pb2" not in path.name and "tests" not in path.parts
+    ]
+
+
+def test_the_registry_has_no_gaps_and_a_zero_value() -> None:
+    values = error_reason_pb2.ErrorReason.values()
+    assert sorted(values) == list(range(len(values)))
+    assert error_reason_pb2.ErrorReason.Name(0) == "ERROR_REASON_UNSPECIFIED"
+    assert reason_of(error_reason_pb2.ERROR_REASON_QUERY_INVALID) == "QUERY_INVALID"
+
+
+def test_every_error_class_declares_a_registered_reason() -> None:
+    for name in PACKAGES:
+        package = importlib.import_module(name)
+        for module in pkgutil.walk_packages(package.__path__, f"{name}."):
+            if ".tests" not in module.name and not module.name.endswith("__main__"):
+                importlib.import_module(module.name)
+    seen = 0
+    stack: list[type[LomasError]] = [LomasError]
+    while stack:
+        cls = stack.pop()
+        seen += 1
+        assert cls.reason in REASONS, f"{cls.__module__}.{cls.__qualname__}: {cls.reason}"
+        stack.extend(cls.__subclasses__())
+    assert seen > 20
+
+
+def test_every_reason_literal_in_the_source_is_registered() -> None:
+    found: dict[str, str] = {}
+    for path in _sources():
+        text = path.read_text()
+        constants = dict(_CONSTANT.findall(text))
+        for literal in _REASON_LITERAL.findall(text):
+            found[literal] = str(path)
+        for name in _REASON_NAME.findall(text):
+            if name in constants:
+                found[constants[name]] = str(path)
+    assert len(found) > 30  # the scan does find the raise sites
+    unregistered = {reason: where for reason, where in found.items() if reason not in REASONS}
+    assert not unregistered, f"reasons missing from lomas.common.v1.ErrorReason: {unregistered}"
+
+
+def test_an_unregistered_reason_cannot_be_raised() -> None:
+    with pytest.raises(UnregisteredReason):
+        LomasError("x", reason="NOT_IN_THE_REGISTRY")
+    with pytest.raises(UnregisteredReason):
+        errors.InvalidArgument("x", reason="QUERY_INVALID ")
+
+
+def test_the_readme_lists_every_reason_as_the_registry_says() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = sorted(reason for reason in REASONS if f"`{reason}`" not in readme)
+    assert not missing, f"README.md does not list: {missing}"
+    table = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "error_table.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert table in readme, "README's error table is stale: run scripts/error_table.py"
