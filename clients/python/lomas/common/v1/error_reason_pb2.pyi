@@ -326,6 +326,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     request id).
     Example: { "reason": "BACKEND_UNAVAILABLE", "domain": "lomas.mesh", "metadata": { "peer": "..." } }
     """
+    ERROR_REASON_USER_INVALID: _ErrorReason.ValueType  # 71
+    """INVALID_ARGUMENT: A user name is empty, too long or has characters the platform refuses.
+    Example: { "reason": "USER_INVALID", "domain": "lomas.mesh" }
+    """
+    ERROR_REASON_DATASET_INVALID: _ErrorReason.ValueType  # 72
+    """INVALID_ARGUMENT: A dataset name is empty, too long or has characters the platform refuses.
+    Example: { "reason": "DATASET_INVALID", "domain": "lomas.mesh" }
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the registry of every reason a Lomas mesh caller can receive in the
@@ -637,5 +645,13 @@ ERROR_REASON_BACKEND_UNAVAILABLE: ErrorReason.ValueType  # 70
 """UNAVAILABLE: A platform service is down or restarting; retry after RetryInfo (with the same
 request id).
 Example: { "reason": "BACKEND_UNAVAILABLE", "domain": "lomas.mesh", "metadata": { "peer": "..." } }
+"""
+ERROR_REASON_USER_INVALID: ErrorReason.ValueType  # 71
+"""INVALID_ARGUMENT: A user name is empty, too long or has characters the platform refuses.
+Example: { "reason": "USER_INVALID", "domain": "lomas.mesh" }
+"""
+ERROR_REASON_DATASET_INVALID: ErrorReason.ValueType  # 72
+"""INVALID_ARGUMENT: A dataset name is empty, too long or has characters the platform refuses.
+Example: { "reason": "DATASET_INVALID", "domain": "lomas.mesh" }
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
