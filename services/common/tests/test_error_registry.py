@@ -80,6 +80,14 @@ def test_every_reason_literal_in_the_source_is_registered() -> None:
     assert not unregistered, f"reasons missing from lomas.common.v1.ErrorReason: {unregistered}"
 
 
+def test_no_reason_is_built_at_run_time() -> None:
+    """A reason made by formatting (`reason=f"{what}_INVALID"`) escapes the scan above."""
+    # Keyword arguments only (`reason=`, no spaces, as formatted): `reason = ...` is a variable.
+    built = re.compile(r"""\breason=(f["']|[^"'\s,)]+\s*\+|["'][^"']*["']\s*\.format)""")
+    offenders = [str(path) for path in _sources() if built.search(path.read_text())]
+    assert offenders == []
+
+
 def test_an_unregistered_reason_cannot_be_raised() -> None:
     with pytest.raises(UnregisteredReason):
         LomasError("x", reason="NOT_IN_THE_REGISTRY")
