@@ -44,7 +44,7 @@ from lomas_budget.ledger import BudgetLedger
 from lomas_budget.store import LedgerStore
 from lomas_common.convert import privacy_loss_from_proto
 from lomas_common.db import Database
-from lomas_common.testing import fresh_postgres_url, sqlite_url
+from lomas_testing.databases import fresh_postgres_url, sqlite_url
 
 ALLOCATION = privacy_pb2.PrivacyLoss(
     approx_dp=privacy_pb2.ApproxDp(epsilon="1000000000", delta="0.9")

@@ -22,11 +22,13 @@ from pathlib import Path
 
 import psycopg
 
-from lomas_budget.ledger import GENESIS_HASH, BudgetLedger, chain_hash, stamp
+from lomas_budget.journal import chain_hash
+from lomas_budget.ledger import BudgetLedger
+from lomas_budget.model import GENESIS_HASH, stamp
 from lomas_budget.store import LedgerStore
 from lomas_common.db import Database
 from lomas_common.privacy import format_decimal
-from lomas_common.testing import fresh_postgres_url, sqlite_url
+from lomas_testing.databases import fresh_postgres_url, sqlite_url
 
 LEDGER_ID = "bench-ledger"
 USER, DATASET, DEFINITION = "alice", "penguins", "approx_dp"

@@ -53,7 +53,8 @@ from lomas_embedded.redis_server import PrivateRedis
 from lomas_executor.cache import DatasetCache
 from lomas_executor.engine import DatasetRef, QueryEngine
 from lomas_executor.metadata import DatasetMetadata
-from lomas_executor.opendp_queries import OpenDpPolarsQuery, lazyframe_domain
+from lomas_executor.opendp_model import OpenDpPolarsQuery
+from lomas_executor.opendp_polars import lazyframe_domain
 from lomas_executor.smartnoise_sql import SmartnoiseSqlQuery
 from lomas_executor.sources import DataFormat, DataSource
 

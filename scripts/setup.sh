@@ -11,7 +11,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 "${pip[@]}" install -c constraints.txt setuptools wheel
-packages=(clients/python services/common services/admin services/budget services/executor services/gateway services/embedded)
+packages=(clients/python services/common services/testing services/admin services/budget services/executor services/gateway services/embedded)
 editables=()
 for p in "${packages[@]}"; do editables+=(-e "$p"); done
 "${pip[@]}" install -c constraints.txt --no-build-isolation "${editables[@]}"

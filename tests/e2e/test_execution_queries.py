@@ -38,7 +38,7 @@ from lomas_embedded.devkeys import DevIssuer
 from lomas_embedded.local import SYSTEM_REDIS_URL, local_mesh
 from lomas_embedded.mesh import Mesh
 from lomas_executor.demo import make_penguin_like, penguin_metadata_text
-from lomas_executor.testing import HttpFileServer, S3Server
+from lomas_testing.data_servers import HttpFileServer, S3Server
 
 COUNT = "SELECT COUNT(*) AS n FROM df"
 BUCKET = "lomas-datasets"

@@ -1,132 +1,195 @@
 """Thin servicer of the internal AdminStoreService: convert, call the store, convert.
 
 It runs on the blocking server (`lomas_common.blocking_server`): the store blocks on its database.
+Lists page by keyset (`lomas_common.convert.KeysetPage`): a token holds the sort key of the last row
+returned and is bound to its list (the RPC and its filters).
 """
 
 from __future__ import annotations
 
-from lomas.admin.v1 import admin_store_pb2, admin_store_pb2_grpc
+import grpc
+
+from lomas.admin.v1 import admin_store_pb2 as pb
+from lomas.admin.v1 import admin_store_pb2_grpc
 from lomas_admin import convert
+from lomas_admin.archive import QueryArchive
 from lomas_admin.store import AdminStore
-from lomas_common.convert import Page
+from lomas_common.convert import KeysetPage
+
+Context = grpc.ServicerContext
 
 
 class AdminStoreServicer(admin_store_pb2_grpc.AdminStoreServiceServicer):
-    def __init__(self, store: AdminStore) -> None:
+    def __init__(self, store: AdminStore, archive: QueryArchive) -> None:
         self._store = store
+        self._archive = archive
 
-    def CreateUser(self, request, context):  # type: ignore[no-untyped-def]
-        user = self._store.create_user(convert.user_from_proto(request.user))
-        return admin_store_pb2.CreateUserResponse(user=convert.user_to_proto(user))
+    # Users -------------------------------------------------------------------------------------
 
-    def GetUser(self, request, context):  # type: ignore[no-untyped-def]
+    def CreateUser(self, request: pb.CreateUserRequest, context: Context) -> pb.CreateUserResponse:
+        user = self._store.create_user(convert.user_from_proto(request.user), request.request_id)
+        return pb.CreateUserResponse(user=convert.user_to_proto(user))
+
+    def GetUser(self, request: pb.GetUserRequest, context: Context) -> pb.GetUserResponse:
         user = self._store.get_user(request.name)
-        return admin_store_pb2.GetUserResponse(user=convert.user_to_proto(user))
+        return pb.GetUserResponse(user=convert.user_to_proto(user))
 
-    def SetUserMayQuery(self, request, context):  # type: ignore[no-untyped-def]
-        user = self._store.set_may_query(request.name, request.may_query)
-        return admin_store_pb2.SetUserMayQueryResponse(user=convert.user_to_proto(user))
+    def SetUserMayQuery(
+        self, request: pb.SetUserMayQueryRequest, context: Context
+    ) -> pb.SetUserMayQueryResponse:
+        user = self._store.set_may_query(request.name, request.may_query, request.request_id)
+        return pb.SetUserMayQueryResponse(user=convert.user_to_proto(user))
 
-    def DeleteUser(self, request, context):  # type: ignore[no-untyped-def]
-        self._store.delete_user(request.name)
-        return admin_store_pb2.DeleteUserResponse()
+    def DeleteUser(self, request: pb.DeleteUserRequest, context: Context) -> pb.DeleteUserResponse:
+        self._store.delete_user(request.name, request.request_id)
+        return pb.DeleteUserResponse()
 
-    def ListUsers(self, request, context):  # type: ignore[no-untyped-def]
-        page = Page.of(request.page_size, request.page_token, "ListUsers")
-        users, more = self._store.list_users(page.offset, page.limit)
-        return admin_store_pb2.ListUsersResponse(
-            users=[convert.user_to_proto(u) for u in users],
-            next_page_token=page.next_token(len(users), has_more=more),
+    def ListUsers(self, request: pb.ListUsersRequest, context: Context) -> pb.ListUsersResponse:
+        page = KeysetPage.of(request.page_size, request.page_token, "ListUsers")
+        users = self._store.list_users(page.after, page.limit)
+        return pb.ListUsersResponse(
+            users=[convert.user_to_proto(u) for u in users.items],
+            next_page_token=page.next_token(
+                users.next_after, has_more=users.next_after is not None
+            ),
         )
 
-    def CreateDataset(self, request, context):  # type: ignore[no-untyped-def]
-        dataset = self._store.create_dataset(convert.dataset_from_proto(request.dataset))
-        return admin_store_pb2.CreateDatasetResponse(dataset=convert.dataset_to_proto(dataset))
+    # Datasets ----------------------------------------------------------------------------------
 
-    def UpdateDataset(self, request, context):  # type: ignore[no-untyped-def]
-        dataset = self._store.update_dataset(convert.dataset_from_proto(request.dataset))
-        return admin_store_pb2.UpdateDatasetResponse(dataset=convert.dataset_to_proto(dataset))
+    def CreateDataset(
+        self, request: pb.CreateDatasetRequest, context: Context
+    ) -> pb.CreateDatasetResponse:
+        dataset = self._store.create_dataset(
+            convert.dataset_from_proto(request.dataset), request.request_id
+        )
+        return pb.CreateDatasetResponse(dataset=convert.dataset_to_proto(dataset))
 
-    def GetDataset(self, request, context):  # type: ignore[no-untyped-def]
+    def UpdateDataset(
+        self, request: pb.UpdateDatasetRequest, context: Context
+    ) -> pb.UpdateDatasetResponse:
+        dataset = self._store.update_dataset(
+            convert.dataset_from_proto(request.dataset), request.request_id
+        )
+        return pb.UpdateDatasetResponse(dataset=convert.dataset_to_proto(dataset))
+
+    def GetDataset(self, request: pb.GetDatasetRequest, context: Context) -> pb.GetDatasetResponse:
         dataset = self._store.get_dataset(request.name)
-        return admin_store_pb2.GetDatasetResponse(dataset=convert.dataset_to_proto(dataset))
+        return pb.GetDatasetResponse(dataset=convert.dataset_to_proto(dataset))
 
-    def DeleteDataset(self, request, context):  # type: ignore[no-untyped-def]
-        self._store.delete_dataset(request.name)
-        return admin_store_pb2.DeleteDatasetResponse()
+    def DeleteDataset(
+        self, request: pb.DeleteDatasetRequest, context: Context
+    ) -> pb.DeleteDatasetResponse:
+        self._store.delete_dataset(request.name, request.request_id)
+        return pb.DeleteDatasetResponse()
 
-    def ListDatasets(self, request, context):  # type: ignore[no-untyped-def]
-        page = Page.of(request.page_size, request.page_token, "ListDatasets")
-        datasets, more = self._store.list_datasets(page.offset, page.limit)
-        return admin_store_pb2.ListDatasetsResponse(
-            datasets=[convert.dataset_to_proto(d) for d in datasets],
-            next_page_token=page.next_token(len(datasets), has_more=more),
+    def ListDatasets(
+        self, request: pb.ListDatasetsRequest, context: Context
+    ) -> pb.ListDatasetsResponse:
+        page = KeysetPage.of(request.page_size, request.page_token, "ListDatasets")
+        datasets = self._store.list_datasets(page.after, page.limit)
+        return pb.ListDatasetsResponse(
+            datasets=[convert.dataset_to_proto(d) for d in datasets.items],
+            next_page_token=page.next_token(
+                datasets.next_after, has_more=datasets.next_after is not None
+            ),
         )
 
-    def CreateGrant(self, request, context):  # type: ignore[no-untyped-def]
-        grant = self._store.create_grant(convert.grant_from_proto(request.grant))
-        return admin_store_pb2.CreateGrantResponse(grant=convert.grant_to_proto(grant))
+    # Grants ------------------------------------------------------------------------------------
 
-    def DeleteGrant(self, request, context):  # type: ignore[no-untyped-def]
-        self._store.delete_grant(request.user, request.dataset)
-        return admin_store_pb2.DeleteGrantResponse()
+    def CreateGrant(
+        self, request: pb.CreateGrantRequest, context: Context
+    ) -> pb.CreateGrantResponse:
+        grant = self._store.create_grant(
+            convert.grant_from_proto(request.grant), request.request_id
+        )
+        return pb.CreateGrantResponse(grant=convert.grant_to_proto(grant))
 
-    def ListGrants(self, request, context):  # type: ignore[no-untyped-def]
-        page = Page.of(request.page_size, request.page_token, "ListGrants", request.user)
-        grants, more = self._store.list_grants(request.user, page.offset, page.limit)
-        return admin_store_pb2.ListGrantsResponse(
-            grants=[convert.grant_to_proto(g) for g in grants],
-            next_page_token=page.next_token(len(grants), has_more=more),
+    def DeleteGrant(
+        self, request: pb.DeleteGrantRequest, context: Context
+    ) -> pb.DeleteGrantResponse:
+        self._store.delete_grant(request.user, request.dataset, request.request_id)
+        return pb.DeleteGrantResponse()
+
+    def ListGrants(self, request: pb.ListGrantsRequest, context: Context) -> pb.ListGrantsResponse:
+        page = KeysetPage.of(request.page_size, request.page_token, "ListGrants", request.user)
+        grants = self._store.list_grants(request.user, page.after, page.limit)
+        return pb.ListGrantsResponse(
+            grants=[convert.grant_to_proto(g) for g in grants.items],
+            next_page_token=page.next_token(
+                grants.next_after, has_more=grants.next_after is not None
+            ),
         )
 
-    def AuthorizeDatasetAccess(self, request, context):  # type: ignore[no-untyped-def]
+    def AuthorizeDatasetAccess(
+        self, request: pb.AuthorizeDatasetAccessRequest, context: Context
+    ) -> pb.AuthorizeDatasetAccessResponse:
         access = self._store.authorize(request.user, request.dataset)
-        return admin_store_pb2.AuthorizeDatasetAccessResponse(
+        return pb.AuthorizeDatasetAccessResponse(
             user=convert.user_to_proto(access.user),
             grant=convert.grant_to_proto(access.grant),
             dataset=convert.descriptor_to_proto(access.dataset),
         )
 
-    def RecordQueryResult(self, request, context):  # type: ignore[no-untyped-def]
-        record = self._store.record_query_result(convert.archive_from_proto(request.query))
-        return admin_store_pb2.RecordQueryResultResponse(query=convert.archive_to_proto(record))
+    # Archive and audit trail -------------------------------------------------------------------
 
-    def GetArchivedQuery(self, request, context):  # type: ignore[no-untyped-def]
-        record = self._store.get_archived_query(request.query_id)
-        return admin_store_pb2.GetArchivedQueryResponse(query=convert.archive_to_proto(record))
+    def RecordQueryResult(
+        self, request: pb.RecordQueryResultRequest, context: Context
+    ) -> pb.RecordQueryResultResponse:
+        record = self._archive.record_query_result(convert.archive_from_proto(request.query))
+        return pb.RecordQueryResultResponse(query=convert.archive_to_proto(record))
 
-    def ListArchivedQueries(self, request, context):  # type: ignore[no-untyped-def]
-        page = Page.of(
+    def GetArchivedQuery(
+        self, request: pb.GetArchivedQueryRequest, context: Context
+    ) -> pb.GetArchivedQueryResponse:
+        record = self._archive.get_archived_query(request.query_id)
+        return pb.GetArchivedQueryResponse(query=convert.archive_to_proto(record))
+
+    def ListArchivedQueries(
+        self, request: pb.ListArchivedQueriesRequest, context: Context
+    ) -> pb.ListArchivedQueriesResponse:
+        page = KeysetPage.of(
             request.page_size,
             request.page_token,
             "ListArchivedQueries",
             request.user,
             request.dataset,
         )
-        records, more = self._store.list_archived_queries(
-            request.user, request.dataset, page.offset, page.limit
+        records = self._archive.list_archived_queries(
+            request.user, request.dataset, page.after, page.limit
         )
-        return admin_store_pb2.ListArchivedQueriesResponse(
-            queries=[convert.archive_to_proto(r) for r in records],
-            next_page_token=page.next_token(len(records), has_more=more),
+        return pb.ListArchivedQueriesResponse(
+            queries=[convert.archive_to_proto(r) for r in records.items],
+            next_page_token=page.next_token(
+                records.next_after, has_more=records.next_after is not None
+            ),
         )
 
-    def FindReleasedQuery(self, request, context):  # type: ignore[no-untyped-def]
-        record = self._store.find_released_query(request.user, request.fingerprint)
+    def FindReleasedQuery(
+        self, request: pb.FindReleasedQueryRequest, context: Context
+    ) -> pb.FindReleasedQueryResponse:
+        record = self._archive.find_released_query(request.user, request.fingerprint)
         if record is None:
-            return admin_store_pb2.FindReleasedQueryResponse(found=False)
-        return admin_store_pb2.FindReleasedQueryResponse(
-            found=True, query=convert.archive_to_proto(record)
+            return pb.FindReleasedQueryResponse(found=False)
+        return pb.FindReleasedQueryResponse(found=True, query=convert.archive_to_proto(record))
+
+    def RecordAuditEvent(
+        self, request: pb.RecordAuditEventRequest, context: Context
+    ) -> pb.RecordAuditEventResponse:
+        self._archive.record_audit_event(
+            convert.audit_from_proto(request.event), request.request_id
         )
+        return pb.RecordAuditEventResponse()
 
-    def RecordAuditEvent(self, request, context):  # type: ignore[no-untyped-def]
-        self._store.record_audit_event(convert.audit_from_proto(request.event))
-        return admin_store_pb2.RecordAuditEventResponse()
-
-    def ListAuditEvents(self, request, context):  # type: ignore[no-untyped-def]
-        page = Page.of(request.page_size, request.page_token, "ListAuditEvents", request.actor)
-        events, more = self._store.list_audit_events(request.actor, page.offset, page.limit)
-        return admin_store_pb2.ListAuditEventsResponse(
-            events=[convert.audit_to_proto(e) for e in events],
-            next_page_token=page.next_token(len(events), has_more=more),
+    def ListAuditEvents(
+        self, request: pb.ListAuditEventsRequest, context: Context
+    ) -> pb.ListAuditEventsResponse:
+        page = KeysetPage.of(
+            request.page_size, request.page_token, "ListAuditEvents", request.actor
+        )
+        events = self._archive.list_audit_events(request.actor, page.after, page.limit)
+        return pb.ListAuditEventsResponse(
+            events=[convert.audit_to_proto(e) for e in events.items],
+            next_page_token=page.next_token(
+                events.next_after, has_more=events.next_after is not None
+            ),
         )

@@ -9,7 +9,7 @@ from google.protobuf import json_format
 
 from lomas.admin.v1 import admin_store_pb2, resources_pb2
 from lomas.common.v1 import archive_pb2, dataset_pb2, query_pb2
-from lomas_admin.store import ArchiveRecord, AuditRecord, DatasetRecord, GrantRecord, UserRecord
+from lomas_admin.records import ArchiveRecord, AuditRecord, DatasetRecord, GrantRecord, UserRecord
 from lomas_common.convert import (
     DEFINITION_TO_PROTO,
     metadata_from_json,
@@ -60,7 +60,7 @@ def dataset_from_proto(dataset: resources_pb2.Dataset) -> DatasetRecord:
 def dataset_to_proto(dataset: DatasetRecord) -> resources_pb2.Dataset:
     return resources_pb2.Dataset(
         name=dataset.name,
-        source=json_format.ParseDict(dataset.source, dataset_pb2.DataSource()),
+        source=json_format.ParseDict(dict(dataset.source), dataset_pb2.DataSource()),
         format=_FORMATS_BACK[dataset.format],
         metadata_json=json.dumps(dataset.metadata),
         version=dataset.version,
@@ -72,7 +72,7 @@ def descriptor_to_proto(dataset: DatasetRecord) -> dataset_pb2.DatasetDescriptor
     return dataset_pb2.DatasetDescriptor(
         name=dataset.name,
         version=dataset.version,
-        source=json_format.ParseDict(dataset.source, dataset_pb2.DataSource()),
+        source=json_format.ParseDict(dict(dataset.source), dataset_pb2.DataSource()),
         format=_FORMATS_BACK[dataset.format],
         metadata_json=json.dumps(dataset.metadata),
     )

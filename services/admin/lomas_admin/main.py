@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from lomas.admin.v1 import admin_store_pb2_grpc
 from lomas_admin.api import AdminStoreServicer
+from lomas_admin.archive import QueryArchive
+from lomas_admin.idempotency import DEFAULT_RETENTION, RequestLog
 from lomas_admin.store import AdminStore
 from lomas_common.blocking_server import (
     BlockingServer,
@@ -16,7 +19,7 @@ from lomas_common.blocking_server import (
 )
 from lomas_common.db import Database
 from lomas_common.server import Service, configure_logging
-from lomas_common.settings import ServerSettings, env_required, env_str
+from lomas_common.settings import ServerSettings, env_float, env_required, env_str
 
 DEFAULT_PORT = 50052
 
@@ -26,6 +29,8 @@ class AdminSettings:
     server: ServerSettings
     database_url: str
     bootstrap_admin: str  # subject made admin at start-up ("" for none)
+    # How long first answers to calls with a request id are kept for retries.
+    request_retention: dt.timedelta = DEFAULT_RETENTION
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AdminSettings:
@@ -34,12 +39,19 @@ class AdminSettings:
             server=ServerSettings.from_env(env, default_port=DEFAULT_PORT),
             database_url=env_required(env, "DATABASE_URL"),
             bootstrap_admin=env_str(env, "BOOTSTRAP_ADMIN", ""),
+            request_retention=dt.timedelta(
+                seconds=env_float(
+                    env, "REQUEST_RETENTION_SECONDS", DEFAULT_RETENTION.total_seconds()
+                )
+            ),
         )
 
 
 def start(settings: AdminSettings) -> tuple[BlockingServer, Database]:
     db = Database.from_url(settings.database_url, max_connections=settings.server.threads)
-    store = AdminStore(db)
+    requests = RequestLog(db, settings.request_retention)
+    store = AdminStore(db, requests)
+    archive = QueryArchive(db, requests)
     if settings.bootstrap_admin:
         store.ensure_admin(settings.bootstrap_admin)
     server = start_blocking_server(
@@ -47,7 +59,7 @@ def start(settings: AdminSettings) -> tuple[BlockingServer, Database]:
         [
             Service(
                 admin_store_pb2_grpc.add_AdminStoreServiceServicer_to_server,
-                AdminStoreServicer(store),
+                AdminStoreServicer(store, archive),
                 "lomas.admin.v1.AdminStoreService",
             )
         ],

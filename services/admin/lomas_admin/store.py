@@ -1,276 +1,130 @@
-"""The admin store: users, datasets, grants and the query archive, on SQLite or PostgreSQL.
+"""The admin store's catalogue: users, datasets and grants, on SQLite or PostgreSQL.
 
-Domain code: plain records in, plain records out; no gRPC, no generated messages.
+Domain code: plain records in, plain records out; no gRPC, no generated messages. Every mutation
+takes an optional request id and is then answered once (`idempotency`); every list pages by keyset
+(`keyset`). The query archive and the audit trail live in `archive`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
 
-from lomas_common.db import Database, Transaction, UniqueViolation, from_db_decimal, to_db_decimal
+from lomas_admin import idempotency
+from lomas_admin.idempotency import RequestLog, encode_loss
+from lomas_admin.keyset import Keyset
+from lomas_admin.records import (
+    ROLES,
+    Access,
+    DatasetRecord,
+    GrantRecord,
+    Listing,
+    SortKey,
+    UserRecord,
+    check_name,
+    parse_stamp,
+    stamp,
+)
+from lomas_admin.schema import (
+    dataset_from_row,
+    grant_from_row,
+    loss_params,
+    schema,
+    user_from_row,
+)
+from lomas_common.db import Database, Transaction
 from lomas_common.errors import AlreadyExists, DatasetAccessDenied, InvalidArgument, NotFound
-from lomas_common.privacy import PrivacyDefinition, PrivacyLoss
 
-ROLES = ("researcher", "admin")
-MAX_NAME_CHARS = 256
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+USERS = Keyset("users", ("name",), (str,))
+DATASETS = Keyset("datasets", ("name",), (str,))
+GRANTS = Keyset("grants", ("user_name", "dataset"), (str, str))
 
 
-def _stamp(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).isoformat()
+def _user_not_found(name: str) -> NotFound:
+    return NotFound(f"user {name!r} not found", reason="USER_NOT_FOUND")
 
 
-def _parse_stamp(value: Any) -> dt.datetime:
-    if isinstance(value, dt.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-    return dt.datetime.fromisoformat(str(value))
-
-
-def check_name(value: str, what: str) -> str:
-    if not value or len(value) > MAX_NAME_CHARS or not value.isprintable():
-        raise InvalidArgument(
-            f"{what} must be 1 to {MAX_NAME_CHARS} printable characters",
-            reason=f"{what.upper()}_INVALID",
-        )
-    return value
-
-
-@dataclass(frozen=True)
-class UserRecord:
-    name: str
-    role: str = "researcher"
-    may_query: bool = True
-    created_at: dt.datetime = field(default_factory=_now, compare=False)
-
-
-@dataclass(frozen=True)
-class DatasetRecord:
-    name: str
-    source: Mapping[str, Any]  # {"local": {"path": ...}} | {"s3": {...}} | {"url": {"url": ...}}
-    format: str  # "csv" | "parquet"
-    metadata: Mapping[str, Any]  # Lomas metadata (validated by an executor before it gets here)
-    version: int = 1
-    created_at: dt.datetime = field(default_factory=_now, compare=False)
-
-
-@dataclass(frozen=True)
-class GrantRecord:
-    user: str
-    dataset: str
-    allocation: PrivacyLoss
-    created_at: dt.datetime = field(default_factory=_now, compare=False)
-
-
-@dataclass(frozen=True)
-class ArchiveRecord:
-    """The outcome of one real query. `query_json` and `cost` are opaque to the store."""
-
-    query_id: str
-    user: str
-    dataset: str
-    query_json: str
-    cost: PrivacyLoss
-    succeeded: bool
-    release: bytes
-    error_reason: str
-    error_message: str
-    submitted_at: dt.datetime
-    completed_at: dt.datetime
-    fingerprint: str = ""  # key of free replays; "" for queries that may not be replayed
-
-
-@dataclass(frozen=True)
-class AuditRecord:
-    """One call to the public API: who, what, and how it ended."""
-
-    time: dt.datetime
-    actor: str
-    method: str
-    request_json: str
-    code: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class Access:
-    user: UserRecord
-    grant: GrantRecord
-    dataset: DatasetRecord
-
-
-def schema(db: Database) -> list[str]:
-    dec = db.decimal_type
-    blob = "BYTEA" if db.dialect == "postgresql" else "BLOB"
-    return [
-        """CREATE TABLE IF NOT EXISTS users (
-            name TEXT PRIMARY KEY, role TEXT NOT NULL, may_query INTEGER NOT NULL,
-            created_at TEXT NOT NULL)""",
-        """CREATE TABLE IF NOT EXISTS datasets (
-            name TEXT PRIMARY KEY, source TEXT NOT NULL, format TEXT NOT NULL, metadata TEXT NOT NULL,
-            version INTEGER NOT NULL, created_at TEXT NOT NULL)""",
-        f"""CREATE TABLE IF NOT EXISTS grants (
-            user_name TEXT NOT NULL, dataset TEXT NOT NULL, definition TEXT NOT NULL,
-            epsilon {dec} NOT NULL, delta {dec} NOT NULL, rho {dec} NOT NULL, created_at TEXT NOT NULL,
-            PRIMARY KEY (user_name, dataset))""",
-        f"""CREATE TABLE IF NOT EXISTS archive (
-            query_id TEXT PRIMARY KEY, user_name TEXT NOT NULL, dataset TEXT NOT NULL,
-            query_json TEXT NOT NULL, definition TEXT NOT NULL,
-            epsilon {dec} NOT NULL, delta {dec} NOT NULL, rho {dec} NOT NULL,
-            succeeded INTEGER NOT NULL, release {blob} NOT NULL, error_reason TEXT NOT NULL,
-            error_message TEXT NOT NULL, submitted_at TEXT NOT NULL, completed_at TEXT NOT NULL,
-            fingerprint TEXT NOT NULL DEFAULT '')""",
-        "CREATE INDEX IF NOT EXISTS archive_by_user ON archive (user_name, dataset, submitted_at)",
-        "CREATE INDEX IF NOT EXISTS archive_by_fingerprint ON archive (user_name, fingerprint)",
-        f"""CREATE TABLE IF NOT EXISTS audit_log (
-            id {"BIGSERIAL" if db.dialect == "postgresql" else "INTEGER"} PRIMARY KEY,
-            time TEXT NOT NULL, actor TEXT NOT NULL, method TEXT NOT NULL,
-            request_json TEXT NOT NULL, code TEXT NOT NULL, reason TEXT NOT NULL)""",
-        "CREATE INDEX IF NOT EXISTS audit_by_actor ON audit_log (actor, id)",
-    ]
-
-
-def _user(row: Mapping[str, Any]) -> UserRecord:
-    return UserRecord(
-        name=row["name"],
-        role=row["role"],
-        may_query=bool(row["may_query"]),
-        created_at=_parse_stamp(row["created_at"]),
-    )
-
-
-def _dataset(row: Mapping[str, Any], prefix: str = "") -> DatasetRecord:
-    return DatasetRecord(
-        name=row[f"{prefix}name"],
-        source=json.loads(row[f"{prefix}source"]),
-        format=row[f"{prefix}format"],
-        metadata=json.loads(row[f"{prefix}metadata"]),
-        version=int(row[f"{prefix}version"]),
-        created_at=_parse_stamp(row[f"{prefix}created_at"]),
-    )
-
-
-def _loss(row: Mapping[str, Any]) -> PrivacyLoss:
-    return PrivacyLoss(
-        PrivacyDefinition(row["definition"]),
-        epsilon=from_db_decimal(row["epsilon"]),
-        delta=from_db_decimal(row["delta"]),
-        rho=from_db_decimal(row["rho"]),
-    )
-
-
-def _loss_params(loss: PrivacyLoss) -> tuple[str, str, str, str]:
-    return (
-        loss.definition.value,
-        to_db_decimal(loss.epsilon),
-        to_db_decimal(loss.delta),
-        to_db_decimal(loss.rho),
-    )
-
-
-def _grant(row: Mapping[str, Any]) -> GrantRecord:
-    return GrantRecord(
-        user=row["user_name"],
-        dataset=row["dataset"],
-        allocation=_loss(row),
-        created_at=_parse_stamp(row["created_at"]),
-    )
-
-
-def _archive(row: Mapping[str, Any]) -> ArchiveRecord:
-    return ArchiveRecord(
-        query_id=row["query_id"],
-        user=row["user_name"],
-        dataset=row["dataset"],
-        query_json=row["query_json"],
-        cost=_loss(row),
-        succeeded=bool(row["succeeded"]),
-        release=bytes(row["release"]),
-        error_reason=row["error_reason"],
-        error_message=row["error_message"],
-        submitted_at=_parse_stamp(row["submitted_at"]),
-        completed_at=_parse_stamp(row["completed_at"]),
-        fingerprint=row["fingerprint"],
-    )
+def _dataset_not_found(name: str) -> NotFound:
+    return NotFound(f"dataset {name!r} not found", reason="DATASET_NOT_FOUND")
 
 
 class AdminStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, requests: RequestLog | None = None) -> None:
         self._db = db
+        self._requests = requests or RequestLog(db)
         db.apply_schema(schema(db))
 
     # Users -------------------------------------------------------------------------------------
 
-    def create_user(self, user: UserRecord) -> UserRecord:
+    def create_user(self, user: UserRecord, request_id: str = "") -> UserRecord:
         """Idempotent: the same user again returns the stored one; a different one is ALREADY_EXISTS."""
-        check_name(user.name, "user")
+        check_name(user.name, "user", "USER_INVALID")
         if user.role not in ROLES:
             raise InvalidArgument("role must be researcher or admin", reason="ROLE_INVALID")
 
         def work(tx: Transaction) -> UserRecord:
             row = tx.fetchone("SELECT * FROM users WHERE name = ?", (user.name,))
             if row is not None:
-                existing = _user(row)
+                existing = user_from_row(row)
                 if existing != user:
                     raise AlreadyExists(f"user {user.name!r} already exists", reason="USER_EXISTS")
                 return existing
             tx.execute(
                 "INSERT INTO users (name, role, may_query, created_at) VALUES (?, ?, ?, ?)",
-                (user.name, user.role, int(user.may_query), _stamp(user.created_at)),
+                (user.name, user.role, int(user.may_query), stamp(user.created_at)),
             )
             return user
 
-        return self._db.run(work)
+        params = {"name": user.name, "role": user.role, "may_query": user.may_query}
+        return self._requests.run("CreateUser", request_id, params, work, idempotency.USER)
 
     def get_user(self, name: str) -> UserRecord:
         with self._db.transaction(readonly=True) as tx:
             row = tx.fetchone("SELECT * FROM users WHERE name = ?", (name,))
         if row is None:
-            raise NotFound(f"user {name!r} not found", reason="USER_NOT_FOUND")
-        return _user(row)
+            raise _user_not_found(name)
+        return user_from_row(row)
 
-    def set_may_query(self, name: str, may_query: bool) -> UserRecord:
+    def set_may_query(self, name: str, may_query: bool, request_id: str = "") -> UserRecord:
         """Whether `name` may start queries (the same value again changes nothing)."""
 
         def work(tx: Transaction) -> UserRecord:
             update = "UPDATE users SET may_query = ? WHERE name = ?"
             if tx.execute(update, (int(may_query), name)).rowcount == 0:
-                raise NotFound(f"user {name!r} not found", reason="USER_NOT_FOUND")
+                raise _user_not_found(name)
             row = tx.fetchone("SELECT * FROM users WHERE name = ?", (name,))
-            assert row is not None
-            return _user(row)
+            if row is None:  # deleted in between: impossible while the update holds its lock
+                raise _user_not_found(name)
+            return user_from_row(row)
 
-        return self._db.run(work)
+        params = {"name": name, "may_query": may_query}
+        return self._requests.run("SetUserMayQuery", request_id, params, work, idempotency.USER)
 
-    def delete_user(self, name: str) -> None:
-        with self._db.transaction() as tx:
+    def delete_user(self, name: str, request_id: str = "") -> None:
+        """Delete a user and the user's grants."""
+
+        def work(tx: Transaction) -> None:
             if tx.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount == 0:
-                raise NotFound(f"user {name!r} not found", reason="USER_NOT_FOUND")
+                raise _user_not_found(name)
             tx.execute("DELETE FROM grants WHERE user_name = ?", (name,))
 
-    def list_users(self, offset: int, limit: int) -> tuple[list[UserRecord], bool]:
+        self._requests.run("DeleteUser", request_id, {"name": name}, work, idempotency.NOTHING)
+
+    def list_users(self, after: SortKey | None, limit: int) -> Listing[UserRecord]:
+        """Users by name, after the user named `after` (a key from a previous page)."""
         with self._db.transaction(readonly=True) as tx:
-            rows = tx.fetchall(
-                "SELECT * FROM users ORDER BY name LIMIT ? OFFSET ?", (limit + 1, offset)
-            )
-        return [_user(r) for r in rows[:limit]], len(rows) > limit
+            rows, next_after = USERS.fetch(tx, {}, after, limit)
+        return Listing([user_from_row(r) for r in rows], next_after)
 
     def ensure_admin(self, name: str) -> UserRecord:
         """Bootstrap: make sure `name` exists with the admin role (used at start-up)."""
-        check_name(name, "user")
+        check_name(name, "user", "USER_INVALID")
         with self._db.transaction() as tx:
             row = tx.fetchone("SELECT * FROM users WHERE name = ?" + tx.lock_suffix, (name,))
             if row is None:
                 user = UserRecord(name=name, role="admin", may_query=True)
                 tx.execute(
                     "INSERT INTO users (name, role, may_query, created_at) VALUES (?, ?, ?, ?)",
-                    (user.name, user.role, 1, _stamp(user.created_at)),
+                    (user.name, user.role, 1, stamp(user.created_at)),
                 )
                 return user
             tx.execute("UPDATE users SET role = 'admin' WHERE name = ?", (name,))
@@ -278,15 +132,16 @@ class AdminStore:
 
     # Datasets ----------------------------------------------------------------------------------
 
-    def create_dataset(self, dataset: DatasetRecord) -> DatasetRecord:
-        check_name(dataset.name, "dataset")
+    def create_dataset(self, dataset: DatasetRecord, request_id: str = "") -> DatasetRecord:
+        """Idempotent: the same dataset again returns the stored one; another is ALREADY_EXISTS."""
+        check_name(dataset.name, "dataset", "DATASET_INVALID")
         source_json = json.dumps(dataset.source)
         metadata_json = json.dumps(dataset.metadata)  # key order kept: it is the column order
 
         def work(tx: Transaction) -> DatasetRecord:
             row = tx.fetchone("SELECT * FROM datasets WHERE name = ?", (dataset.name,))
             if row is not None:
-                existing = _dataset(row)
+                existing = dataset_from_row(row)
                 same = (
                     existing.source == dataset.source
                     and existing.metadata == dataset.metadata
@@ -306,7 +161,7 @@ class AdminStore:
                     dataset.format,
                     metadata_json,
                     1,
-                    _stamp(dataset.created_at),
+                    stamp(dataset.created_at),
                 ),
             )
             return DatasetRecord(
@@ -318,9 +173,11 @@ class AdminStore:
                 dataset.created_at,
             )
 
-        return self._db.run(work)
+        return self._requests.run(
+            "CreateDataset", request_id, _dataset_params(dataset), work, idempotency.DATASET
+        )
 
-    def update_dataset(self, dataset: DatasetRecord) -> DatasetRecord:
+    def update_dataset(self, dataset: DatasetRecord, request_id: str = "") -> DatasetRecord:
         """Replace source, format and metadata; the version goes up by one, so every cache keyed on
         (name, version) and every free replay of the old version stop applying."""
 
@@ -329,8 +186,8 @@ class AdminStore:
                 "SELECT * FROM datasets WHERE name = ?" + tx.lock_suffix, (dataset.name,)
             )
             if row is None:
-                raise NotFound(f"dataset {dataset.name!r} not found", reason="DATASET_NOT_FOUND")
-            existing = _dataset(row)
+                raise _dataset_not_found(dataset.name)
+            existing = dataset_from_row(row)
             version = existing.version + 1
             tx.execute(
                 "UPDATE datasets SET source = ?, format = ?, metadata = ?, version = ?"
@@ -352,42 +209,49 @@ class AdminStore:
                 existing.created_at,
             )
 
-        return self._db.run(work)
+        return self._requests.run(
+            "UpdateDataset", request_id, _dataset_params(dataset), work, idempotency.DATASET
+        )
 
     def get_dataset(self, name: str) -> DatasetRecord:
         with self._db.transaction(readonly=True) as tx:
             row = tx.fetchone("SELECT * FROM datasets WHERE name = ?", (name,))
         if row is None:
-            raise NotFound(f"dataset {name!r} not found", reason="DATASET_NOT_FOUND")
-        return _dataset(row)
+            raise _dataset_not_found(name)
+        return dataset_from_row(row)
 
-    def delete_dataset(self, name: str) -> None:
-        with self._db.transaction() as tx:
+    def delete_dataset(self, name: str, request_id: str = "") -> None:
+        """Delete a dataset and the grants on it."""
+
+        def work(tx: Transaction) -> None:
             if tx.execute("DELETE FROM datasets WHERE name = ?", (name,)).rowcount == 0:
-                raise NotFound(f"dataset {name!r} not found", reason="DATASET_NOT_FOUND")
+                raise _dataset_not_found(name)
             tx.execute("DELETE FROM grants WHERE dataset = ?", (name,))
 
-    def list_datasets(self, offset: int, limit: int) -> tuple[list[DatasetRecord], bool]:
+        self._requests.run("DeleteDataset", request_id, {"name": name}, work, idempotency.NOTHING)
+
+    def list_datasets(self, after: SortKey | None, limit: int) -> Listing[DatasetRecord]:
+        """Datasets by name, after the dataset named `after` (a key from a previous page)."""
         with self._db.transaction(readonly=True) as tx:
-            rows = tx.fetchall(
-                "SELECT * FROM datasets ORDER BY name LIMIT ? OFFSET ?", (limit + 1, offset)
-            )
-        return [_dataset(r) for r in rows[:limit]], len(rows) > limit
+            rows, next_after = DATASETS.fetch(tx, {}, after, limit)
+        return Listing([dataset_from_row(r) for r in rows], next_after)
 
     # Grants ------------------------------------------------------------------------------------
 
-    def create_grant(self, grant: GrantRecord) -> GrantRecord:
+    def create_grant(self, grant: GrantRecord, request_id: str = "") -> GrantRecord:
+        """Idempotent: the same grant again returns the stored one; another is ALREADY_EXISTS."""
+
         def work(tx: Transaction) -> GrantRecord:
             if tx.fetchone("SELECT name FROM users WHERE name = ?", (grant.user,)) is None:
-                raise NotFound(f"user {grant.user!r} not found", reason="USER_NOT_FOUND")
+                raise _user_not_found(grant.user)
             if tx.fetchone("SELECT name FROM datasets WHERE name = ?", (grant.dataset,)) is None:
-                raise NotFound(f"dataset {grant.dataset!r} not found", reason="DATASET_NOT_FOUND")
+                raise _dataset_not_found(grant.dataset)
             row = tx.fetchone(
                 "SELECT * FROM grants WHERE user_name = ? AND dataset = ?",
                 (grant.user, grant.dataset),
             )
             if row is not None:
-                existing = _grant(row)
+                existing = grant_from_row(row)
                 if existing.allocation != grant.allocation:
                     raise AlreadyExists(
                         f"user {grant.user!r} already holds a grant on {grant.dataset!r}",
@@ -400,30 +264,37 @@ class AdminStore:
                 (
                     grant.user,
                     grant.dataset,
-                    *_loss_params(grant.allocation),
-                    _stamp(grant.created_at),
+                    *loss_params(grant.allocation),
+                    stamp(grant.created_at),
                 ),
             )
             return grant
 
-        return self._db.run(work)
+        params = {
+            "user": grant.user,
+            "dataset": grant.dataset,
+            "allocation": encode_loss(grant.allocation),
+        }
+        return self._requests.run("CreateGrant", request_id, params, work, idempotency.GRANT)
 
-    def delete_grant(self, user: str, dataset: str) -> None:
-        with self._db.transaction() as tx:
+    def delete_grant(self, user: str, dataset: str, request_id: str = "") -> None:
+        """Remove a grant (the budget ledger keeps its history)."""
+
+        def work(tx: Transaction) -> None:
             deleted = tx.execute(
                 "DELETE FROM grants WHERE user_name = ? AND dataset = ?", (user, dataset)
             ).rowcount
-        if deleted == 0:
-            raise NotFound("no such grant", reason="GRANT_NOT_FOUND")
+            if deleted == 0:
+                raise NotFound("no such grant", reason="GRANT_NOT_FOUND")
 
-    def list_grants(self, user: str, offset: int, limit: int) -> tuple[list[GrantRecord], bool]:
-        where, params = ("WHERE user_name = ?", (user,)) if user else ("", ())
+        params = {"user": user, "dataset": dataset}
+        self._requests.run("DeleteGrant", request_id, params, work, idempotency.NOTHING)
+
+    def list_grants(self, user: str, after: SortKey | None, limit: int) -> Listing[GrantRecord]:
+        """Grants by (user, dataset), only `user`'s when set, after the key `after`."""
         with self._db.transaction(readonly=True) as tx:
-            rows = tx.fetchall(
-                f"SELECT * FROM grants {where} ORDER BY user_name, dataset LIMIT ? OFFSET ?",
-                (*params, limit + 1, offset),
-            )
-        return [_grant(r) for r in rows[:limit]], len(rows) > limit
+            rows, next_after = GRANTS.fetch(tx, {"user_name": user}, after, limit)
+        return Listing([grant_from_row(r) for r in rows], next_after)
 
     def authorize(self, user: str, dataset: str) -> Access:
         """The user's grant on the dataset. Without a grant the answer is the same whether or not the
@@ -445,121 +316,18 @@ class AdminStore:
                 name=user,
                 role=row["u_role"],
                 may_query=bool(row["u_may_query"]),
-                created_at=_parse_stamp(row["u_created_at"]),
+                created_at=parse_stamp(row["u_created_at"]),
             ),
-            grant=_grant(row),
-            dataset=_dataset(row, prefix="d_"),
+            grant=grant_from_row(row),
+            dataset=dataset_from_row(row, prefix="d_"),
         )
 
-    # Archive -----------------------------------------------------------------------------------
 
-    def record_query_result(self, record: ArchiveRecord) -> ArchiveRecord:
-        """Store a query's outcome under its id. The first record wins: later ones get it back."""
-
-        def work(tx: Transaction) -> ArchiveRecord:
-            row = tx.fetchone("SELECT * FROM archive WHERE query_id = ?", (record.query_id,))
-            if row is not None:
-                return _archive(row)
-            tx.execute(
-                "INSERT INTO archive (query_id, user_name, dataset, query_json, definition, epsilon,"
-                " delta, rho, succeeded, release, error_reason, error_message, submitted_at,"
-                " completed_at, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.query_id,
-                    record.user,
-                    record.dataset,
-                    record.query_json,
-                    *_loss_params(record.cost),
-                    int(record.succeeded),
-                    record.release,
-                    record.error_reason,
-                    record.error_message,
-                    _stamp(record.submitted_at),
-                    _stamp(record.completed_at),
-                    record.fingerprint,
-                ),
-            )
-            return record
-
-        try:
-            return self._db.run(work)
-        except UniqueViolation:  # lost every retry to a concurrent writer: theirs is the record
-            return self.get_archived_query(record.query_id)
-
-    def get_archived_query(self, query_id: str) -> ArchiveRecord:
-        with self._db.transaction(readonly=True) as tx:
-            row = tx.fetchone("SELECT * FROM archive WHERE query_id = ?", (query_id,))
-        if row is None:
-            raise NotFound("no such archived query", reason="QUERY_NOT_FOUND")
-        return _archive(row)
-
-    def find_released_query(self, user: str, fingerprint: str) -> ArchiveRecord | None:
-        """The user's latest successful release of the query with this fingerprint, if any."""
-        if not fingerprint:
-            return None
-        with self._db.transaction(readonly=True) as tx:
-            row = tx.fetchone(
-                "SELECT * FROM archive WHERE user_name = ? AND fingerprint = ? AND succeeded = 1"
-                " ORDER BY completed_at DESC LIMIT 1",
-                (user, fingerprint),
-            )
-        return None if row is None else _archive(row)
-
-    def list_archived_queries(
-        self, user: str, dataset: str, offset: int, limit: int
-    ) -> tuple[list[ArchiveRecord], bool]:
-        clauses, params = [], []
-        if user:
-            clauses.append("user_name = ?")
-            params.append(user)
-        if dataset:
-            clauses.append("dataset = ?")
-            params.append(dataset)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        with self._db.transaction(readonly=True) as tx:
-            rows = tx.fetchall(
-                f"SELECT * FROM archive {where} ORDER BY submitted_at DESC, query_id"
-                " LIMIT ? OFFSET ?",
-                (*params, limit + 1, offset),
-            )
-        return [_archive(r) for r in rows[:limit]], len(rows) > limit
-
-    # Audit trail --------------------------------------------------------------------------------
-
-    def record_audit_event(self, event: AuditRecord) -> None:
-        """Append one event; the trail is append-only (no update or delete path exists)."""
-        with self._db.transaction() as tx:
-            tx.execute(
-                "INSERT INTO audit_log (time, actor, method, request_json, code, reason)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    _stamp(event.time),
-                    event.actor,
-                    event.method,
-                    event.request_json,
-                    event.code,
-                    event.reason,
-                ),
-            )
-
-    def list_audit_events(
-        self, actor: str, offset: int, limit: int
-    ) -> tuple[list[AuditRecord], bool]:
-        where, params = ("WHERE actor = ?", (actor,)) if actor else ("", ())
-        with self._db.transaction(readonly=True) as tx:
-            rows = tx.fetchall(
-                f"SELECT * FROM audit_log {where} ORDER BY id DESC LIMIT ? OFFSET ?",
-                (*params, limit + 1, offset),
-            )
-        events = [
-            AuditRecord(
-                time=_parse_stamp(r["time"]),
-                actor=r["actor"],
-                method=r["method"],
-                request_json=r["request_json"],
-                code=r["code"],
-                reason=r["reason"],
-            )
-            for r in rows[:limit]
-        ]
-        return events, len(rows) > limit
+def _dataset_params(dataset: DatasetRecord) -> dict[str, object]:
+    """What a dataset call's fingerprint covers (not the store-set version and time)."""
+    return {
+        "name": dataset.name,
+        "source": dict(dataset.source),
+        "format": dataset.format,
+        "metadata": dict(dataset.metadata),
+    }

@@ -10,7 +10,7 @@ from google.protobuf import timestamp_pb2
 from lomas.budget.v1 import budget_pb2
 from lomas.common.v1 import privacy_pb2
 from lomas_budget.accounting import approx_dp_view
-from lomas_budget.ledger import (
+from lomas_budget.model import (
     DatasetCap,
     EntryKind,
     LedgerBalance,
@@ -19,7 +19,7 @@ from lomas_budget.ledger import (
     ReservationState,
     UserState,
 )
-from lomas_common.convert import DEFINITION_TO_PROTO, privacy_loss_to_proto
+from lomas_common.convert import DEFINITION_TO_PROTO, KeysetPage, privacy_loss_to_proto
 from lomas_common.errors import InvalidArgument
 from lomas_common.privacy import PrivacyLoss, PrivacyValueError, format_decimal, parse_decimal
 
@@ -59,6 +59,34 @@ def delta_from_text(text: str) -> Decimal | None:
             metadata={"field": "delta"},
         )
     return delta
+
+
+def _page_token_invalid() -> InvalidArgument:
+    return InvalidArgument("page_token is not valid for this list", reason="PAGE_TOKEN_INVALID")
+
+
+# Page tokens are bound to their list by a digest anyone can compute, so a forged token may carry a
+# key of the wrong shape: each list checks its key's shape before it reaches SQL.
+
+
+def after_dataset(page: KeysetPage) -> str | None:
+    """The dataset name a ListLedgers page starts after (None: from the first)."""
+    if page.after is None:
+        return None
+    match page.after:
+        case (str() as dataset,):
+            return dataset
+    raise _page_token_invalid()
+
+
+def after_seq(page: KeysetPage) -> int:
+    """The entry number a ListLedgerEntries page starts after (0: from the first)."""
+    if page.after is None:
+        return 0
+    match page.after:
+        case (int() as seq,) if seq > 0:
+            return seq
+    raise _page_token_invalid()
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 
 from lomas.budget.v1 import budget_pb2_grpc
 from lomas_budget.api import BudgetServicer
-from lomas_budget.ledger import (
+from lomas_budget.ledger import BudgetLedger
+from lomas_budget.model import (
     DEFAULT_REQUEST_RETENTION_SECONDS,
     DEFAULT_RESERVATION_TTL_SECONDS,
-    BudgetLedger,
+    MAX_RESERVATION_TTL_SECONDS,
 )
 from lomas_budget.store import LedgerStore
 from lomas_common.blocking_server import (
@@ -66,8 +67,10 @@ class BudgetSettings:
                 env, "REQUEST_RETENTION_SECONDS", DEFAULT_REQUEST_RETENTION_SECONDS
             ),
         )
-        if not 0 < settings.reservation_ttl_seconds <= 7 * 24 * 3600:
-            raise SystemExit("LOMAS_RESERVATION_TTL_SECONDS must be between 1 and 604800")
+        if not 0 < settings.reservation_ttl_seconds <= MAX_RESERVATION_TTL_SECONDS:
+            raise SystemExit(
+                f"LOMAS_RESERVATION_TTL_SECONDS must be between 1 and {MAX_RESERVATION_TTL_SECONDS}"
+            )
         if settings.sweep_interval_seconds <= 0:
             raise SystemExit("LOMAS_SWEEP_INTERVAL_SECONDS must be positive")
         if settings.request_retention_seconds <= settings.reservation_ttl_seconds:

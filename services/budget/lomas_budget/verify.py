@@ -25,22 +25,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation, localcontext
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lomas_budget.accounting import EXACT, charge_in_unit, exceeds, shift
-from lomas_budget.ledger import (
-    GENESIS_HASH,
-    DatasetCap,
-    EntryKind,
-    ReservationState,
-    chain_hash_after,
-    chain_prefix,
-)
+from lomas_budget.journal import chain_hash_after, chain_prefix
+from lomas_budget.model import GENESIS_HASH, DatasetCap, EntryKind, ReservationState
+from lomas_budget.store import LedgerSession
 from lomas_common.errors import LomasError
 from lomas_common.privacy import PrivacyDefinition, PrivacyLoss, format_decimal
-
-if TYPE_CHECKING:
-    from lomas_budget.store import LedgerSession
 
 MAX_PROBLEMS_PER_LEDGER = 100
 _COMPONENTS = ("epsilon", "delta", "rho")

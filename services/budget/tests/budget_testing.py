@@ -19,11 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from lomas.budget.v1 import budget_pb2_grpc
+from lomas.budget.v1 import budget_pb2, budget_pb2_grpc
 from lomas.common.v1 import privacy_pb2
+from lomas_common.errors import Code, LomasError
 from lomas_common.peers import PeerSettings, SyncPeer
+
+Peer = SyncPeer[Any]
 
 # Reconnect within milliseconds to a restarted service (gRPC waits a second by default).
 FAST_RECONNECT = [
@@ -130,4 +134,36 @@ class BudgetProcess:
         )
 
 
-__all__ = ["FAST_RECONNECT", "BudgetProcess", "FakeClock", "approx", "pure", "zcdp"]
+def open_ledger(budget: Peer, user: str, dataset: str, allocation: Any) -> budget_pb2.Ledger:
+    request = budget_pb2.OpenLedgerRequest(
+        user=user, dataset=dataset, allocation=allocation, actor="admin"
+    )
+    return budget.call("OpenLedger", request).ledger
+
+
+def reserve(budget: Peer, query_id: str, user: str, cost: Any, **fields: Any) -> Any:
+    request = budget_pb2.ReserveBudgetRequest(
+        query_id=query_id, user=user, dataset="penguins", cost=cost, actor="gateway", **fields
+    )
+    return budget.call("ReserveBudget", request).reservation
+
+
+def refused(call: Any, code: Code, reason: str) -> dict[str, str]:
+    with pytest.raises(LomasError) as error:
+        call()
+    assert (error.value.code, error.value.reason) == (code, reason), error.value
+    return error.value.metadata
+
+
+__all__ = [
+    "FAST_RECONNECT",
+    "BudgetProcess",
+    "FakeClock",
+    "Peer",
+    "approx",
+    "open_ledger",
+    "pure",
+    "refused",
+    "reserve",
+    "zcdp",
+]

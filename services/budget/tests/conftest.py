@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,12 +14,12 @@ sys.path.insert(
     0, str(Path(__file__).parent)
 )  # budget_testing, and the modules spawned processes run
 
-from budget_testing import FakeClock
+from budget_testing import BudgetProcess, FakeClock, Peer, approx, open_ledger
 
 from lomas_budget.ledger import BudgetLedger
 from lomas_budget.store import LedgerStore
 from lomas_common.db import Database, Transaction
-from lomas_common.testing import fresh_postgres_url, sqlite_url
+from lomas_testing.databases import fresh_postgres_url, sqlite_url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -84,3 +85,40 @@ def tamper(database: Database, database_url: str) -> Callable[..., int]:
             connection.close()
 
     return run
+
+
+# --- the service over gRPC: one real `lomas_budget.main` process per test module and store ------
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def service(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BudgetProcess]:
+    tmp = tmp_path_factory.mktemp("budget-api")
+    if request.param == "sqlite":
+        url, drop = sqlite_url(tmp / "budget.db"), (lambda: None)
+    else:
+        url, drop = fresh_postgres_url("lomas_budget_test")
+    process = BudgetProcess(url, tmp / "budget.log", sweep_interval_seconds="0.2").start()
+    try:
+        yield process
+    finally:
+        process.kill()
+        drop()
+
+
+@pytest.fixture
+def budget(service: BudgetProcess) -> Iterator[Peer]:
+    peer = service.peer()
+    try:
+        yield peer
+    finally:
+        peer.close()
+
+
+@pytest.fixture
+def user(budget: Peer) -> str:
+    """A fresh user with an approximate-DP ledger on penguins (epsilon 10, delta 0.001)."""
+    name = f"user-{uuid.uuid4().hex[:8]}"
+    open_ledger(budget, name, "penguins", approx("10", "0.001"))
+    return name

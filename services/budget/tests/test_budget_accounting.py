@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lomas_budget.accounting import CAP_ACCEPTS, approx_dp_epsilon, approx_dp_view, charge_in_unit
-from lomas_budget.ledger import HASH_VERSION, chain_hash
+from lomas_budget.journal import HASH_VERSION, chain_hash
 from lomas_budget.verify import canonical_decimal
 from lomas_common.errors import InvalidArgument
 from lomas_common.privacy import QUANTUM, PrivacyDefinition, PrivacyLoss, format_decimal

@@ -6,76 +6,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
 import grpc
 import pytest
-from budget_testing import BudgetProcess, approx, pure, zcdp
+from budget_testing import BudgetProcess, Peer, approx, open_ledger, pure, refused, reserve, zcdp
 
 from lomas.budget.v1 import budget_pb2, budget_pb2_grpc
 from lomas.common.v1 import privacy_pb2
-from lomas_common.errors import Code, LomasError
-from lomas_common.peers import SyncPeer
-from lomas_common.testing import fresh_postgres_url, sqlite_url
-
-Peer = SyncPeer[Any]
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def service(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[BudgetProcess]:
-    tmp = tmp_path_factory.mktemp("budget-api")
-    if request.param == "sqlite":
-        url, drop = sqlite_url(tmp / "budget.db"), (lambda: None)
-    else:
-        url, drop = fresh_postgres_url("lomas_budget_test")
-    process = BudgetProcess(url, tmp / "budget.log", sweep_interval_seconds="0.2").start()
-    try:
-        yield process
-    finally:
-        process.kill()
-        drop()
-
-
-@pytest.fixture
-def budget(service: BudgetProcess) -> Iterator[Peer]:
-    peer = service.peer()
-    try:
-        yield peer
-    finally:
-        peer.close()
-
-
-@pytest.fixture
-def user(budget: Peer) -> str:
-    """A fresh user with an approximate-DP ledger on penguins (epsilon 10, delta 0.001)."""
-    name = f"user-{uuid.uuid4().hex[:8]}"
-    open_ledger(budget, name, "penguins", approx("10", "0.001"))
-    return name
-
-
-def open_ledger(budget: Peer, user: str, dataset: str, allocation: Any) -> budget_pb2.Ledger:
-    request = budget_pb2.OpenLedgerRequest(
-        user=user, dataset=dataset, allocation=allocation, actor="admin"
-    )
-    return budget.call("OpenLedger", request).ledger
-
-
-def reserve(budget: Peer, query_id: str, user: str, cost: Any, **fields: Any) -> Any:
-    request = budget_pb2.ReserveBudgetRequest(
-        query_id=query_id, user=user, dataset="penguins", cost=cost, actor="gateway", **fields
-    )
-    return budget.call("ReserveBudget", request).reservation
-
-
-def refused(call: Any, code: Code, reason: str) -> dict[str, str]:
-    with pytest.raises(LomasError) as error:
-        call()
-    assert (error.value.code, error.value.reason) == (code, reason), error.value
-    return error.value.metadata
+from lomas_common.errors import Code
 
 
 def test_peers_need_the_service_token(service: BudgetProcess) -> None:
@@ -143,8 +83,8 @@ def test_replays_with_a_request_id_return_the_first_response(budget: Peer, user:
     assert first.state == budget_pb2.RESERVATION_STATE_RESERVED  # the first answer, kept
     refused(
         lambda: reserve(budget, f"{user}-q2", user, approx("1", "0"), request_id=f"{user}-r1"),
-        Code.ABORTED,
-        "REQUEST_ID_CONFLICT",
+        Code.INVALID_ARGUMENT,
+        "REQUEST_ID_REUSED",
     )
     adjust = budget_pb2.AdjustAllocationRequest(
         user=user,

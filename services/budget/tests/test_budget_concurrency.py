@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lomas_budget.ledger import BudgetLedger, ReservationState
+from lomas_budget.ledger import BudgetLedger
+from lomas_budget.model import ReservationState
 from lomas_common.errors import BudgetExhausted, FailedPrecondition
 from lomas_common.privacy import PrivacyLoss
 

@@ -7,7 +7,8 @@ from decimal import Decimal as D
 
 import pytest
 
-from lomas_budget.ledger import BudgetLedger, ReservationState
+from lomas_budget.ledger import BudgetLedger
+from lomas_budget.model import ReservationState
 from lomas_common.errors import Code, FailedPrecondition
 from lomas_common.privacy import PrivacyLoss
 
@@ -24,9 +25,11 @@ def snapshot(ledger: BudgetLedger) -> tuple[object, ...]:
     return balance, tuple(entries), ledger.get_reservation("q1")
 
 
-def refused_as_mismatch(ledger: BudgetLedger, expected: PrivacyLoss, **kwargs: object) -> None:
+def refused_as_mismatch(
+    ledger: BudgetLedger, expected: PrivacyLoss, request_id: str | None = None
+) -> None:
     with pytest.raises(FailedPrecondition) as error:
-        ledger.mark_accessed("q1", expected_cost=expected, **kwargs)  # type: ignore[arg-type]
+        ledger.mark_accessed("q1", expected_cost=expected, request_id=request_id)
     assert (error.value.code, error.value.reason) == (Code.FAILED_PRECONDITION, "COST_MISMATCH")
     assert error.value.metadata == {"query_id": "q1"}
 

@@ -21,7 +21,8 @@ import grpc
 from budget_testing import FAST_RECONNECT, BudgetProcess, approx
 
 from lomas.budget.v1 import budget_pb2, budget_pb2_grpc
-from lomas_budget.ledger import BudgetLedger, EntryKind
+from lomas_budget.ledger import BudgetLedger
+from lomas_budget.model import EntryKind
 from lomas_budget.store import LedgerStore
 from lomas_common.db import Database
 from lomas_common.errors import BackendUnavailable, LomasError

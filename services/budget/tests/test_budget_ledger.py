@@ -6,7 +6,8 @@ from decimal import Decimal as D
 
 import pytest
 
-from lomas_budget.ledger import BudgetLedger, LedgerBalance, ReservationState
+from lomas_budget.ledger import BudgetLedger
+from lomas_budget.model import LedgerBalance, ReservationState
 from lomas_common.errors import (
     AlreadyExists,
     BudgetExhausted,
@@ -108,7 +109,7 @@ def test_open_ledger_is_idempotent(ledger: BudgetLedger) -> None:
     again = ledger.open_ledger(ALICE, PENGUINS, approx("10", "0.001"), approx("1", "0"), "admin")
     assert again.ledger_id == first.ledger_id
     assert again.reserved == approx("1", "0")
-    assert [b.ledger_id for b in ledger.list_balances(ALICE)] == [first.ledger_id]
+    assert [b.ledger_id for b in ledger.list_balances(ALICE)[0]] == [first.ledger_id]
 
 
 @pytest.mark.parametrize(
@@ -157,12 +158,17 @@ def test_list_balances_returns_one_users_ledgers_by_dataset(
     ledger.open_ledger(ALICE, PENGUINS, approx("1", "0"), None, "admin")
     ledger.open_ledger(ALICE, IRIS, zcdp("0.5"), None, "admin")
     ledger.open_ledger("bob", PENGUINS, pure("3"), None, "admin")
-    balances = ledger.list_balances(ALICE)
+    balances, more = ledger.list_balances(ALICE)
     assert [(b.dataset, b.allocation) for b in balances] == [
         (IRIS, zcdp("0.5")),
         (PENGUINS, approx("1", "0")),
     ]
-    assert ledger.list_balances("carol") == []
+    assert not more
+    assert ledger.list_balances("carol") == ([], False)
+    first, more = ledger.list_balances(ALICE, limit=1)
+    assert [b.dataset for b in first] == [IRIS] and more
+    rest, more = ledger.list_balances(ALICE, after_dataset=IRIS, limit=1)
+    assert [b.dataset for b in rest] == [PENGUINS] and not more
 
 
 def test_empty_names_are_refused(ledger: BudgetLedger) -> None:

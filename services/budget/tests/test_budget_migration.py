@@ -8,7 +8,9 @@ from decimal import Decimal
 
 from budget_testing import FakeClock
 
-from lomas_budget.ledger import GENESIS_HASH, BudgetLedger, chain_hash, stamp
+from lomas_budget.journal import chain_hash
+from lomas_budget.ledger import BudgetLedger
+from lomas_budget.model import GENESIS_HASH, stamp
 from lomas_budget.store import LedgerStore
 from lomas_common.db import Database
 from lomas_common.privacy import PrivacyLoss

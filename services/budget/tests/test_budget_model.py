@@ -29,7 +29,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from lomas_budget.ledger import BudgetLedger, ReservationState
+from lomas_budget.ledger import BudgetLedger
+from lomas_budget.model import ReservationState
 from lomas_common.errors import LomasError
 from lomas_common.privacy import PrivacyDefinition, PrivacyLoss
 
@@ -552,7 +553,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @invariant()
     def balances_match_the_model(self) -> None:
         for user in USERS:
-            balances = {b.dataset: b for b in self.ledger.list_balances(self.user(user))}
+            balances = {b.dataset: b for b in self.ledger.list_balances(self.user(user))[0]}
             expected = {d: m for (u, d), m in self.model.ledgers.items() if u == user}
             assert {name.removeprefix(f"{self.prefix}-") for name in balances} == set(expected)
             for dataset, model in expected.items():

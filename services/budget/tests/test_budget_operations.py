@@ -9,12 +9,12 @@ from decimal import Decimal as D
 import pytest
 from budget_testing import FakeClock
 
-from lomas_budget.ledger import BudgetLedger, EntryKind, ReservationState
+from lomas_budget.ledger import BudgetLedger
+from lomas_budget.model import EntryKind, ReservationState
 from lomas_budget.store import LedgerStore
 from lomas_common.db import Database
 from lomas_common.errors import (
     BudgetExhausted,
-    Conflict,
     FailedPrecondition,
     InvalidArgument,
     LomasError,
@@ -311,7 +311,7 @@ def test_a_replay_returns_the_first_answer(ledger: BudgetLedger) -> None:
     assert ledger.verify_all() == []
 
 
-def test_a_request_id_reused_for_another_request_is_a_conflict(ledger: BudgetLedger) -> None:
+def test_a_request_id_reused_for_another_request_is_refused(ledger: BudgetLedger) -> None:
     ledger.open_ledger(ALICE, PENGUINS, approx("5", "0.001"), None, "admin")
     ledger.reserve("q1", ALICE, PENGUINS, approx("1", "0"), "gw", request_id="r1")
     ledger.reserve("q2", ALICE, PENGUINS, approx("1", "0"), "gw")
@@ -320,9 +320,9 @@ def test_a_request_id_reused_for_another_request_is_a_conflict(ledger: BudgetLed
         lambda: ledger.commit("q2", request_id="r1"),
         lambda: ledger.release("q1", request_id="r1"),
     ):
-        with pytest.raises(Conflict) as error:
+        with pytest.raises(InvalidArgument) as error:
             call()
-        assert_error(error, Conflict, "REQUEST_ID_CONFLICT")
+        assert_error(error, InvalidArgument, "REQUEST_ID_REUSED")
     assert ledger.get_reservation("q1").state is ReservationState.RESERVED
     assert ledger.get_reservation("q2").state is ReservationState.RESERVED
 

@@ -7,11 +7,13 @@ from decimal import Decimal as D
 
 import pytest
 
-from lomas_budget.ledger import BudgetLedger, LedgerBalance, chain_hash
+from lomas_budget.journal import chain_hash
+from lomas_budget.ledger import BudgetLedger
+from lomas_budget.model import LedgerBalance
 from lomas_budget.store import LedgerStore
 from lomas_common.db import Database
 from lomas_common.privacy import PrivacyLoss, format_decimal
-from lomas_common.testing import fresh_postgres_url
+from lomas_testing.databases import fresh_postgres_url
 
 
 @pytest.fixture

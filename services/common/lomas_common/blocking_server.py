@@ -23,7 +23,7 @@ import functools
 import logging
 import signal
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -102,7 +102,9 @@ class _EdgedRegistrar:
         self._authenticator = authenticator
         self._edges = edges
 
-    def edged(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def edged(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         if handler.unary_unary is None:
             return handler  # streams (health Watch, reflection) keep gRPC's own handling
         behavior = (
@@ -110,15 +112,16 @@ class _EdgedRegistrar:
             if self._edges
             else _refusing_undecodable(method, handler.unary_unary)
         )
-        return handler._replace(  # type: ignore[attr-defined,no-any-return]
-            unary_unary=behavior,
+        return grpc.unary_unary_rpc_method_handler(
+            behavior,
             request_deserializer=tolerant_deserializer(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
         )
 
     def add_registered_method_handlers(
-        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+        self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
     ) -> None:
-        self._server.add_registered_method_handlers(  # type: ignore[attr-defined]
+        self._server.add_registered_method_handlers(
             service, {name: self.edged(f"/{service}/{name}", h) for name, h in handlers.items()}
         )
 
@@ -137,11 +140,11 @@ class _EdgedGenericHandler(grpc.GenericRpcHandler):
 
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = self._inner.service(handler_call_details)
         if handler is None:
             return None
-        return self._registrar.edged(handler_call_details.method, handler)  # type: ignore[attr-defined]
+        return self._registrar.edged(handler_call_details.method, handler)
 
 
 class BlockingServer:

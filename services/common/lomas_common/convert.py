@@ -34,7 +34,7 @@ DEFINITION_TO_PROTO = {
 DEFINITION_FROM_PROTO = {v: k for k, v in DEFINITION_TO_PROTO.items()}
 
 
-def definition_from_proto(value: int) -> PrivacyDefinition:
+def definition_from_proto(value: privacy_pb2.PrivacyDefinition.ValueType) -> PrivacyDefinition:
     """UNSPECIFIED means the Lomas-compatible default, approximate DP."""
     if value == privacy_pb2.PRIVACY_DEFINITION_UNSPECIFIED:
         return PrivacyDefinition.APPROX_DP

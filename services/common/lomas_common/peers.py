@@ -7,20 +7,24 @@ metadata, so a caller of the gateway knows to retry and what was missing."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from lomas_common.rpc_errors import from_rpc_error
 from lomas_common.server import REQUEST_ID_HEADER, SERVICE_TOKEN_HEADER, request_id_var
 from lomas_common.telemetry import client_interceptors
 
-StubT = TypeVar("StubT")
+# Covariant: a peer built from `XServiceStub` on an asyncio channel holds the generated
+# `XServiceAsyncStub` (a subclass), and is still a peer of `XServiceStub` to its users.
+StubT = TypeVar("StubT", covariant=True)
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 HEALTH_CHECK_TIMEOUT_SECONDS = 1.0
+HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
 
 # Reconnect quickly to a peer that went away: peers are on the same machine or cluster, and a
 # supervised restart takes seconds. gRPC's defaults (1 s growing to 120 s) would keep a channel
@@ -58,10 +62,35 @@ def _call_metadata(settings: PeerSettings) -> list[tuple[str, str]]:
     return metadata
 
 
-def peer_name(stub_class: type[Any]) -> str:
+def peer_name(stub_class: Callable[..., object]) -> str:
     """The peer a stub calls, from its generated module (`lomas.executor.v1...` -> "executor")."""
     parts = stub_class.__module__.split(".")
     return parts[1] if len(parts) > 2 and parts[0] == "lomas" else stub_class.__name__
+
+
+# The health check, called by method name: the stubs of grpcio-health-checking declare `HealthStub`
+# without its methods, so a typed multi-callable is built here instead.
+def health_check(
+    channel: grpc.Channel,
+) -> grpc.UnaryUnaryMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]:
+    """The Health/Check method of the server behind a blocking channel."""
+    return channel.unary_unary(
+        HEALTH_CHECK_METHOD,
+        request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+        response_deserializer=health_pb2.HealthCheckResponse.FromString,
+    )
+
+
+def _async_health_check(
+    channel: grpc.aio.Channel,
+) -> grpc.aio.UnaryUnaryMultiCallable[
+    health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+]:
+    return channel.unary_unary(
+        HEALTH_CHECK_METHOD,
+        request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+        response_deserializer=health_pb2.HealthCheckResponse.FromString,
+    )
 
 
 class AsyncPeer(Generic[StubT]):
@@ -69,7 +98,11 @@ class AsyncPeer(Generic[StubT]):
     "executor") names the peer in BACKEND_UNAVAILABLE errors and health reports."""
 
     def __init__(
-        self, target: str, stub_class: type[StubT], settings: PeerSettings, name: str = ""
+        self,
+        target: str,
+        stub_class: Callable[[grpc.aio.Channel], StubT],
+        settings: PeerSettings,
+        name: str = "",
     ) -> None:
         self._settings = settings
         self.name = name or peer_name(stub_class)
@@ -78,8 +111,8 @@ class AsyncPeer(Generic[StubT]):
             options=_channel_options(settings),
             interceptors=client_interceptors(settings.otel_exporter),
         )
-        self.stub: StubT = stub_class(self.channel)  # type: ignore[call-arg]
-        self._health = health_pb2_grpc.HealthStub(self.channel)
+        self.stub: StubT = stub_class(self.channel)
+        self._health_check = _async_health_check(self.channel)
 
     async def call(self, method: str, request: Any, *, timeout: float | None = None) -> Any:
         try:
@@ -94,7 +127,7 @@ class AsyncPeer(Generic[StubT]):
     async def serving(self) -> bool:
         """Whether the peer answers its health check with SERVING (a dependency of `start_server`)."""
         try:
-            response = await self._health.Check(
+            response = await self._health_check(
                 health_pb2.HealthCheckRequest(), timeout=HEALTH_CHECK_TIMEOUT_SECONDS
             )
         except grpc.RpcError:
@@ -109,12 +142,16 @@ class SyncPeer(Generic[StubT]):
     """A blocking client of one peer service (for Celery workers)."""
 
     def __init__(
-        self, target: str, stub_class: type[StubT], settings: PeerSettings, name: str = ""
+        self,
+        target: str,
+        stub_class: Callable[[grpc.Channel], StubT],
+        settings: PeerSettings,
+        name: str = "",
     ) -> None:
         self._settings = settings
         self.name = name or peer_name(stub_class)
         self.channel = grpc.insecure_channel(target, options=_channel_options(settings))
-        self.stub: StubT = stub_class(self.channel)  # type: ignore[call-arg]
+        self.stub: StubT = stub_class(self.channel)
 
     def call(self, method: str, request: Any, *, timeout: float | None = None) -> Any:
         try:

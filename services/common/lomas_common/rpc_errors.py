@@ -84,7 +84,7 @@ class RemoteError(LomasError):
         )
 
 
-def _status_of(error: grpc.RpcError) -> status_pb2.Status | None:
+def status_of_error(error: grpc.RpcError) -> status_pb2.Status | None:
     """The rich status in the trailing metadata (works for sync calls and grpc.aio errors alike)."""
     trailing = getattr(error, "trailing_metadata", None)
     for key, value in (trailing() if callable(trailing) else None) or ():
@@ -98,7 +98,7 @@ def _retry_after(status: status_pb2.Status) -> float | None:
         if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
             retry = error_details_pb2.RetryInfo()
             detail.Unpack(retry)
-            return retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
+            return float(retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9)
     return None
 
 
@@ -125,7 +125,7 @@ def from_rpc_error(error: grpc.RpcError, peer: str = "") -> LomasError:
     naming `peer`, with retry advice."""
     code_method = getattr(error, "code", None)
     code = code_method() if callable(code_method) else None
-    status = _status_of(error)
+    status = status_of_error(error)
     if status is not None:
         for detail in status.details:
             if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):

@@ -26,7 +26,7 @@ import signal
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 import grpc
 from google.rpc import status_pb2
@@ -45,6 +45,11 @@ REQUEST_ID_HEADER = "x-request-id"
 SERVICE_TOKEN_HEADER = "x-lomas-service-token"  # noqa: S105 - a header name
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+
+RequestT = TypeVar("RequestT")
+ResponseT = TypeVar("ResponseT")
+# A servicer method as an asyncio server runs it.
+AsyncBehavior = Callable[[Any, "grpc.aio.ServicerContext[Any, Any]"], Awaitable[Any]]
 
 
 class Authenticator(abc.ABC):
@@ -124,20 +129,32 @@ def undecodable_error(method: str) -> InvalidArgument:
     )
 
 
-def with_tolerant_deserializer(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def with_tolerant_deserializer(
+    handler: grpc.RpcMethodHandler[Any, ResponseT],
+) -> grpc.RpcMethodHandler[Any, ResponseT]:
     """A method handler whose request deserializer never raises (see `tolerant_deserializer`)."""
-    return handler._replace(  # type: ignore[attr-defined,no-any-return]
-        request_deserializer=tolerant_deserializer(handler.request_deserializer)
-    )
+    deserializer = tolerant_deserializer(handler.request_deserializer)
+    serializer = handler.response_serializer
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(handler.unary_unary, deserializer, serializer)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(handler.unary_stream, deserializer, serializer)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(handler.stream_unary, deserializer, serializer)
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(
+            handler.stream_stream, deserializer, serializer
+        )
+    return handler
 
 
 def _wrap_unary(
-    behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
+    behavior: AsyncBehavior,
     method: str,
     authenticator: Authenticator | None,
     observer: Observer | None,
-) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
-    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+) -> AsyncBehavior:
+    async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         metadata = call_metadata(context)
         set_request_id(metadata)
         code, reason = "OK", ""
@@ -172,7 +189,9 @@ def _wrap_unary(
     return handler
 
 
-def call_metadata(context: grpc.ServicerContext | grpc.aio.ServicerContext) -> dict[str, str]:
+def call_metadata(
+    context: grpc.ServicerContext | grpc.aio.ServicerContext[Any, Any],
+) -> dict[str, str]:
     """A call's text metadata as a dict (binary `-bin` entries are left out)."""
     return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
 
@@ -195,15 +214,20 @@ class _EdgeInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[RequestT, ResponseT] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[RequestT, ResponseT] | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
         method = handler_call_details.method
+        # On an asyncio server a unary behaviour is a coroutine function (grpc's stubs type the
+        # handler for the thread-pool server).
+        behavior = cast(AsyncBehavior, handler.unary_unary)
         return grpc.unary_unary_rpc_method_handler(
-            _wrap_unary(handler.unary_unary, method, self._authenticator, self._observer),
+            _wrap_unary(behavior, method, self._authenticator, self._observer),
             request_deserializer=tolerant_deserializer(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
@@ -213,7 +237,9 @@ class _EdgeInterceptor(grpc.aio.ServerInterceptor):
 class Service:
     """A servicer and how to register it."""
 
-    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    # The generated `add_..._to_server`; its server is a grpc.aio.Server, a grpc.Server, or the
+    # registrar that stands in for one in `lomas_common.blocking_server`.
+    add_to_server: Callable[[Any, Any], None]
     servicer: Any
     full_name: str  # e.g. "lomas.budget.v1.BudgetService"
 

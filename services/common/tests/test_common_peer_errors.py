@@ -15,8 +15,6 @@ from common_testing import (
     EXECUTOR,
     BlockingExecutor,
     closed_port,
-    error_info,
-    retry_info,
     settings,
 )
 
@@ -28,6 +26,7 @@ from lomas_common.errors import BackendUnavailable, Code, LomasError
 from lomas_common.peers import AsyncPeer, PeerSettings, SyncPeer, peer_name
 from lomas_common.rpc_errors import RemoteError, from_rpc_error
 from lomas_common.server import Service, start_server
+from lomas_testing.rich_status import error_info, retry_info
 
 
 def executor_service(servicer: object) -> Service:
@@ -183,7 +182,7 @@ def test_the_gateway_edge_answers_unavailable_with_retry_info_and_the_peer() -> 
             await forwarding.peer.close()
 
     error = asyncio.run(scenario())
-    assert error.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
     info = error_info(error)
     assert info.reason == "BACKEND_UNAVAILABLE"
     assert dict(info.metadata) == {"peer": "executor"}

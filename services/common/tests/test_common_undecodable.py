@@ -13,7 +13,6 @@ from common_testing import (
     HEALTH_CHECK,
     AsyncExecutor,
     BlockingExecutor,
-    error_info,
     settings,
 )
 from grpc_health.v1 import health_pb2
@@ -22,6 +21,7 @@ from lomas.executor.v1 import executor_pb2, executor_pb2_grpc
 from lomas_common.blocking_server import start_blocking_server
 from lomas_common.errors import ERROR_DOMAIN
 from lomas_common.server import CallOutcome, Service, start_server
+from lomas_testing.rich_status import error_info
 
 TOKEN = "peer-secret"
 
@@ -39,7 +39,7 @@ def raw_call(port: int, method: str, payload: bytes, token: str = "") -> grpc.Rp
 
 def assert_undecodable(outcome: grpc.RpcError | bytes, method: str) -> None:
     assert isinstance(outcome, grpc.RpcError), outcome
-    assert outcome.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert outcome.code() == grpc.StatusCode.INVALID_ARGUMENT
     info = error_info(outcome)
     assert (info.reason, info.domain) == ("REQUEST_UNDECODABLE", ERROR_DOMAIN)
     assert info.metadata["method"] == method
@@ -64,7 +64,7 @@ def test_blocking_server_refuses_undecodable_requests_with_error_info() -> None:
         # The peer check comes first: a stranger learns nothing about decoding.
         stranger = raw_call(server.port, ESTIMATE_COST, GARBAGE)
         assert isinstance(stranger, grpc.RpcError)
-        assert stranger.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+        assert stranger.code() == grpc.StatusCode.PERMISSION_DENIED
         assert error_info(stranger).reason == "PEER_CREDENTIAL_REQUIRED"
         # Well-formed requests still work.
         valid = executor_pb2.EstimateCostRequest().SerializeToString()
@@ -101,7 +101,7 @@ def test_asyncio_server_refuses_undecodable_requests_with_error_info() -> None:
             assert_undecodable(await call(HEALTH_CHECK, GARBAGE), HEALTH_CHECK)
             stranger = await call(ESTIMATE_COST, GARBAGE)
             assert isinstance(stranger, grpc.RpcError)
-            assert stranger.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+            assert stranger.code() == grpc.StatusCode.PERMISSION_DENIED
             valid = executor_pb2.EstimateCostRequest().SerializeToString()
             assert await call(ESTIMATE_COST, valid, TOKEN) == b""
         finally:

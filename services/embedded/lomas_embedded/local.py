@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from lomas.client import Client
 from lomas.client.admin import AdminClient
-from lomas_common.testing import fresh_postgres_url
+from lomas_common.scratch_db import fresh_postgres_url
 from lomas_embedded import demo
 from lomas_embedded.devkeys import DevIssuer
 from lomas_embedded.mesh import Mesh, MeshConfig

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
+from lomas_common.peers import health_check
 from lomas_embedded.ports import free_port
 from lomas_embedded.supervision import Backoff, Watchdog
 
@@ -216,7 +217,7 @@ class Mesh:
     def _wait_first_serving(self, service: ServiceProcess, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         with grpc.insecure_channel(service.target) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
+            check = health_check(channel)
             while True:
                 if service.process.poll() is not None:
                     raise RuntimeError(
@@ -224,7 +225,7 @@ class Mesh:
                         f"see {service.log_path}:\n{self.tail(service)}"
                     )
                 try:
-                    response = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                    response = check(health_pb2.HealthCheckRequest(), timeout=1.0)
                     if response.status == health_pb2.HealthCheckResponse.SERVING:
                         return
                 except grpc.RpcError:
@@ -307,9 +308,7 @@ def _serving(target: str) -> bool:
     """Whether the gRPC server at `target` answers its health check with SERVING."""
     with grpc.insecure_channel(target) as channel:
         try:
-            response = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=1.0
-            )
+            response = health_check(channel)(health_pb2.HealthCheckRequest(), timeout=1.0)
         except grpc.RpcError:
             return False
     return bool(response.status == health_pb2.HealthCheckResponse.SERVING)

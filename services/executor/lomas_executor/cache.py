@@ -18,7 +18,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 import pyarrow as pa
 
@@ -49,13 +49,14 @@ class LoadedDataset:
         with self._lock:
             entry = self._prepared.get(name)
             if entry is not None:
-                return entry[0]  # type: ignore[return-value]
+                # One engine prepares each name, always with the same `build`: the same type.
+                return cast(P, entry[0])
             building = self._building.setdefault(name, threading.Lock())
         with building:
             with self._lock:
                 entry = self._prepared.get(name)
             if entry is not None:
-                return entry[0]  # type: ignore[return-value]
+                return cast(P, entry[0])
             value = build(self.table)
             with self._lock:
                 self._prepared[name] = (value, int(size_of(value)))
@@ -69,9 +70,9 @@ class LoadedDataset:
     def sql_reader(self) -> SqliteTableReader:
         with self._lock:
             entry = self._prepared.get(SQL_READER)
-        if entry is None:
+        if entry is None or not isinstance(entry[0], SqliteTableReader):
             raise LookupError("the smartnoise-sql reader is not prepared")
-        return entry[0]  # type: ignore[return-value]
+        return entry[0]
 
     @property
     def nbytes(self) -> int:
@@ -134,7 +135,8 @@ class ByteLruCache(Generic[K, V]):
             pending.done.wait()
             if pending.error is not None:
                 raise pending.error
-            return pending.value  # type: ignore[return-value]
+            # Set by the leader before `done` (a V, which may itself be None when V allows it).
+            return cast(V, pending.value)
 
         try:
             value = load()

@@ -10,7 +10,7 @@ from lomas_common.errors import InvalidArgument, InvalidQuery
 from lomas_common.privacy import PrivacyValueError, parse_decimal
 from lomas_executor.engine import DatasetRef, Query
 from lomas_executor.metadata import DatasetMetadata
-from lomas_executor.opendp_queries import OpenDpMeasurementQuery, OpenDpPolarsQuery
+from lomas_executor.opendp_model import Mechanism, OpenDpMeasurementQuery, OpenDpPolarsQuery
 from lomas_executor.smartnoise_sql import SmartnoiseSqlQuery
 from lomas_executor.sources import DataFormat, DataSource
 
@@ -18,7 +18,7 @@ _FORMATS = {
     dataset_pb2.DATA_FORMAT_CSV: DataFormat.CSV,
     dataset_pb2.DATA_FORMAT_PARQUET: DataFormat.PARQUET,
 }
-_MECHANISMS = {
+_MECHANISMS: dict[query_pb2.OpenDpMechanism.ValueType, Mechanism] = {
     query_pb2.OPEN_DP_MECHANISM_UNSPECIFIED: "laplace",
     query_pb2.OPEN_DP_MECHANISM_LAPLACE: "laplace",
     query_pb2.OPEN_DP_MECHANISM_GAUSSIAN: "gaussian",
@@ -84,7 +84,8 @@ def query_from_proto(query: query_pb2.Query) -> Query:
             epsilon=epsilon,
             delta=delta,
             mechanisms=dict(sql.mechanisms),
-            postprocess=sql.postprocess,
+            # Absent means post-processed, as every client documents (proto3 `optional`).
+            postprocess=sql.postprocess if sql.HasField("postprocess") else True,
         )
     if kind == "opendp":
         return _opendp_from_proto(query.opendp)
@@ -117,7 +118,7 @@ def _opendp_from_proto(
             raise InvalidQuery(str(error)) from None
         return OpenDpPolarsQuery(
             plan_json=polars.plan_json,
-            mechanism=_MECHANISMS[polars.mechanism],  # type: ignore[arg-type]
+            mechanism=_MECHANISMS[polars.mechanism],
             global_scale=scale,
             threshold=polars.threshold or None,
             fixed_delta=fixed_delta,

@@ -29,7 +29,7 @@ from lomas_executor import opendp_queries, smartnoise_sql
 from lomas_executor.cache import SQL_READER, DatasetCache, LoadedDataset
 from lomas_executor.dummy import make_dummy_frame
 from lomas_executor.metadata import DatasetMetadata
-from lomas_executor.opendp_queries import OpenDpMeasurementQuery, OpenDpPolarsQuery
+from lomas_executor.opendp_model import OpenDpMeasurementQuery, OpenDpPolarsQuery
 from lomas_executor.settings import QueryLimits
 from lomas_executor.smartnoise_sql import SmartnoiseSqlQuery
 from lomas_executor.sources import DataFormat, DataSource, S3Secrets, check_source, load_table

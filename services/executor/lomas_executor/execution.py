@@ -158,9 +158,10 @@ class QueryRunner:
 
     def _record(self, outcome: archive_pb2.ArchivedQuery) -> archive_pb2.ArchivedQuery:
         """Store `outcome`; the archive keeps the first outcome of a query id and returns it."""
-        return self._admin.call(
+        response: admin_store_pb2.RecordQueryResultResponse = self._admin.call(
             "RecordQueryResult", admin_store_pb2.RecordQueryResultRequest(query=outcome)
-        ).query
+        )
+        return response.query
 
     def _announce(self, stored: archive_pb2.ArchivedQuery) -> None:
         """Tell the waiting gateway that the outcome is stored, with the stored outcome itself
@@ -218,13 +219,14 @@ class QueryRunner:
 
     def _stored(self, query_id: str) -> archive_pb2.ArchivedQuery | None:
         try:
-            return self._admin.call(
+            response: admin_store_pb2.GetArchivedQueryResponse = self._admin.call(
                 "GetArchivedQuery", admin_store_pb2.GetArchivedQueryRequest(query_id=query_id)
-            ).query
+            )
         except RemoteError as error:
             if error.reason == "QUERY_NOT_FOUND":
                 return None
             raise
+        return response.query
 
     @property
     def engine(self) -> QueryEngine:

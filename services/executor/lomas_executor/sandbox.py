@@ -113,8 +113,6 @@ def _receive(conn: Connection) -> tuple[dict[str, Any], bytes]:
 
 # -- the child -------------------------------------------------------------------------------------
 
-Handler = Callable[[str, bytes], bytes]
-
 
 def _child_main(
     conn: Connection, parent_pid: int, settings: FreeCallSettings, limits: QueryLimits, level: str
@@ -129,8 +127,9 @@ def _child_main(
         if hard != resource.RLIM_INFINITY:
             limit = min(limit, hard)
         resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-    # Imported here, in the child only: the server process never loads an engine.
-    from lomas_executor.api import free_call_handler
+    # Imported here, in the child only: the server process never loads an engine (this is not
+    # about an import cycle: `free_calls` imports nothing of the pool or of the servicer).
+    from lomas_executor.free_calls import free_call_handler
 
     handler = free_call_handler(limits)
     _send(conn, {"ready": True})

@@ -72,10 +72,10 @@ from lomas_common.errors import ExecutionFailed, FailedPrecondition, InvalidQuer
 from lomas_common.privacy import PrivacyLoss, PrivacyValueError, parse_decimal
 from lomas_executor.failures import chain_names
 from lomas_executor.metadata import TABLE_NAME, DatasetMetadata
+from lomas_executor.settings import SqlLimits
 from lomas_executor.sql_limits import (
     DEFAULT_LIMITS,
     CompletingReader,
-    SqlLimits,
     check_sql_text,
     plan_group_keys,
 )
@@ -488,6 +488,7 @@ class NoiseScaleMemo:
         return (type(mechanism), *((type(value), value) for value in inputs))
 
     def wrap(self, search: Callable[[Any], None]) -> Callable[[Any], None]:
+        @functools.wraps(search)  # sets `__wrapped__`: `_install_noise_scale_memo` looks for it
         def compute_noise_scale(mechanism: Any) -> None:
             if mechanism.scale is not None:
                 return
@@ -509,7 +510,6 @@ class NoiseScaleMemo:
                 while len(self._scales) > self._maxsize:
                     self._scales.popitem(last=False)
 
-        compute_noise_scale.__wrapped__ = search  # type: ignore[attr-defined]
         compute_noise_scale.__doc__ = f"Memoised by lomas_executor: {search.__doc__ or ''}"
         return compute_noise_scale
 
@@ -538,7 +538,7 @@ def _install_noise_scale_memo() -> None:
         search = mechanism_class.__dict__["_compute_noise_scale"]
         if getattr(search, "__wrapped__", None) is not None:
             continue
-        mechanism_class._compute_noise_scale = NOISE_SCALE_MEMO.wrap(search)  # type: ignore[method-assign]
+        mechanism_class._compute_noise_scale = NOISE_SCALE_MEMO.wrap(search)
 
 
 _install_noise_scale_memo()

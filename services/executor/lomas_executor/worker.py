@@ -45,7 +45,7 @@ GIVE_UP_AFTER_EXTRA_DELIVERIES = 2
 CHILD_START_SECONDS = 60.0
 
 
-class QueryTask(Task):  # type: ignore[misc]
+class QueryTask(Task[[str], None]):
     """Carries the process's runner; Celery creates one task instance per worker process."""
 
     _runner: QueryRunner | None = None
@@ -69,7 +69,7 @@ class QueryTask(Task):  # type: ignore[misc]
         if self._redis is None:
             self._redis = redis.Redis.from_url(settings.queue.broker_url)
         return count_delivery(
-            self._redis, settings.queue, self.request.id, int(self.request.retries or 0)
+            self._redis, settings.queue, str(self.request.id), int(self.request.retries or 0)
         )
 
     def on_failure(

@@ -32,11 +32,11 @@ from lomas_budget.main import start as start_budget
 from lomas_common.convert import now_timestamp
 from lomas_common.peers import PeerSettings, SyncPeer
 from lomas_common.settings import ServerSettings
-from lomas_common.testing import sqlite_url
 from lomas_executor.demo import penguin_metadata
 from lomas_executor.execution import QueryRunner
 from lomas_executor.settings import WorkerSettings
-from lomas_executor.testing import HttpFileServer
+from lomas_testing.data_servers import HttpFileServer
+from lomas_testing.databases import sqlite_url
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 DATASET = "PENGUIN"

@@ -3,6 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -101,10 +102,10 @@ class _OtherQuery:
 def test_unknown_query_kinds_are_refused(tmp_path: Path, penguin_md: DatasetMetadata) -> None:
     engine = QueryEngine(DatasetCache(max_bytes=1024))
     dataset = _dataset(tmp_path / "absent.csv", penguin_md)
-    other = _OtherQuery("{}")
+    other: Any = _OtherQuery("{}")  # not a Query: the engine must refuse it at run time
     with pytest.raises(InvalidQuery, match="unsupported query kind: _OtherQuery"):
-        engine.estimate_cost(other, dataset)  # type: ignore[arg-type]
+        engine.estimate_cost(other, dataset)
     with pytest.raises(InvalidQuery, match="unsupported query kind"):
-        engine.run(other, dataset)  # type: ignore[arg-type]
+        engine.run(other, dataset)
     with pytest.raises(InvalidQuery, match="unsupported query kind"):
-        engine.run_dummy(other, dataset, rows=10, seed=0)  # type: ignore[arg-type]
+        engine.run_dummy(other, dataset, rows=10, seed=0)

@@ -15,21 +15,22 @@ import grpc
 import opendp.prelude as dp
 import pytest
 import yaml
-from google.rpc import error_details_pb2, status_pb2
 
 from lomas.common.v1 import dataset_pb2, query_pb2
 from lomas.executor.v1 import executor_pb2, executor_pb2_grpc
-from lomas_common.errors import InvalidArgument
+from lomas_common.errors import InvalidArgument, InvalidQuery
+from lomas_executor import opendp_model
 from lomas_executor import opendp_queries as oq
 from lomas_executor.cache import DatasetCache
 from lomas_executor.demo import penguin_metadata_text
 from lomas_executor.engine import DatasetRef, QueryEngine
 from lomas_executor.main import start
 from lomas_executor.metadata import DatasetMetadata
-from lomas_executor.opendp_queries import OpenDpMeasurementQuery
+from lomas_executor.opendp_model import OpenDpMeasurementQuery
 from lomas_executor.settings import ExecutorSettings, QueryLimits
 from lomas_executor.smartnoise_sql import SmartnoiseSqlQuery
 from lomas_executor.sources import DataFormat, DataSource
+from lomas_testing.rich_status import error_info
 
 dp.enable_features("contrib")
 
@@ -42,16 +43,6 @@ def dataset() -> dataset_pb2.DatasetDescriptor:
         metadata_json=json.dumps(yaml.safe_load(penguin_metadata_text())),
         source=dataset_pb2.DataSource(local=dataset_pb2.LocalSource(path="/nowhere.csv")),
     )
-
-
-def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo:
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info):
-                    return info
-    raise AssertionError("the error carries no ErrorInfo")
 
 
 class Executor:
@@ -162,7 +153,7 @@ def test_the_real_run_refuses_before_loading_data(
         "PENGUIN", 1, DataSource.local(tmp_path / "absent.csv"), DataFormat.CSV, penguin_md
     )
     query = OpenDpMeasurementQuery(resize(list(penguin_md.column_names), 10**12))
-    with pytest.raises(oq.QueryLimitExceeded) as caught:
+    with pytest.raises(opendp_model.QueryLimitExceeded) as caught:
         engine.run(query, missing)
     assert caught.value.reason == "QUERY_LIMIT_EXCEEDED"
     assert cache.stats().misses == 0  # nothing was loaded
@@ -172,10 +163,10 @@ def test_ceilings_follow_the_settings(penguin_md: DatasetMetadata) -> None:
     columns = list(penguin_md.column_names)
     # rows x factor, or the maximum when it is smaller
     assert oq.estimate_cost(OpenDpMeasurementQuery(resize(columns, 688)), penguin_md)
-    with pytest.raises(oq.QueryLimitExceeded):
+    with pytest.raises(opendp_model.QueryLimitExceeded):
         oq.estimate_cost(OpenDpMeasurementQuery(resize(columns, 689)), penguin_md)
     tight = QueryLimits(opendp_max_rows=100)
-    with pytest.raises(oq.QueryLimitExceeded) as caught:
+    with pytest.raises(opendp_model.QueryLimitExceeded) as caught:
         oq.estimate_cost(OpenDpMeasurementQuery(resize(columns, 101)), penguin_md, tight)
     assert caught.value.metadata["maximum"] == "100"
     wide = QueryLimits(opendp_rows_factor=10)
@@ -280,7 +271,7 @@ def test_every_size_argument_is_checked_before_deserializing(
     def never(*_: object) -> None:
         raise AssertionError("deserialize must not run")
 
-    monkeypatch.setattr(oq.dp, "deserialize", never)
+    monkeypatch.setattr(dp, "deserialize", never)
     # Nested anywhere in an otherwise plausible pipeline.
     pipeline = _node(
         "make_chain_mt",
@@ -288,7 +279,7 @@ def test_every_size_argument_is_checked_before_deserializing(
         measurement1=_node("make_laplace", "measurements", scale=1.0),
         transformation0=node,
     )
-    with pytest.raises(oq.QueryLimitExceeded) as caught:
+    with pytest.raises(opendp_model.QueryLimitExceeded) as caught:
         oq.estimate_cost(OpenDpMeasurementQuery(json.dumps(pipeline)), penguin_md)
     assert caught.value.reason == "QUERY_LIMIT_EXCEEDED"
     assert caught.value.metadata["limit"] == limit
@@ -298,5 +289,5 @@ def test_every_size_argument_is_checked_before_deserializing(
 @pytest.mark.parametrize("size", ["1000000000000", 1e12, True, {"__tuple__": [1]}])
 def test_sizes_must_be_plain_integers(size: object, penguin_md: DatasetMetadata) -> None:
     pipeline = _node("make_resize", "transformations", size=size, constant=40.0)
-    with pytest.raises(oq.InvalidQuery, match="must be an integer"):
+    with pytest.raises(InvalidQuery, match="must be an integer"):
         oq.estimate_cost(OpenDpMeasurementQuery(json.dumps(pipeline)), penguin_md)

@@ -124,7 +124,7 @@ def test_the_child_memory_limit_makes_large_allocations_fail_inside_the_process(
 
 
 def test_deliveries_are_counted_and_bound_crash_loops_and_timeouts(
-    queue_settings: QueueSettings, penguin_csv: Path
+    monkeypatch: pytest.MonkeyPatch, queue_settings: QueueSettings, penguin_csv: Path
 ) -> None:
     """The runner's decision per delivery, with real Redis and a real dataset (no peer is called)."""
     settings = WorkerSettings.from_env(
@@ -171,14 +171,13 @@ def test_deliveries_are_counted_and_bound_crash_loops_and_timeouts(
         def lost_the_cause(*_: object) -> None:
             raise OSError("read interrupted")
 
-        engine_run = runner.engine.run
-        runner.engine.run = lost_the_cause  # type: ignore[method-assign]
+        monkeypatch.setattr(runner.engine, "run", lost_the_cause)
         soft_limit = settings.queue.soft_time_limit_seconds
         late = runner._attempt(task, attempt=1, started=time.monotonic() - soft_limit)
         assert late.error_reason == "QUERY_TIMEOUT"
         early = runner._attempt(task, attempt=1, started=time.monotonic())
         assert early.error_reason == "QUERY_EXECUTION_FAILED"
-        runner.engine.run = engine_run  # type: ignore[method-assign]
+        monkeypatch.undo()
         client.set(queue_settings.timed_out_key("q-1"), b"1")
         timed_out = runner._attempt(task, attempt=1, started=time.monotonic())
         assert (timed_out.error_reason, timed_out.status) == (

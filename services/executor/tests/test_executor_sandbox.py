@@ -17,7 +17,6 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
-from google.rpc import error_details_pb2, status_pb2
 
 from lomas.common.v1 import dataset_pb2, query_pb2
 from lomas.executor.v1 import executor_pb2, executor_pb2_grpc
@@ -25,6 +24,7 @@ from lomas_executor.demo import penguin_metadata_text
 from lomas_executor.main import start
 from lomas_executor.sandbox import FreeCallPool
 from lomas_executor.settings import ExecutorSettings
+from lomas_testing.rich_status import error_info, retry_info
 
 AVG_BY_SPECIES = "SELECT species, AVG(bill_length_mm) AS bill FROM df GROUP BY species"
 # About 5 s and 1.8 GB of address space on the test machine (the largest dummy run allowed).
@@ -46,26 +46,6 @@ def dummy_sql(rows: int, sql: str = AVG_BY_SPECIES) -> executor_pb2.RunDummyQuer
         smartnoise_sql=query_pb2.SmartnoiseSqlQuery(sql=sql, epsilon="1", delta="0")
     )
     return executor_pb2.RunDummyQueryRequest(dataset=dataset(), query=query, row_count=rows, seed=1)
-
-
-def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo:
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info):
-                    return info
-    raise AssertionError("the error carries no ErrorInfo")
-
-
-def retry_info(error: grpc.RpcError) -> error_details_pb2.RetryInfo | None:
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                info = error_details_pb2.RetryInfo()
-                if detail.Unpack(info):
-                    return info
-    return None
 
 
 class Executor:

@@ -21,7 +21,7 @@ from lomas_executor.sources import (
     SourceKind,
     load_table,
 )
-from lomas_executor.testing import S3Server
+from lomas_testing.data_servers import S3Server
 
 
 def _check_penguin_table(table: pa.Table, frame: pd.DataFrame) -> None:

@@ -1,18 +1,53 @@
-"""Thin servicers of the public API: researcher (GatewayService) and administrator (AdminService)."""
+"""Thin servicers of the public API: researcher (GatewayService) and administrator (AdminService).
+
+Each method parses its request, calls the query lifecycle (`lifecycle.py`), the administration
+(`administration.py`) or, for a read one service answers alone, that service, and maps the result
+to its response. Who may call what is checked before any handler runs (`policy.py`).
+"""
 
 from __future__ import annotations
 
-from lomas.admin.v1 import admin_store_pb2, resources_pb2
+from typing import Any, Protocol, TypeAlias, TypeVar
+
+import grpc
+
+from lomas.admin.v1 import admin_store_pb2
 from lomas.budget.v1 import budget_pb2
-from lomas.common.v1 import dataset_pb2
 from lomas.executor.v1 import executor_pb2
 from lomas.gateway.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
-from lomas_common.convert import definition_from_proto, privacy_loss_from_proto
-from lomas_common.errors import InvalidArgument
 from lomas_common.queue import task_priority
+from lomas_gateway.administration import Administration, Peer
 from lomas_gateway.auth import current_caller
 from lomas_gateway.lifecycle import Peers, QueryLifecycle
 from lomas_gateway.limits import UserLimits
+
+# The servicers read nothing from the context (the caller is in `current_caller()`), so its
+# request and response types are left open.
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+# VerifyLedgers reads every entry of every ledger: it may take much longer than a usual call.
+VERIFY_TIMEOUT_SECONDS = 600.0
+
+
+class PageRequest(Protocol):
+    """The paging fields every List request has (AIP-158)."""
+
+    page_size: int
+    page_token: str
+
+
+PageRequestT = TypeVar("PageRequestT", bound=PageRequest)
+
+
+async def relay_page(
+    peer: Peer, method: str, store_request: PageRequestT, public: PageRequest
+) -> Any:
+    """One page of an internal service's list for a public List RPC: the caller's page size and
+    token go through unchanged, because the service that owns the rows validates them, caps the
+    page size and binds its tokens to the list (filters included)."""
+    store_request.page_size = public.page_size
+    store_request.page_token = public.page_token
+    return await peer.call(method, store_request)
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
@@ -21,27 +56,37 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._peers = peers
         self._limits = limits
 
-    async def ListAccessibleDatasets(self, request, context):  # type: ignore[no-untyped-def]
-        names, token = await self._lifecycle.grant_dataset_names(
-            current_caller().subject, request.page_size, request.page_token
+    async def ListAccessibleDatasets(
+        self, request: gateway_pb2.ListAccessibleDatasetsRequest, context: Context
+    ) -> gateway_pb2.ListAccessibleDatasetsResponse:
+        page: admin_store_pb2.ListGrantsResponse = await relay_page(
+            self._peers.admin,
+            "ListGrants",
+            admin_store_pb2.ListGrantsRequest(user=current_caller().subject),
+            request,
         )
         return gateway_pb2.ListAccessibleDatasetsResponse(
-            dataset_names=names, next_page_token=token
+            dataset_names=[grant.dataset for grant in page.grants],
+            next_page_token=page.next_page_token,
         )
 
-    async def GetDatasetMetadata(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetDatasetMetadata(
+        self, request: gateway_pb2.GetDatasetMetadataRequest, context: Context
+    ) -> gateway_pb2.GetDatasetMetadataResponse:
         access = await self._lifecycle.authorize(current_caller().subject, request.dataset)
         return gateway_pb2.GetDatasetMetadataResponse(metadata_json=access.dataset.metadata_json)
 
     # Free calls (dummy dataset, cost estimate, dummy query) are rate-limited like every call
     # (GatewayGuard) and hold one of the caller's free-call slots while they run.
 
-    async def GetDummyDataset(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetDummyDataset(
+        self, request: gateway_pb2.GetDummyDatasetRequest, context: Context
+    ) -> gateway_pb2.GetDummyDatasetResponse:
         subject = current_caller().subject
         async with self._limits.free_call_slot(subject):
             access = await self._lifecycle.authorize(subject, request.dataset)
             rows = self._lifecycle.check_dummy_rows(request.row_count)
-            response = await self._peers.executor.call(
+            response: executor_pb2.GetDummyDatasetResponse = await self._peers.executor.call(
                 "GetDummyDataset",
                 executor_pb2.GetDummyDatasetRequest(
                     dataset=access.dataset, row_count=rows, seed=request.seed
@@ -49,14 +94,18 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             )
         return gateway_pb2.GetDummyDatasetResponse(arrow_ipc=response.arrow_ipc)
 
-    async def EstimateQueryCost(self, request, context):  # type: ignore[no-untyped-def]
+    async def EstimateQueryCost(
+        self, request: gateway_pb2.EstimateQueryCostRequest, context: Context
+    ) -> gateway_pb2.EstimateQueryCostResponse:
         subject = current_caller().subject
         async with self._limits.free_call_slot(subject):
             access = await self._lifecycle.authorize(subject, request.dataset)
-            response = await self._lifecycle.estimate_cost(subject, access.dataset, request.query)
-        return gateway_pb2.EstimateQueryCostResponse(cost=response.cost)
+            cost = await self._lifecycle.estimate_cost(subject, access.dataset, request.query)
+        return gateway_pb2.EstimateQueryCostResponse(cost=cost)
 
-    async def ExecuteQuery(self, request, context):  # type: ignore[no-untyped-def]
+    async def ExecuteQuery(
+        self, request: gateway_pb2.ExecuteQueryRequest, context: Context
+    ) -> gateway_pb2.ExecuteQueryResponse:
         subject = current_caller().subject
         if request.dummy:
             async with self._limits.free_call_slot(subject), self._limits.padded():
@@ -85,39 +134,39 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             replay=outcome.replay,
         )
 
-    async def GetBudget(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetBudget(
+        self, request: gateway_pb2.GetBudgetRequest, context: Context
+    ) -> gateway_pb2.GetBudgetResponse:
         subject = current_caller().subject
         access = await self._lifecycle.authorize(subject, request.dataset)
-        ledger = (
-            await self._peers.budget.call(
-                "GetLedger",
-                budget_pb2.GetLedgerRequest(
-                    user=subject, dataset=access.dataset.name, delta=request.delta
-                ),
-            )
-        ).ledger
-        response = gateway_pb2.GetBudgetResponse(
+        found: budget_pb2.GetLedgerResponse = await self._peers.budget.call(
+            "GetLedger",
+            budget_pb2.GetLedgerRequest(
+                user=subject, dataset=access.dataset.name, delta=request.delta
+            ),
+        )
+        ledger = found.ledger
+        return gateway_pb2.GetBudgetResponse(
             definition=ledger.definition,
             initial=ledger.allocation,
             spent=ledger.spent,
             reserved=ledger.reserved,
             remaining=ledger.remaining,
+            remaining_at_delta=(
+                ledger.remaining_at_delta if ledger.HasField("remaining_at_delta") else None
+            ),
         )
-        if ledger.HasField("remaining_at_delta"):
-            response.remaining_at_delta.CopyFrom(ledger.remaining_at_delta)
-        return response
 
-    async def ListQueries(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListQueries(
+        self, request: gateway_pb2.ListQueriesRequest, context: Context
+    ) -> gateway_pb2.ListQueriesResponse:
         subject = current_caller().subject
         access = await self._lifecycle.authorize(subject, request.dataset)
-        response = await self._peers.admin.call(
+        page: admin_store_pb2.ListArchivedQueriesResponse = await relay_page(
+            self._peers.admin,
             "ListArchivedQueries",
-            admin_store_pb2.ListArchivedQueriesRequest(
-                user=subject,
-                dataset=access.dataset.name,
-                page_size=request.page_size,
-                page_token=request.page_token,
-            ),
+            admin_store_pb2.ListArchivedQueriesRequest(user=subject, dataset=access.dataset.name),
+            request,
         )
         return gateway_pb2.ListQueriesResponse(
             queries=[
@@ -130,302 +179,227 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     error_reason=q.error_reason,
                     submit_time=q.submit_time,
                 )
-                for q in response.queries
+                for q in page.queries
             ],
-            next_page_token=response.next_page_token,
+            next_page_token=page.next_page_token,
         )
+
+
+def _actor() -> str:
+    """The admin making the call (GatewayGuard has already checked the admin role)."""
+    return current_caller().subject
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    """Every RPC needs the admin role, checked by GatewayGuard (policy.py) before the handler runs."""
+    """Every RPC needs the admin role, checked by GatewayGuard (policy.py) before the handler runs.
+    Writes go through the administration (what they mean across the stores); reads are relayed
+    to the one service that owns the data."""
 
     def __init__(self, peers: Peers) -> None:
         self._peers = peers
+        self._administration = Administration(peers.admin, peers.budget, peers.executor)
 
-    @staticmethod
-    def _actor() -> str:
-        """The admin making the call (GatewayGuard has already checked the admin role)."""
-        return current_caller().subject
+    # Users
 
-    async def CreateUser(self, request, context):  # type: ignore[no-untyped-def]
-        response = await self._peers.admin.call(
-            "CreateUser",
-            admin_store_pb2.CreateUserRequest(user=request.user, request_id=request.request_id),
+    async def CreateUser(
+        self, request: admin_pb2.CreateUserRequest, context: Context
+    ) -> admin_pb2.CreateUserResponse:
+        user = await self._administration.create_user(
+            request.user, actor=_actor(), request_id=request.request_id
         )
-        if not response.user.may_query:
-            # One switch: a user created unable to query is frozen in the ledger too, so that
-            # UnfreezeUser lets them query (Lomas collections can say `may_query: false`).
-            await self._peers.budget.call(
-                "FreezeUser",
-                budget_pb2.FreezeUserRequest(
-                    user=request.user.name,
-                    actor=self._actor(),
-                    reason="created with may_query false",
-                    request_id=f"{request.request_id}/freeze" if request.request_id else "",
-                ),
-            )
-        return admin_pb2.CreateUserResponse(user=response.user)
+        return admin_pb2.CreateUserResponse(user=user)
 
-    async def DeleteUser(self, request, context):  # type: ignore[no-untyped-def]
-        await self._peers.admin.call(
-            "DeleteUser", admin_store_pb2.DeleteUserRequest(name=request.name)
-        )
+    async def DeleteUser(
+        self, request: admin_pb2.DeleteUserRequest, context: Context
+    ) -> admin_pb2.DeleteUserResponse:
+        await self._administration.delete_user(request.name, request_id=request.request_id)
         return admin_pb2.DeleteUserResponse()
 
-    async def ListUsers(self, request, context):  # type: ignore[no-untyped-def]
-        response = await self._peers.admin.call(
-            "ListUsers",
-            admin_store_pb2.ListUsersRequest(
-                page_size=request.page_size, page_token=request.page_token
-            ),
+    async def ListUsers(
+        self, request: admin_pb2.ListUsersRequest, context: Context
+    ) -> admin_pb2.ListUsersResponse:
+        page: admin_store_pb2.ListUsersResponse = await relay_page(
+            self._peers.admin, "ListUsers", admin_store_pb2.ListUsersRequest(), request
         )
-        return admin_pb2.ListUsersResponse(
-            users=response.users, next_page_token=response.next_page_token
-        )
+        return admin_pb2.ListUsersResponse(users=page.users, next_page_token=page.next_page_token)
 
-    async def _validated(self, dataset: resources_pb2.Dataset) -> resources_pb2.Dataset:
-        """The dataset with its metadata validated and normalised by an executor."""
-        validated = await self._peers.executor.call(
-            "ValidateDataset",
-            executor_pb2.ValidateDatasetRequest(
-                dataset=dataset_pb2.DatasetDescriptor(
-                    name=dataset.name,
-                    source=dataset.source,
-                    format=dataset.format,
-                    metadata_json=dataset.metadata_json,
-                )
-            ),
+    async def FreezeUser(
+        self, request: admin_pb2.FreezeUserRequest, context: Context
+    ) -> admin_pb2.FreezeUserResponse:
+        frozen = await self._administration.freeze_user(
+            request.name, actor=_actor(), reason=request.reason, request_id=request.request_id
         )
-        stored = resources_pb2.Dataset()
-        stored.CopyFrom(dataset)
-        stored.metadata_json = validated.dataset.metadata_json
-        return stored
+        return admin_pb2.FreezeUserResponse(user=frozen.user, ledgers=frozen.ledgers)
 
-    async def CreateDataset(self, request, context):  # type: ignore[no-untyped-def]
-        response = await self._peers.admin.call(
-            "CreateDataset",
-            admin_store_pb2.CreateDatasetRequest(
-                dataset=await self._validated(request.dataset), request_id=request.request_id
-            ),
+    async def UnfreezeUser(
+        self, request: admin_pb2.UnfreezeUserRequest, context: Context
+    ) -> admin_pb2.UnfreezeUserResponse:
+        unfrozen = await self._administration.unfreeze_user(
+            request.name, actor=_actor(), reason=request.reason, request_id=request.request_id
         )
-        return admin_pb2.CreateDatasetResponse(dataset=response.dataset)
+        return admin_pb2.UnfreezeUserResponse(user=unfrozen.user, ledgers=unfrozen.ledgers)
 
-    async def UpdateDataset(self, request, context):  # type: ignore[no-untyped-def]
-        response = await self._peers.admin.call(
-            "UpdateDataset",
-            admin_store_pb2.UpdateDatasetRequest(dataset=await self._validated(request.dataset)),
-        )
-        return admin_pb2.UpdateDatasetResponse(dataset=response.dataset)
+    # Datasets
 
-    async def DeleteDataset(self, request, context):  # type: ignore[no-untyped-def]
-        await self._peers.admin.call(
-            "DeleteDataset", admin_store_pb2.DeleteDatasetRequest(name=request.name)
+    async def CreateDataset(
+        self, request: admin_pb2.CreateDatasetRequest, context: Context
+    ) -> admin_pb2.CreateDatasetResponse:
+        dataset = await self._administration.create_dataset(
+            request.dataset, request_id=request.request_id
         )
+        return admin_pb2.CreateDatasetResponse(dataset=dataset)
+
+    async def UpdateDataset(
+        self, request: admin_pb2.UpdateDatasetRequest, context: Context
+    ) -> admin_pb2.UpdateDatasetResponse:
+        dataset = await self._administration.update_dataset(
+            request.dataset, request_id=request.request_id
+        )
+        return admin_pb2.UpdateDatasetResponse(dataset=dataset)
+
+    async def DeleteDataset(
+        self, request: admin_pb2.DeleteDatasetRequest, context: Context
+    ) -> admin_pb2.DeleteDatasetResponse:
+        await self._administration.delete_dataset(request.name, request_id=request.request_id)
         return admin_pb2.DeleteDatasetResponse()
 
-    async def ListDatasets(self, request, context):  # type: ignore[no-untyped-def]
-        response = await self._peers.admin.call(
-            "ListDatasets",
-            admin_store_pb2.ListDatasetsRequest(
-                page_size=request.page_size, page_token=request.page_token
-            ),
+    async def ListDatasets(
+        self, request: admin_pb2.ListDatasetsRequest, context: Context
+    ) -> admin_pb2.ListDatasetsResponse:
+        page: admin_store_pb2.ListDatasetsResponse = await relay_page(
+            self._peers.admin, "ListDatasets", admin_store_pb2.ListDatasetsRequest(), request
         )
         return admin_pb2.ListDatasetsResponse(
-            datasets=response.datasets, next_page_token=response.next_page_token
+            datasets=page.datasets, next_page_token=page.next_page_token
         )
 
-    async def CreateGrant(self, request, context):  # type: ignore[no-untyped-def]
-        actor = self._actor()
-        grant = request.grant
-        allocation = privacy_loss_from_proto(grant.allocation, field="grant.allocation")
-        if (
-            grant.definition
-            and definition_from_proto(grant.definition) is not allocation.definition
-        ):
-            raise InvalidArgument(
-                "grant.definition does not match the kind of grant.allocation",
-                reason="PRIVACY_DEFINITION_MISMATCH",
-            )
-        # Both must exist before a ledger is opened (admins may learn that names do not exist).
-        await self._peers.admin.call("GetUser", admin_store_pb2.GetUserRequest(name=grant.user))
-        await self._peers.admin.call(
-            "GetDataset", admin_store_pb2.GetDatasetRequest(name=grant.dataset)
+    async def SetDatasetCap(
+        self, request: admin_pb2.SetDatasetCapRequest, context: Context
+    ) -> admin_pb2.SetDatasetCapResponse:
+        cap = await self._administration.set_dataset_cap(
+            request.dataset,
+            request.cap if request.HasField("cap") else None,
+            actor=_actor(),
+            reason=request.reason,
+            request_id=request.request_id,
         )
-        opened = await self._peers.budget.call(
-            "OpenLedger",
-            budget_pb2.OpenLedgerRequest(
-                user=grant.user,
-                dataset=grant.dataset,
-                allocation=grant.allocation,
-                already_spent=request.already_spent if request.HasField("already_spent") else None,
-                actor=actor,
-                request_id=request.request_id,
-            ),
-        )
-        stored = resources_pb2.Grant(
-            user=grant.user,
-            dataset=grant.dataset,
-            definition=opened.ledger.definition,
-            allocation=opened.ledger.allocation,
-        )
-        response = await self._peers.admin.call(
-            "CreateGrant",
-            admin_store_pb2.CreateGrantRequest(grant=stored, request_id=request.request_id),
-        )
-        return admin_pb2.CreateGrantResponse(grant=response.grant)
+        return admin_pb2.SetDatasetCapResponse(cap=cap)
 
-    async def DeleteGrant(self, request, context):  # type: ignore[no-untyped-def]
-        await self._peers.admin.call(
-            "DeleteGrant",
-            admin_store_pb2.DeleteGrantRequest(user=request.user, dataset=request.dataset),
+    async def GetDatasetCap(
+        self, request: admin_pb2.GetDatasetCapRequest, context: Context
+    ) -> admin_pb2.GetDatasetCapResponse:
+        found: budget_pb2.GetDatasetCapResponse = await self._peers.budget.call(
+            "GetDatasetCap", budget_pb2.GetDatasetCapRequest(dataset=request.dataset)
+        )
+        return admin_pb2.GetDatasetCapResponse(cap=found.cap)
+
+    # Grants
+
+    async def CreateGrant(
+        self, request: admin_pb2.CreateGrantRequest, context: Context
+    ) -> admin_pb2.CreateGrantResponse:
+        grant = await self._administration.create_grant(
+            request.grant,
+            request.already_spent if request.HasField("already_spent") else None,
+            actor=_actor(),
+            request_id=request.request_id,
+        )
+        return admin_pb2.CreateGrantResponse(grant=grant)
+
+    async def DeleteGrant(
+        self, request: admin_pb2.DeleteGrantRequest, context: Context
+    ) -> admin_pb2.DeleteGrantResponse:
+        await self._administration.delete_grant(
+            request.user, request.dataset, request_id=request.request_id
         )
         return admin_pb2.DeleteGrantResponse()
 
-    async def ListGrants(self, request, context):  # type: ignore[no-untyped-def]
-        response = await self._peers.admin.call(
+    async def ListGrants(
+        self, request: admin_pb2.ListGrantsRequest, context: Context
+    ) -> admin_pb2.ListGrantsResponse:
+        page: admin_store_pb2.ListGrantsResponse = await relay_page(
+            self._peers.admin,
             "ListGrants",
-            admin_store_pb2.ListGrantsRequest(
-                user=request.user, page_size=request.page_size, page_token=request.page_token
-            ),
+            admin_store_pb2.ListGrantsRequest(user=request.user),
+            request,
         )
         return admin_pb2.ListGrantsResponse(
-            grants=response.grants, next_page_token=response.next_page_token
+            grants=page.grants, next_page_token=page.next_page_token
         )
 
-    async def ListLedgers(self, request, context):  # type: ignore[no-untyped-def]
-        response = await self._peers.budget.call(
-            "ListLedgers",
-            budget_pb2.ListLedgersRequest(
-                user=request.user,
-                page_size=request.page_size,
-                page_token=request.page_token,
-                delta=request.delta,
-            ),
-        )
-        return admin_pb2.ListLedgersResponse(
-            ledgers=response.ledgers, next_page_token=response.next_page_token
-        )
+    # Budgets and archive
 
-    async def ListArchivedQueries(self, request, context):  # type: ignore[no-untyped-def]
-        response = await self._peers.admin.call(
-            "ListArchivedQueries",
-            admin_store_pb2.ListArchivedQueriesRequest(
-                user=request.user,
-                dataset=request.dataset,
-                page_size=request.page_size,
-                page_token=request.page_token,
-            ),
+    async def AdjustAllocation(
+        self, request: admin_pb2.AdjustAllocationRequest, context: Context
+    ) -> admin_pb2.AdjustAllocationResponse:
+        ledger = await self._administration.adjust_allocation(
+            request.user,
+            request.dataset,
+            request.allocation,
+            actor=_actor(),
+            reason=request.reason,
+            request_id=request.request_id,
         )
-        return admin_pb2.ListArchivedQueriesResponse(
-            queries=response.queries, next_page_token=response.next_page_token
-        )
+        return admin_pb2.AdjustAllocationResponse(ledger=ledger)
 
-    async def VerifyLedgers(self, request, context):  # type: ignore[no-untyped-def]
-        response = await self._peers.budget.call(
-            "VerifyLedgers", budget_pb2.VerifyLedgersRequest(), timeout=600.0
-        )
-        return admin_pb2.VerifyLedgersResponse(
-            ledgers_checked=response.ledgers_checked,
-            entries_checked=response.entries_checked,
-            problems=response.problems,
-        )
-
-    async def GetLedger(self, request, context):  # type: ignore[no-untyped-def]
-        response = await self._peers.budget.call(
+    async def GetLedger(
+        self, request: admin_pb2.GetLedgerRequest, context: Context
+    ) -> admin_pb2.GetLedgerResponse:
+        found: budget_pb2.GetLedgerResponse = await self._peers.budget.call(
             "GetLedger",
             budget_pb2.GetLedgerRequest(
                 user=request.user, dataset=request.dataset, delta=request.delta
             ),
         )
-        return admin_pb2.GetLedgerResponse(ledger=response.ledger)
+        return admin_pb2.GetLedgerResponse(ledger=found.ledger)
 
-    async def ListLedgerEntries(self, request, context):  # type: ignore[no-untyped-def]
-        response = await self._peers.budget.call(
+    async def ListLedgers(
+        self, request: admin_pb2.ListLedgersRequest, context: Context
+    ) -> admin_pb2.ListLedgersResponse:
+        page: budget_pb2.ListLedgersResponse = await relay_page(
+            self._peers.budget,
+            "ListLedgers",
+            budget_pb2.ListLedgersRequest(user=request.user, delta=request.delta),
+            request,
+        )
+        return admin_pb2.ListLedgersResponse(
+            ledgers=page.ledgers, next_page_token=page.next_page_token
+        )
+
+    async def ListLedgerEntries(
+        self, request: admin_pb2.ListLedgerEntriesRequest, context: Context
+    ) -> admin_pb2.ListLedgerEntriesResponse:
+        page: budget_pb2.ListLedgerEntriesResponse = await relay_page(
+            self._peers.budget,
             "ListLedgerEntries",
-            budget_pb2.ListLedgerEntriesRequest(
-                user=request.user,
-                dataset=request.dataset,
-                page_size=request.page_size,
-                page_token=request.page_token,
-            ),
+            budget_pb2.ListLedgerEntriesRequest(user=request.user, dataset=request.dataset),
+            request,
         )
         return admin_pb2.ListLedgerEntriesResponse(
-            ledger=response.ledger,
-            entries=response.entries,
-            next_page_token=response.next_page_token,
+            ledger=page.ledger, entries=page.entries, next_page_token=page.next_page_token
         )
 
-    async def AdjustAllocation(self, request, context):  # type: ignore[no-untyped-def]
-        actor = self._actor()
-        response = await self._peers.budget.call(
-            "AdjustAllocation",
-            budget_pb2.AdjustAllocationRequest(
-                user=request.user,
-                dataset=request.dataset,
-                allocation=request.allocation,
-                actor=actor,
-                reason=request.reason,
-                request_id=request.request_id,
-            ),
+    async def VerifyLedgers(
+        self, request: admin_pb2.VerifyLedgersRequest, context: Context
+    ) -> admin_pb2.VerifyLedgersResponse:
+        report: budget_pb2.VerifyLedgersResponse = await self._peers.budget.call(
+            "VerifyLedgers", budget_pb2.VerifyLedgersRequest(), timeout=VERIFY_TIMEOUT_SECONDS
         )
-        return admin_pb2.AdjustAllocationResponse(ledger=response.ledger)
-
-    async def FreezeUser(self, request, context):  # type: ignore[no-untyped-def]
-        actor = self._actor()
-        await self._set_may_query(request.name, may_query=False)
-        response = await self._peers.budget.call(
-            "FreezeUser",
-            budget_pb2.FreezeUserRequest(
-                user=request.name,
-                actor=actor,
-                reason=request.reason,
-                request_id=request.request_id,
-            ),
-        )
-        return admin_pb2.FreezeUserResponse(user=response.user, ledgers=response.ledgers)
-
-    async def UnfreezeUser(self, request, context):  # type: ignore[no-untyped-def]
-        actor = self._actor()
-        await self._set_may_query(request.name, may_query=True)
-        response = await self._peers.budget.call(
-            "UnfreezeUser",
-            budget_pb2.UnfreezeUserRequest(
-                user=request.name,
-                actor=actor,
-                reason=request.reason,
-                request_id=request.request_id,
-            ),
-        )
-        return admin_pb2.UnfreezeUserResponse(user=response.user, ledgers=response.ledgers)
-
-    async def _set_may_query(self, name: str, *, may_query: bool) -> None:
-        """The admin store's copy of the freeze, which the gateway checks before a query, set
-        before the ledger's (NOT_FOUND for an unknown user changes nothing). Until both are set,
-        either one stops the user, so a failure in between never lets a frozen user query."""
-        await self._peers.admin.call(
-            "SetUserMayQuery",
-            admin_store_pb2.SetUserMayQueryRequest(name=name, may_query=may_query),
+        return admin_pb2.VerifyLedgersResponse(
+            ledgers_checked=report.ledgers_checked,
+            entries_checked=report.entries_checked,
+            problems=report.problems,
         )
 
-    async def SetDatasetCap(self, request, context):  # type: ignore[no-untyped-def]
-        actor = self._actor()
-        await self._peers.admin.call(
-            "GetDataset", admin_store_pb2.GetDatasetRequest(name=request.dataset)
+    async def ListArchivedQueries(
+        self, request: admin_pb2.ListArchivedQueriesRequest, context: Context
+    ) -> admin_pb2.ListArchivedQueriesResponse:
+        page: admin_store_pb2.ListArchivedQueriesResponse = await relay_page(
+            self._peers.admin,
+            "ListArchivedQueries",
+            admin_store_pb2.ListArchivedQueriesRequest(user=request.user, dataset=request.dataset),
+            request,
         )
-        response = await self._peers.budget.call(
-            "SetDatasetCap",
-            budget_pb2.SetDatasetCapRequest(
-                dataset=request.dataset,
-                cap=request.cap if request.HasField("cap") else None,
-                actor=actor,
-                reason=request.reason,
-                request_id=request.request_id,
-            ),
+        return admin_pb2.ListArchivedQueriesResponse(
+            queries=page.queries, next_page_token=page.next_page_token
         )
-        return admin_pb2.SetDatasetCapResponse(cap=response.cap)
-
-    async def GetDatasetCap(self, request, context):  # type: ignore[no-untyped-def]
-        response = await self._peers.budget.call(
-            "GetDatasetCap", budget_pb2.GetDatasetCapRequest(dataset=request.dataset)
-        )
-        return admin_pb2.GetDatasetCapResponse(cap=response.cap)

@@ -22,8 +22,9 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from http.client import HTTPMessage
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import jwt
 
@@ -87,7 +88,15 @@ def parse_jwks(document: Any) -> dict[str, SigningKey]:
 class _SafeRedirects(urllib.request.HTTPRedirectHandler):
     """Follow a redirect only to where keys may come from (https, or http on loopback)."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
         try:
             check_fetch_url(newurl, "a redirect of a key fetch")
         except SystemExit as error:

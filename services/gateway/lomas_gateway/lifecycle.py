@@ -1,8 +1,31 @@
 """The query lifecycle of DESIGN.md, run by the gateway for one verified caller.
 
-1. grant check (permission before existence), 2. validation and true cost by an executor (no data),
-3. atomic reservation keyed by the query id, 4. a Celery task that runs the query and stores the release
-before it is acknowledged, 5. the stored release is returned.
+The grant check (permission before existence) is `authorize`, called by the servicer before
+anything else. `QueryLifecycle.run` then takes a real query through named steps:
+
+1. `_earlier_answer` (the look back): a retry gets the first answer of its request id, a query the
+   caller already had released gets a free replay; meanwhile an executor prices the query on the
+   metadata alone (no data), and the price is dropped if the look back answers;
+2. `_reserve`: the ledger holds the cost atomically, keyed by the query id (no reservation, no run);
+3. `_dispatch`: a Celery task carries the query to a worker, which stores the outcome before the
+   task is acknowledged;
+4. `_await_completion`: the gateway waits for the worker to announce the outcome;
+5. `_outcome_of`: the stored outcome is the answer.
+
+Reads before the reservation: the admin store answers `authorize` and the look back (two archive
+reads, run together and alongside the price); the user's may-query flag and the dataset's
+descriptor come with the grant, so nothing else is read.
+
+Completion: the normal road is the worker's announcement on Redis pub/sub, which carries the
+outcome itself when it is small, so the gateway answers without another read. Two fallbacks exist
+because that road can fail without anyone noticing, and each runs only once per poll interval
+without an announcement (`completion.POLL_INTERVAL_SECONDS`):
+- the archive poll: pub/sub delivers at most once and only to connected subscribers, so an
+  announcement sent while the gateway's subscription reconnects is lost; the archive is the truth,
+  and reading it bounds the cost of a lost announcement to one interval;
+- the lost-task re-send: Redis can lose a task between a dying worker's BRPOP and its record of the
+  held task (`lost_tasks.py`); a task the queue no longer knows is sent again under the same id,
+  which is safe because tasks are idempotent on the query id.
 
 This module orchestrates peers, so it speaks their protobuf messages; the rules it applies
 (ledger arithmetic, query semantics) live in the peers' domain code.
@@ -24,7 +47,7 @@ from celery import Celery
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
-from lomas.admin.v1 import admin_store_pb2, admin_store_pb2_grpc, resources_pb2
+from lomas.admin.v1 import admin_store_pb2, admin_store_pb2_grpc
 from lomas.budget.v1 import budget_pb2, budget_pb2_grpc
 from lomas.common.v1 import archive_pb2, dataset_pb2, privacy_pb2, query_pb2
 from lomas.executor.v1 import executor_pb2, executor_pb2_grpc, task_pb2
@@ -43,7 +66,7 @@ from lomas_common.errors import (
 from lomas_common.peers import AsyncPeer
 from lomas_common.queue import EXECUTE_QUERY_TASK
 from lomas_common.rpc_errors import RemoteError
-from lomas_gateway.completion import CompletionWaiter
+from lomas_gateway.completion import Completion, CompletionWaiter
 from lomas_gateway.lost_tasks import LostTaskFinder
 from lomas_gateway.settings import GatewaySettings
 
@@ -211,16 +234,17 @@ class QueryLifecycle:
         if not dataset:
             raise InvalidArgument("dataset must be set", reason="DATASET_REQUIRED")
         try:
-            return await self._peers.admin.call(
+            access: admin_store_pb2.AuthorizeDatasetAccessResponse = await self._peers.admin.call(
                 "AuthorizeDatasetAccess",
                 admin_store_pb2.AuthorizeDatasetAccessRequest(user=subject, dataset=dataset),
             )
         except RemoteError as error:
-            if error.code.value in ("NOT_FOUND", "PERMISSION_DENIED"):
+            if error.code in (Code.NOT_FOUND, Code.PERMISSION_DENIED):
                 raise DatasetAccessDenied(
                     f"no access to dataset {dataset!r}", metadata={"dataset": dataset}
                 ) from None
             raise
+        return access
 
     def check_query(self, query: query_pb2.Query) -> None:
         kind = query.WhichOneof("kind")
@@ -246,7 +270,9 @@ class QueryLifecycle:
 
     async def estimate_cost(
         self, subject: str, descriptor: dataset_pb2.DatasetDescriptor, query: query_pb2.Query
-    ) -> executor_pb2.EstimateCostResponse:
+    ) -> privacy_pb2.PrivacyLoss:
+        """The exact cost of the query on the dataset (free: an executor prices it on the metadata
+        alone); remembered per caller, dataset descriptor and exact query."""
         self.check_query(query)
         key = CostCache.key(subject, descriptor, query)
         cost = self._costs.get(key)
@@ -259,7 +285,7 @@ class QueryLifecycle:
                 self._estimating[key] = pending
                 pending.add_done_callback(lambda done: self._estimate_done(key, done))
             cost = await asyncio.shield(pending)
-        return executor_pb2.EstimateCostResponse(cost=cost)
+        return cost
 
     def _estimate_done(self, key: bytes, done: asyncio.Future[privacy_pb2.PrivacyLoss]) -> None:
         self._estimating.pop(key, None)
@@ -269,7 +295,7 @@ class QueryLifecycle:
     async def _estimate_remote(
         self, key: bytes, descriptor: dataset_pb2.DatasetDescriptor, query: query_pb2.Query
     ) -> privacy_pb2.PrivacyLoss:
-        response = await self._peers.executor.call(
+        response: executor_pb2.EstimateCostResponse = await self._peers.executor.call(
             "EstimateCost", executor_pb2.EstimateCostRequest(dataset=descriptor, query=query)
         )
         self._costs.put(key, response.cost)
@@ -283,7 +309,7 @@ class QueryLifecycle:
         seed: int,
     ) -> QueryOutcome:
         self.check_query(query)
-        response = await self._peers.executor.call(
+        response: executor_pb2.RunDummyQueryResponse = await self._peers.executor.call(
             "RunDummyQuery",
             executor_pb2.RunDummyQueryRequest(
                 dataset=descriptor, query=query, row_count=self.check_dummy_rows(rows), seed=seed
@@ -308,77 +334,105 @@ class QueryLifecycle:
         draw, which is charged. `priority` is the task's queue priority (lower runs first; see
         `lomas_common.queue.task_priority`); a re-send of a lost task keeps it.
         """
-        if not access.user.may_query:
-            raise PermissionDenied(
-                "querying is suspended for this user", reason="USER_MAY_NOT_QUERY"
-            )
+        _check_may_query(access)
         self.check_query(query)
-        query_id = query_id_for(subject, request_id)
-        fingerprint = query_fingerprint(subject, access.dataset, query)
-        # Three reads, none of which touches data or budget, run together: the outcome of this
-        # request id (a retry), an earlier release of the same query (a free replay) and the cost,
-        # which is dropped if either of the others answers.
+        task = task_pb2.ExecuteQueryTask(
+            query_id=query_id_for(subject, request_id),
+            user=subject,
+            dataset=access.dataset,
+            query=query,
+            fingerprint=query_fingerprint(subject, access.dataset, query),
+        )
+        # The price runs alongside the look back, and is dropped if an earlier answer is found.
         estimate = asyncio.ensure_future(self.estimate_cost(subject, access.dataset, query))
         try:
-            retried, earlier = await asyncio.gather(
-                self._stored_outcome(query_id) if request_id else _nothing(),
-                self._earlier_release(subject, fingerprint) if not fresh else _nothing(),
-            )
-            if retried is not None:
-                return self._outcome(retried)
+            earlier = await self._earlier_answer(task, retry=bool(request_id), fresh=fresh)
             if earlier is not None:
-                return QueryOutcome(
-                    query_id=earlier.query_id,
-                    release=earlier.release,
-                    cost=zero_cost(earlier.cost),  # a replay costs nothing
-                    dummy=False,
-                    replay=True,
-                )
-            cost = (await estimate).cost
+                return earlier
+            task.cost.CopyFrom(await estimate)
         finally:
             _abandon(estimate)
-        reservation = (
-            await self._peers.budget.call(
-                "ReserveBudget",
-                budget_pb2.ReserveBudgetRequest(
-                    query_id=query_id,
-                    user=subject,
-                    dataset=access.dataset.name,
-                    cost=cost,
-                    actor=subject,
-                    owner=self._owner,
-                ),
+        task.submit_time.CopyFrom(now_timestamp())
+        state = await self._reserve(task)
+        await self._dispatch(task, state, priority)
+        completion = await self._await_completion(task, priority)
+        return await self._outcome_of(completion, task.query_id)
+
+    async def _earlier_answer(
+        self, task: task_pb2.ExecuteQueryTask, *, retry: bool, fresh: bool
+    ) -> QueryOutcome | None:
+        """Step 1, the look back: the stored outcome of this request id (when the request has one:
+        a retry gets the first answer), else an earlier release of the same query (unless `fresh`:
+        a free replay). Both archive reads run together; neither touches data or budget."""
+        retried, earlier = await asyncio.gather(
+            self._stored_outcome(task.query_id) if retry else _nothing(),
+            self._earlier_release(task.user, task.fingerprint) if not fresh else _nothing(),
+        )
+        if retried is not None:
+            return _outcome(retried)
+        if earlier is not None:
+            return QueryOutcome(
+                query_id=earlier.query_id,
+                release=earlier.release,
+                cost=zero_cost(earlier.cost),  # a replay costs nothing
+                dummy=False,
+                replay=True,
             )
-        ).reservation
-        if reservation.state == budget_pb2.RESERVATION_STATE_RELEASED:
+        return None
+
+    async def _reserve(
+        self, task: task_pb2.ExecuteQueryTask
+    ) -> budget_pb2.ReservationState.ValueType:
+        """Step 2: hold the cost in the ledger, keyed by the query id (no reservation, no run). The
+        same id again returns the reservation as it is now: a retry learns how far its query got."""
+        reserved: budget_pb2.ReserveBudgetResponse = await self._peers.budget.call(
+            "ReserveBudget",
+            budget_pb2.ReserveBudgetRequest(
+                query_id=task.query_id,
+                user=task.user,
+                dataset=task.dataset.name,
+                cost=task.cost,
+                actor=task.user,
+                owner=self._owner,
+            ),
+        )
+        state = reserved.reservation.state
+        if state == budget_pb2.RESERVATION_STATE_RELEASED:
             # A retry of a query that was given up before it touched data (and refunded).
             raise FailedPrecondition(
                 "this request id belongs to a query that was cancelled before it ran; "
                 "send the query again with a new request id",
                 reason="QUERY_ID_RELEASED",
-                metadata={"query_id": query_id},
+                metadata={"query_id": task.query_id},
             )
-        task = task_pb2.ExecuteQueryTask(
-            query_id=query_id,
-            user=subject,
-            dataset=access.dataset,
-            query=query,
-            cost=cost,
-            submit_time=now_timestamp(),
-            fingerprint=fingerprint,
-        )
-        self._waiter.expect(query_id)
+        return state
+
+    async def _dispatch(
+        self,
+        task: task_pb2.ExecuteQueryTask,
+        state: budget_pb2.ReservationState.ValueType,
+        priority: int,
+    ) -> None:
+        """Step 3: put the task on its queue, after registering for its announcement (so an early
+        one is not missed). A queue that refuses it gives the reservation back: nothing ran."""
+        self._waiter.expect(task.query_id)
         try:
             # A retry whose query a worker already picked up only waits for it; a duplicate task
             # would be harmless (the worker finds the stored outcome) but is not needed.
-            if reservation.state == budget_pb2.RESERVATION_STATE_RESERVED:
+            if state == budget_pb2.RESERVATION_STATE_RESERVED:
                 await self._enqueue(task, priority)
         except Exception:
-            self._waiter.forget(query_id)
-            await self._release_unstarted(query_id)
+            self._waiter.forget(task.query_id)
+            await self._release_unstarted(task.query_id)
             raise BackendUnavailable(
                 "the query queue is unavailable", retry_after_seconds=1.0
             ) from None
+
+    async def _await_completion(self, task: task_pb2.ExecuteQueryTask, priority: int) -> Completion:
+        """Step 4: wait for the worker's announcement (the normal road). Each poll interval without
+        one, read the archive (a missed announcement) and check that the queue still knows the
+        task (a lost one is sent again); see the module's docstring for why both exist."""
+        query_id = task.query_id
 
         async def is_done() -> bool:
             return await self._stored_outcome(query_id) is not None
@@ -394,6 +448,11 @@ class QueryLifecycle:
                 "the query did not finish in time; retry with the same request id to collect it",
                 metadata={"query_id": query_id},
             )
+        return completion
+
+    async def _outcome_of(self, completion: Completion, query_id: str) -> QueryOutcome:
+        """Step 5: the stored outcome, from the announcement when it carried it (small releases),
+        else from the archive."""
         stored = _announced_outcome(completion.announced, query_id)
         if stored is None:
             stored = await self._stored_outcome(query_id)
@@ -401,7 +460,7 @@ class QueryLifecycle:
             raise BackendUnavailable(
                 "the query outcome is not readable yet", retry_after_seconds=1.0
             )
-        return self._outcome(stored)
+        return _outcome(stored)
 
     def _queue_of(self, task: task_pb2.ExecuteQueryTask) -> str:
         return self._settings.queue.queue_for(task.query.WhichOneof("kind"))
@@ -420,7 +479,7 @@ class QueryLifecycle:
     async def _earlier_release(
         self, subject: str, fingerprint: str
     ) -> archive_pb2.ArchivedQuery | None:
-        earlier = await self._peers.admin.call(
+        earlier: admin_store_pb2.FindReleasedQueryResponse = await self._peers.admin.call(
             "FindReleasedQuery",
             admin_store_pb2.FindReleasedQueryRequest(user=subject, fingerprint=fingerprint),
         )
@@ -428,34 +487,29 @@ class QueryLifecycle:
 
     async def _stored_outcome(self, query_id: str) -> archive_pb2.ArchivedQuery | None:
         try:
-            response = await self._peers.admin.call(
+            response: admin_store_pb2.GetArchivedQueryResponse = await self._peers.admin.call(
                 "GetArchivedQuery", admin_store_pb2.GetArchivedQueryRequest(query_id=query_id)
             )
         except RemoteError as error:
-            if error.code.value == "NOT_FOUND":
+            if error.code is Code.NOT_FOUND:
                 return None
             raise
         return response.query
 
-    @staticmethod
-    def _outcome(stored: archive_pb2.ArchivedQuery) -> QueryOutcome:
-        if stored.status != archive_pb2.QUERY_STATUS_SUCCEEDED:
-            raise RemoteErrorFromArchive(stored)
-        return QueryOutcome(
-            query_id=stored.query_id, release=stored.release, cost=stored.cost, dummy=False
-        )
 
-    async def grant_dataset_names(
-        self, subject: str, page_size: int, page_token: str
-    ) -> tuple[list[str], str]:
-        response = await self._peers.admin.call(
-            "ListGrants",
-            admin_store_pb2.ListGrantsRequest(
-                user=subject, page_size=page_size, page_token=page_token
-            ),
-        )
-        grants: list[resources_pb2.Grant] = list(response.grants)
-        return [g.dataset for g in grants], response.next_page_token
+def _check_may_query(access: admin_store_pb2.AuthorizeDatasetAccessResponse) -> None:
+    """A frozen user starts no query (the ledger checks its own copy of the freeze too)."""
+    if not access.user.may_query:
+        raise PermissionDenied("querying is suspended for this user", reason="USER_MAY_NOT_QUERY")
+
+
+def _outcome(stored: archive_pb2.ArchivedQuery) -> QueryOutcome:
+    """A stored outcome as the caller's answer; a stored failure is raised with its reason."""
+    if stored.status != archive_pb2.QUERY_STATUS_SUCCEEDED:
+        raise RemoteErrorFromArchive(stored)
+    return QueryOutcome(
+        query_id=stored.query_id, release=stored.release, cost=stored.cost, dummy=False
+    )
 
 
 # The code a stored failure is reported with; other reasons (a source that cannot be read, say)

@@ -80,7 +80,9 @@ class Key:
         self.use = use
 
     def jwk(self) -> dict[str, Any]:
-        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.private.public_key()))
+        jwk: dict[str, Any] = json.loads(
+            jwt.algorithms.RSAAlgorithm.to_jwk(self.private.public_key())
+        )
         jwk |= {"kid": self.kid, "use": self.use}
         if self.alg:
             jwk["alg"] = self.alg

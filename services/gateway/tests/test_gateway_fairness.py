@@ -9,6 +9,7 @@ starve another user's first query. Free calls hold a per-user slot of their own.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
@@ -40,14 +41,13 @@ def settings() -> Iterator[QueueSettings]:
 
 
 def limits(settings: QueueSettings, **overrides: int) -> UserLimits:
-    values = {
-        "requests_per_second": 0,
-        "concurrent_queries": 64,
-        "query_timeout_seconds": 30.0,
-        "concurrent_free_calls": 2,
-        **overrides,
-    }
-    return UserLimits(REDIS_URL, settings.prefix, LimitSettings(**values))  # type: ignore[arg-type]
+    values = LimitSettings(
+        requests_per_second=0,
+        concurrent_queries=64,
+        query_timeout_seconds=30.0,
+        concurrent_free_calls=2,
+    )
+    return UserLimits(REDIS_URL, settings.prefix, dataclasses.replace(values, **overrides))
 
 
 def take_next(settings: QueueSettings) -> str:

@@ -62,9 +62,10 @@ def is_lost(settings: QueueSettings, query_id: str) -> bool:
 def pop_all(settings: QueueSettings) -> list[bytes]:
     client = redis.Redis.from_url(REDIS_URL)
     try:
-        popped = []
+        popped: list[bytes] = []
         for key in settings.broker_lists(settings.light_queue):
             while (item := client.rpop(key)) is not None:
+                assert isinstance(item, bytes)  # one item: rpop without a count
                 popped.append(item)
         return popped
     finally:

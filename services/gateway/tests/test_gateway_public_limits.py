@@ -50,8 +50,9 @@ def call(mesh: LocalMesh, subject: str, method: str, request: Any, admin: bool =
 
 def refusal(error: grpc.RpcError) -> tuple[str, str, bool]:
     """(code, ErrorInfo.reason, whether a RetryInfo came along)."""
+    assert isinstance(error, grpc.Call)  # errors of unary calls are both
     reason, retry = "", False
-    for key, value in error.trailing_metadata() or ():  # type: ignore[attr-defined]
+    for key, value in error.trailing_metadata() or ():
         if key == "grpc-status-details-bin":
             for detail in status_pb2.Status.FromString(value).details:
                 if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
@@ -59,7 +60,7 @@ def refusal(error: grpc.RpcError) -> tuple[str, str, bool]:
                     detail.Unpack(info)
                     reason = info.reason
                 retry = retry or detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR)
-    return error.code().name, reason, retry  # type: ignore[attr-defined]
+    return error.code().name, reason, retry
 
 
 def refused(mesh: LocalMesh, subject: str, method: str, request: Any, **kw: Any) -> tuple[str, str]:

@@ -22,7 +22,7 @@ from lomas.gateway.v1 import admin_pb2, admin_pb2_grpc
 
 T = TypeVar("T")
 
-DATA_FORMATS = {
+DATA_FORMATS: dict[str, dataset_pb2.DataFormat.ValueType] = {
     "csv": dataset_pb2.DATA_FORMAT_CSV,
     "parquet": dataset_pb2.DATA_FORMAT_PARQUET,
 }
@@ -48,7 +48,7 @@ def rho_zcdp(rho: float | str | Decimal) -> privacy_pb2.PrivacyLoss:
     return privacy_pb2.PrivacyLoss(rho_zcdp=privacy_pb2.RhoZcdp(rho=_text(rho)))
 
 
-def format_from_path(path: str) -> int:
+def format_from_path(path: str) -> dataset_pb2.DataFormat.ValueType:
     suffix = path.rsplit(".", 1)[-1].lower()
     if suffix not in DATA_FORMATS:
         raise ValueError(
@@ -114,14 +114,16 @@ class AdminClient:
 
     # Users
     def add_user(
-        self, name: str, *, admin: bool = False, may_query: bool = True
+        self, name: str, *, admin: bool = False, may_query: bool = True, request_id: str = ""
     ) -> resources_pb2.User:
         role = resources_pb2.ROLE_ADMIN if admin else resources_pb2.ROLE_RESEARCHER
         user = resources_pb2.User(name=name, role=role, may_query=may_query)
-        return self._call(self._stub.CreateUser, admin_pb2.CreateUserRequest(user=user)).user
+        request = admin_pb2.CreateUserRequest(user=user, request_id=request_id)
+        return self._call(self._stub.CreateUser, request).user
 
-    def remove_user(self, name: str) -> None:
-        self._call(self._stub.DeleteUser, admin_pb2.DeleteUserRequest(name=name))
+    def remove_user(self, name: str, *, request_id: str = "") -> None:
+        request = admin_pb2.DeleteUserRequest(name=name, request_id=request_id)
+        self._call(self._stub.DeleteUser, request)
 
     def list_users(self) -> list[resources_pb2.User]:
         return list(self._pages(self._stub.ListUsers, admin_pb2.ListUsersRequest(), "users"))
@@ -132,13 +134,16 @@ class AdminClient:
         name: str,
         source: dataset_pb2.DataSource,
         metadata: Mapping[str, Any],
-        data_format: int,
+        data_format: dataset_pb2.DataFormat.ValueType,
+        *,
+        request_id: str = "",
     ) -> resources_pb2.Dataset:
         dataset = resources_pb2.Dataset(
             name=name, source=source, format=data_format, metadata_json=json.dumps(dict(metadata))
         )
         return self._call(
-            self._stub.CreateDataset, admin_pb2.CreateDatasetRequest(dataset=dataset)
+            self._stub.CreateDataset,
+            admin_pb2.CreateDatasetRequest(dataset=dataset, request_id=request_id),
         ).dataset
 
     def update_dataset(
@@ -146,18 +151,22 @@ class AdminClient:
         name: str,
         source: dataset_pb2.DataSource,
         metadata: Mapping[str, Any],
-        data_format: int,
+        data_format: dataset_pb2.DataFormat.ValueType,
+        *,
+        request_id: str = "",
     ) -> resources_pb2.Dataset:
         """Replace a dataset's source, format and metadata; its version goes up by one."""
         dataset = resources_pb2.Dataset(
             name=name, source=source, format=data_format, metadata_json=json.dumps(dict(metadata))
         )
         return self._call(
-            self._stub.UpdateDataset, admin_pb2.UpdateDatasetRequest(dataset=dataset)
+            self._stub.UpdateDataset,
+            admin_pb2.UpdateDatasetRequest(dataset=dataset, request_id=request_id),
         ).dataset
 
-    def remove_dataset(self, name: str) -> None:
-        self._call(self._stub.DeleteDataset, admin_pb2.DeleteDatasetRequest(name=name))
+    def remove_dataset(self, name: str, *, request_id: str = "") -> None:
+        request = admin_pb2.DeleteDatasetRequest(name=name, request_id=request_id)
+        self._call(self._stub.DeleteDataset, request)
 
     def list_datasets(self) -> list[resources_pb2.Dataset]:
         return list(
@@ -171,15 +180,19 @@ class AdminClient:
         dataset: str,
         allocation: privacy_pb2.PrivacyLoss,
         already_spent: privacy_pb2.PrivacyLoss | None = None,
+        *,
+        request_id: str = "",
     ) -> resources_pb2.Grant:
         request = admin_pb2.CreateGrantRequest(
             grant=resources_pb2.Grant(user=user, dataset=dataset, allocation=allocation),
             already_spent=already_spent,
+            request_id=request_id,
         )
         return self._call(self._stub.CreateGrant, request).grant
 
-    def revoke(self, user: str, dataset: str) -> None:
-        self._call(self._stub.DeleteGrant, admin_pb2.DeleteGrantRequest(user=user, dataset=dataset))
+    def revoke(self, user: str, dataset: str, *, request_id: str = "") -> None:
+        request = admin_pb2.DeleteGrantRequest(user=user, dataset=dataset, request_id=request_id)
+        self._call(self._stub.DeleteGrant, request)
 
     def list_grants(self, user: str = "") -> list[resources_pb2.Grant]:
         return list(

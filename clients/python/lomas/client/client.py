@@ -118,7 +118,8 @@ class Client:
                 return names
 
     def get_dataset_metadata(self) -> dict[str, Any]:
-        """The dataset's metadata, in the SmartNoise-SQL YAML form used by Lomas."""
+        """The dataset's metadata: the document Lomas administrators write in YAML (SmartNoise-SQL
+        form: `max_ids`, `rows`, `row_privacy`, `columns`, ...), which travels as JSON text."""
         response = self._call(
             self._stub.GetDatasetMetadata,
             gateway_pb2.GetDatasetMetadataRequest(dataset=self.dataset),
@@ -404,7 +405,8 @@ def _measurement_json(pipeline: Any) -> str | None:
             "OpenDP pipelines need the opendp package (pip install opendp[polars])"
         ) from None
     if isinstance(pipeline, dp.Measurement):
-        return str(dp.serialize(pipeline))
+        serialize: Callable[[Any], object] = dp.serialize  # OpenDP leaves it unannotated
+        return str(serialize(pipeline))
     if isinstance(pipeline, dp.Transformation):
         raise TypeError("the pipeline must be a Measurement (end it with a noise mechanism)")
     return None

@@ -31,7 +31,10 @@ class CreateUserRequest(_message.Message):
     USER_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Optional idempotency key."""
+    """Optional idempotency key (AIP-155): a retry with the same id returns the first answer and
+    changes nothing; the same id with other arguments is INVALID_ARGUMENT REQUEST_ID_REUSED.
+    At most 256 printable characters; answers are kept for the store's retention period.
+    """
     @_builtins.property
     def user(self) -> _resources_pb2.User:
         """The user to create."""
@@ -128,19 +131,26 @@ class SetUserMayQueryRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     MAY_QUERY_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """User name (token subject)."""
     may_query: _builtins.bool
     """Whether the user may start queries."""
+    request_id: _builtins.str
+    """Optional idempotency key (AIP-155): a retry with the same id returns the first answer and
+    changes nothing; the same id with other arguments is INVALID_ARGUMENT REQUEST_ID_REUSED.
+    At most 256 printable characters; answers are kept for the store's retention period.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         may_query: _builtins.bool = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["may_query", b"may_query", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["may_query", b"may_query", "name", b"name", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -177,16 +187,23 @@ class DeleteUserRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """User name."""
+    request_id: _builtins.str
+    """Optional idempotency key (AIP-155): a retry with the same id returns the first answer and
+    changes nothing; the same id with other arguments is INVALID_ARGUMENT REQUEST_ID_REUSED.
+    At most 256 printable characters; answers are kept for the store's retention period.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -220,7 +237,7 @@ class ListUsersRequest(_message.Message):
     page_size: _builtins.int
     """Maximum number of users to return (default 100, at most 1000)."""
     page_token: _builtins.str
-    """Token from a previous response."""
+    """Token from a previous response (the last row's key: rows added meanwhile shift nothing)."""
     def __init__(
         self,
         *,
@@ -272,7 +289,10 @@ class CreateDatasetRequest(_message.Message):
     DATASET_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Optional idempotency key."""
+    """Optional idempotency key (AIP-155): a retry with the same id returns the first answer and
+    changes nothing; the same id with other arguments is INVALID_ARGUMENT REQUEST_ID_REUSED.
+    At most 256 printable characters; answers are kept for the store's retention period.
+    """
     @_builtins.property
     def dataset(self) -> _resources_pb2.Dataset:
         """The dataset (its version is set by the store)."""
@@ -322,6 +342,12 @@ class UpdateDatasetRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DATASET_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Optional idempotency key (AIP-155): a retry with the same id returns the first answer and
+    changes nothing; the same id with other arguments is INVALID_ARGUMENT REQUEST_ID_REUSED.
+    At most 256 printable characters; answers are kept for the store's retention period.
+    """
     @_builtins.property
     def dataset(self) -> _resources_pb2.Dataset:
         """The dataset, by name, with its new source, format and metadata (the version is set by the store)."""
@@ -330,10 +356,11 @@ class UpdateDatasetRequest(_message.Message):
         self,
         *,
         dataset: _resources_pb2.Dataset | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -416,16 +443,23 @@ class DeleteDatasetRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Dataset name."""
+    request_id: _builtins.str
+    """Optional idempotency key (AIP-155): a retry with the same id returns the first answer and
+    changes nothing; the same id with other arguments is INVALID_ARGUMENT REQUEST_ID_REUSED.
+    At most 256 printable characters; answers are kept for the store's retention period.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -459,7 +493,7 @@ class ListDatasetsRequest(_message.Message):
     page_size: _builtins.int
     """Maximum number of datasets to return (default 100, at most 1000)."""
     page_token: _builtins.str
-    """Token from a previous response."""
+    """Token from a previous response (the last row's key: rows added meanwhile shift nothing)."""
     def __init__(
         self,
         *,
@@ -511,7 +545,10 @@ class CreateGrantRequest(_message.Message):
     GRANT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Optional idempotency key."""
+    """Optional idempotency key (AIP-155): a retry with the same id returns the first answer and
+    changes nothing; the same id with other arguments is INVALID_ARGUMENT REQUEST_ID_REUSED.
+    At most 256 printable characters; answers are kept for the store's retention period.
+    """
     @_builtins.property
     def grant(self) -> _resources_pb2.Grant:
         """The grant."""
@@ -562,19 +599,26 @@ class DeleteGrantRequest(_message.Message):
 
     USER_FIELD_NUMBER: _builtins.int
     DATASET_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     user: _builtins.str
     """User name."""
     dataset: _builtins.str
     """Dataset name."""
+    request_id: _builtins.str
+    """Optional idempotency key (AIP-155): a retry with the same id returns the first answer and
+    changes nothing; the same id with other arguments is INVALID_ARGUMENT REQUEST_ID_REUSED.
+    At most 256 printable characters; answers are kept for the store's retention period.
+    """
     def __init__(
         self,
         *,
         user: _builtins.str = ...,
         dataset: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "request_id", b"request_id", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -611,7 +655,7 @@ class ListGrantsRequest(_message.Message):
     page_size: _builtins.int
     """Maximum number of grants to return (default 100, at most 1000)."""
     page_token: _builtins.str
-    """Token from a previous response."""
+    """Token from a previous response (the last row's key: rows added meanwhile shift nothing)."""
     def __init__(
         self,
         *,
@@ -719,7 +763,10 @@ Global___AuthorizeDatasetAccessResponse: _TypeAlias = AuthorizeDatasetAccessResp
 
 @_typing.final
 class RecordQueryResultRequest(_message.Message):
-    """RecordQueryResultRequest stores the outcome of a query."""
+    """RecordQueryResultRequest stores the outcome of a query. It has no request_id: the outcome's
+    query_id is its idempotency key (the first outcome recorded for an id wins, and a retry, with the
+    same outcome or another, changes nothing and gets that first outcome back).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -828,7 +875,7 @@ class ListArchivedQueriesRequest(_message.Message):
     page_size: _builtins.int
     """Maximum number of queries to return (default 100, at most 1000)."""
     page_token: _builtins.str
-    """Token from a previous response."""
+    """Token from a previous response (the last row's key: rows added meanwhile shift nothing)."""
     def __init__(
         self,
         *,
@@ -978,6 +1025,12 @@ class RecordAuditEventRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Optional idempotency key (AIP-155): a retry with the same id returns the first answer and
+    changes nothing; the same id with other arguments is INVALID_ARGUMENT REQUEST_ID_REUSED.
+    At most 256 printable characters; answers are kept for the store's retention period.
+    """
     @_builtins.property
     def event(self) -> Global___AuditEvent:
         """The event."""
@@ -986,10 +1039,11 @@ class RecordAuditEventRequest(_message.Message):
         self,
         *,
         event: Global___AuditEvent | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1026,7 +1080,7 @@ class ListAuditEventsRequest(_message.Message):
     page_size: _builtins.int
     """Maximum number of events to return (default 100, at most 1000)."""
     page_token: _builtins.str
-    """Token from a previous response."""
+    """Token from a previous response (the last row's key: rows added meanwhile shift nothing)."""
     def __init__(
         self,
         *,

@@ -28,6 +28,8 @@ if _version_not_supported:
 class AdminStoreServiceStub:
     """AdminStoreService is the internal store of users, datasets, grants and the query archive.
     Only mesh peers call it; administrators reach it through the gateway's AdminService.
+    Every mutating call takes an optional request_id (AIP-155); every List pages by keyset, so a
+    page token stays valid, and no row repeats or goes missing, while rows are added.
     """
 
     def __init__(self, channel):
@@ -141,6 +143,8 @@ class AdminStoreServiceStub:
 class AdminStoreServiceServicer:
     """AdminStoreService is the internal store of users, datasets, grants and the query archive.
     Only mesh peers call it; administrators reach it through the gateway's AdminService.
+    Every mutating call takes an optional request_id (AIP-155); every List pages by keyset, so a
+    page token stays valid, and no row repeats or goes missing, while rows are added.
     """
 
     def CreateUser(self, request, context):
@@ -243,7 +247,8 @@ class AdminStoreServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RecordQueryResult(self, request, context):
-        """Stores the outcome of a query under its id; the first record wins and later ones return it.
+        """Stores the outcome of a query under its id; the first record wins and later ones return it
+        (the query id is the idempotency key of this call).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -257,7 +262,8 @@ class AdminStoreServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListArchivedQueries(self, request, context):
-        """Lists archived queries, newest first, optionally of one user and one dataset.
+        """Lists archived queries, newest first (by submit time, then query id), optionally of one user
+        and one dataset.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -398,6 +404,8 @@ def add_AdminStoreServiceServicer_to_server(servicer, server):
 class AdminStoreService:
     """AdminStoreService is the internal store of users, datasets, grants and the query archive.
     Only mesh peers call it; administrators reach it through the gateway's AdminService.
+    Every mutating call takes an optional request_id (AIP-155); every List pages by keyset, so a
+    page token stays valid, and no row repeats or goes missing, while rows are added.
     """
 
     @staticmethod

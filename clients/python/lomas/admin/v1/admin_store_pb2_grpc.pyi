@@ -29,6 +29,8 @@ GRPC_VERSION: str
 class AdminStoreServiceStub:
     """AdminStoreService is the internal store of users, datasets, grants and the query archive.
     Only mesh peers call it; administrators reach it through the gateway's AdminService.
+    Every mutating call takes an optional request_id (AIP-155); every List pages by keyset, so a
+    page token stays valid, and no row repeats or goes missing, while rows are added.
     """
 
     @_typing.overload
@@ -66,11 +68,15 @@ class AdminStoreServiceStub:
     AuthorizeDatasetAccess: _grpc.UnaryUnaryMultiCallable[_admin_store_pb2.AuthorizeDatasetAccessRequest, _admin_store_pb2.AuthorizeDatasetAccessResponse]
     """Checks that a user may query a dataset and returns what running a query needs, in one round trip."""
     RecordQueryResult: _grpc.UnaryUnaryMultiCallable[_admin_store_pb2.RecordQueryResultRequest, _admin_store_pb2.RecordQueryResultResponse]
-    """Stores the outcome of a query under its id; the first record wins and later ones return it."""
+    """Stores the outcome of a query under its id; the first record wins and later ones return it
+    (the query id is the idempotency key of this call).
+    """
     GetArchivedQuery: _grpc.UnaryUnaryMultiCallable[_admin_store_pb2.GetArchivedQueryRequest, _admin_store_pb2.GetArchivedQueryResponse]
     """Returns the archived outcome of one query."""
     ListArchivedQueries: _grpc.UnaryUnaryMultiCallable[_admin_store_pb2.ListArchivedQueriesRequest, _admin_store_pb2.ListArchivedQueriesResponse]
-    """Lists archived queries, newest first, optionally of one user and one dataset."""
+    """Lists archived queries, newest first (by submit time, then query id), optionally of one user
+    and one dataset.
+    """
     FindReleasedQuery: _grpc.UnaryUnaryMultiCallable[_admin_store_pb2.FindReleasedQueryRequest, _admin_store_pb2.FindReleasedQueryResponse]
     """Finds the caller's latest successful release with a fingerprint (for free replays)."""
     RecordAuditEvent: _grpc.UnaryUnaryMultiCallable[_admin_store_pb2.RecordAuditEventRequest, _admin_store_pb2.RecordAuditEventResponse]
@@ -82,6 +88,8 @@ class AdminStoreServiceStub:
 class AdminStoreServiceAsyncStub(AdminStoreServiceStub):
     """AdminStoreService is the internal store of users, datasets, grants and the query archive.
     Only mesh peers call it; administrators reach it through the gateway's AdminService.
+    Every mutating call takes an optional request_id (AIP-155); every List pages by keyset, so a
+    page token stays valid, and no row repeats or goes missing, while rows are added.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -116,11 +124,15 @@ class AdminStoreServiceAsyncStub(AdminStoreServiceStub):
     AuthorizeDatasetAccess: _aio.UnaryUnaryMultiCallable[_admin_store_pb2.AuthorizeDatasetAccessRequest, _admin_store_pb2.AuthorizeDatasetAccessResponse]  # type: ignore[assignment]
     """Checks that a user may query a dataset and returns what running a query needs, in one round trip."""
     RecordQueryResult: _aio.UnaryUnaryMultiCallable[_admin_store_pb2.RecordQueryResultRequest, _admin_store_pb2.RecordQueryResultResponse]  # type: ignore[assignment]
-    """Stores the outcome of a query under its id; the first record wins and later ones return it."""
+    """Stores the outcome of a query under its id; the first record wins and later ones return it
+    (the query id is the idempotency key of this call).
+    """
     GetArchivedQuery: _aio.UnaryUnaryMultiCallable[_admin_store_pb2.GetArchivedQueryRequest, _admin_store_pb2.GetArchivedQueryResponse]  # type: ignore[assignment]
     """Returns the archived outcome of one query."""
     ListArchivedQueries: _aio.UnaryUnaryMultiCallable[_admin_store_pb2.ListArchivedQueriesRequest, _admin_store_pb2.ListArchivedQueriesResponse]  # type: ignore[assignment]
-    """Lists archived queries, newest first, optionally of one user and one dataset."""
+    """Lists archived queries, newest first (by submit time, then query id), optionally of one user
+    and one dataset.
+    """
     FindReleasedQuery: _aio.UnaryUnaryMultiCallable[_admin_store_pb2.FindReleasedQueryRequest, _admin_store_pb2.FindReleasedQueryResponse]  # type: ignore[assignment]
     """Finds the caller's latest successful release with a fingerprint (for free replays)."""
     RecordAuditEvent: _aio.UnaryUnaryMultiCallable[_admin_store_pb2.RecordAuditEventRequest, _admin_store_pb2.RecordAuditEventResponse]  # type: ignore[assignment]
@@ -131,6 +143,8 @@ class AdminStoreServiceAsyncStub(AdminStoreServiceStub):
 class AdminStoreServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminStoreService is the internal store of users, datasets, grants and the query archive.
     Only mesh peers call it; administrators reach it through the gateway's AdminService.
+    Every mutating call takes an optional request_id (AIP-155); every List pages by keyset, so a
+    page token stays valid, and no row repeats or goes missing, while rows are added.
     """
 
     @_abc_1.abstractmethod
@@ -253,7 +267,9 @@ class AdminStoreServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_store_pb2.RecordQueryResultRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_store_pb2.RecordQueryResultResponse, _abc.Awaitable[_admin_store_pb2.RecordQueryResultResponse]]:
-        """Stores the outcome of a query under its id; the first record wins and later ones return it."""
+        """Stores the outcome of a query under its id; the first record wins and later ones return it
+        (the query id is the idempotency key of this call).
+        """
 
     @_abc_1.abstractmethod
     def GetArchivedQuery(
@@ -269,7 +285,9 @@ class AdminStoreServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_store_pb2.ListArchivedQueriesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_store_pb2.ListArchivedQueriesResponse, _abc.Awaitable[_admin_store_pb2.ListArchivedQueriesResponse]]:
-        """Lists archived queries, newest first, optionally of one user and one dataset."""
+        """Lists archived queries, newest first (by submit time, then query id), optionally of one user
+        and one dataset.
+        """
 
     @_abc_1.abstractmethod
     def FindReleasedQuery(

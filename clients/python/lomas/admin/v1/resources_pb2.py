@@ -22,24 +22,55 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from lomas.common.v1 import dataset_pb2 as lomas_dot_common_dot_v1_dot_dataset__pb2
 from lomas.common.v1 import privacy_pb2 as lomas_dot_common_dot_v1_dot_privacy__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1elomas/admin/v1/resources.proto\x12\x0elomas.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dlomas/common/v1/dataset.proto\x1a\x1dlomas/common/v1/privacy.proto\"|\n\x04User\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x04role\x18\x02 \x01(\x0e\x32\x14.lomas.admin.v1.Role\x12\x11\n\tmay_query\x18\x03 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xda\x01\n\x07\x44\x61taset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x06source\x18\x02 \x01(\x0b\x32\x1b.lomas.common.v1.DataSource\x12+\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1b.lomas.common.v1.DataFormat\x12\x15\n\rmetadata_json\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampJ\x04\x08\x04\x10\x05R\x08metadata\"\xc1\x01\n\x05Grant\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x36\n\ndefinition\x18\x03 \x01(\x0e\x32\".lomas.common.v1.PrivacyDefinition\x12\x30\n\nallocation\x18\x04 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*A\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x13\n\x0fROLE_RESEARCHER\x10\x01\x12\x0e\n\nROLE_ADMIN\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1elomas/admin/v1/resources.proto\x12\x0elomas.admin.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dlomas/common/v1/dataset.proto\x1a\x1dlomas/common/v1/privacy.proto\"\x95\x01\n\x04User\x12\x13\n\x04name\x18\x01 \x01(\tB\x05\xe2\x41\x02\x02\x05\x12(\n\x04role\x18\x02 \x01(\x0e\x32\x14.lomas.admin.v1.RoleB\x04\xe2\x41\x01\x01\x12\x17\n\tmay_query\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x35\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xff\x01\n\x07\x44\x61taset\x12\x13\n\x04name\x18\x01 \x01(\tB\x05\xe2\x41\x02\x02\x05\x12\x31\n\x06source\x18\x02 \x01(\x0b\x32\x1b.lomas.common.v1.DataSourceB\x04\xe2\x41\x01\x02\x12\x31\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1b.lomas.common.v1.DataFormatB\x04\xe2\x41\x01\x02\x12\x1b\n\rmetadata_json\x18\x07 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07version\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03J\x04\x08\x04\x10\x05R\x08metadata\"\xe1\x01\n\x05Grant\x12\x13\n\x04user\x18\x01 \x01(\tB\x05\xe2\x41\x02\x02\x05\x12\x16\n\x07\x64\x61taset\x18\x02 \x01(\tB\x05\xe2\x41\x02\x02\x05\x12<\n\ndefinition\x18\x03 \x01(\x0e\x32\".lomas.common.v1.PrivacyDefinitionB\x04\xe2\x41\x01\x01\x12\x36\n\nallocation\x18\x04 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLossB\x04\xe2\x41\x01\x02\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03*A\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x13\n\x0fROLE_RESEARCHER\x10\x01\x12\x0e\n\nROLE_ADMIN\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lomas.admin.v1.resources_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=688
-  _globals['_ROLE']._serialized_end=753
-  _globals['_USER']._serialized_start=145
-  _globals['_USER']._serialized_end=269
-  _globals['_DATASET']._serialized_start=272
-  _globals['_DATASET']._serialized_end=490
-  _globals['_GRANT']._serialized_start=493
-  _globals['_GRANT']._serialized_end=686
+  _globals['_USER'].fields_by_name['name']._loaded_options = None
+  _globals['_USER'].fields_by_name['name']._serialized_options = b'\342A\002\002\005'
+  _globals['_USER'].fields_by_name['role']._loaded_options = None
+  _globals['_USER'].fields_by_name['role']._serialized_options = b'\342A\001\001'
+  _globals['_USER'].fields_by_name['may_query']._loaded_options = None
+  _globals['_USER'].fields_by_name['may_query']._serialized_options = b'\342A\001\001'
+  _globals['_USER'].fields_by_name['create_time']._loaded_options = None
+  _globals['_USER'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_DATASET'].fields_by_name['name']._loaded_options = None
+  _globals['_DATASET'].fields_by_name['name']._serialized_options = b'\342A\002\002\005'
+  _globals['_DATASET'].fields_by_name['source']._loaded_options = None
+  _globals['_DATASET'].fields_by_name['source']._serialized_options = b'\342A\001\002'
+  _globals['_DATASET'].fields_by_name['format']._loaded_options = None
+  _globals['_DATASET'].fields_by_name['format']._serialized_options = b'\342A\001\002'
+  _globals['_DATASET'].fields_by_name['metadata_json']._loaded_options = None
+  _globals['_DATASET'].fields_by_name['metadata_json']._serialized_options = b'\342A\001\002'
+  _globals['_DATASET'].fields_by_name['version']._loaded_options = None
+  _globals['_DATASET'].fields_by_name['version']._serialized_options = b'\342A\001\003'
+  _globals['_DATASET'].fields_by_name['create_time']._loaded_options = None
+  _globals['_DATASET'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_GRANT'].fields_by_name['user']._loaded_options = None
+  _globals['_GRANT'].fields_by_name['user']._serialized_options = b'\342A\002\002\005'
+  _globals['_GRANT'].fields_by_name['dataset']._loaded_options = None
+  _globals['_GRANT'].fields_by_name['dataset']._serialized_options = b'\342A\002\002\005'
+  _globals['_GRANT'].fields_by_name['definition']._loaded_options = None
+  _globals['_GRANT'].fields_by_name['definition']._serialized_options = b'\342A\001\001'
+  _globals['_GRANT'].fields_by_name['allocation']._loaded_options = None
+  _globals['_GRANT'].fields_by_name['allocation']._serialized_options = b'\342A\001\002'
+  _globals['_GRANT'].fields_by_name['create_time']._loaded_options = None
+  _globals['_GRANT'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_ROLE']._serialized_start=816
+  _globals['_ROLE']._serialized_end=881
+  _globals['_USER']._serialized_start=179
+  _globals['_USER']._serialized_end=328
+  _globals['_DATASET']._serialized_start=331
+  _globals['_DATASET']._serialized_end=586
+  _globals['_GRANT']._serialized_start=589
+  _globals['_GRANT']._serialized_end=814
 # @@protoc_insertion_point(module_scope)

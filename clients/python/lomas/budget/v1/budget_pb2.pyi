@@ -425,7 +425,7 @@ class OpenLedgerRequest(_message.Message):
     actor: _builtins.str
     """Who asked (an administrator's subject)."""
     request_id: _builtins.str
-    """Optional idempotency key."""
+    """Optional idempotency key: a replay returns the first response."""
     @_builtins.property
     def allocation(self) -> _privacy_pb2.PrivacyLoss:
         """The budget granted (rounded down); its kind sets the ledger's definition."""
@@ -547,7 +547,7 @@ class ListLedgersRequest(_message.Message):
     page_size: _builtins.int
     """Maximum number of ledgers to return (default 100, at most 1000)."""
     page_token: _builtins.str
-    """Token from a previous response."""
+    """Token from a previous response (it holds the last dataset name returned), for the same user."""
     delta: _builtins.str
     """Optional delta at which to show each remaining budget as (epsilon, delta)."""
     def __init__(
@@ -609,7 +609,10 @@ class ReserveBudgetRequest(_message.Message):
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     query_id: _builtins.str
-    """Query id (the idempotency key)."""
+    """Query id, which makes the call idempotent on its own: the same query id again (same ledger and
+    cost) returns the reservation as it is now and holds nothing more; with another ledger or cost
+    it is refused with ABORTED, reason QUERY_ID_CONFLICT.
+    """
     user: _builtins.str
     """User name."""
     dataset: _builtins.str
@@ -623,7 +626,9 @@ class ReserveBudgetRequest(_message.Message):
     (LOMAS_RESERVATION_TTL_SECONDS); at most 7 days.
     """
     request_id: _builtins.str
-    """Optional idempotency key: a replay returns the first response (the query id is one already)."""
+    """Optional idempotency key on top of the query id: a replay returns the first response (the
+    reservation as it was then) rather than the reservation as it is now.
+    """
     @_builtins.property
     def cost(self) -> _privacy_pb2.PrivacyLoss:
         """The cost (rounded up by the ledger)."""
@@ -683,9 +688,11 @@ class MarkReservationAccessedRequest(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     EXPECTED_COST_FIELD_NUMBER: _builtins.int
     query_id: _builtins.str
-    """Query id."""
+    """Query id; it plays the idempotency key's role: marking an accessed (or committed) reservation
+    again changes nothing and returns it as it is now.
+    """
     request_id: _builtins.str
-    """Optional idempotency key: a replay returns the first response."""
+    """Optional idempotency key on top of the query id: a replay returns the first response."""
     actor: _builtins.str
     """Who asked (recorded in the entry); defaults to "worker"."""
     @_builtins.property
@@ -746,9 +753,11 @@ class CommitReservationRequest(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     query_id: _builtins.str
-    """Query id."""
+    """Query id; it plays the idempotency key's role: committing a committed reservation again
+    charges nothing more and returns it as it is now.
+    """
     request_id: _builtins.str
-    """Optional idempotency key: a replay returns the first response."""
+    """Optional idempotency key on top of the query id: a replay returns the first response."""
     actor: _builtins.str
     """Who asked (recorded in the entry); defaults to "worker"."""
     reason: _builtins.str
@@ -804,9 +813,11 @@ class ReleaseReservationRequest(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     query_id: _builtins.str
-    """Query id."""
+    """Query id; it plays the idempotency key's role: releasing a released reservation again returns
+    it as it is now and gives nothing more back.
+    """
     request_id: _builtins.str
-    """Optional idempotency key: a replay returns the first response."""
+    """Optional idempotency key on top of the query id: a replay returns the first response."""
     actor: _builtins.str
     """Who asked (recorded in the entry); defaults to "worker"."""
     reason: _builtins.str
@@ -1269,7 +1280,7 @@ class ListLedgerEntriesRequest(_message.Message):
     page_size: _builtins.int
     """Maximum number of entries to return (default 100, at most 1000)."""
     page_token: _builtins.str
-    """Token from a previous response."""
+    """Token from a previous response (it holds the last entry's seq), for the same ledger."""
     def __init__(
         self,
         *,

@@ -27,6 +27,15 @@ if _version_not_supported:
 
 class BudgetServiceStub:
     """BudgetService is the privacy-loss ledger: the only writer of spend. Internal to the mesh.
+
+    Every mutating request takes an optional `request_id` (AIP-155): the first response is stored with
+    the change, in the same transaction; a retry with the same id and the same arguments returns that
+    first response and changes nothing; the same id with another method or other arguments is refused
+    with INVALID_ARGUMENT, reason REQUEST_ID_REUSED, and changes nothing. First responses are kept for
+    LOMAS_REQUEST_RETENTION_SECONDS. Calls on a reservation are also idempotent on their query id.
+
+    Lists page by keyset: a page token holds the sort key of the last item returned, so items added
+    between two page reads never make a page repeat or skip an item.
     """
 
     def __init__(self, channel):
@@ -119,6 +128,15 @@ class BudgetServiceStub:
 
 class BudgetServiceServicer:
     """BudgetService is the privacy-loss ledger: the only writer of spend. Internal to the mesh.
+
+    Every mutating request takes an optional `request_id` (AIP-155): the first response is stored with
+    the change, in the same transaction; a retry with the same id and the same arguments returns that
+    first response and changes nothing; the same id with another method or other arguments is refused
+    with INVALID_ARGUMENT, reason REQUEST_ID_REUSED, and changes nothing. First responses are kept for
+    LOMAS_REQUEST_RETENTION_SECONDS. Calls on a reservation are also idempotent on their query id.
+
+    Lists page by keyset: a page token holds the sort key of the last item returned, so items added
+    between two page reads never make a page repeat or skip an item.
     """
 
     def OpenLedger(self, request, context):
@@ -136,7 +154,7 @@ class BudgetServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListLedgers(self, request, context):
-        """Lists a user's ledgers.
+        """Lists a user's ledgers, by dataset name.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -326,6 +344,15 @@ def add_BudgetServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class BudgetService:
     """BudgetService is the privacy-loss ledger: the only writer of spend. Internal to the mesh.
+
+    Every mutating request takes an optional `request_id` (AIP-155): the first response is stored with
+    the change, in the same transaction; a retry with the same id and the same arguments returns that
+    first response and changes nothing; the same id with another method or other arguments is refused
+    with INVALID_ARGUMENT, reason REQUEST_ID_REUSED, and changes nothing. First responses are kept for
+    LOMAS_REQUEST_RETENTION_SECONDS. Calls on a reservation are also idempotent on their query id.
+
+    Lists page by keyset: a page token holds the sort key of the last item returned, so items added
+    between two page reads never make a page repeat or skip an item.
     """
 
     @staticmethod

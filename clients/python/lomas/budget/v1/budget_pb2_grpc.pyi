@@ -27,7 +27,17 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class BudgetServiceStub:
-    """BudgetService is the privacy-loss ledger: the only writer of spend. Internal to the mesh."""
+    """BudgetService is the privacy-loss ledger: the only writer of spend. Internal to the mesh.
+
+    Every mutating request takes an optional `request_id` (AIP-155): the first response is stored with
+    the change, in the same transaction; a retry with the same id and the same arguments returns that
+    first response and changes nothing; the same id with another method or other arguments is refused
+    with INVALID_ARGUMENT, reason REQUEST_ID_REUSED, and changes nothing. First responses are kept for
+    LOMAS_REQUEST_RETENTION_SECONDS. Calls on a reservation are also idempotent on their query id.
+
+    Lists page by keyset: a page token holds the sort key of the last item returned, so items added
+    between two page reads never make a page repeat or skip an item.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -38,7 +48,7 @@ class BudgetServiceStub:
     GetLedger: _grpc.UnaryUnaryMultiCallable[_budget_pb2.GetLedgerRequest, _budget_pb2.GetLedgerResponse]
     """Returns the balance of one ledger."""
     ListLedgers: _grpc.UnaryUnaryMultiCallable[_budget_pb2.ListLedgersRequest, _budget_pb2.ListLedgersResponse]
-    """Lists a user's ledgers."""
+    """Lists a user's ledgers, by dataset name."""
     ReserveBudget: _grpc.UnaryUnaryMultiCallable[_budget_pb2.ReserveBudgetRequest, _budget_pb2.ReserveBudgetResponse]
     """Reserves the cost of a query atomically; idempotent on the query id."""
     MarkReservationAccessed: _grpc.UnaryUnaryMultiCallable[_budget_pb2.MarkReservationAccessedRequest, _budget_pb2.MarkReservationAccessedResponse]
@@ -68,7 +78,17 @@ class BudgetServiceStub:
 
 @_typing.type_check_only
 class BudgetServiceAsyncStub(BudgetServiceStub):
-    """BudgetService is the privacy-loss ledger: the only writer of spend. Internal to the mesh."""
+    """BudgetService is the privacy-loss ledger: the only writer of spend. Internal to the mesh.
+
+    Every mutating request takes an optional `request_id` (AIP-155): the first response is stored with
+    the change, in the same transaction; a retry with the same id and the same arguments returns that
+    first response and changes nothing; the same id with another method or other arguments is refused
+    with INVALID_ARGUMENT, reason REQUEST_ID_REUSED, and changes nothing. First responses are kept for
+    LOMAS_REQUEST_RETENTION_SECONDS. Calls on a reservation are also idempotent on their query id.
+
+    Lists page by keyset: a page token holds the sort key of the last item returned, so items added
+    between two page reads never make a page repeat or skip an item.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     OpenLedger: _aio.UnaryUnaryMultiCallable[_budget_pb2.OpenLedgerRequest, _budget_pb2.OpenLedgerResponse]  # type: ignore[assignment]
@@ -76,7 +96,7 @@ class BudgetServiceAsyncStub(BudgetServiceStub):
     GetLedger: _aio.UnaryUnaryMultiCallable[_budget_pb2.GetLedgerRequest, _budget_pb2.GetLedgerResponse]  # type: ignore[assignment]
     """Returns the balance of one ledger."""
     ListLedgers: _aio.UnaryUnaryMultiCallable[_budget_pb2.ListLedgersRequest, _budget_pb2.ListLedgersResponse]  # type: ignore[assignment]
-    """Lists a user's ledgers."""
+    """Lists a user's ledgers, by dataset name."""
     ReserveBudget: _aio.UnaryUnaryMultiCallable[_budget_pb2.ReserveBudgetRequest, _budget_pb2.ReserveBudgetResponse]  # type: ignore[assignment]
     """Reserves the cost of a query atomically; idempotent on the query id."""
     MarkReservationAccessed: _aio.UnaryUnaryMultiCallable[_budget_pb2.MarkReservationAccessedRequest, _budget_pb2.MarkReservationAccessedResponse]  # type: ignore[assignment]
@@ -105,7 +125,17 @@ class BudgetServiceAsyncStub(BudgetServiceStub):
     """Settles expired reservations now (the service also sweeps on start-up and periodically)."""
 
 class BudgetServiceServicer(metaclass=_abc_1.ABCMeta):
-    """BudgetService is the privacy-loss ledger: the only writer of spend. Internal to the mesh."""
+    """BudgetService is the privacy-loss ledger: the only writer of spend. Internal to the mesh.
+
+    Every mutating request takes an optional `request_id` (AIP-155): the first response is stored with
+    the change, in the same transaction; a retry with the same id and the same arguments returns that
+    first response and changes nothing; the same id with another method or other arguments is refused
+    with INVALID_ARGUMENT, reason REQUEST_ID_REUSED, and changes nothing. First responses are kept for
+    LOMAS_REQUEST_RETENTION_SECONDS. Calls on a reservation are also idempotent on their query id.
+
+    Lists page by keyset: a page token holds the sort key of the last item returned, so items added
+    between two page reads never make a page repeat or skip an item.
+    """
 
     @_abc_1.abstractmethod
     def OpenLedger(
@@ -129,7 +159,7 @@ class BudgetServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _budget_pb2.ListLedgersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_budget_pb2.ListLedgersResponse, _abc.Awaitable[_budget_pb2.ListLedgersResponse]]:
-        """Lists a user's ledgers."""
+        """Lists a user's ledgers, by dataset name."""
 
     @_abc_1.abstractmethod
     def ReserveBudget(

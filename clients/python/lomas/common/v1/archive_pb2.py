@@ -22,20 +22,45 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from lomas.common.v1 import privacy_pb2 as lomas_dot_common_dot_v1_dot_privacy__pb2
 from lomas.common.v1 import query_pb2 as lomas_dot_common_dot_v1_dot_query__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dlomas/common/v1/archive.proto\x12\x0flomas.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dlomas/common/v1/privacy.proto\x1a\x1blomas/common/v1/query.proto\"\xf8\x02\n\rArchivedQuery\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12%\n\x05query\x18\x04 \x01(\x0b\x32\x16.lomas.common.v1.Query\x12*\n\x04\x63ost\x18\x05 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12,\n\x06status\x18\x06 \x01(\x0e\x32\x1c.lomas.common.v1.QueryStatus\x12\x0f\n\x07release\x18\x07 \x01(\x0c\x12\x14\n\x0c\x65rror_reason\x18\x08 \x01(\t\x12\x15\n\rerror_message\x18\t \x01(\t\x12/\n\x0bsubmit_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rcomplete_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x66ingerprint\x18\x0c \x01(\t*`\n\x0bQueryStatus\x12\x1c\n\x18QUERY_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16QUERY_STATUS_SUCCEEDED\x10\x01\x12\x17\n\x13QUERY_STATUS_FAILED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dlomas/common/v1/archive.proto\x12\x0flomas.common.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dlomas/common/v1/privacy.proto\x1a\x1blomas/common/v1/query.proto\"\xc0\x03\n\rArchivedQuery\x12\x16\n\x08query_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04user\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x64\x61taset\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12+\n\x05query\x18\x04 \x01(\x0b\x32\x16.lomas.common.v1.QueryB\x04\xe2\x41\x01\x02\x12\x30\n\x04\x63ost\x18\x05 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLossB\x04\xe2\x41\x01\x02\x12\x32\n\x06status\x18\x06 \x01(\x0e\x32\x1c.lomas.common.v1.QueryStatusB\x04\xe2\x41\x01\x02\x12\x15\n\x07release\x18\x07 \x01(\x0c\x42\x04\xe2\x41\x01\x01\x12\x1a\n\x0c\x65rror_reason\x18\x08 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1b\n\rerror_message\x18\t \x01(\tB\x04\xe2\x41\x01\x01\x12\x35\n\x0bsubmit_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12\x37\n\rcomplete_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x19\n\x0b\x66ingerprint\x18\x0c \x01(\tB\x04\xe2\x41\x01\x01*`\n\x0bQueryStatus\x12\x1c\n\x18QUERY_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16QUERY_STATUS_SUCCEEDED\x10\x01\x12\x17\n\x13QUERY_STATUS_FAILED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lomas.common.v1.archive_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_QUERYSTATUS']._serialized_start=522
-  _globals['_QUERYSTATUS']._serialized_end=618
-  _globals['_ARCHIVEDQUERY']._serialized_start=144
-  _globals['_ARCHIVEDQUERY']._serialized_end=520
+  _globals['_ARCHIVEDQUERY'].fields_by_name['query_id']._loaded_options = None
+  _globals['_ARCHIVEDQUERY'].fields_by_name['query_id']._serialized_options = b'\342A\001\002'
+  _globals['_ARCHIVEDQUERY'].fields_by_name['user']._loaded_options = None
+  _globals['_ARCHIVEDQUERY'].fields_by_name['user']._serialized_options = b'\342A\001\002'
+  _globals['_ARCHIVEDQUERY'].fields_by_name['dataset']._loaded_options = None
+  _globals['_ARCHIVEDQUERY'].fields_by_name['dataset']._serialized_options = b'\342A\001\002'
+  _globals['_ARCHIVEDQUERY'].fields_by_name['query']._loaded_options = None
+  _globals['_ARCHIVEDQUERY'].fields_by_name['query']._serialized_options = b'\342A\001\002'
+  _globals['_ARCHIVEDQUERY'].fields_by_name['cost']._loaded_options = None
+  _globals['_ARCHIVEDQUERY'].fields_by_name['cost']._serialized_options = b'\342A\001\002'
+  _globals['_ARCHIVEDQUERY'].fields_by_name['status']._loaded_options = None
+  _globals['_ARCHIVEDQUERY'].fields_by_name['status']._serialized_options = b'\342A\001\002'
+  _globals['_ARCHIVEDQUERY'].fields_by_name['release']._loaded_options = None
+  _globals['_ARCHIVEDQUERY'].fields_by_name['release']._serialized_options = b'\342A\001\001'
+  _globals['_ARCHIVEDQUERY'].fields_by_name['error_reason']._loaded_options = None
+  _globals['_ARCHIVEDQUERY'].fields_by_name['error_reason']._serialized_options = b'\342A\001\001'
+  _globals['_ARCHIVEDQUERY'].fields_by_name['error_message']._loaded_options = None
+  _globals['_ARCHIVEDQUERY'].fields_by_name['error_message']._serialized_options = b'\342A\001\001'
+  _globals['_ARCHIVEDQUERY'].fields_by_name['submit_time']._loaded_options = None
+  _globals['_ARCHIVEDQUERY'].fields_by_name['submit_time']._serialized_options = b'\342A\001\002'
+  _globals['_ARCHIVEDQUERY'].fields_by_name['complete_time']._loaded_options = None
+  _globals['_ARCHIVEDQUERY'].fields_by_name['complete_time']._serialized_options = b'\342A\001\001'
+  _globals['_ARCHIVEDQUERY'].fields_by_name['fingerprint']._loaded_options = None
+  _globals['_ARCHIVEDQUERY'].fields_by_name['fingerprint']._serialized_options = b'\342A\001\001'
+  _globals['_QUERYSTATUS']._serialized_start=627
+  _globals['_QUERYSTATUS']._serialized_end=723
+  _globals['_ARCHIVEDQUERY']._serialized_start=177
+  _globals['_ARCHIVEDQUERY']._serialized_end=625
 # @@protoc_insertion_point(module_scope)

@@ -22,25 +22,54 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dlomas/common/v1/dataset.proto\x12\x0flomas.common.v1\"\x1b\n\x0bLocalSource\x12\x0c\n\x04path\x18\x01 \x01(\t\"W\n\x08S3Source\x12\x0e\n\x06\x62ucket\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x14\n\x0c\x65ndpoint_url\x18\x03 \x01(\t\x12\x18\n\x10\x63redentials_name\x18\x04 \x01(\t\"\x18\n\tUrlSource\x12\x0b\n\x03url\x18\x01 \x01(\t\"\x9b\x01\n\nDataSource\x12-\n\x05local\x18\x01 \x01(\x0b\x32\x1c.lomas.common.v1.LocalSourceH\x00\x12\'\n\x02s3\x18\x02 \x01(\x0b\x32\x19.lomas.common.v1.S3SourceH\x00\x12)\n\x03url\x18\x03 \x01(\x0b\x32\x1a.lomas.common.v1.UrlSourceH\x00\x42\n\n\x08location\"\xb3\x01\n\x11\x44\x61tasetDescriptor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12+\n\x06source\x18\x03 \x01(\x0b\x32\x1b.lomas.common.v1.DataSource\x12+\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x1b.lomas.common.v1.DataFormat\x12\x15\n\rmetadata_json\x18\x06 \x01(\tJ\x04\x08\x05\x10\x06R\x08metadata*W\n\nDataFormat\x12\x1b\n\x17\x44\x41TA_FORMAT_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44\x41TA_FORMAT_CSV\x10\x01\x12\x17\n\x13\x44\x41TA_FORMAT_PARQUET\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dlomas/common/v1/dataset.proto\x12\x0flomas.common.v1\x1a\x1fgoogle/api/field_behavior.proto\"!\n\x0bLocalSource\x12\x12\n\x04path\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"o\n\x08S3Source\x12\x14\n\x06\x62ucket\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\x03key\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0c\x65ndpoint_url\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1e\n\x10\x63redentials_name\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"\x1e\n\tUrlSource\x12\x11\n\x03url\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xad\x01\n\nDataSource\x12\x33\n\x05local\x18\x01 \x01(\x0b\x32\x1c.lomas.common.v1.LocalSourceB\x04\xe2\x41\x01\x01H\x00\x12-\n\x02s3\x18\x02 \x01(\x0b\x32\x19.lomas.common.v1.S3SourceB\x04\xe2\x41\x01\x01H\x00\x12/\n\x03url\x18\x03 \x01(\x0b\x32\x1a.lomas.common.v1.UrlSourceB\x04\xe2\x41\x01\x01H\x00\x42\n\n\x08location\"\xd1\x01\n\x11\x44\x61tasetDescriptor\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07version\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x31\n\x06source\x18\x03 \x01(\x0b\x32\x1b.lomas.common.v1.DataSourceB\x04\xe2\x41\x01\x02\x12\x31\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x1b.lomas.common.v1.DataFormatB\x04\xe2\x41\x01\x02\x12\x1b\n\rmetadata_json\x18\x06 \x01(\tB\x04\xe2\x41\x01\x02J\x04\x08\x05\x10\x06R\x08metadata*W\n\nDataFormat\x12\x1b\n\x17\x44\x41TA_FORMAT_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44\x41TA_FORMAT_CSV\x10\x01\x12\x17\n\x13\x44\x41TA_FORMAT_PARQUET\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lomas.common.v1.dataset_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DATAFORMAT']._serialized_start=534
-  _globals['_DATAFORMAT']._serialized_end=621
-  _globals['_LOCALSOURCE']._serialized_start=50
-  _globals['_LOCALSOURCE']._serialized_end=77
-  _globals['_S3SOURCE']._serialized_start=79
-  _globals['_S3SOURCE']._serialized_end=166
-  _globals['_URLSOURCE']._serialized_start=168
-  _globals['_URLSOURCE']._serialized_end=192
-  _globals['_DATASOURCE']._serialized_start=195
-  _globals['_DATASOURCE']._serialized_end=350
-  _globals['_DATASETDESCRIPTOR']._serialized_start=353
-  _globals['_DATASETDESCRIPTOR']._serialized_end=532
+  _globals['_LOCALSOURCE'].fields_by_name['path']._loaded_options = None
+  _globals['_LOCALSOURCE'].fields_by_name['path']._serialized_options = b'\342A\001\002'
+  _globals['_S3SOURCE'].fields_by_name['bucket']._loaded_options = None
+  _globals['_S3SOURCE'].fields_by_name['bucket']._serialized_options = b'\342A\001\002'
+  _globals['_S3SOURCE'].fields_by_name['key']._loaded_options = None
+  _globals['_S3SOURCE'].fields_by_name['key']._serialized_options = b'\342A\001\002'
+  _globals['_S3SOURCE'].fields_by_name['endpoint_url']._loaded_options = None
+  _globals['_S3SOURCE'].fields_by_name['endpoint_url']._serialized_options = b'\342A\001\001'
+  _globals['_S3SOURCE'].fields_by_name['credentials_name']._loaded_options = None
+  _globals['_S3SOURCE'].fields_by_name['credentials_name']._serialized_options = b'\342A\001\001'
+  _globals['_URLSOURCE'].fields_by_name['url']._loaded_options = None
+  _globals['_URLSOURCE'].fields_by_name['url']._serialized_options = b'\342A\001\002'
+  _globals['_DATASOURCE'].fields_by_name['local']._loaded_options = None
+  _globals['_DATASOURCE'].fields_by_name['local']._serialized_options = b'\342A\001\001'
+  _globals['_DATASOURCE'].fields_by_name['s3']._loaded_options = None
+  _globals['_DATASOURCE'].fields_by_name['s3']._serialized_options = b'\342A\001\001'
+  _globals['_DATASOURCE'].fields_by_name['url']._loaded_options = None
+  _globals['_DATASOURCE'].fields_by_name['url']._serialized_options = b'\342A\001\001'
+  _globals['_DATASETDESCRIPTOR'].fields_by_name['name']._loaded_options = None
+  _globals['_DATASETDESCRIPTOR'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_DATASETDESCRIPTOR'].fields_by_name['version']._loaded_options = None
+  _globals['_DATASETDESCRIPTOR'].fields_by_name['version']._serialized_options = b'\342A\001\003'
+  _globals['_DATASETDESCRIPTOR'].fields_by_name['source']._loaded_options = None
+  _globals['_DATASETDESCRIPTOR'].fields_by_name['source']._serialized_options = b'\342A\001\002'
+  _globals['_DATASETDESCRIPTOR'].fields_by_name['format']._loaded_options = None
+  _globals['_DATASETDESCRIPTOR'].fields_by_name['format']._serialized_options = b'\342A\001\002'
+  _globals['_DATASETDESCRIPTOR'].fields_by_name['metadata_json']._loaded_options = None
+  _globals['_DATASETDESCRIPTOR'].fields_by_name['metadata_json']._serialized_options = b'\342A\001\002'
+  _globals['_DATAFORMAT']._serialized_start=651
+  _globals['_DATAFORMAT']._serialized_end=738
+  _globals['_LOCALSOURCE']._serialized_start=83
+  _globals['_LOCALSOURCE']._serialized_end=116
+  _globals['_S3SOURCE']._serialized_start=118
+  _globals['_S3SOURCE']._serialized_end=229
+  _globals['_URLSOURCE']._serialized_start=231
+  _globals['_URLSOURCE']._serialized_end=261
+  _globals['_DATASOURCE']._serialized_start=264
+  _globals['_DATASOURCE']._serialized_end=437
+  _globals['_DATASETDESCRIPTOR']._serialized_start=440
+  _globals['_DATASETDESCRIPTOR']._serialized_end=649
 # @@protoc_insertion_point(module_scope)

@@ -22,23 +22,38 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dlomas/common/v1/privacy.proto\x12\x0flomas.common.v1\"\x19\n\x06PureDp\x12\x0f\n\x07\x65psilon\x18\x01 \x01(\t\"*\n\x08\x41pproxDp\x12\x0f\n\x07\x65psilon\x18\x01 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\t\"\x16\n\x07RhoZcdp\x12\x0b\n\x03rho\x18\x01 \x01(\t\"\x9f\x01\n\x0bPrivacyLoss\x12*\n\x07pure_dp\x18\x01 \x01(\x0b\x32\x17.lomas.common.v1.PureDpH\x00\x12.\n\tapprox_dp\x18\x02 \x01(\x0b\x32\x19.lomas.common.v1.ApproxDpH\x00\x12,\n\x08rho_zcdp\x18\x03 \x01(\x0b\x32\x18.lomas.common.v1.RhoZcdpH\x00\x42\x06\n\x04loss*\x9a\x01\n\x11PrivacyDefinition\x12\"\n\x1ePRIVACY_DEFINITION_UNSPECIFIED\x10\x00\x12 \n\x1cPRIVACY_DEFINITION_APPROX_DP\x10\x01\x12\x1e\n\x1aPRIVACY_DEFINITION_PURE_DP\x10\x02\x12\x1f\n\x1bPRIVACY_DEFINITION_RHO_ZCDP\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dlomas/common/v1/privacy.proto\x12\x0flomas.common.v1\x1a\x1fgoogle/api/field_behavior.proto\"\x1f\n\x06PureDp\x12\x15\n\x07\x65psilon\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"6\n\x08\x41pproxDp\x12\x15\n\x07\x65psilon\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05\x64\x65lta\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"\x1c\n\x07RhoZcdp\x12\x11\n\x03rho\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xb1\x01\n\x0bPrivacyLoss\x12\x30\n\x07pure_dp\x18\x01 \x01(\x0b\x32\x17.lomas.common.v1.PureDpB\x04\xe2\x41\x01\x01H\x00\x12\x34\n\tapprox_dp\x18\x02 \x01(\x0b\x32\x19.lomas.common.v1.ApproxDpB\x04\xe2\x41\x01\x01H\x00\x12\x32\n\x08rho_zcdp\x18\x03 \x01(\x0b\x32\x18.lomas.common.v1.RhoZcdpB\x04\xe2\x41\x01\x01H\x00\x42\x06\n\x04loss*\x9a\x01\n\x11PrivacyDefinition\x12\"\n\x1ePRIVACY_DEFINITION_UNSPECIFIED\x10\x00\x12 \n\x1cPRIVACY_DEFINITION_APPROX_DP\x10\x01\x12\x1e\n\x1aPRIVACY_DEFINITION_PURE_DP\x10\x02\x12\x1f\n\x1bPRIVACY_DEFINITION_RHO_ZCDP\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lomas.common.v1.privacy_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PRIVACYDEFINITION']._serialized_start=308
-  _globals['_PRIVACYDEFINITION']._serialized_end=462
-  _globals['_PUREDP']._serialized_start=50
-  _globals['_PUREDP']._serialized_end=75
-  _globals['_APPROXDP']._serialized_start=77
-  _globals['_APPROXDP']._serialized_end=119
-  _globals['_RHOZCDP']._serialized_start=121
-  _globals['_RHOZCDP']._serialized_end=143
-  _globals['_PRIVACYLOSS']._serialized_start=146
-  _globals['_PRIVACYLOSS']._serialized_end=305
+  _globals['_PUREDP'].fields_by_name['epsilon']._loaded_options = None
+  _globals['_PUREDP'].fields_by_name['epsilon']._serialized_options = b'\342A\001\002'
+  _globals['_APPROXDP'].fields_by_name['epsilon']._loaded_options = None
+  _globals['_APPROXDP'].fields_by_name['epsilon']._serialized_options = b'\342A\001\002'
+  _globals['_APPROXDP'].fields_by_name['delta']._loaded_options = None
+  _globals['_APPROXDP'].fields_by_name['delta']._serialized_options = b'\342A\001\002'
+  _globals['_RHOZCDP'].fields_by_name['rho']._loaded_options = None
+  _globals['_RHOZCDP'].fields_by_name['rho']._serialized_options = b'\342A\001\002'
+  _globals['_PRIVACYLOSS'].fields_by_name['pure_dp']._loaded_options = None
+  _globals['_PRIVACYLOSS'].fields_by_name['pure_dp']._serialized_options = b'\342A\001\001'
+  _globals['_PRIVACYLOSS'].fields_by_name['approx_dp']._loaded_options = None
+  _globals['_PRIVACYLOSS'].fields_by_name['approx_dp']._serialized_options = b'\342A\001\001'
+  _globals['_PRIVACYLOSS'].fields_by_name['rho_zcdp']._loaded_options = None
+  _globals['_PRIVACYLOSS'].fields_by_name['rho_zcdp']._serialized_options = b'\342A\001\001'
+  _globals['_PRIVACYDEFINITION']._serialized_start=383
+  _globals['_PRIVACYDEFINITION']._serialized_end=537
+  _globals['_PUREDP']._serialized_start=83
+  _globals['_PUREDP']._serialized_end=114
+  _globals['_APPROXDP']._serialized_start=116
+  _globals['_APPROXDP']._serialized_end=170
+  _globals['_RHOZCDP']._serialized_start=172
+  _globals['_RHOZCDP']._serialized_end=200
+  _globals['_PRIVACYLOSS']._serialized_start=203
+  _globals['_PRIVACYLOSS']._serialized_end=380
 # @@protoc_insertion_point(module_scope)

@@ -81,7 +81,10 @@ class SmartnoiseSqlQuery(_message.Message):
     delta: _builtins.str
     """The delta given to SmartNoise-SQL, as a decimal string."""
     postprocess: _builtins.bool
-    """Whether SmartNoise-SQL post-processes the noisy aggregates (clamping, rounding, ordering)."""
+    """Whether SmartNoise-SQL post-processes the noisy aggregates (clamping, rounding, ordering, HAVING,
+    LIMIT). Absent means true, as in every client: false returns the raw noisy aggregates in columns
+    res_0, res_1, ...
+    """
     @_builtins.property
     def mechanisms(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Mechanism per statistic, for example {"count": "gaussian"}; empty keeps the library defaults."""
@@ -93,13 +96,15 @@ class SmartnoiseSqlQuery(_message.Message):
         epsilon: _builtins.str = ...,
         delta: _builtins.str = ...,
         mechanisms: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
-        postprocess: _builtins.bool = ...,
+        postprocess: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_postprocess", b"_postprocess", "postprocess", b"postprocess"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "epsilon", b"epsilon", "mechanisms", b"mechanisms", "postprocess", b"postprocess", "sql", b"sql"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_postprocess", b"_postprocess", "delta", b"delta", "epsilon", b"epsilon", "mechanisms", b"mechanisms", "postprocess", b"postprocess", "sql", b"sql"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__postprocess: _TypeAlias = _typing.Literal["postprocess"]  # noqa: Y015
+    _WhichOneofArgType__postprocess: _TypeAlias = _typing.Literal["_postprocess", b"_postprocess"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__postprocess) -> _WhichOneofReturnType__postprocess | None: ...
 
 Global___SmartnoiseSqlQuery: _TypeAlias = SmartnoiseSqlQuery  # noqa: Y015
 

@@ -131,7 +131,7 @@ class GetDummyDatasetRequest(_message.Message):
     ROW_COUNT_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     row_count: _builtins.int
-    """Number of rows."""
+    """Number of rows (0 gives an empty frame)."""
     seed: _builtins.int
     """Random seed; the same seed gives the same rows."""
     @_builtins.property
@@ -186,7 +186,7 @@ class RunDummyQueryRequest(_message.Message):
     ROW_COUNT_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     row_count: _builtins.int
-    """Number of dummy rows."""
+    """Number of dummy rows (0 runs the query on an empty frame)."""
     seed: _builtins.int
     """Random seed of the dummy data."""
     @_builtins.property

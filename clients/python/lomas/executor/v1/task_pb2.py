@@ -22,19 +22,34 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from lomas.common.v1 import dataset_pb2 as lomas_dot_common_dot_v1_dot_dataset__pb2
 from lomas.common.v1 import privacy_pb2 as lomas_dot_common_dot_v1_dot_privacy__pb2
 from lomas.common.v1 import query_pb2 as lomas_dot_common_dot_v1_dot_query__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clomas/executor/v1/task.proto\x12\x11lomas.executor.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dlomas/common/v1/dataset.proto\x1a\x1dlomas/common/v1/privacy.proto\x1a\x1blomas/common/v1/query.proto\"\x80\x02\n\x10\x45xecuteQueryTask\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x33\n\x07\x64\x61taset\x18\x03 \x01(\x0b\x32\".lomas.common.v1.DatasetDescriptor\x12%\n\x05query\x18\x04 \x01(\x0b\x32\x16.lomas.common.v1.Query\x12*\n\x04\x63ost\x18\x05 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLoss\x12/\n\x0bsubmit_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x66ingerprint\x18\x07 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clomas/executor/v1/task.proto\x12\x11lomas.executor.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dlomas/common/v1/dataset.proto\x1a\x1dlomas/common/v1/privacy.proto\x1a\x1blomas/common/v1/query.proto\"\xaa\x02\n\x10\x45xecuteQueryTask\x12\x16\n\x08query_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04user\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x39\n\x07\x64\x61taset\x18\x03 \x01(\x0b\x32\".lomas.common.v1.DatasetDescriptorB\x04\xe2\x41\x01\x02\x12+\n\x05query\x18\x04 \x01(\x0b\x32\x16.lomas.common.v1.QueryB\x04\xe2\x41\x01\x02\x12\x30\n\x04\x63ost\x18\x05 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLossB\x04\xe2\x41\x01\x02\x12\x35\n\x0bsubmit_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x66ingerprint\x18\x07 \x01(\tB\x04\xe2\x41\x01\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lomas.executor.v1.task_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EXECUTEQUERYTASK']._serialized_start=176
-  _globals['_EXECUTEQUERYTASK']._serialized_end=432
+  _globals['_EXECUTEQUERYTASK'].fields_by_name['query_id']._loaded_options = None
+  _globals['_EXECUTEQUERYTASK'].fields_by_name['query_id']._serialized_options = b'\342A\001\002'
+  _globals['_EXECUTEQUERYTASK'].fields_by_name['user']._loaded_options = None
+  _globals['_EXECUTEQUERYTASK'].fields_by_name['user']._serialized_options = b'\342A\001\002'
+  _globals['_EXECUTEQUERYTASK'].fields_by_name['dataset']._loaded_options = None
+  _globals['_EXECUTEQUERYTASK'].fields_by_name['dataset']._serialized_options = b'\342A\001\002'
+  _globals['_EXECUTEQUERYTASK'].fields_by_name['query']._loaded_options = None
+  _globals['_EXECUTEQUERYTASK'].fields_by_name['query']._serialized_options = b'\342A\001\002'
+  _globals['_EXECUTEQUERYTASK'].fields_by_name['cost']._loaded_options = None
+  _globals['_EXECUTEQUERYTASK'].fields_by_name['cost']._serialized_options = b'\342A\001\002'
+  _globals['_EXECUTEQUERYTASK'].fields_by_name['submit_time']._loaded_options = None
+  _globals['_EXECUTEQUERYTASK'].fields_by_name['submit_time']._serialized_options = b'\342A\001\002'
+  _globals['_EXECUTEQUERYTASK'].fields_by_name['fingerprint']._loaded_options = None
+  _globals['_EXECUTEQUERYTASK'].fields_by_name['fingerprint']._serialized_options = b'\342A\001\001'
+  _globals['_EXECUTEQUERYTASK']._serialized_start=209
+  _globals['_EXECUTEQUERYTASK']._serialized_end=507
 # @@protoc_insertion_point(module_scope)

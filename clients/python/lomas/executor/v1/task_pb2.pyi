@@ -40,7 +40,9 @@ class ExecuteQueryTask(_message.Message):
     user: _builtins.str
     """The caller's subject."""
     fingerprint: _builtins.str
-    """Fingerprint of (user, dataset version, canonical query), stored with the release for free replays."""
+    """Fingerprint of (user, dataset version, canonical query), stored with the release for free
+    replays (empty: the release is never replayed).
+    """
     @_builtins.property
     def dataset(self) -> _dataset_pb2.DatasetDescriptor:
         """The dataset."""

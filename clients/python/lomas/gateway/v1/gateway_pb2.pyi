@@ -105,7 +105,13 @@ class GetDatasetMetadataResponse(_message.Message):
 
     METADATA_JSON_FIELD_NUMBER: _builtins.int
     metadata_json: _builtins.str
-    """Metadata in the SmartNoise-SQL YAML form used by Lomas, as JSON text (keeps the column order)."""
+    """The dataset's metadata as JSON text (RFC 8259), not YAML: one JSON object holding the metadata
+    document that Lomas administrators write in YAML (SmartNoise-SQL form), with the same keys:
+    `max_ids`, `rows`, `row_privacy`, optional `censor_dims`, and `columns`, an object from column
+    name to its entry (`type` and, by type, `lower`, `upper`, `nullable`, `categories`, ...). It is
+    the form the executor normalised when the dataset was registered; the keys of `columns` are in
+    the data's column order. Parse it with any JSON parser.
+    """
     def __init__(
         self,
         *,

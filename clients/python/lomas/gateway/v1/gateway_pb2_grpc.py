@@ -84,7 +84,7 @@ class GatewayServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetDatasetMetadata(self, request, context):
-        """Returns a dataset's metadata (SmartNoise-SQL YAML form).
+        """Returns a dataset's metadata: the Lomas (SmartNoise-SQL) metadata document, as JSON text.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -36,7 +36,7 @@ class GatewayServiceStub:
     ListAccessibleDatasets: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListAccessibleDatasetsRequest, _gateway_pb2.ListAccessibleDatasetsResponse]
     """Lists the datasets the caller holds a grant on."""
     GetDatasetMetadata: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetDatasetMetadataRequest, _gateway_pb2.GetDatasetMetadataResponse]
-    """Returns a dataset's metadata (SmartNoise-SQL YAML form)."""
+    """Returns a dataset's metadata: the Lomas (SmartNoise-SQL) metadata document, as JSON text."""
     GetDummyDataset: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetDummyDatasetRequest, _gateway_pb2.GetDummyDatasetResponse]
     """Returns seeded dummy data that follows the metadata; free."""
     EstimateQueryCost: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.EstimateQueryCostRequest, _gateway_pb2.EstimateQueryCostResponse]
@@ -56,7 +56,7 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     ListAccessibleDatasets: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListAccessibleDatasetsRequest, _gateway_pb2.ListAccessibleDatasetsResponse]  # type: ignore[assignment]
     """Lists the datasets the caller holds a grant on."""
     GetDatasetMetadata: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetDatasetMetadataRequest, _gateway_pb2.GetDatasetMetadataResponse]  # type: ignore[assignment]
-    """Returns a dataset's metadata (SmartNoise-SQL YAML form)."""
+    """Returns a dataset's metadata: the Lomas (SmartNoise-SQL) metadata document, as JSON text."""
     GetDummyDataset: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetDummyDatasetRequest, _gateway_pb2.GetDummyDatasetResponse]  # type: ignore[assignment]
     """Returns seeded dummy data that follows the metadata; free."""
     EstimateQueryCost: _aio.UnaryUnaryMultiCallable[_gateway_pb2.EstimateQueryCostRequest, _gateway_pb2.EstimateQueryCostResponse]  # type: ignore[assignment]
@@ -85,7 +85,7 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.GetDatasetMetadataRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.GetDatasetMetadataResponse, _abc.Awaitable[_gateway_pb2.GetDatasetMetadataResponse]]:
-        """Returns a dataset's metadata (SmartNoise-SQL YAML form)."""
+        """Returns a dataset's metadata: the Lomas (SmartNoise-SQL) metadata document, as JSON text."""
 
     @_abc_1.abstractmethod
     def GetDummyDataset(

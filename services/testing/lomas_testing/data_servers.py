@@ -1,4 +1,4 @@
-"""Real data servers for tests and benchmarks: a local S3 server and a local HTTP file server.
+"""Data servers for tests and benchmarks: a local S3 server and a local HTTP file server.
 
 * `S3Server`: `moto_server` (the S3-compatible server of the `moto` package) in a subprocess on
   127.0.0.1 that checks request signatures: it creates one IAM user with an access key pair and
@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+import boto3
 
 
 def _free_port() -> int:
@@ -87,8 +89,6 @@ class S3Server:
         return self
 
     def _make_user(self) -> None:
-        import boto3
-
         iam = boto3.client(
             "iam",
             endpoint_url=self.endpoint_url,
@@ -125,8 +125,6 @@ class S3Server:
         self.stop()
 
     def client(self) -> Any:
-        import boto3
-
         return boto3.client(
             "s3",
             endpoint_url=self.endpoint_url,

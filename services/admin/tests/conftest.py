@@ -1,0 +1,92 @@
+"""Admin store tests run against real storage (a SQLite file and a fresh PostgreSQL database), through
+the real gRPC servicer on a real server on port 0, and directly on the store."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # admin_testing
+
+from admin_testing import FakeClock
+
+from lomas.admin.v1 import admin_store_pb2_grpc
+from lomas_admin.archive import QueryArchive
+from lomas_admin.idempotency import RequestLog
+from lomas_admin.main import AdminSettings, start
+from lomas_admin.store import AdminStore
+from lomas_common.db import Database
+from lomas_common.settings import ServerSettings
+from lomas_testing.databases import fresh_postgres_url, sqlite_url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of an empty database of each kind (the PostgreSQL one is dropped afterwards)."""
+    if request.param == "sqlite":
+        yield sqlite_url(tmp_path / "admin.db")
+        return
+    url, drop = fresh_postgres_url("lomas_admin_test")
+    try:
+        yield url
+    finally:
+        drop()
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[Database]:
+    db = Database.from_url(database_url)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def requests(database: Database, clock: FakeClock) -> RequestLog:
+    return RequestLog(database, clock=clock)
+
+
+@pytest.fixture
+def store(database: Database, requests: RequestLog) -> AdminStore:
+    return AdminStore(database, requests)
+
+
+@pytest.fixture
+def archive(database: Database, requests: RequestLog) -> QueryArchive:
+    return QueryArchive(database, requests)
+
+
+@pytest.fixture
+def stub(database_url: str) -> Iterator[admin_store_pb2_grpc.AdminStoreServiceStub]:
+    """A client of `lomas_admin.main.start` (the production wiring) listening on a free port."""
+    settings = AdminSettings(
+        server=ServerSettings(
+            listen="127.0.0.1:0",
+            max_message_bytes=4 * 1024 * 1024,
+            grace_seconds=0.0,
+            otel_exporter="none",
+            log_level="WARNING",
+            service_token="",
+            threads=4,
+        ),
+        database_url=database_url,
+        bootstrap_admin="root",
+    )
+    server, db = start(settings)
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    try:
+        yield admin_store_pb2_grpc.AdminStoreServiceStub(channel)
+    finally:
+        channel.close()
+        server.stop()
+        db.close()

@@ -1,0 +1,148 @@
+"""Request ids (AIP-155) on every mutating call of the admin store: a retry with the same id is
+answered once (the first answer, nothing changed), the same id with other arguments is
+INVALID_ARGUMENT REQUEST_ID_REUSED, and ids are kept for the retention period."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+from admin_testing import FakeClock, audit_event, dataset, grant, refused, user
+
+from lomas.admin.v1 import admin_store_pb2 as pb
+from lomas.admin.v1 import admin_store_pb2_grpc
+from lomas_admin.records import UserRecord
+from lomas_admin.store import AdminStore
+
+Stub = admin_store_pb2_grpc.AdminStoreServiceStub
+REUSED = (grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_ID_REUSED")
+
+
+def may_query(stub: Stub, name: str) -> bool:
+    return stub.GetUser(pb.GetUserRequest(name=name)).user.may_query
+
+
+def test_user_calls_are_answered_once(stub: Stub) -> None:
+    create = pb.CreateUserRequest(user=user("alice"), request_id="c1")
+    created = stub.CreateUser(create)
+    freeze = pb.SetUserMayQueryRequest(name="alice", may_query=False, request_id="s1")
+    frozen = stub.SetUserMayQuery(freeze)
+    stub.SetUserMayQuery(pb.SetUserMayQueryRequest(name="alice", may_query=True, request_id="s2"))
+    # Late retries get their first answers and change nothing: alice stays unfrozen.
+    assert stub.CreateUser(create) == created
+    assert stub.SetUserMayQuery(freeze) == frozen and not frozen.user.may_query
+    assert may_query(stub, "alice")
+    # The same id with other arguments is refused, and changes nothing either.
+    other = pb.SetUserMayQueryRequest(name="alice", may_query=True, request_id="s1")
+    metadata = refused(lambda: stub.SetUserMayQuery(other), *REUSED)
+    assert metadata == {"requestId": "s1"}
+    refused(
+        lambda: stub.CreateUser(pb.CreateUserRequest(user=user("bob"), request_id="c1")), *REUSED
+    )
+    refused(
+        lambda: stub.GetUser(pb.GetUserRequest(name="bob")),
+        grpc.StatusCode.NOT_FOUND,
+        "USER_NOT_FOUND",
+    )
+    # A delete retried after the user came back does not delete it again.
+    delete = pb.DeleteUserRequest(name="alice", request_id="d1")
+    stub.DeleteUser(delete)
+    stub.CreateUser(pb.CreateUserRequest(user=user("alice")))
+    assert stub.DeleteUser(delete) == pb.DeleteUserResponse()
+    assert stub.GetUser(pb.GetUserRequest(name="alice")).user.name == "alice"
+    # Ids are per method: "c1" is free for a delete.
+    stub.DeleteUser(pb.DeleteUserRequest(name="alice", request_id="c1"))
+
+
+def test_dataset_calls_are_answered_once(stub: Stub) -> None:
+    create = pb.CreateDatasetRequest(dataset=dataset("penguins"), request_id="c1")
+    created = stub.CreateDataset(create).dataset
+    update = pb.UpdateDatasetRequest(dataset=dataset("penguins", "/v2.csv"), request_id="u1")
+    updated = stub.UpdateDataset(update).dataset
+    assert updated.version == 2
+    assert stub.UpdateDataset(update).dataset == updated  # not version 3
+    assert stub.CreateDataset(create).dataset == created
+    assert stub.GetDataset(pb.GetDatasetRequest(name="penguins")).dataset.version == 2
+    moved = pb.UpdateDatasetRequest(dataset=dataset("penguins", "/v3.csv"), request_id="u1")
+    refused(lambda: stub.UpdateDataset(moved), *REUSED)
+    delete = pb.DeleteDatasetRequest(name="penguins", request_id="d1")
+    stub.DeleteDataset(delete)
+    stub.CreateDataset(pb.CreateDatasetRequest(dataset=dataset("penguins")))
+    stub.DeleteDataset(delete)  # the retry: no NOT_FOUND, and the new dataset stays
+    assert stub.GetDataset(pb.GetDatasetRequest(name="penguins")).dataset.version == 1
+    refused(
+        lambda: stub.DeleteDataset(pb.DeleteDatasetRequest(name="iris", request_id="d1")), *REUSED
+    )
+
+
+def test_grant_calls_are_answered_once(stub: Stub) -> None:
+    stub.CreateUser(pb.CreateUserRequest(user=user("alice")))
+    stub.CreateDataset(pb.CreateDatasetRequest(dataset=dataset("penguins")))
+    create = pb.CreateGrantRequest(grant=grant("alice", "penguins"), request_id="g1")
+    created = stub.CreateGrant(create).grant
+    delete = pb.DeleteGrantRequest(user="alice", dataset="penguins", request_id="g1")
+    stub.DeleteGrant(delete)
+    # The create's retry returns the first answer and does not bring the grant back.
+    assert stub.CreateGrant(create).grant == created
+    assert list(stub.ListGrants(pb.ListGrantsRequest(user="alice")).grants) == []
+    stub.DeleteGrant(delete)  # the delete's retry: no GRANT_NOT_FOUND
+    more = pb.CreateGrantRequest(grant=grant("alice", "penguins", "20"), request_id="g1")
+    refused(lambda: stub.CreateGrant(more), *REUSED)
+    assert list(stub.ListGrants(pb.ListGrantsRequest(user="alice")).grants) == []
+
+
+def test_an_audit_event_is_appended_once(stub: Stub) -> None:
+    event = pb.RecordAuditEventRequest(event=audit_event("alice"), request_id="a1")
+    stub.RecordAuditEvent(event)
+    stub.RecordAuditEvent(event)
+    assert len(stub.ListAuditEvents(pb.ListAuditEventsRequest(actor="alice")).events) == 1
+    other = pb.RecordAuditEventRequest(event=audit_event("bob"), request_id="a1")
+    refused(lambda: stub.RecordAuditEvent(other), *REUSED)
+    assert len(stub.ListAuditEvents(pb.ListAuditEventsRequest()).events) == 1
+    # Without an id every call appends (the trail records what happened, retries included).
+    stub.RecordAuditEvent(pb.RecordAuditEventRequest(event=audit_event("alice")))
+    stub.RecordAuditEvent(pb.RecordAuditEventRequest(event=audit_event("alice")))
+    assert len(stub.ListAuditEvents(pb.ListAuditEventsRequest(actor="alice")).events) == 3
+
+
+def test_a_request_id_is_bounded(stub: Stub) -> None:
+    long_id = pb.DeleteUserRequest(name="root", request_id="x" * 257)
+    metadata = refused(
+        lambda: stub.DeleteUser(long_id), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"
+    )
+    assert metadata == {"field": "request_id"}
+    assert stub.GetUser(pb.GetUserRequest(name="root")).user.name == "root"
+
+
+def test_concurrent_calls_with_one_id_are_answered_once(store: AdminStore) -> None:
+    store.create_user(UserRecord("alice"))
+    errors: list[BaseException] = []
+
+    def delete() -> None:
+        try:
+            store.delete_user("alice", request_id="d1")
+        except BaseException as error:  # a NOT_FOUND here would mean the retry ran again
+            errors.append(error)
+
+    threads = [threading.Thread(target=delete) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert store.list_users(None, 10).items == []
+
+
+def test_answers_are_kept_for_the_retention_period_only(
+    store: AdminStore, clock: FakeClock
+) -> None:
+    store.create_user(UserRecord("alice"))
+    store.set_may_query("alice", False, request_id="s1")
+    store.set_may_query("alice", True)
+    clock.advance(6 * 24 * 3600)  # within the default 7 days: still a replay
+    assert not store.set_may_query("alice", False, request_id="s1").may_query
+    assert store.get_user("alice").may_query
+    clock.advance(2 * 24 * 3600)  # past it: pruned by the next call with an id, then run anew
+    store.set_may_query("alice", True, request_id="s-other")
+    assert not store.set_may_query("alice", False, request_id="s1").may_query
+    assert not store.get_user("alice").may_query

@@ -1,0 +1,320 @@
+"""The administration's rules (which services an admin operation touches, in what order, with which
+request ids), checked against in-memory fakes of the peers: pure unit tests, no gRPC, no mesh.
+
+The same operations run end to end through the real services in tests/e2e (test_platform,
+test_admin_datasets, test_authorization_matrix).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+from google.protobuf.message import Message
+
+from lomas.admin.v1 import admin_store_pb2, resources_pb2
+from lomas.budget.v1 import budget_pb2
+from lomas.common.v1 import dataset_pb2, privacy_pb2
+from lomas.executor.v1 import executor_pb2
+from lomas_common.errors import Code, InvalidArgument, LomasError, NotFound
+from lomas_gateway.administration import Administration, step_id
+
+Answer = Message | LomasError | Callable[[Any], Message]
+
+
+class FakePeer:
+    """One internal service: records every call, in one journal shared by all the fakes, and
+    answers by method (a message, a function of the request, or an error to raise)."""
+
+    def __init__(self, name: str, journal: list[tuple[str, str, Any]]) -> None:
+        self.name = name
+        self.journal = journal
+        self.answers: dict[str, Answer] = {}
+
+    async def call(self, method: str, request: Any, *, timeout: float | None = None) -> Any:
+        self.journal.append((self.name, method, request))
+        answer = self.answers.get(method)
+        if answer is None:
+            raise AssertionError(f"unexpected call {self.name}.{method}")
+        if isinstance(answer, LomasError):
+            raise answer
+        return answer(request) if callable(answer) else answer
+
+
+class Mesh:
+    def __init__(self) -> None:
+        self.journal: list[tuple[str, str, Any]] = []
+        self.admin = FakePeer("admin", self.journal)
+        self.budget = FakePeer("budget", self.journal)
+        self.executor = FakePeer("executor", self.journal)
+        self.administration = Administration(self.admin, self.budget, self.executor)
+
+    def steps(self) -> list[str]:
+        return [f"{peer}.{method}" for peer, method, _ in self.journal]
+
+    def request(self, step: str) -> Any:
+        (found,) = [r for peer, method, r in self.journal if f"{peer}.{method}" == step]
+        return found
+
+
+def run(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(coroutine)
+
+
+def refusal(coroutine: Coroutine[Any, Any, Any]) -> LomasError:
+    with pytest.raises(LomasError) as caught:
+        run(coroutine)
+    return caught.value
+
+
+def approx(epsilon: str, delta: str) -> privacy_pb2.PrivacyLoss:
+    return privacy_pb2.PrivacyLoss(approx_dp=privacy_pb2.ApproxDp(epsilon=epsilon, delta=delta))
+
+
+def echo_user(request: admin_store_pb2.CreateUserRequest) -> Message:
+    return admin_store_pb2.CreateUserResponse(user=request.user)
+
+
+def test_a_user_created_unable_to_query_is_frozen_in_the_ledger_too() -> None:
+    mesh = Mesh()
+    mesh.admin.answers["CreateUser"] = echo_user
+    mesh.budget.answers["FreezeUser"] = budget_pb2.FreezeUserResponse()
+    user = resources_pb2.User(name="bob", may_query=False)
+
+    created = run(mesh.administration.create_user(user, actor="root", request_id="r1"))
+
+    assert created.name == "bob"
+    assert mesh.steps() == ["admin.CreateUser", "budget.FreezeUser"]
+    assert mesh.request("admin.CreateUser").request_id == "r1"
+    freeze = mesh.request("budget.FreezeUser")
+    # The freeze has its own id, so that a FreezeUser sent with "r1" is not taken for a replay.
+    assert (freeze.user, freeze.actor, freeze.request_id) == ("bob", "root", "r1/freeze")
+
+
+def test_a_user_who_may_query_touches_only_the_admin_store() -> None:
+    mesh = Mesh()
+    mesh.admin.answers["CreateUser"] = echo_user
+    run(
+        mesh.administration.create_user(
+            resources_pb2.User(name="al", may_query=True), actor="root", request_id=""
+        )
+    )
+    assert mesh.steps() == ["admin.CreateUser"]
+
+
+def test_a_freeze_sets_the_admin_store_copy_before_the_ledger() -> None:
+    mesh = Mesh()
+    mesh.admin.answers["SetUserMayQuery"] = admin_store_pb2.SetUserMayQueryResponse()
+    mesh.budget.answers["FreezeUser"] = budget_pb2.FreezeUserResponse(
+        user=budget_pb2.UserState(user="bob", frozen=True)
+    )
+    frozen = run(
+        mesh.administration.freeze_user("bob", actor="root", reason="audit", request_id="f1")
+    )
+
+    assert frozen.user.frozen
+    assert mesh.steps() == ["admin.SetUserMayQuery", "budget.FreezeUser"]
+    flag = mesh.request("admin.SetUserMayQuery")
+    assert (flag.name, flag.may_query, flag.request_id) == ("bob", False, "f1")
+    ledger = mesh.request("budget.FreezeUser")
+    assert (ledger.actor, ledger.reason, ledger.request_id) == ("root", "audit", "f1")
+
+
+def test_an_unknown_user_is_neither_frozen_nor_unfrozen_anywhere() -> None:
+    for operation in ("freeze_user", "unfreeze_user"):
+        mesh = Mesh()
+        mesh.admin.answers["SetUserMayQuery"] = NotFound("no such user", reason="USER_NOT_FOUND")
+        error = refusal(
+            getattr(mesh.administration, operation)("ghost", actor="root", reason="", request_id="")
+        )
+        assert (error.code, error.reason) == (Code.NOT_FOUND, "USER_NOT_FOUND")
+        assert mesh.steps() == ["admin.SetUserMayQuery"]  # the ledger is never asked
+
+
+def test_an_unfreeze_lets_the_admin_store_copy_go_first() -> None:
+    mesh = Mesh()
+    mesh.admin.answers["SetUserMayQuery"] = admin_store_pb2.SetUserMayQueryResponse()
+    mesh.budget.answers["UnfreezeUser"] = budget_pb2.UnfreezeUserResponse()
+    run(mesh.administration.unfreeze_user("bob", actor="root", reason="", request_id="u1"))
+    assert mesh.steps() == ["admin.SetUserMayQuery", "budget.UnfreezeUser"]
+    assert mesh.request("admin.SetUserMayQuery").may_query is True
+    assert mesh.request("budget.UnfreezeUser").request_id == "u1"
+
+
+def grant_mesh() -> Mesh:
+    mesh = Mesh()
+    mesh.admin.answers["GetUser"] = admin_store_pb2.GetUserResponse()
+    mesh.admin.answers["GetDataset"] = admin_store_pb2.GetDatasetResponse()
+    mesh.budget.answers["OpenLedger"] = budget_pb2.OpenLedgerResponse(
+        ledger=budget_pb2.Ledger(
+            definition=privacy_pb2.PRIVACY_DEFINITION_APPROX_DP, allocation=approx("1.5", "0.0001")
+        )
+    )
+    mesh.admin.answers["CreateGrant"] = lambda request: admin_store_pb2.CreateGrantResponse(
+        grant=request.grant
+    )
+    return mesh
+
+
+def test_a_grant_checks_both_names_opens_the_ledger_then_records_the_grant() -> None:
+    mesh = grant_mesh()
+    grant = resources_pb2.Grant(user="bob", dataset="PENGUIN", allocation=approx("1.50", "1e-4"))
+    spent = approx("0.5", "0")
+
+    stored = run(mesh.administration.create_grant(grant, spent, actor="root", request_id="g1"))
+
+    assert mesh.steps() == [
+        "admin.GetUser",
+        "admin.GetDataset",
+        "budget.OpenLedger",
+        "admin.CreateGrant",  # last: the grant is what lets the user in
+    ]
+    opened = mesh.request("budget.OpenLedger")
+    assert (opened.user, opened.dataset, opened.actor, opened.request_id) == (
+        "bob",
+        "PENGUIN",
+        "root",
+        "g1",
+    )
+    assert opened.already_spent == spent
+    # The grant records what the ledger made of the allocation (its unit, rounded down).
+    assert stored.definition == privacy_pb2.PRIVACY_DEFINITION_APPROX_DP
+    assert stored.allocation == approx("1.5", "0.0001")
+    assert mesh.request("admin.CreateGrant").request_id == "g1"
+
+
+def test_a_grant_without_spend_opens_a_ledger_without_one() -> None:
+    mesh = grant_mesh()
+    grant = resources_pb2.Grant(user="bob", dataset="PENGUIN", allocation=approx("1", "0"))
+    run(mesh.administration.create_grant(grant, None, actor="root", request_id=""))
+    assert not mesh.request("budget.OpenLedger").HasField("already_spent")
+
+
+def test_a_grant_for_an_unknown_user_opens_no_ledger() -> None:
+    mesh = grant_mesh()
+    mesh.admin.answers["GetUser"] = NotFound("no such user", reason="USER_NOT_FOUND")
+    grant = resources_pb2.Grant(user="ghost", dataset="PENGUIN", allocation=approx("1", "0"))
+    error = refusal(mesh.administration.create_grant(grant, None, actor="root", request_id=""))
+    assert (error.code, error.reason) == (Code.NOT_FOUND, "USER_NOT_FOUND")
+    assert mesh.steps() == ["admin.GetUser"]
+
+
+def test_a_grant_whose_definition_contradicts_its_allocation_touches_nothing() -> None:
+    mesh = grant_mesh()
+    grant = resources_pb2.Grant(
+        user="bob",
+        dataset="PENGUIN",
+        definition=privacy_pb2.PRIVACY_DEFINITION_RHO_ZCDP,
+        allocation=approx("1", "0"),
+    )
+    error = refusal(mesh.administration.create_grant(grant, None, actor="root", request_id=""))
+    assert isinstance(error, InvalidArgument)
+    assert (error.code, error.reason) == (Code.INVALID_ARGUMENT, "PRIVACY_DEFINITION_MISMATCH")
+    assert mesh.steps() == []
+
+
+def dataset_mesh() -> Mesh:
+    mesh = Mesh()
+    mesh.executor.answers["ValidateDataset"] = lambda request: executor_pb2.ValidateDatasetResponse(
+        dataset=dataset_pb2.DatasetDescriptor(metadata_json='{"normalised": true}')
+    )
+    mesh.admin.answers["CreateDataset"] = lambda request: admin_store_pb2.CreateDatasetResponse(
+        dataset=request.dataset
+    )
+    mesh.admin.answers["UpdateDataset"] = lambda request: admin_store_pb2.UpdateDatasetResponse(
+        dataset=request.dataset
+    )
+    return mesh
+
+
+def test_a_dataset_is_stored_with_the_metadata_an_executor_normalised() -> None:
+    for operation, step in (
+        ("create_dataset", "admin.CreateDataset"),
+        ("update_dataset", "admin.UpdateDataset"),
+    ):
+        mesh = dataset_mesh()
+        dataset = resources_pb2.Dataset(
+            name="PENGUIN", format=dataset_pb2.DATA_FORMAT_CSV, metadata_json='{"raw": 1}'
+        )
+        stored = run(getattr(mesh.administration, operation)(dataset, request_id="d1"))
+        assert mesh.steps() == ["executor.ValidateDataset", step]
+        assert mesh.request("executor.ValidateDataset").dataset.metadata_json == '{"raw": 1}'
+        assert stored.metadata_json == '{"normalised": true}'
+        assert (stored.name, stored.format) == ("PENGUIN", dataset_pb2.DATA_FORMAT_CSV)
+        assert mesh.request(step).request_id == "d1"
+
+
+def test_invalid_metadata_stores_nothing() -> None:
+    mesh = dataset_mesh()
+    mesh.executor.answers["ValidateDataset"] = InvalidArgument(
+        "metadata must be a JSON object", reason="METADATA_INVALID"
+    )
+    error = refusal(
+        mesh.administration.create_dataset(resources_pb2.Dataset(name="X"), request_id="")
+    )
+    assert (error.code, error.reason) == (Code.INVALID_ARGUMENT, "METADATA_INVALID")
+    assert mesh.steps() == ["executor.ValidateDataset"]
+
+
+def test_deletes_pass_the_request_id_to_the_admin_store() -> None:
+    mesh = Mesh()
+    mesh.admin.answers["DeleteUser"] = admin_store_pb2.DeleteUserResponse()
+    mesh.admin.answers["DeleteDataset"] = admin_store_pb2.DeleteDatasetResponse()
+    mesh.admin.answers["DeleteGrant"] = admin_store_pb2.DeleteGrantResponse()
+    run(mesh.administration.delete_user("bob", request_id="x1"))
+    run(mesh.administration.delete_dataset("PENGUIN", request_id="x2"))
+    run(mesh.administration.delete_grant("bob", "PENGUIN", request_id="x3"))
+    assert mesh.steps() == ["admin.DeleteUser", "admin.DeleteDataset", "admin.DeleteGrant"]
+    assert [r.request_id for _, _, r in mesh.journal] == ["x1", "x2", "x3"]
+    assert mesh.request("admin.DeleteGrant").user == "bob"
+
+
+def test_a_cap_on_an_unknown_dataset_never_reaches_the_ledger() -> None:
+    mesh = Mesh()
+    mesh.admin.answers["GetDataset"] = NotFound("no such dataset", reason="DATASET_NOT_FOUND")
+    error = refusal(
+        mesh.administration.set_dataset_cap(
+            "GHOST", approx("5", "0"), actor="root", reason="", request_id=""
+        )
+    )
+    assert (error.code, error.reason) == (Code.NOT_FOUND, "DATASET_NOT_FOUND")
+    assert mesh.steps() == ["admin.GetDataset"]
+
+
+def test_a_cap_of_none_removes_the_cap() -> None:
+    mesh = Mesh()
+    mesh.admin.answers["GetDataset"] = admin_store_pb2.GetDatasetResponse()
+    mesh.budget.answers["SetDatasetCap"] = budget_pb2.SetDatasetCapResponse(
+        cap=budget_pb2.DatasetCap(dataset="PENGUIN")
+    )
+    cap = run(
+        mesh.administration.set_dataset_cap(
+            "PENGUIN", None, actor="root", reason="lifted", request_id="c1"
+        )
+    )
+    assert cap.dataset == "PENGUIN"
+    sent = mesh.request("budget.SetDatasetCap")
+    assert not sent.HasField("cap")
+    assert (sent.actor, sent.reason, sent.request_id) == ("root", "lifted", "c1")
+
+
+def test_an_allocation_change_is_the_ledgers_alone() -> None:
+    mesh = Mesh()
+    mesh.budget.answers["AdjustAllocation"] = budget_pb2.AdjustAllocationResponse(
+        ledger=budget_pb2.Ledger(user="bob")
+    )
+    ledger = run(
+        mesh.administration.adjust_allocation(
+            "bob", "PENGUIN", approx("3", "0"), actor="root", reason="more", request_id="a1"
+        )
+    )
+    assert ledger.user == "bob"
+    assert mesh.steps() == ["budget.AdjustAllocation"]
+    assert mesh.request("budget.AdjustAllocation").request_id == "a1"
+
+
+def test_a_step_id_derives_from_the_request_id_only_when_there_is_one() -> None:
+    assert step_id("r1", "freeze") == "r1/freeze"
+    assert step_id("", "freeze") == ""
