@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from lomas.budget.v1 import budget_pb2, budget_pb2_grpc
 from lomas.common.v1 import privacy_pb2
@@ -44,6 +44,7 @@ from lomas_budget.ledger import BudgetLedger
 from lomas_budget.store import LedgerStore
 from lomas_common.convert import privacy_loss_from_proto
 from lomas_common.db import Database
+from lomas_common.peers import HEALTH_CHECK_METHOD
 from lomas_testing.databases import fresh_postgres_url, sqlite_url
 
 ALLOCATION = privacy_pb2.PrivacyLoss(
@@ -80,12 +81,18 @@ def postgres_cpu_seconds() -> float:
 
 async def wait_healthy(target: str, process: subprocess.Popen[bytes]) -> None:
     async with grpc.aio.insecure_channel(target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
+        health: grpc.aio.UnaryUnaryMultiCallable[
+            health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+        ] = channel.unary_unary(
+            HEALTH_CHECK_METHOD,
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
         for _ in range(600):
             if process.poll() is not None:
                 raise SystemExit("the budget service exited")
             try:
-                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                reply = await health(health_pb2.HealthCheckRequest(), timeout=1)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.RpcError:
@@ -171,9 +178,10 @@ async def bench(store: str, url: str, args: argparse.Namespace) -> None:
         )
         # The ceiling that CPU alone sets: every core busy with exactly this work.
         machine = (server_cpu + client_cpu + database_cpu) / pairs
+        cores = os.cpu_count() or 1
         print(
-            f"{'':10s} all of it: {machine * 1e3:.2f} ms of CPU per pair; {os.cpu_count()} cores "
-            f"could do at most {os.cpu_count() / machine:,.0f} pairs/s at this cost",
+            f"{'':10s} all of it: {machine * 1e3:.2f} ms of CPU per pair; {cores} cores "
+            f"could do at most {cores / machine:,.0f} pairs/s at this cost",
             flush=True,
         )
     finally:
@@ -227,12 +235,16 @@ def ledger_in_process(store: str, url: str, args: argparse.Namespace) -> None:
         db.close()
 
 
-def _empty_server(port_queue: multiprocessing.Queue, threads: int) -> None:
+def _nothing(request: bytes, context: grpc.ServicerContext) -> bytes:
+    return b""
+
+
+def _empty_server(port_queue: multiprocessing.Queue[int], threads: int) -> None:
     server = grpc.server(ThreadPoolExecutor(threads))
     server.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(
-                "bench.Empty", {"Call": grpc.unary_unary_rpc_method_handler(lambda r, c: b"")}
+                "bench.Empty", {"Call": grpc.unary_unary_rpc_method_handler(_nothing)}
             ),
         )
     )
@@ -243,7 +255,7 @@ def _empty_server(port_queue: multiprocessing.Queue, threads: int) -> None:
 
 async def grpc_floor(args: argparse.Namespace) -> None:
     """Python gRPC alone: the same clients and server threads, handlers that do nothing."""
-    ports: multiprocessing.Queue = multiprocessing.Queue()
+    ports: multiprocessing.Queue[int] = multiprocessing.Queue()
     process = multiprocessing.Process(target=_empty_server, args=(ports, args.threads))
     process.start()
     try:
@@ -253,7 +265,10 @@ async def grpc_floor(args: argparse.Namespace) -> None:
 
         async def client() -> None:
             async with grpc.aio.insecure_channel(target) as channel:
-                call = channel.unary_unary("/bench.Empty/Call")
+                # No serializers: empty bytes out and back.
+                call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+                    "/bench.Empty/Call"
+                )
                 while not stop:
                     await call(b"")
                     await call(b"")

@@ -16,6 +16,7 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -35,9 +36,20 @@ USER, DATASET, DEFINITION = "alice", "penguins", "approx_dp"
 COST_EPSILON, COST_DELTA = Decimal("0.000001"), Decimal("0.000000000001")
 
 
+@dataclass(frozen=True)
+class LedgerRow:
+    """The cached balances (epsilon, delta) and chain head of the ledger row."""
+
+    allocation: tuple[Decimal, Decimal]
+    spent: tuple[Decimal, Decimal]
+    reserved: tuple[Decimal, Decimal]
+    entry_count: int
+    head_hash: str
+
+
 def rows(
     entries: int,
-) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]], dict[str, object]]:
+) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]], LedgerRow]:
     """The entry rows, reservation rows and final ledger row values of a consistent ledger."""
     pairs = (entries - 1) // 2
     open_reservation = (entries - 1) % 2 == 1
@@ -89,24 +101,23 @@ def rows(
         reservation_rows.append((query_id, LEDGER_ID, *cost, state, "gateway", at, at, at))
     spent = pairs
     reserved = 1 if open_reservation else 0
-    ledger_row = {
-        "allocation": (allocation_epsilon, allocation_delta),
-        "spent": (COST_EPSILON * spent, COST_DELTA * spent),
-        "reserved": (COST_EPSILON * reserved, COST_DELTA * reserved),
-        "entry_count": seq,
-        "head_hash": prev,
-    }
+    ledger_row = LedgerRow(
+        allocation=(allocation_epsilon, allocation_delta),
+        spent=(COST_EPSILON * spent, COST_DELTA * spent),
+        reserved=(COST_EPSILON * reserved, COST_DELTA * reserved),
+        entry_count=seq,
+        head_hash=prev,
+    )
     return entry_rows, reservation_rows, ledger_row
 
 
-def ledger_values(ledger_row: dict[str, object]) -> tuple[object, ...]:
+def ledger_values(ledger_row: LedgerRow) -> tuple[object, ...]:
     values: list[object] = [LEDGER_ID, USER, DATASET, DEFINITION]
-    for name in ("allocation", "spent", "reserved"):
-        epsilon, delta = ledger_row[name]  # type: ignore[misc]
+    for epsilon, delta in (ledger_row.allocation, ledger_row.spent, ledger_row.reserved):
         values += [format_decimal(epsilon), format_decimal(delta), "0"]
     values += [
-        ledger_row["entry_count"],
-        ledger_row["head_hash"],
+        ledger_row.entry_count,
+        ledger_row.head_hash,
         0,
         0,
         None,

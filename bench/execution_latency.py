@@ -32,6 +32,8 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,7 @@ import polars as pl
 import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
+from opendp.extras.polars import DPExpr, dp_len
 from stock_smartnoise import stock_times
 
 from lomas.client import Client
@@ -67,6 +70,26 @@ CATEGORIES = ["alpha", "beta", "gamma"]
 AIM_RATIO = 1.5  # warm through the platform, over the library in-process
 
 
+@dataclass(frozen=True)
+class QueryRow:
+    """One query at one size: the platform's cold/warm/cost times and the two floors (ms)."""
+
+    rows: int
+    name: str
+    platform: dict[str, float]
+    floor: float
+    library: float
+
+
+@dataclass(frozen=True)
+class MemoryRow:
+    """The worker's peak memory at one size (bytes)."""
+
+    rows: int
+    peak_child: int
+    peak_tree: int
+
+
 def metadata(rows: int) -> dict[str, Any]:
     return {
         "max_ids": 1,
@@ -83,10 +106,13 @@ def metadata(rows: int) -> dict[str, Any]:
 def polars_plans() -> dict[str, pl.LazyFrame]:
     lf = pl.LazyFrame(schema={"g": pl.String, "x": pl.Float64})
     return {
-        "OpenDP COUNT": lf.select(dp.len(scale=1.0)),
+        "OpenDP COUNT": lf.select(dp_len(scale=1.0)),
         # Every declared key released: the public key set joined in (OpenDP's `with_keys`).
         "OpenDP GROUP BY AVG": pl.LazyFrame({"g": CATEGORIES}).join(
-            lf.group_by("g").agg(pl.col("x").fill_null(50.0).dp.mean((0.0, 100.0), scale=100.0)),
+            # `DPExpr(e).mean` is `e.dp.mean`: OpenDP registers the `dp` namespace at run time.
+            lf.group_by("g").agg(
+                DPExpr(pl.col("x").fill_null(50.0)).mean((0.0, 100.0), scale=100.0)
+            ),
             on="g",
             how="left",
             nulls_equal=True,
@@ -213,22 +239,14 @@ def platform_run(
             client = Client(
                 mesh.gateway_target, token=issuer.token("bench"), dataset=f"DATA_{index}"
             )
+            run: Callable[[], object]
+            cost: Callable[[], object]
             if name in SQL:
-                sql = SQL[name]
-
-                def run(sql: str = sql, client: Client = client) -> object:
-                    return client.smartnoise_sql.query(sql, EPSILON, DELTA, fresh=True)
-
-                def cost(sql: str = sql, client: Client = client) -> object:
-                    return client.smartnoise_sql.cost(sql, EPSILON, DELTA)
+                run = partial(client.smartnoise_sql.query, SQL[name], EPSILON, DELTA, fresh=True)
+                cost = partial(client.smartnoise_sql.cost, SQL[name], EPSILON, DELTA)
             else:
-                plan = plans[name]
-
-                def run(plan: pl.LazyFrame = plan, client: Client = client) -> object:
-                    return client.opendp.query(plan, fresh=True)
-
-                def cost(plan: pl.LazyFrame = plan, client: Client = client) -> object:
-                    return client.opendp.cost(plan)
+                run = partial(client.opendp.query, plans[name], fresh=True)
+                cost = partial(client.opendp.cost, plans[name])
 
             cold = timed(run, 1)[0]
             warm = timed(run, runs)
@@ -257,7 +275,7 @@ def in_process(path: Path, rows: int, runs: int) -> dict[str, list[float]]:
     out = {}
     for name, query in queries.items():
         engine.run(query, dataset)  # load and prepare once
-        out[name] = timed(lambda q=query: engine.run(q, dataset), runs)
+        out[name] = timed(partial(engine.run, query, dataset), runs)
     return out
 
 
@@ -305,7 +323,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     dp.enable_features("contrib")
-    rows_out = []
+    rows_out: list[QueryRow | MemoryRow] = []
     with tempfile.TemporaryDirectory() as directory:
         tmp = Path(args.work_dir or directory)
         tmp.mkdir(parents=True, exist_ok=True)
@@ -317,7 +335,7 @@ def main() -> None:
         if available < max(sizes) * 400:
             print(f"warning: {available / 2**30:.1f} GiB of memory available may not be enough")
         private = None if args.redis_url else PrivateRedis(tmp / "redis")
-        redis_url = args.redis_url or private.url  # type: ignore[union-attr]
+        redis_url = private.url if private is not None else args.redis_url
         try:
             for rows in sizes:
                 data_dir = tmp / f"rows-{rows}"
@@ -340,10 +358,8 @@ def main() -> None:
                     library = stock.get(name) or p50(
                         before[f"stock {name}"] + after[f"stock {name}"]
                     )
-                    rows_out.append((rows, name, platform[name], floor, library))
-                rows_out.append(
-                    (rows, "peak worker RSS", memory.peak_child, memory.peak_tree, None)
-                )
+                    rows_out.append(QueryRow(rows, name, platform[name], floor, library))
+                rows_out.append(MemoryRow(rows, memory.peak_child, memory.peak_tree))
         finally:
             if private is not None:
                 private.stop()
@@ -353,19 +369,20 @@ def main() -> None:
         f"{'warm/engine':>11} {'library':>11} {'warm/library':>12} {'cost p50':>9}"
     )
     print(header)
-    for rows, name, platform_times, floor_time, stock_time in rows_out:
-        if name == "peak worker RSS":
+    for row in rows_out:
+        if isinstance(row, MemoryRow):
             print(
-                f"{rows:>11,} peak worker memory: {platform_times / 2**20:,.0f} MiB (busiest child), "
-                f"{floor_time / 2**20:,.0f} MiB (the peaks of the worker and its children, summed)"
+                f"{row.rows:>11,} peak worker memory: {row.peak_child / 2**20:,.0f} MiB (busiest "
+                f"child), {row.peak_tree / 2**20:,.0f} MiB (the peaks of the worker and its "
+                "children, summed)"
             )
             continue
-        warm, library = platform_times["warm"], stock_time
+        warm, library, floor_time = row.platform["warm"], row.library, row.floor
         aim = "ok" if warm / library <= AIM_RATIO else "MISSED"
         print(
-            f"{rows:>11,} {name:<20} {platform_times['cold']:>8.0f}ms {warm:>8.1f}ms "
+            f"{row.rows:>11,} {row.name:<20} {row.platform['cold']:>8.0f}ms {warm:>8.1f}ms "
             f"{floor_time:>9.1f}ms {warm / floor_time:>10.2f}x {library:>9.1f}ms "
-            f"{warm / library:>5.2f}x {aim:<6} {platform_times['cost']:>7.1f}ms"
+            f"{warm / library:>5.2f}x {aim:<6} {row.platform['cost']:>7.1f}ms"
         )
 
 

@@ -8,4 +8,5 @@ scripts/ensure-services.sh
 scripts/check-protos.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+scripts/typecheck.sh
 exec .venv/bin/pytest "$@"

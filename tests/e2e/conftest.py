@@ -8,25 +8,9 @@ Two modes, as DESIGN.md deploys them:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-from lomas_embedded.local import LocalMesh, mode_mesh
-
-
-class RunningMesh(LocalMesh):
-    """A LocalMesh that knows which mode it runs in."""
-
-    mode: str = ""
-
-
-def start_mode(mode: str, data_dir: Path) -> Iterator[RunningMesh]:
-    """A mesh in one of the two modes, its demo content seeded."""
-    with mode_mesh(mode, data_dir) as running:
-        platform = RunningMesh(**vars(running))
-        platform.mode = mode
-        yield platform
+from mesh_testing import RunningMesh, start_mode
 
 
 @pytest.fixture(scope="session", params=["embedded", "mesh"])

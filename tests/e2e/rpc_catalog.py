@@ -8,8 +8,9 @@ from typing import Any
 
 import grpc
 from google.protobuf import descriptor, message_factory
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+from mesh_testing import status_of
 
 from lomas.admin.v1 import admin_store_pb2
 from lomas.budget.v1 import budget_pb2
@@ -35,7 +36,7 @@ class Rpc:
     ) -> tuple[grpc.StatusCode, str]:
         """The status code and ErrorInfo reason of one call ("" when there is none)."""
         response_class = message_factory.GetMessageClass(self.method.output_type)
-        stub = channel.unary_unary(
+        stub: grpc.UnaryUnaryMultiCallable[Any, Message] = channel.unary_unary(
             self.path,
             request_serializer=lambda m: m.SerializeToString(),
             response_deserializer=response_class.FromString,
@@ -63,10 +64,10 @@ def all_rpcs() -> Iterator[Rpc]:
 
 
 def reason_of(error: grpc.RpcError) -> str:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    for detail in status.details if status else ():
+    for detail in status_of(error).details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
-            return info.reason
+            reason: str = info.reason  # googleapis' stubs are not on mypy's path: info is Any
+            return reason
     return ""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mesh_testing import RunningMesh
 
 from lomas.admin_cli import main as lomas_admin
 from lomas.client.admin import approx_dp
@@ -19,14 +20,14 @@ FORMATS = Path(__file__).parent / "lomas_formats"
 COUNT = "SELECT COUNT(*) AS n FROM df"
 
 
-def cli(platform, *args: str) -> int:  # type: ignore[no-untyped-def]
+def cli(platform: RunningMesh, *args: str) -> int:
     return lomas_admin(["--target", platform.target, "--token", platform.token(demo.ADMIN), *args])
 
 
 @pytest.mark.parametrize("platform", ["embedded"], indirect=True)
 def test_updating_a_dataset_bumps_its_version_and_queries_see_the_new_data(
-    platform, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+    platform: RunningMesh, tmp_path: Path
+) -> None:
     name = f"PENGUIN_{uuid.uuid4().hex[:6].upper()}"
     metadata_path = tmp_path / "penguin_metadata.yaml"
     metadata_path.write_text(penguin_metadata_text())
@@ -68,7 +69,9 @@ def test_updating_a_dataset_bumps_its_version_and_queries_see_the_new_data(
 
 
 @pytest.mark.parametrize("platform", ["embedded"], indirect=True)
-def test_bulk_registration_from_lomas_collection_files(platform, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_bulk_registration_from_lomas_collection_files(
+    platform: RunningMesh, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = tmp_path / "data"
     data.mkdir()
     make_penguin_like(rows=50, seed=3).to_csv(data / "penguin.csv", index=False)

@@ -7,6 +7,7 @@ import uuid
 
 import grpc
 import pytest
+from mesh_testing import RunningMesh
 
 from lomas.admin.v1 import admin_store_pb2, admin_store_pb2_grpc
 from lomas.client import AccessDenied
@@ -14,7 +15,7 @@ from lomas.client.admin import AdminClient, approx_dp
 from lomas_embedded import demo
 
 
-def audit_events(platform, actor: str) -> list[admin_store_pb2.AuditEvent]:  # type: ignore[no-untyped-def]
+def audit_events(platform: RunningMesh, actor: str) -> list[admin_store_pb2.AuditEvent]:
     with grpc.insecure_channel(platform.mesh.admin_target) as channel:
         response = admin_store_pb2_grpc.AdminStoreServiceStub(channel).ListAuditEvents(
             admin_store_pb2.ListAuditEventsRequest(actor=actor),
@@ -24,7 +25,7 @@ def audit_events(platform, actor: str) -> list[admin_store_pb2.AuditEvent]:  # t
 
 
 @pytest.mark.parametrize("platform", ["embedded"], indirect=True)
-def test_admin_actions_and_queries_are_audited_with_the_caller(platform) -> None:  # type: ignore[no-untyped-def]
+def test_admin_actions_and_queries_are_audited_with_the_caller(platform: RunningMesh) -> None:
     name = f"audited-{uuid.uuid4().hex[:6]}"
     with platform.admin() as admin:
         admin.add_user(name)

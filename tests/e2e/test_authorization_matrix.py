@@ -10,6 +10,7 @@ import uuid
 import grpc
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
+from mesh_testing import RunningMesh
 from rpc_catalog import Rpc, all_rpcs
 
 from lomas.client.admin import approx_dp
@@ -57,7 +58,7 @@ def expected(rpc: Rpc, caller: str) -> str | tuple[grpc.StatusCode, str]:
 
 
 @pytest.mark.parametrize("platform", ["embedded"], indirect=True)
-def test_every_rpc_applies_its_rule_to_every_caller(platform) -> None:  # type: ignore[no-untyped-def]
+def test_every_rpc_applies_its_rule_to_every_caller(platform: RunningMesh) -> None:
     without_grant = f"nogrant-{uuid.uuid4().hex[:6]}"
     with_grant = f"granted-{uuid.uuid4().hex[:6]}"
     with platform.admin() as admin:

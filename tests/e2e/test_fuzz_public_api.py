@@ -10,12 +10,14 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mesh_testing import RunningMesh
 from rpc_catalog import Rpc, all_rpcs
 
 from lomas.client.admin import approx_dp
+from lomas_common.peers import health_check
 from lomas_embedded import demo
 
 EXISTING_NAMES = {demo.ADMIN, demo.RESEARCHER, demo.DATASET}
@@ -116,7 +118,7 @@ FORBIDDEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.
 
 @pytest.mark.parametrize("platform", ["embedded"], indirect=True)
 @pytest.mark.parametrize("rpc", PUBLIC_RPCS, ids=lambda rpc: rpc.path.rsplit(".", 1)[-1])
-def test_public_rpcs_survive_malformed_input(platform, rpc: Rpc) -> None:  # type: ignore[no-untyped-def]
+def test_public_rpcs_survive_malformed_input(platform: RunningMesh, rpc: Rpc) -> None:
     fuzzer = f"fuzz-{uuid.uuid4().hex[:6]}"
     with platform.admin() as admin:
         admin.add_user(fuzzer)
@@ -165,7 +167,5 @@ def test_public_rpcs_survive_malformed_input(platform, rpc: Rpc) -> None:  # typ
         platform.mesh.executor_target,
     ):
         with grpc.insecure_channel(target) as health_channel:
-            status = health_pb2_grpc.HealthStub(health_channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=10
-            )
+            status = health_check(health_channel)(health_pb2.HealthCheckRequest(), timeout=10)
         assert status.status == health_pb2.HealthCheckResponse.SERVING

@@ -14,13 +14,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import grpc
 import opendp.prelude as dp
 import pytest
 import yaml
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import error_details_pb2
+from mesh_testing import RunningMesh, status_of
 
 from lomas.client import Client, LomasError
 from lomas.client.admin import approx_dp, local_source
@@ -40,7 +40,9 @@ EXECUTED = f"SELECT COUNT(*) AS n --\n{SUMS} FROM df"
 pytestmark = pytest.mark.parametrize("platform", ["embedded"], indirect=True)
 
 
-def named_researcher(platform: Any, epsilon: str = "50", delta: str = "0.01") -> tuple[str, Client]:
+def named_researcher(
+    platform: RunningMesh, epsilon: str = "50", delta: str = "0.01"
+) -> tuple[str, Client]:
     name = f"hostile-{uuid.uuid4().hex[:8]}"
     with platform.admin() as admin:
         admin.add_user(name)
@@ -48,7 +50,7 @@ def named_researcher(platform: Any, epsilon: str = "50", delta: str = "0.01") ->
     return name, Client(platform.target, token=platform.token(name), dataset=demo.DATASET)
 
 
-def researcher(platform: Any, epsilon: str = "50", delta: str = "0.01") -> Client:
+def researcher(platform: RunningMesh, epsilon: str = "50", delta: str = "0.01") -> Client:
     return named_researcher(platform, epsilon, delta)[1]
 
 
@@ -65,7 +67,7 @@ def refusal(call: Callable[[], object]) -> LomasError:
 # -- 1. the charge comes from exactly what runs ---------------------------------------------------
 
 
-def test_the_comment_trick_is_charged_the_executed_query(platform: Any) -> None:
+def test_the_comment_trick_is_charged_the_executed_query(platform: RunningMesh) -> None:
     client = researcher(platform)
     one = client.smartnoise_sql.cost(COMMENTED, epsilon="1", delta="0")
     four = client.smartnoise_sql.cost(EXECUTED, epsilon="1", delta="0")
@@ -79,7 +81,7 @@ def test_the_comment_trick_is_charged_the_executed_query(platform: Any) -> None:
     assert spent(client)["total_spent_epsilon"] == one["epsilon"] + four["epsilon"]
 
 
-def test_one_caller_cannot_set_what_another_pays(platform: Any) -> None:
+def test_one_caller_cannot_set_what_another_pays(platform: RunningMesh) -> None:
     first, second = researcher(platform), researcher(platform)
     first.smartnoise_sql.cost(COMMENTED, epsilon="1", delta="0")
     first.smartnoise_sql.query(COMMENTED, epsilon="1", delta="0")
@@ -88,7 +90,7 @@ def test_one_caller_cannot_set_what_another_pays(platform: Any) -> None:
     assert spent(second)["total_spent_epsilon"] == Decimal(4)
 
 
-def test_a_budget_too_small_for_the_executed_query_refuses_it(platform: Any) -> None:
+def test_a_budget_too_small_for_the_executed_query_refuses_it(platform: RunningMesh) -> None:
     client = researcher(platform, epsilon="2")
     client.smartnoise_sql.cost(COMMENTED, epsilon="1", delta="0")
     error = refusal(lambda: client.smartnoise_sql.query(EXECUTED, epsilon="1", delta="0"))
@@ -99,7 +101,7 @@ def test_a_budget_too_small_for_the_executed_query_refuses_it(platform: Any) -> 
 # -- 2. no value leaves the data without noise ----------------------------------------------------
 
 
-def test_group_by_a_column_without_public_categories_is_refused_free(platform: Any) -> None:
+def test_group_by_a_column_without_public_categories_is_refused_free(platform: RunningMesh) -> None:
     client = researcher(platform)
     sql = "SELECT bill_length_mm, COUNT(*) AS n FROM df GROUP BY bill_length_mm"
     for call in (
@@ -113,7 +115,7 @@ def test_group_by_a_column_without_public_categories_is_refused_free(platform: A
     assert spent(client)["total_spent_epsilon"] == 0
 
 
-def test_group_by_public_categories_lists_every_category(platform: Any) -> None:
+def test_group_by_public_categories_lists_every_category(platform: RunningMesh) -> None:
     client = researcher(platform)
     sql = "SELECT species, COUNT(*) AS n FROM df WHERE species <> 'Adelie' GROUP BY species"
     release = client.smartnoise_sql.query(sql, epsilon="1", delta="0")
@@ -131,7 +133,7 @@ def test_group_by_public_categories_lists_every_category(platform: Any) -> None:
 
 def resize_measurement(size: int) -> dp.Measurement:
     columns = list(yaml.safe_load(penguin_metadata_text())["columns"])
-    return (
+    measurement: dp.Measurement = (
         dp.t.make_split_dataframe(separator=",", col_names=columns)
         >> dp.t.make_select_column(key="bill_length_mm", TOA=str)
         >> dp.t.then_cast_default(TOA=float)
@@ -141,9 +143,10 @@ def resize_measurement(size: int) -> dp.Measurement:
         >> dp.t.then_mean()
         >> dp.m.then_laplace(scale=1.0)
     )
+    return measurement
 
 
-def test_an_enormous_resize_is_refused_before_allocation(platform: Any) -> None:
+def test_an_enormous_resize_is_refused_before_allocation(platform: RunningMesh) -> None:
     client = researcher(platform)
     measurement = resize_measurement(10**12)
     for call in (
@@ -171,7 +174,7 @@ def test_an_enormous_resize_is_refused_before_allocation(platform: Any) -> None:
     ],
     ids=["nul-byte", "400-digits", "200-parentheses", "10000-parentheses"],
 )
-def test_queries_that_can_never_run_are_refused_free(platform: Any, sql: str) -> None:
+def test_queries_that_can_never_run_are_refused_free(platform: RunningMesh, sql: str) -> None:
     client = researcher(platform)
     for call in (
         lambda: client.smartnoise_sql.cost(sql, epsilon="1", delta="0"),
@@ -188,22 +191,19 @@ def test_queries_that_can_never_run_are_refused_free(platform: Any, sql: str) ->
 
 
 def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo:
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info):
-                    return info
+    for detail in status_of(error).details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info
     raise AssertionError("the error carries no ErrorInfo")
 
 
-def test_garbage_page_tokens_are_invalid_arguments(platform: Any) -> None:
+def test_garbage_page_tokens_are_invalid_arguments(platform: RunningMesh) -> None:
     name, client = named_researcher(platform)
     client.smartnoise_sql.query(COUNT, epsilon="0.1", delta="0")
     with grpc.insecure_channel(platform.target) as channel:
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
-        metadata = [("authorization", f"Bearer {platform.token(name)}")]
+        metadata = (("authorization", f"Bearer {platform.token(name)}"),)
         for token in ("1e999", "x" * 10_000, "-1", "\u0661", "eyJvZmZzZXQiOiAxZTk5OX0="):
             with pytest.raises(grpc.RpcError) as caught:
                 stub.ListQueries(
@@ -214,14 +214,17 @@ def test_garbage_page_tokens_are_invalid_arguments(platform: Any) -> None:
             assert error_info(caught.value).reason == "PAGE_TOKEN_INVALID"
 
 
-def test_an_undecodable_request_is_an_invalid_argument(platform: Any) -> None:
+def test_an_undecodable_request_is_an_invalid_argument(platform: RunningMesh) -> None:
     name, client = named_researcher(platform)
     with grpc.insecure_channel(platform.target) as channel:
-        call = channel.unary_unary("/lomas.gateway.v1.GatewayService/ExecuteQuery")
+        # No serializers: the raw bytes go out as they are.
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            "/lomas.gateway.v1.GatewayService/ExecuteQuery"
+        )
         with pytest.raises(grpc.RpcError) as caught:
             call(
                 b"\xff\xff\xff\xff\x0f",
-                metadata=[("authorization", f"Bearer {platform.token(name)}")],
+                metadata=(("authorization", f"Bearer {platform.token(name)}"),),
             )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(caught.value).reason == "REQUEST_UNDECODABLE"
@@ -229,14 +232,14 @@ def test_an_undecodable_request_is_an_invalid_argument(platform: Any) -> None:
 
 
 @pytest.mark.parametrize("epsilon", ["\u0661", "\u0661.\u0665", "1\u00a0", "\uff11"])
-def test_decimals_are_ascii_only(platform: Any, epsilon: str) -> None:
+def test_decimals_are_ascii_only(platform: RunningMesh, epsilon: str) -> None:
     client = researcher(platform)
     error = refusal(lambda: client.smartnoise_sql.query(COUNT, epsilon=epsilon, delta="0"))
     assert error.code == "INVALID_ARGUMENT"
     assert spent(client)["total_spent_epsilon"] == 0
 
 
-def test_a_float_epsilon_is_charged_at_least_what_the_library_runs(platform: Any) -> None:
+def test_a_float_epsilon_is_charged_at_least_what_the_library_runs(platform: RunningMesh) -> None:
     client = researcher(platform)
     release = client.smartnoise_sql.query(COUNT, epsilon=0.1, delta=0)
     # 0.1 as a binary float is 0.1000000000000000055...: the library must not run with more than
@@ -249,7 +252,7 @@ def test_a_float_epsilon_is_charged_at_least_what_the_library_runs(platform: Any
 
 
 @pytest.fixture(scope="module")
-def larger_dataset(platform: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
+def larger_dataset(platform: RunningMesh, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 200,000-row penguin-like dataset, so a GROUP BY takes tens of milliseconds."""
     name = f"PENGUIN_200K_{uuid.uuid4().hex[:6]}"
     path: Path = tmp_path_factory.mktemp("larger") / "penguin_200k.csv"
@@ -261,7 +264,7 @@ def larger_dataset(platform: Any, tmp_path_factory: pytest.TempPathFactory) -> s
     return name
 
 
-def researcher_on(platform: Any, dataset: str) -> Client:
+def researcher_on(platform: RunningMesh, dataset: str) -> Client:
     name = f"hostile-{uuid.uuid4().hex[:8]}"
     with platform.admin() as admin:
         admin.add_user(name)
@@ -276,7 +279,7 @@ SLOW = (
 
 
 def test_one_users_backlog_does_not_starve_another_users_query(
-    platform: Any, larger_dataset: str
+    platform: RunningMesh, larger_dataset: str
 ) -> None:
     heavy, light = researcher_on(platform, larger_dataset), researcher_on(platform, larger_dataset)
     light.smartnoise_sql.query(COUNT, epsilon="0.1", delta="0", fresh=True)  # warm the workers
@@ -300,7 +303,7 @@ def test_one_users_backlog_does_not_starve_another_users_query(
     assert done_before <= 16, f"{done_before} of the backlog's 64 queries finished first"
 
 
-def test_a_flood_of_free_calls_leaves_another_users_query_answering(platform: Any) -> None:
+def test_a_flood_of_free_calls_leaves_another_users_query_answering(platform: RunningMesh) -> None:
     flooder, other = researcher(platform), researcher(platform)
     refusals: list[str] = []
 

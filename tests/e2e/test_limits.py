@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from mesh_testing import RunningMesh
 
 from lomas.client import BudgetExhausted, Client, LomasError
 from lomas.client.admin import approx_dp
@@ -17,7 +19,7 @@ COUNT = "SELECT COUNT(*) AS n FROM df"
 
 
 @pytest.fixture(scope="module")
-def limited(platform):  # type: ignore[no-untyped-def]
+def limited(platform: RunningMesh) -> Iterator[str]:
     """A gateway beside the main one: 20 requests/s, 1 query at a time, responses padded to 0.5 s."""
     target = f"127.0.0.1:{free_port()}"
     service = platform.mesh.start_service(
@@ -38,7 +40,7 @@ def limited(platform):  # type: ignore[no-untyped-def]
     platform.mesh.kill("gateway-limited")
 
 
-def researcher(platform, target: str) -> Client:  # type: ignore[no-untyped-def]
+def researcher(platform: RunningMesh, target: str) -> Client:
     name = f"limited-{uuid.uuid4().hex[:6]}"
     with platform.admin() as admin:
         admin.add_user(name)
@@ -47,7 +49,7 @@ def researcher(platform, target: str) -> Client:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("platform", ["embedded"], indirect=True)
-def test_request_rate_is_limited_per_user(platform, limited: str) -> None:  # type: ignore[no-untyped-def]
+def test_request_rate_is_limited_per_user(platform: RunningMesh, limited: str) -> None:
     client = researcher(platform, limited)
     refusals = []
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -66,7 +68,9 @@ def test_request_rate_is_limited_per_user(platform, limited: str) -> None:  # ty
 
 
 @pytest.mark.parametrize("platform", ["embedded"], indirect=True)
-def test_concurrent_queries_are_limited_and_responses_padded(platform, limited: str) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_queries_are_limited_and_responses_padded(
+    platform: RunningMesh, limited: str
+) -> None:
     client = researcher(platform, limited)
     start = time.monotonic()
     client.smartnoise_sql.query(COUNT, epsilon=0.1, delta=0, dummy=True)
@@ -91,7 +95,9 @@ def test_concurrent_queries_are_limited_and_responses_padded(platform, limited: 
 
 
 @pytest.mark.parametrize("platform", ["embedded"], indirect=True)
-def test_size_limits_give_clear_errors_and_cost_nothing(platform, limited: str) -> None:  # type: ignore[no-untyped-def]
+def test_size_limits_give_clear_errors_and_cost_nothing(
+    platform: RunningMesh, limited: str
+) -> None:
     client = researcher(platform, limited)
     before = client.get_total_spent_budget()
     long_query = COUNT + " WHERE " + " OR ".join(["species = 'Adelie'"] * 60)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
+from pathlib import Path
 
 import jwt
 import pandas as pd
 import pytest
 import yaml
+from mesh_testing import RunningMesh
 
 from lomas.client import (
     AccessDenied,
@@ -29,7 +31,7 @@ COUNT = "SELECT COUNT(*) AS n FROM df"
 GROUP_AVG = "SELECT species, AVG(bill_length_mm) AS avg_bill FROM df GROUP BY species"
 
 
-def new_researcher(platform, epsilon: str, delta: str) -> Client:  # type: ignore[no-untyped-def]
+def new_researcher(platform: RunningMesh, epsilon: str, delta: str) -> Client:
     """A fresh researcher with a PENGUIN grant, so each test owns its budget."""
     name = f"researcher-{uuid.uuid4().hex[:8]}"
     with platform.admin() as admin:
@@ -42,7 +44,7 @@ def budget_state(client: Client) -> tuple[dict[str, Decimal], dict[str, Decimal]
     return client.get_total_spent_budget(), client.get_remaining_budget()
 
 
-def test_metadata_is_the_registered_penguin_metadata(platform) -> None:  # type: ignore[no-untyped-def]
+def test_metadata_is_the_registered_penguin_metadata(platform: RunningMesh) -> None:
     with platform.client() as client:
         metadata = client.get_dataset_metadata()
     expected = yaml.safe_load(penguin_metadata_text())
@@ -54,7 +56,7 @@ def test_metadata_is_the_registered_penguin_metadata(platform) -> None:  # type:
     assert metadata["columns"]["bill_length_mm"]["lower"] == 30.0
 
 
-def test_dummy_data_is_seeded(platform) -> None:  # type: ignore[no-untyped-def]
+def test_dummy_data_is_seeded(platform: RunningMesh) -> None:
     with platform.client() as client:
         first = client.get_dummy_dataset(nb_rows=50, seed=7)
         again = client.get_dummy_dataset(nb_rows=50, seed=7)
@@ -65,7 +67,9 @@ def test_dummy_data_is_seeded(platform) -> None:  # type: ignore[no-untyped-def]
     assert not first.equals(other)
 
 
-def test_cost_and_dummy_queries_are_free_and_real_queries_charge_exactly(platform) -> None:  # type: ignore[no-untyped-def]
+def test_cost_and_dummy_queries_are_free_and_real_queries_charge_exactly(
+    platform: RunningMesh,
+) -> None:
     client = new_researcher(platform, "10", "0.005")
     before = budget_state(client)
     assert client.get_initial_budget() == {
@@ -103,8 +107,8 @@ def test_cost_and_dummy_queries_are_free_and_real_queries_charge_exactly(platfor
 
 
 def test_a_retry_with_the_same_request_id_returns_the_same_release_without_a_second_charge(
-    platform,
-) -> None:  # type: ignore[no-untyped-def]
+    platform: RunningMesh,
+) -> None:
     client = new_researcher(platform, "10", "0.005")
     first = client.smartnoise_sql.query(COUNT, epsilon=1.0, delta=0, request_id="retry-1")
     spent = client.get_total_spent_budget()
@@ -119,7 +123,7 @@ def assert_refused(error: LomasError, code: str, reason: str) -> None:
     assert (error.code, error.reason) == (code, reason), error
 
 
-def test_refusals_carry_code_and_reason_and_change_no_budget(platform) -> None:  # type: ignore[no-untyped-def]
+def test_refusals_carry_code_and_reason_and_change_no_budget(platform: RunningMesh) -> None:
     client = new_researcher(platform, "1", "0.001")
     before = budget_state(client)
 
@@ -151,7 +155,7 @@ def test_refusals_carry_code_and_reason_and_change_no_budget(platform) -> None: 
     with pytest.raises(BudgetExhausted) as exhausted:
         client.smartnoise_sql.query(COUNT, epsilon=5.0, delta=0)
     assert_refused(exhausted.value, "RESOURCE_EXHAUSTED", "PRIVACY_BUDGET_EXHAUSTED")
-    assert "epsilon=5" in exhausted.value.metadata["requested"]
+    assert exhausted.value.metadata["requestedEpsilon"] == "5"
 
     with pytest.raises(InvalidQuery) as invalid:
         client.smartnoise_sql.query("SELEC COUNT(*) FROM df", epsilon=0.1, delta=0)
@@ -160,11 +164,11 @@ def test_refusals_carry_code_and_reason_and_change_no_budget(platform) -> None: 
     assert budget_state(client) == before
 
 
-def client_token(platform, client: Client) -> str:  # type: ignore[no-untyped-def]
+def client_token(platform: RunningMesh, client: Client) -> str:
     return client._metadata[0][1].removeprefix("Bearer ")
 
 
-def test_bad_tokens_are_refused(platform, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_bad_tokens_are_refused(platform: RunningMesh, tmp_path: Path) -> None:
     client = new_researcher(platform, "1", "0.001")
     before = budget_state(client)
     claims = jwt.decode(client_token(platform, client), options={"verify_signature": False})
@@ -186,7 +190,7 @@ def test_bad_tokens_are_refused(platform, tmp_path) -> None:  # type: ignore[no-
     assert budget_state(client) == before
 
 
-def test_researchers_cannot_call_admin_rpcs(platform) -> None:  # type: ignore[no-untyped-def]
+def test_researchers_cannot_call_admin_rpcs(platform: RunningMesh) -> None:
     from lomas.client.admin import AdminClient
 
     with AdminClient(platform.target, token=platform.token(demo.RESEARCHER)) as admin:
@@ -197,7 +201,7 @@ def test_researchers_cannot_call_admin_rpcs(platform) -> None:  # type: ignore[n
         assert "mallory" not in {u.name for u in admin.list_users()}
 
 
-def test_concurrent_queries_never_overspend(platform) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_queries_never_overspend(platform: RunningMesh) -> None:
     # COUNT at epsilon 1 and delta 0 costs exactly (1, 0), so (10.5, 1e-12) affords 10.
     client = new_researcher(platform, "10.5", "0.000000000001")
     assert client.smartnoise_sql.cost(COUNT, epsilon=1, delta=0) == {
@@ -222,8 +226,8 @@ def test_concurrent_queries_never_overspend(platform) -> None:  # type: ignore[n
 
 
 def test_asking_the_same_query_again_is_a_free_replay_and_fresh_pays_for_new_noise(
-    platform,
-) -> None:  # type: ignore[no-untyped-def]
+    platform: RunningMesh,
+) -> None:
     client = new_researcher(platform, "10", "0.005")
     first = client.smartnoise_sql.query(GROUP_AVG, epsilon=0.5, delta=1e-5)
     assert first.attrs["replay"] is False
@@ -259,7 +263,7 @@ def test_asking_the_same_query_again_is_a_free_replay_and_fresh_pays_for_new_noi
     assert len(client.get_previous_queries()) == 4
 
 
-def test_may_query_and_the_ledger_freeze_are_one_switch(platform) -> None:  # type: ignore[no-untyped-def]
+def test_may_query_and_the_ledger_freeze_are_one_switch(platform: RunningMesh) -> None:
     """A user created unable to query (Lomas `may_query: false`) is frozen in the ledger too;
     unfreezing lets them query, freezing stops them again, and the user record follows."""
     name = f"researcher-{uuid.uuid4().hex[:8]}"

@@ -21,7 +21,8 @@ from typing import TypeVar
 import grpc
 import pytest
 import redis
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import error_details_pb2
+from mesh_testing import status_of
 from test_execution_workers import (
     ACCESS,
     COMMIT,
@@ -106,16 +107,14 @@ def eventually(
 def refusal(error: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo, float]:
     """The ErrorInfo and the RetryInfo delay of a gateway refusal."""
     info, delay = None, None
-    for key, value in error.trailing_metadata() or ():  # type: ignore[attr-defined]
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                    info = error_details_pb2.ErrorInfo()
-                    detail.Unpack(info)
-                elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                    retry = error_details_pb2.RetryInfo()
-                    detail.Unpack(retry)
-                    delay = retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
+    for detail in status_of(error).details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            delay = retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
     assert info is not None and delay is not None, error
     return info, delay
 
@@ -154,7 +153,7 @@ def test_a_killed_executor_is_restarted_and_meanwhile_calls_are_unavailable(
         "GetDummyDataset",
         gateway_pb2.GetDummyDatasetRequest(dataset=demo.DATASET, row_count=5, seed=1),
     )
-    assert dummy.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert dummy.code() == grpc.StatusCode.UNAVAILABLE
     info, retry_after = refusal(dummy)
     assert (info.reason, dict(info.metadata)) == ("BACKEND_UNAVAILABLE", {"peer": "executor"})
     assert retry_after > 0
@@ -289,7 +288,11 @@ def test_a_watchdog_restarts_with_backoff_and_never_after_release() -> None:
         for restarts in (1, 2):
             first = watchdog.process
             first.kill()
-            wait_for(lambda n=restarts: watchdog.restarts == n, 10, f"restart {restarts}")
+
+            def restarted(n: int = restarts) -> bool:
+                return watchdog.restarts == n
+
+            wait_for(restarted, 10, f"restart {restarts}")
             assert watchdog.process.pid != first.pid and watchdog.process.poll() is None
     finally:
         last = watchdog.release()

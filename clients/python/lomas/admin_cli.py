@@ -29,14 +29,15 @@ from lomas.client.admin import (
     url_source,
 )
 from lomas.client.errors import LomasError
+from lomas.common.v1 import archive_pb2
 
 
 def _print(value: Message | Sequence[Message] | dict[str, Any]) -> None:
     def plain(item: Any) -> Any:
         if isinstance(item, Message):
             data = json_format.MessageToDict(item, preserving_proto_field_name=True)
-            if "release" in data:
-                data["release"] = f"<{len(item.release)} bytes of Arrow IPC>"  # type: ignore[attr-defined]
+            if isinstance(item, archive_pb2.ArchivedQuery) and item.release:
+                data["release"] = f"<{len(item.release)} bytes of Arrow IPC>"
             return data
         return item
 

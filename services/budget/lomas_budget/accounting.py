@@ -56,6 +56,15 @@ def describe(loss: PrivacyLoss) -> str:
     return ", ".join(f"{name}={format_decimal(value)}" for name, value in loss.components().items())
 
 
+def loss_metadata(prefix: str, loss: PrivacyLoss) -> dict[str, str]:
+    """Error metadata for a loss, one value per lowerCamel key: `requestedEpsilon`,
+    `requestedDelta` (or `requestedRho`), as the error registry asks."""
+    return {
+        f"{prefix}{name[0].upper()}{name[1:]}": format_decimal(value)
+        for name, value in loss.components().items()
+    }
+
+
 def plus(base: Decimal, amount: Decimal, sign: int = 1) -> Decimal:
     """base + sign * amount, exactly."""
     return EXACT.add(base, EXACT.multiply(sign, amount))
@@ -90,7 +99,7 @@ def definition_mismatch(
     return InvalidArgument(
         f"a {cost.value} cost cannot be charged to a {target.value} {scope}",
         reason="PRIVACY_DEFINITION_MISMATCH",
-        metadata={f"{scope}_definition": target.value, "cost_definition": cost.value},
+        metadata={f"{scope}Definition": target.value, "costDefinition": cost.value},
     )
 
 

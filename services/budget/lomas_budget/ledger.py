@@ -22,8 +22,8 @@ from lomas_budget.accounting import (
     CAP_ACCEPTS,
     charge_in_unit,
     definition_mismatch,
-    describe,
     exceeds,
+    loss_metadata,
     plus,
     shift,
     storable,
@@ -82,7 +82,10 @@ class BudgetLedger(Reservations):
             raise InvalidArgument(
                 "the imported spend exceeds the allocation",
                 reason="IMPORTED_SPEND_EXCEEDS_ALLOCATION",
-                metadata={"allocation": describe(granted), "already_spent": describe(imported)},
+                metadata={
+                    **loss_metadata("allocation", granted),
+                    **loss_metadata("alreadySpent", imported),
+                },
             )
         reason = f"request_id={request_id}" if request_id else ""
         params = {
@@ -102,7 +105,7 @@ class BudgetLedger(Reservations):
                 raise AlreadyExists(
                     "a ledger with a different allocation exists for this user and dataset",
                     reason="LEDGER_ALREADY_EXISTS",
-                    metadata={"allocation": describe(existing.allocation)},
+                    metadata=loss_metadata("allocation", existing.allocation),
                 )
             if cap.cap is not None and definition not in CAP_ACCEPTS[cap.cap.definition]:
                 raise cap_mismatch(cap.cap.definition, definition)
@@ -168,9 +171,9 @@ class BudgetLedger(Reservations):
                     "an allocation cannot be lowered below what is spent or held",
                     reason="ALLOCATION_BELOW_SPENT",
                     metadata={
-                        "allocation": describe(target),
-                        "spent": describe(balance.spent),
-                        "reserved": describe(balance.reserved),
+                        **loss_metadata("allocation", target),
+                        **loss_metadata("spent", balance.spent),
+                        **loss_metadata("reserved", balance.reserved),
                     },
                 )
             if target == balance.allocation:
@@ -317,7 +320,7 @@ class BudgetLedger(Reservations):
                 raise FailedPrecondition(
                     "the cap is below what the dataset's ledgers already spent or hold",
                     reason="DATASET_CAP_BELOW_USED",
-                    metadata={"cap": describe(bound), "used": describe(used)},
+                    metadata={**loss_metadata("cap", bound), **loss_metadata("used", used)},
                 )
             updated = DatasetCap(dataset, bound, used, actor, reason, now)
             session.update_dataset(updated)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from lomas_budget.accounting import charge_in_unit, describe, exceeds, shift
+from lomas_budget.accounting import charge_in_unit, describe, exceeds, loss_metadata, shift
 from lomas_common.errors import BudgetExhausted
 from lomas_common.privacy import PrivacyDefinition, PrivacyLoss, format_decimal
 
@@ -202,8 +202,8 @@ class DatasetCap:
                     f"{describe(converted)}, remaining {describe(remaining)}",
                     reason="DATASET_CAP_EXHAUSTED",
                     metadata={
-                        "requested": describe(converted),
-                        "remaining": describe(remaining),
+                        **loss_metadata("requested", converted),
+                        **loss_metadata("remaining", remaining),
                         "dataset": self.dataset,
                     },
                 )

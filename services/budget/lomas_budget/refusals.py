@@ -28,7 +28,7 @@ def reservation_not_found(query_id: str) -> NotFound:
     return NotFound(
         "no reservation exists for this query id",
         reason="RESERVATION_NOT_FOUND",
-        metadata={"query_id": query_id},
+        metadata={"queryId": query_id},
     )
 
 
@@ -36,7 +36,7 @@ def reservation_released(query_id: str) -> FailedPrecondition:
     return FailedPrecondition(
         "the reservation was released",
         reason="RESERVATION_RELEASED",
-        metadata={"query_id": query_id},
+        metadata={"queryId": query_id},
     )
 
 
@@ -44,7 +44,7 @@ def cap_mismatch(cap: PrivacyDefinition, ledger: PrivacyDefinition) -> FailedPre
     return FailedPrecondition(
         f"a dataset cap in {cap.value} cannot bound a ledger in {ledger.value}",
         reason="DATASET_CAP_DEFINITION_MISMATCH",
-        metadata={"cap_definition": cap.value, "ledger_definition": ledger.value},
+        metadata={"capDefinition": cap.value, "ledgerDefinition": ledger.value},
     )
 
 
@@ -60,7 +60,7 @@ def check_expected_cost(
         raise FailedPrecondition(
             "the cost of the query to run differs from its reservation; nothing was run",
             reason="COST_MISMATCH",
-            metadata={"query_id": reservation.query_id},
+            metadata={"queryId": reservation.query_id},
         )
 
 

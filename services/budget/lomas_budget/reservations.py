@@ -22,7 +22,7 @@ from datetime import timedelta
 from functools import partial
 from typing import Any
 
-from lomas_budget.accounting import charge_in_unit, describe, exceeds
+from lomas_budget.accounting import charge_in_unit, describe, exceeds, loss_metadata
 from lomas_budget.codec import RESERVATION, SWEEP, loss_params
 from lomas_budget.journal import Pending
 from lomas_budget.model import (
@@ -89,7 +89,7 @@ class Reservations(LedgerOperations):
             raise InvalidArgument(
                 "ttl_seconds must be positive and at most 7 days",
                 reason="TTL_INVALID",
-                metadata={"max_seconds": str(MAX_RESERVATION_TTL_SECONDS)},
+                metadata={"maxSeconds": str(MAX_RESERVATION_TTL_SECONDS)},
             )
         params = {
             "query_id": query_id,
@@ -111,7 +111,7 @@ class Reservations(LedgerOperations):
                 raise Conflict(
                     "this query id was already used for another reservation",
                     reason="QUERY_ID_CONFLICT",
-                    metadata={"query_id": query_id},
+                    metadata={"queryId": query_id},
                 )
             if balance.frozen:
                 raise PermissionDenied(
@@ -122,7 +122,10 @@ class Reservations(LedgerOperations):
                 raise BudgetExhausted(
                     f"not enough privacy budget: requested {describe(charge)}, "
                     f"remaining {describe(remaining)}",
-                    metadata={"requested": describe(charge), "remaining": describe(remaining)},
+                    metadata={
+                        **loss_metadata("requested", charge),
+                        **loss_metadata("remaining", remaining),
+                    },
                 )
             cap = None
             if balance.capped:
@@ -245,7 +248,7 @@ class Reservations(LedgerOperations):
                 raise FailedPrecondition(
                     "the query touched the data: its charge cannot be released",
                     reason="DATA_ACCESSED",
-                    metadata={"query_id": query_id, "state": reservation.state.value},
+                    metadata={"queryId": query_id, "state": reservation.state.value},
                 )
             return self._transition(
                 session,

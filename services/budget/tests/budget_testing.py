@@ -20,12 +20,12 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from lomas.budget.v1 import budget_pb2, budget_pb2_grpc
 from lomas.common.v1 import privacy_pb2
 from lomas_common.errors import Code, LomasError
-from lomas_common.peers import PeerSettings, SyncPeer
+from lomas_common.peers import PeerSettings, SyncPeer, health_check
 
 Peer = SyncPeer[Any]
 
@@ -102,12 +102,12 @@ class BudgetProcess:
             )
         deadline = time.monotonic() + timeout
         with grpc.insecure_channel(self.target, options=FAST_RECONNECT) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
+            health = health_check(channel)
             while True:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"the budget service exited:\n{self.log()}")
                 try:
-                    response = health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                    response = health(health_pb2.HealthCheckRequest(), timeout=1.0)
                     if response.status == health_pb2.HealthCheckResponse.SERVING:
                         return self
                 except grpc.RpcError:
@@ -138,7 +138,8 @@ def open_ledger(budget: Peer, user: str, dataset: str, allocation: Any) -> budge
     request = budget_pb2.OpenLedgerRequest(
         user=user, dataset=dataset, allocation=allocation, actor="admin"
     )
-    return budget.call("OpenLedger", request).ledger
+    response: budget_pb2.OpenLedgerResponse = budget.call("OpenLedger", request)
+    return response.ledger
 
 
 def reserve(budget: Peer, query_id: str, user: str, cost: Any, **fields: Any) -> Any:

@@ -95,6 +95,7 @@ def service(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[BudgetProcess]:
     tmp = tmp_path_factory.mktemp("budget-api")
+    drop: Callable[[], None]
     if request.param == "sqlite":
         url, drop = sqlite_url(tmp / "budget.db"), (lambda: None)
     else:

@@ -106,7 +106,23 @@ def test_chain_hash_is_sha256_of_the_canonical_json(
     fields = [ledger_id, user, dataset, "approx_dp", seq, "commit", "1.5", "0", "-2"]
     fields += [query_id, actor, reason, created_at, "0" * 64]
     canonical = json.dumps([HASH_VERSION, *fields], separators=(",", ":"), ensure_ascii=False)
-    assert chain_hash(*fields) == hashlib.sha256(canonical.encode()).hexdigest()
+    digest = chain_hash(
+        ledger_id,
+        user,
+        dataset,
+        "approx_dp",
+        seq,
+        "commit",
+        "1.5",
+        "0",
+        "-2",
+        query_id,
+        actor,
+        reason,
+        created_at,
+        "0" * 64,
+    )
+    assert digest == hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @FAST

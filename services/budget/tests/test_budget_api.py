@@ -40,7 +40,12 @@ def test_reservations_carry_owner_expiry_and_typed_refusals(budget: Peer, user: 
         Code.RESOURCE_EXHAUSTED,
         "PRIVACY_BUDGET_EXHAUSTED",
     )
-    assert metadata == {"requested": "epsilon=10, delta=0", "remaining": "epsilon=9, delta=0.001"}
+    assert metadata == {
+        "requestedEpsilon": "10",
+        "requestedDelta": "0",
+        "remainingEpsilon": "9",
+        "remainingDelta": "0.001",
+    }
     refused(
         lambda: reserve(budget, f"{user}-q3", user, zcdp("0.1")),
         Code.INVALID_ARGUMENT,
@@ -161,13 +166,13 @@ def test_history_freeze_and_caps(budget: Peer, user: str) -> None:
     reserve(budget, f"{user}-q2", user, approx("1", "0"))
 
     entries = []
-    request = budget_pb2.ListLedgerEntriesRequest(user=user, dataset="penguins", page_size=2)
+    listing = budget_pb2.ListLedgerEntriesRequest(user=user, dataset="penguins", page_size=2)
     while True:
-        page = budget.call("ListLedgerEntries", request)
+        page = budget.call("ListLedgerEntries", listing)
         entries += page.entries
         if not page.next_page_token:
             break
-        request.page_token = page.next_page_token
+        listing.page_token = page.next_page_token
     kinds = [
         budget_pb2.LedgerEntryKind.Name(e.kind).removeprefix("LEDGER_ENTRY_KIND_") for e in entries
     ]
@@ -232,7 +237,8 @@ def test_the_service_sweeps_expired_reservations_by_itself(budget: Peer, user: s
 
     def ledger() -> budget_pb2.Ledger:
         request = budget_pb2.GetLedgerRequest(user=user, dataset="penguins")
-        return budget.call("GetLedger", request).ledger
+        response: budget_pb2.GetLedgerResponse = budget.call("GetLedger", request)
+        return response.ledger
 
     wait_for(lambda: ledger().reserved == approx("0", "0"))
     assert ledger().spent == approx("2", "0")  # kept: a worker touched the data
@@ -282,7 +288,7 @@ def test_the_worker_cost_recheck_crosses_the_wire(budget: Peer, user: str) -> No
         Code.FAILED_PRECONDITION,
         "COST_MISMATCH",
     )
-    assert metadata == {"query_id": f"{user}-q1"}
+    assert metadata == {"queryId": f"{user}-q1"}
     refused(
         lambda: budget.call(
             "MarkReservationAccessed",

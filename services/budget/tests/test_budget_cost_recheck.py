@@ -31,7 +31,7 @@ def refused_as_mismatch(
     with pytest.raises(FailedPrecondition) as error:
         ledger.mark_accessed("q1", expected_cost=expected, request_id=request_id)
     assert (error.value.code, error.value.reason) == (Code.FAILED_PRECONDITION, "COST_MISMATCH")
-    assert error.value.metadata == {"query_id": "q1"}
+    assert error.value.metadata == {"queryId": "q1"}
 
 
 @pytest.mark.parametrize(

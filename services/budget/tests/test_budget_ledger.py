@@ -259,15 +259,17 @@ def test_exhaustion_in_any_component_changes_nothing(ledger: BudgetLedger) -> No
     ledger.reserve("q1", ALICE, PENGUINS, approx("0.5", "0.000004"), actor="gateway")
     before = ledger.get_balance(ALICE, PENGUINS)
     for query_id, cost, requested in [
-        ("q2", approx("0.1", "0.00001"), "epsilon=0.1, delta=0.00001"),  # delta short
-        ("q3", approx("0.6", "0"), "epsilon=0.6, delta=0"),  # epsilon short
+        ("q2", approx("0.1", "0.00001"), ("0.1", "0.00001")),  # delta short
+        ("q3", approx("0.6", "0"), ("0.6", "0")),  # epsilon short
     ]:
         with pytest.raises(BudgetExhausted) as error:
             ledger.reserve(query_id, ALICE, PENGUINS, cost, actor="gateway")
         assert_error(error, BudgetExhausted, "PRIVACY_BUDGET_EXHAUSTED")
         assert error.value.metadata == {
-            "requested": requested,
-            "remaining": "epsilon=0.5, delta=0.000006",
+            "requestedEpsilon": requested[0],
+            "requestedDelta": requested[1],
+            "remainingEpsilon": "0.5",
+            "remainingDelta": "0.000006",
         }
         with pytest.raises(NotFound):
             ledger.get_reservation(query_id)
@@ -434,7 +436,7 @@ def test_zcdp_ledger_exhaustion_uses_the_converted_cost(ledger: BudgetLedger) ->
     ledger.reserve("q1", ALICE, PENGUINS, pure("0.9"), "gateway")  # rho 0.405
     with pytest.raises(BudgetExhausted) as error:
         ledger.reserve("q2", ALICE, PENGUINS, pure("0.5"), "gateway")  # rho 0.125 > 0.095
-    assert error.value.metadata == {"requested": "rho=0.125", "remaining": "rho=0.095"}
+    assert error.value.metadata == {"requestedRho": "0.125", "remainingRho": "0.095"}
 
 
 def test_full_lifecycle_is_consistent(ledger: BudgetLedger) -> None:

@@ -4,6 +4,7 @@ replays, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from decimal import Decimal as D
 
 import pytest
@@ -38,7 +39,9 @@ def zcdp(rho: str) -> PrivacyLoss:
     return PrivacyLoss.rho_zcdp(D(rho))
 
 
-def assert_error(error: pytest.ExceptionInfo[LomasError], kind: type, reason: str) -> None:
+def assert_error(
+    error: pytest.ExceptionInfo[LomasError], kind: type[LomasError], reason: str
+) -> None:
     assert type(error.value) is kind
     assert error.value.reason == reason
 
@@ -80,7 +83,7 @@ def test_adjust_raises_and_lowers_the_allocation_with_signed_entries(ledger: Bud
     ],
 )
 def test_adjust_refuses_below_spent_or_another_definition(
-    ledger: BudgetLedger, allocation: PrivacyLoss, kind: type, reason: str
+    ledger: BudgetLedger, allocation: PrivacyLoss, kind: type[LomasError], reason: str
 ) -> None:
     ledger.open_ledger(ALICE, PENGUINS, approx("5", "0.001"), None, "admin")
     ledger.reserve("q1", ALICE, PENGUINS, approx("1", "0.0001"), "gateway")
@@ -147,7 +150,8 @@ def test_a_dataset_cap_bounds_all_users_together(ledger: BudgetLedger) -> None:
     with pytest.raises(BudgetExhausted) as error:
         ledger.reserve("b2", BOB, PENGUINS, pure("1"), "gateway")  # bob's ledger has room
     assert_error(error, BudgetExhausted, "DATASET_CAP_EXHAUSTED")
-    assert error.value.metadata["remaining"] == "epsilon=0.5, delta=0.0004"
+    assert error.value.metadata["remainingEpsilon"] == "0.5"
+    assert error.value.metadata["remainingDelta"] == "0.0004"
     ledger.release("a1")  # a release gives the cap back
     ledger.reserve("b2", BOB, PENGUINS, pure("1"), "gateway")
     assert ledger.get_dataset_cap(PENGUINS).used == approx("3.5", "0")
@@ -166,8 +170,8 @@ def test_a_zcdp_cap_counts_pure_dp_charges_in_rho(ledger: BudgetLedger) -> None:
     with pytest.raises(BudgetExhausted) as error:
         ledger.reserve("b2", BOB, PENGUINS, pure("0.3"), "gateway")  # rho 0.045
     assert_error(error, BudgetExhausted, "DATASET_CAP_EXHAUSTED")
-    assert error.value.metadata["requested"] == "rho=0.045"
-    assert error.value.metadata["remaining"] == "rho=0.02"
+    assert error.value.metadata["requestedRho"] == "0.045"
+    assert error.value.metadata["remainingRho"] == "0.02"
     ledger.reserve("b3", BOB, PENGUINS, pure("0.2"), "gateway")  # rho 0.02: exactly what is left
     assert ledger.get_dataset_cap(PENGUINS).used == zcdp("0.5")
     assert ledger.get_balance(BOB, PENGUINS).reserved == pure("0.8")
@@ -315,11 +319,12 @@ def test_a_request_id_reused_for_another_request_is_refused(ledger: BudgetLedger
     ledger.open_ledger(ALICE, PENGUINS, approx("5", "0.001"), None, "admin")
     ledger.reserve("q1", ALICE, PENGUINS, approx("1", "0"), "gw", request_id="r1")
     ledger.reserve("q2", ALICE, PENGUINS, approx("1", "0"), "gw")
-    for call in (
+    calls: tuple[Callable[[], object], ...] = (
         lambda: ledger.reserve("q1", ALICE, PENGUINS, approx("2", "0"), "gw", request_id="r1"),
         lambda: ledger.commit("q2", request_id="r1"),
         lambda: ledger.release("q1", request_id="r1"),
-    ):
+    )
+    for call in calls:
         with pytest.raises(InvalidArgument) as error:
             call()
         assert_error(error, InvalidArgument, "REQUEST_ID_REUSED")

@@ -17,6 +17,7 @@ import pytest
 from budget_testing import BudgetProcess, approx, zcdp
 
 from lomas.budget.v1 import budget_pb2
+from lomas.common.v1 import privacy_pb2
 from lomas_budget.accounting import approx_dp_epsilon
 from lomas_common.errors import LomasError
 from lomas_common.privacy import round_allocation, round_cost
@@ -74,7 +75,7 @@ def test_a_hundred_gaussian_queries_fit_in_rho_but_not_in_epsilon_delta(
                 ),
             )
 
-        def charge(user: str, number: int, cost: object) -> bool:
+        def charge(user: str, number: int, cost: privacy_pb2.PrivacyLoss) -> bool:
             query_id = f"{user}-{number}"
             try:
                 budget.call(

@@ -12,6 +12,7 @@ receives a reason the contracts do not declare.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 
 from lomas.common.v1 import error_reason_pb2
@@ -32,7 +33,11 @@ def reason_of(value: error_reason_pb2.ErrorReason.ValueType) -> str:
 
 
 class UnregisteredReason(ValueError):
-    """A programming error: a reason that `lomas.common.v1.ErrorReason` does not declare."""
+    """A programming error: a reason that `lomas.common.v1.ErrorReason` does not declare, or a
+    metadata key that is not lowerCamel (the registry's rule: one value per lowerCamel key)."""
+
+
+_METADATA_KEY = re.compile(r"[a-z][a-zA-Z0-9]*\Z")
 
 
 ERROR_DOMAIN = "lomas.mesh"
@@ -77,6 +82,9 @@ class LomasError(Exception):
                 f"{self.reason!r} is not in lomas.common.v1.ErrorReason: declare it there first"
             )
         self.metadata: dict[str, str] = {k: str(v) for k, v in (metadata or {}).items()}
+        for key in self.metadata:
+            if not _METADATA_KEY.match(key):
+                raise UnregisteredReason(f"error metadata key {key!r} is not lowerCamel")
         self.retry_after_seconds = retry_after_seconds
 
 

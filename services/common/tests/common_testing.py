@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import NoReturn
 
 import grpc
 
@@ -27,9 +28,34 @@ def settings(service_token: str = "", grace: float = 0.0) -> ServerSettings:
     )
 
 
-class BlockingExecutor(executor_pb2_grpc.ExecutorServiceServicer):
+class EstimateCostOnly(executor_pb2_grpc.ExecutorServiceServicer):
+    """The base of test servicers that implement EstimateCost alone: the other methods answer
+    UNIMPLEMENTED, as the generated base does at run time (its typed stubs declare them abstract)."""
+
+    def _unimplemented(self, context: grpc.ServicerContext) -> NoReturn:
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details("Method not implemented!")
+        raise NotImplementedError("Method not implemented!")
+
+    def ValidateDataset(
+        self, request: executor_pb2.ValidateDatasetRequest, context: grpc.ServicerContext
+    ) -> executor_pb2.ValidateDatasetResponse:
+        self._unimplemented(context)
+
+    def GetDummyDataset(
+        self, request: executor_pb2.GetDummyDatasetRequest, context: grpc.ServicerContext
+    ) -> executor_pb2.GetDummyDatasetResponse:
+        self._unimplemented(context)
+
+    def RunDummyQuery(
+        self, request: executor_pb2.RunDummyQueryRequest, context: grpc.ServicerContext
+    ) -> executor_pb2.RunDummyQueryResponse:
+        self._unimplemented(context)
+
+
+class BlockingExecutor(EstimateCostOnly):
     """Answers EstimateCost with an empty response; `release` lets a slow call finish (the other
-    methods are the generated base's: UNIMPLEMENTED)."""
+    methods are UNIMPLEMENTED)."""
 
     def __init__(self) -> None:
         self.release = threading.Event()
@@ -43,7 +69,7 @@ class BlockingExecutor(executor_pb2_grpc.ExecutorServiceServicer):
         return executor_pb2.EstimateCostResponse()
 
 
-class AsyncExecutor(executor_pb2_grpc.ExecutorServiceServicer):
+class AsyncExecutor(EstimateCostOnly):
     """Answers EstimateCost with an empty response, on an asyncio server."""
 
     async def EstimateCost(

@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Any
 
 import grpc
 import pytest
 from common_testing import (
     EXECUTOR,
     BlockingExecutor,
+    EstimateCostOnly,
     closed_port,
     settings,
 )
@@ -102,8 +102,10 @@ def test_a_peer_that_goes_away_mid_call_is_backend_unavailable() -> None:
 
 
 def test_errors_with_error_info_keep_code_reason_and_retry_advice() -> None:
-    class Overloaded(executor_pb2_grpc.ExecutorServiceServicer):
-        def EstimateCost(self, request: Any, context: Any) -> Any:
+    class Overloaded(EstimateCostOnly):
+        def EstimateCost(
+            self, request: executor_pb2.EstimateCostRequest, context: grpc.ServicerContext
+        ) -> executor_pb2.EstimateCostResponse:
             raise BackendUnavailable(
                 "the store is unavailable", metadata={"store": "db"}, retry_after_seconds=2.5
             )
@@ -159,12 +161,21 @@ def test_the_gateway_edge_answers_unavailable_with_retry_info_and_the_peer() -> 
     """A gateway-like asyncio server whose handler calls a peer that is down."""
     target = f"127.0.0.1:{closed_port()}"
 
-    class Forwarding(executor_pb2_grpc.ExecutorServiceServicer):
+    class Forwarding(EstimateCostOnly):
         def __init__(self) -> None:
             self.peer = AsyncPeer(target, executor_pb2_grpc.ExecutorServiceStub, PeerSettings())
 
-        async def EstimateCost(self, request: Any, context: Any) -> Any:
-            return await self.peer.call("EstimateCost", request)
+        async def EstimateCost(
+            self,
+            request: executor_pb2.EstimateCostRequest,
+            context: grpc.aio.ServicerContext[
+                executor_pb2.EstimateCostRequest, executor_pb2.EstimateCostResponse
+            ],
+        ) -> executor_pb2.EstimateCostResponse:
+            response: executor_pb2.EstimateCostResponse = await self.peer.call(
+                "EstimateCost", request
+            )
+            return response
 
     async def scenario() -> grpc.RpcError:
         forwarding = Forwarding()

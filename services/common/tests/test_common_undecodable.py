@@ -29,8 +29,10 @@ TOKEN = "peer-secret"
 def raw_call(port: int, method: str, payload: bytes, token: str = "") -> grpc.RpcError | bytes:
     """Send `payload` as the request bytes of `method`; the error, or the response bytes."""
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
-        metadata = [("x-lomas-service-token", token)] if token else None
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            method, request_serializer=None, response_deserializer=None
+        )
+        metadata = (("x-lomas-service-token", token),) if token else None
         try:
             return bytes(call(payload, timeout=5, metadata=metadata))
         except grpc.RpcError as error:
@@ -92,7 +94,7 @@ def test_asyncio_server_refuses_undecodable_requests_with_error_info() -> None:
         try:
             loop = asyncio.get_running_loop()
 
-            async def call(method: str, payload: bytes, token: str = "") -> object:
+            async def call(method: str, payload: bytes, token: str = "") -> grpc.RpcError | bytes:
                 return await loop.run_in_executor(
                     None, raw_call, running.port, method, payload, token
                 )

@@ -45,7 +45,11 @@ def _sources() -> list[Path]:
 def test_the_registry_has_no_gaps_and_a_zero_value() -> None:
     values = error_reason_pb2.ErrorReason.values()
     assert sorted(values) == list(range(len(values)))
-    assert error_reason_pb2.ErrorReason.Name(0) == "ERROR_REASON_UNSPECIFIED"
+    assert error_reason_pb2.ERROR_REASON_UNSPECIFIED == 0
+    assert (
+        error_reason_pb2.ErrorReason.Name(error_reason_pb2.ERROR_REASON_UNSPECIFIED)
+        == "ERROR_REASON_UNSPECIFIED"
+    )
     assert reason_of(error_reason_pb2.ERROR_REASON_QUERY_INVALID) == "QUERY_INVALID"
 
 

@@ -147,7 +147,7 @@ def run_task(mesh: Mesh, user: str, query: query_pb2.Query, cost: privacy_pb2.Pr
         fingerprint="f",
     )
     client = redis.Redis.from_url(REDIS_URL)
-    listener = client.pubsub()
+    listener = redis.client.PubSub(client.connection_pool)  # what the untyped `pubsub()` builds
     try:
         listener.subscribe(mesh.settings.queue.done_channel(query_id))
         listener.get_message(timeout=5)  # the subscription confirmation

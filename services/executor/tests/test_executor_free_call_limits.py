@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -73,7 +73,8 @@ def resize(columns: list[str], size: int) -> str:
             >> dp.t.then_mean()
             >> dp.m.then_laplace(1.0)
         )
-    return dp.serialize(measurement)
+    text: str = dp.serialize(measurement)  # OpenDP's serialize is untyped
+    return text
 
 
 def opendp_query(measurement_json: str) -> query_pb2.Query:
@@ -93,7 +94,7 @@ def test_an_enormous_resize_is_refused_quickly_in_cost_and_dummy_paths(
     executor: Executor, penguin_md: DatasetMetadata
 ) -> None:
     query = opendp_query(resize(list(penguin_md.column_names), 10**12))
-    calls = {
+    calls: dict[str, Callable[[], object]] = {
         "cost": lambda: executor.stub.EstimateCost(
             executor_pb2.EstimateCostRequest(dataset=dataset(), query=query), timeout=30
         ),

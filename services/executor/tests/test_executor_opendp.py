@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pandas as pd
 import polars as pl
 import pyarrow as pa
 import pytest
+from opendp.extras.polars import DPExpr, dp_len
 
 from lomas_common.errors import ExecutionFailed, InvalidQuery
 from lomas_common.privacy import PrivacyLoss, parse_decimal
@@ -43,20 +45,22 @@ def mean_bill(md: DatasetMetadata, noise: str = "laplace", scale: float = 1.0) -
             >> dp.t.then_resize(344, 40.0)
             >> dp.t.then_mean()
         )
-    return pipeline >> (
+    measurement: dp.Measurement = pipeline >> (
         dp.m.then_laplace(scale) if noise == "laplace" else dp.m.then_gaussian(scale)
     )
+    return measurement
 
 
 def count_rows(md: DatasetMetadata) -> dp.Measurement:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        return (
+        measurement: dp.Measurement = (
             dp.t.make_split_dataframe(",", list(md.column_names))
             >> dp.t.make_select_column("species", str)
             >> dp.t.then_count()
             >> dp.m.then_laplace(2.0)
         )
+    return measurement
 
 
 def plan_json(plan: pl.LazyFrame) -> str:
@@ -72,12 +76,12 @@ def grouped_plan(lf: pl.LazyFrame | None = None) -> pl.LazyFrame:
     """Sum and count by species: its keys would come from the data (a threshold must hide them)."""
     lf = lf if lf is not None else pl.LazyFrame(schema=PENGUIN_SCHEMA)
     return lf.group_by("species").agg(
-        pl.col("bill_length_mm").fill_null(40.0).dp.sum((30.0, 65.0), scale=100.0),
-        dp.len(scale=2.0),
+        DPExpr(pl.col("bill_length_mm").fill_null(40.0)).sum((30.0, 65.0), scale=100.0),
+        dp_len(scale=2.0),
     )
 
 
-def with_keys(plan: pl.LazyFrame, keys: dict[str, list[object]]) -> pl.LazyFrame:
+def with_keys(plan: pl.LazyFrame, keys: Mapping[str, Sequence[object]]) -> pl.LazyFrame:
     """What OpenDP's `LazyFrameQuery.with_keys` sends: the public keys left-joined with the plan."""
     frame = pl.LazyFrame(keys, schema={k: PENGUIN_SCHEMA.get(k, pl.String) for k in keys})
     return frame.join(plan, how="left", on=list(keys), nulls_equal=True)
@@ -170,7 +174,7 @@ def test_polars_costs_and_margins_come_from_the_metadata(penguin_md: DatasetMeta
     assert Decimal("1e-6") < loss.delta < Decimal("1.001e-6")
 
     unscaled = pl.LazyFrame(schema={"body_mass_g": pl.Float64}).select(
-        pl.col("body_mass_g").fill_null(4000.0).dp.sum((2000.0, 7000.0))
+        DPExpr(pl.col("body_mass_g").fill_null(4000.0)).sum((2000.0, 7000.0))
     )
     with pytest.raises(InvalidQuery, match="OpenDP refused"):
         oq.estimate_cost(OpenDpPolarsQuery(plan_json(unscaled)), penguin_md)
@@ -188,7 +192,7 @@ def test_polars_measurements_take_only_the_columns_a_plan_names(
     table = pa.Table.from_pandas(penguin_frame, schema=penguin_md.arrow_schema())
     frame = oq.prepare_polars(table, penguin_md)
     narrowed = {
-        "count": (lf.select(dp.len(scale=1.0)), ["bill_length_mm"]),  # the cheapest: no string
+        "count": (lf.select(dp_len(scale=1.0)), ["bill_length_mm"]),  # the cheapest: no string
         "grouped": (penguin_plan(), ["species", "bill_length_mm"]),
     }
     for name, (plan, columns) in narrowed.items():
@@ -208,8 +212,8 @@ def test_polars_measurements_take_only_the_columns_a_plan_names(
         assert measurement.map(penguin_md.max_ids) == every_column.map(penguin_md.max_ids), name
         assert len(oq.execute(query, frame, penguin_md, measurement)) >= 1, name
 
-    wildcard = lf.select(pl.all().fill_null(40.0).dp.sum((30.0, 65.0), scale=100.0))
-    regex = lf.select(pl.col("^b.*$").fill_null(40.0).dp.sum((30.0, 65.0), scale=100.0))
+    wildcard = lf.select(DPExpr(pl.all().fill_null(40.0)).sum((30.0, 65.0), scale=100.0))
+    regex = lf.select(DPExpr(pl.col("^b.*$").fill_null(40.0)).sum((30.0, 65.0), scale=100.0))
     for plan in (wildcard, regex):
         facts = opendp_polars.check_polars_plan(json.loads(plan_json(plan)), penguin_md)
         assert facts.named_columns is None
@@ -265,7 +269,7 @@ def test_hostile_polars_plans_are_refused_before_deserializing(
     cases = {
         "AnonymousFunction": lf.select(pl.col("bill_length_mm").map_batches(lambda s: s * 2)),
         "OpaquePython": lf.map_batches(lambda frame: frame),
-        "Scan": pl.scan_csv(tmp_path / "secret.csv").select(dp.len(scale=1.0)),
+        "Scan": pl.scan_csv(tmp_path / "secret.csv").select(dp_len(scale=1.0)),
     }
     real = pl.LazyFrame.deserialize
 
@@ -279,7 +283,7 @@ def test_hostile_polars_plans_are_refused_before_deserializing(
         refused(error, opendp_model.PIPELINE_REFUSED, node)
 
     # A plugin that is not OpenDP's, and OpenDP's symbol in another library.
-    tree = json.loads(plan_json(lf.select(dp.len(scale=1.0))))
+    tree = json.loads(plan_json(lf.select(dp_len(scale=1.0))))
     plugin = next(
         node["FfiPlugin"]
         for _, node in opendp_model.walk(tree)
@@ -300,7 +304,7 @@ def test_hostile_polars_plans_are_refused_before_deserializing(
 
 
 def test_polars_plans_must_agree_with_the_metadata(penguin_md: DatasetMetadata) -> None:
-    wrong_type = pl.LazyFrame(schema={"species": pl.Int64}).select(dp.len(scale=1.0))
+    wrong_type = pl.LazyFrame(schema={"species": pl.Int64}).select(dp_len(scale=1.0))
     with pytest.raises(InvalidQuery) as error:
         oq.estimate_cost(OpenDpPolarsQuery(plan_json(wrong_type)), penguin_md)
     refused(
@@ -308,7 +312,7 @@ def test_polars_plans_must_agree_with_the_metadata(penguin_md: DatasetMetadata) 
         opendp_model.INPUT_DOMAIN_MISMATCH,
         "'species' is Int64, but the metadata says string",
     )
-    unknown = pl.LazyFrame(schema={"salary": pl.Float64}).select(dp.len(scale=1.0))
+    unknown = pl.LazyFrame(schema={"salary": pl.Float64}).select(dp_len(scale=1.0))
     with pytest.raises(InvalidQuery) as error:
         oq.estimate_cost(OpenDpPolarsQuery(plan_json(unknown)), penguin_md)
     refused(error, opendp_model.INPUT_DOMAIN_MISMATCH, "column 'salary'")
@@ -316,7 +320,7 @@ def test_polars_plans_must_agree_with_the_metadata(penguin_md: DatasetMetadata) 
     md = DatasetMetadata.from_dict(
         {"max_ids": 1, "rows": 10, "row_privacy": True, "columns": {"python_scan": {"type": "int"}}}
     )
-    fine = pl.LazyFrame(schema={"python_scan": pl.Int64}).select(dp.len(scale=1.0))
+    fine = pl.LazyFrame(schema={"python_scan": pl.Int64}).select(dp_len(scale=1.0))
     assert oq.estimate_cost(OpenDpPolarsQuery(plan_json(fine)), md) == PrivacyLoss.pure_dp(
         Decimal("1")
     )
@@ -448,7 +452,9 @@ def test_group_keys_never_come_from_the_data(
     assert "Gentoo" not in set(engine.run(thresholded, dataset)["species"])
 
 
-def _keyed(keys: dict[str, list[object]], schema: dict[str, pl.DataType]) -> str:
+def _keyed(
+    keys: Mapping[str, Sequence[object]], schema: Mapping[str, pl.DataType | type[pl.DataType]]
+) -> str:
     frame = pl.LazyFrame(keys, schema=schema)
     plan = frame.join(grouped_plan(), how="left", on=list(keys), nulls_equal=True)
     return plan_json(plan)

@@ -11,6 +11,7 @@ import pytest
 import snsql
 from snsql.sql._mechanisms.gaussian import Gaussian
 from snsql.sql._mechanisms.laplace import Laplace
+from snsql.sql.private_reader import PrivateReader
 
 from lomas_common.errors import ExecutionFailed, InvalidQuery
 from lomas_common.privacy import PrivacyDefinition, PrivacyLoss
@@ -325,13 +326,13 @@ def test_costs_are_memoised_by_query_and_metadata(
 ) -> None:
     """A cost is worked out once per (SQL, privacy parameters, metadata); refusals every time."""
     asked: list[str] = []
-    library = sn.PrivateReader._rewrite
+    library = PrivateReader._rewrite
 
     def counted(self: object, sql: str) -> object:
         asked.append(sql)
         return library(self, sql)
 
-    monkeypatch.setattr(sn.PrivateReader, "_rewrite", counted)
+    monkeypatch.setattr(PrivateReader, "_rewrite", counted)
     sql = f"SELECT COUNT(*) AS n_{uuid.uuid4().hex[:8]} FROM df"  # not asked by another test
     first = sn.estimate_cost(_query(sql, epsilon="0.3"), penguin_md)
     assert sn.estimate_cost(_query(sql, epsilon="0.3"), penguin_md) == first

@@ -23,9 +23,10 @@ from lomas_executor import smartnoise_sql as sn
 from lomas_executor.cache import DatasetCache
 from lomas_executor.engine import DatasetRef, QueryEngine
 from lomas_executor.metadata import DatasetMetadata
+from lomas_executor.settings import SqlLimits
 from lomas_executor.smartnoise_sql import SmartnoiseSqlQuery
 from lomas_executor.sources import DataFormat, DataSource
-from lomas_executor.sql_limits import SqlLimits
+from lomas_executor.sql_limits import DEFAULT_LIMITS
 
 SPECIES = ["Adelie", "Chinstrap", "Gentoo"]
 ISLANDS = ["Torgersen", "Biscoe", "Dream"]
@@ -84,7 +85,7 @@ def _query(
 
 def _refused(sql: str, md: DatasetMetadata, limits: SqlLimits | None = None) -> InvalidQuery:
     with pytest.raises(InvalidQuery) as caught:
-        sn.estimate_cost(_query(sql), md, limits or sn.DEFAULT_LIMITS)
+        sn.estimate_cost(_query(sql), md, limits or DEFAULT_LIMITS)
     assert caught.value.code is Code.INVALID_ARGUMENT
     return caught.value
 

@@ -403,7 +403,7 @@ class QueryLifecycle:
                 "this request id belongs to a query that was cancelled before it ran; "
                 "send the query again with a new request id",
                 reason="QUERY_ID_RELEASED",
-                metadata={"query_id": task.query_id},
+                metadata={"queryId": task.query_id},
             )
         return state
 
@@ -446,7 +446,7 @@ class QueryLifecycle:
         if completion is None:
             raise QueryTimeout(
                 "the query did not finish in time; retry with the same request id to collect it",
-                metadata={"query_id": query_id},
+                metadata={"queryId": query_id},
             )
         return completion
 
@@ -533,5 +533,5 @@ class RemoteErrorFromArchive(LomasError):
         super().__init__(
             stored.error_message or "the query failed after data access; its cost is charged",
             reason=stored.error_reason or "QUERY_EXECUTION_FAILED",
-            metadata={"query_id": stored.query_id},
+            metadata={"queryId": stored.query_id},
         )
