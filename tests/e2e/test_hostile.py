@@ -343,3 +343,37 @@ def test_a_flood_of_free_calls_leaves_another_users_query_answering(platform: Ru
         "FREE_CALL_LIMIT_EXCEEDED",
         "FREE_CALLS_BUSY",
     }
+
+
+def test_a_request_id_is_bound_to_its_query(platform: RunningMesh) -> None:
+    client = researcher(platform)
+    first = client.smartnoise_sql.query(COUNT, epsilon="0.5", delta="0", request_id="bound-1")
+    again = client.smartnoise_sql.query(COUNT, epsilon="0.5", delta="0", request_id="bound-1")
+    assert again.attrs["query_id"] == first.attrs["query_id"]
+    other = "SELECT COUNT(*) AS m FROM df"
+    error = refusal(
+        lambda: client.smartnoise_sql.query(other, epsilon="0.5", delta="0", request_id="bound-1")
+    )
+    assert (error.code, error.reason) == ("INVALID_ARGUMENT", "REQUEST_ID_REUSED")
+    # Sent together, one id with two queries: one runs, the other is refused; one charge.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        outcomes = list(
+            pool.map(
+                lambda sql: _reason_of(
+                    lambda: client.smartnoise_sql.query(
+                        sql, epsilon="0.5", delta="0", request_id="bound-2", fresh=True
+                    )
+                ),
+                [COUNT, other],
+            )
+        )
+    assert sorted(outcomes) == ["", "REQUEST_ID_REUSED"]
+    assert spent(client)["total_spent_epsilon"] == Decimal("1.0")
+
+
+def _reason_of(call: Callable[[], object]) -> str:
+    try:
+        call()
+    except LomasError as error:
+        return error.reason
+    return ""

@@ -359,3 +359,18 @@ def test_an_unknown_collection_source_is_refused_before_any_call(
     with pytest.raises(ValueError, match="unsupported database_type 'MONGO_DB'"):
         admin.load_dataset_collection(collection)
     assert server.admin.datasets == {}
+
+
+def test_the_dataset_is_named_as_lomas_users_do(server: Server) -> None:
+    for connected in (
+        Client(server.target, "PENGUIN", token=TOKEN),
+        Client(server.target, dataset_name="PENGUIN", token=TOKEN),
+        Client(server.target, token=TOKEN, dataset="PENGUIN"),
+    ):
+        with connected:
+            assert connected.dataset == "PENGUIN"
+            assert connected.get_dataset_metadata()["columns"]
+    with pytest.raises(TypeError):
+        Client(server.target, "PENGUIN", token=TOKEN, dataset="IRIS")
+    with pytest.raises(TypeError):
+        Client(server.target, token=TOKEN)

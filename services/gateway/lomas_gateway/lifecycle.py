@@ -66,6 +66,7 @@ from lomas_common.errors import (
 from lomas_common.peers import AsyncPeer
 from lomas_common.queue import EXECUTE_QUERY_TASK
 from lomas_common.rpc_errors import RemoteError
+from lomas_gateway.claims import RequestClaims, request_id_reused
 from lomas_gateway.completion import Completion, CompletionWaiter
 from lomas_gateway.lost_tasks import LostTaskFinder
 from lomas_gateway.settings import GatewaySettings
@@ -216,12 +217,14 @@ class QueryLifecycle:
         celery: Celery,
         waiter: CompletionWaiter,
         lost_tasks: LostTaskFinder,
+        claims: RequestClaims,
     ) -> None:
         self._settings = settings
         self._peers = peers
         self._celery = celery
         self._waiter = waiter
         self._lost_tasks = lost_tasks
+        self._claims = claims
         self._costs = CostCache()
         self._estimating: dict[bytes, asyncio.Future[privacy_pb2.PrivacyLoss]] = {}
         # Names this gateway process as the owner of the reservations it makes (for operators).
@@ -347,6 +350,8 @@ class QueryLifecycle:
         estimate = asyncio.ensure_future(self.estimate_cost(subject, access.dataset, query))
         try:
             earlier = await self._earlier_answer(task, retry=bool(request_id), fresh=fresh)
+            if request_id:  # the id now names this query, even when a replay answers it
+                await self._claims.bind(task.query_id, task.fingerprint)
             if earlier is not None:
                 return earlier
             task.cost.CopyFrom(await estimate)
@@ -369,6 +374,8 @@ class QueryLifecycle:
             self._earlier_release(task.user, task.fingerprint) if not fresh else _nothing(),
         )
         if retried is not None:
+            if retried.fingerprint != task.fingerprint:
+                raise request_id_reused(task.query_id)
             return _outcome(retried)
         if earlier is not None:
             return QueryOutcome(

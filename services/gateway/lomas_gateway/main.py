@@ -17,6 +17,7 @@ from lomas_common.server import (
 from lomas_gateway.api import AdminServicer, GatewayServicer
 from lomas_gateway.audit import AuditTrail
 from lomas_gateway.auth import make_authenticator
+from lomas_gateway.claims import RequestClaims
 from lomas_gateway.completion import CompletionWaiter
 from lomas_gateway.lifecycle import Peers, QueryLifecycle
 from lomas_gateway.limits import UserLimits
@@ -35,6 +36,7 @@ class Gateway:
         self.peers = Peers(settings)
         self.waiter = CompletionWaiter(settings.queue)
         self.lost_tasks = LostTaskFinder(settings.queue)
+        self.claims = RequestClaims(settings.queue)
         self.celery = make_celery_app(settings.queue)
         self.limits = UserLimits(settings.queue.broker_url, settings.queue.prefix, settings.limits)
         self.audit = AuditTrail(self.peers.admin)
@@ -43,7 +45,7 @@ class Gateway:
     async def start(self) -> RunningServer:
         await self.waiter.start()
         lifecycle = QueryLifecycle(
-            self.settings, self.peers, self.celery, self.waiter, self.lost_tasks
+            self.settings, self.peers, self.celery, self.waiter, self.lost_tasks, self.claims
         )
         log.info("authentication: %s", self.settings.auth.describe())
         self.server = await start_server(
@@ -73,6 +75,7 @@ class Gateway:
         await self.audit.close()
         await self.waiter.close()
         await self.lost_tasks.close()
+        await self.claims.close()
         await self.limits.close()
         await self.peers.close()
         self.celery.close()

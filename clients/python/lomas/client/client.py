@@ -63,13 +63,21 @@ class Client:
     def __init__(
         self,
         target: str,
+        dataset_name: str | None = None,
         *,
         token: str,
-        dataset: str,
+        dataset: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         timeout_seconds: float = 600.0,
         max_message_bytes: int = 64 * 1024 * 1024,
     ) -> None:
+        """`Client("localhost:50051", "PENGUIN", token=...)` as in Lomas; `dataset_name=` and
+        `dataset=` name the dataset too (one of them, or both alike)."""
+        if dataset_name is not None and dataset is not None and dataset_name != dataset:
+            raise TypeError("dataset_name and dataset name different datasets: give one")
+        chosen = dataset_name if dataset_name is not None else dataset
+        if not chosen:
+            raise TypeError("name the dataset: Client(url, dataset_name, token=...)")
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -82,7 +90,7 @@ class Client:
         self._stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),)
         self._timeout = timeout_seconds
-        self.dataset = dataset
+        self.dataset: str = chosen
         self.smartnoise_sql = SmartnoiseSqlClient(self)
         self.opendp = OpenDpClient(self)
 
