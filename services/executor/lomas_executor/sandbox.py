@@ -121,6 +121,8 @@ def _child_main(
     _die_with_parent(parent_pid)
     logging.basicConfig(level=level.upper(), format="%(levelname)s free-call %(name)s: %(message)s")
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # Free work yields the CPU to real queries (the workers run at the normal priority).
+    os.nice(settings.niceness)
     if settings.memory_mb:
         _, hard = resource.getrlimit(resource.RLIMIT_AS)
         limit = settings.memory_mb * 1024 * 1024

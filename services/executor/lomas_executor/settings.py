@@ -116,6 +116,8 @@ class FreeCallSettings:
       included, never beyond the caller's own gRPC deadline.
     * `max_calls_per_child` (LOMAS_FREE_CALL_MAX_CALLS_PER_CHILD): a child is replaced after that
       many calls (the memory it kept goes with it).
+    * `niceness` (LOMAS_FREE_CALL_NICENESS): how much lower the children's CPU priority is than the
+      service's (0 to 19): under a flood of free work, real queries keep the CPU they need.
     """
 
     workers: int = 2
@@ -125,8 +127,11 @@ class FreeCallSettings:
     cpu_seconds: int = 60
     timeout_seconds: float = 20.0
     max_calls_per_child: int = 100
+    niceness: int = 10
 
     def __post_init__(self) -> None:
+        if not 0 <= self.niceness <= 19:
+            raise SystemExit("LOMAS_FREE_CALL_NICENESS must be from 0 to 19")
         if self.workers < 1 or self.max_calls_per_child < 1 or self.cpu_seconds < 1:
             raise SystemExit(
                 "LOMAS_FREE_CALL_WORKERS, LOMAS_FREE_CALL_CPU_SECONDS and "
@@ -150,6 +155,7 @@ class FreeCallSettings:
             max_calls_per_child=env_int(
                 env, "FREE_CALL_MAX_CALLS_PER_CHILD", default.max_calls_per_child
             ),
+            niceness=env_int(env, "FREE_CALL_NICENESS", default.niceness),
         )
 
 

@@ -23,7 +23,7 @@ from lomas.executor.v1 import executor_pb2, executor_pb2_grpc
 from lomas_executor.demo import penguin_metadata_text
 from lomas_executor.main import start
 from lomas_executor.sandbox import FreeCallPool
-from lomas_executor.settings import ExecutorSettings
+from lomas_executor.settings import ExecutorSettings, FreeCallSettings
 from lomas_testing.rich_status import error_info, retry_info
 
 AVG_BY_SPECIES = "SELECT species, AVG(bill_length_mm) AS bill FROM df GROUP BY species"
@@ -343,3 +343,12 @@ def test_a_pool_refuses_calls_once_closed() -> None:
     with pytest.raises(Exception) as caught:
         pool.call("EstimateCost", b"")
     assert getattr(caught.value, "reason", "") == "FREE_CALLS_BUSY"
+
+
+def test_free_call_children_run_at_a_lower_cpu_priority() -> None:
+    pool = FreeCallPool(FreeCallSettings(workers=1, spares=0, niceness=7)).start()
+    try:
+        [child] = pool.pids()
+        assert os.getpriority(os.PRIO_PROCESS, child) == os.getpriority(os.PRIO_PROCESS, 0) + 7
+    finally:
+        pool.close()
