@@ -1,14 +1,19 @@
 """The audit trail: every admin action and every query call, with the caller's verified subject.
 
-Admin actions are recorded before the caller gets the answer (an admin action that cannot be audited
-is logged loudly); researcher query calls are recorded in the background so they add no latency.
+Admin actions are recorded before the caller gets the answer (a refused one right after it: the
+refusal's status reaches the caller first; an admin action that cannot be audited is logged loudly); researcher query calls are recorded in the background so they add no latency.
 Real queries are also in the query archive, with their release.
+
+Calls refused by a per-user limit (rate, concurrency) reached no service and are not recorded one by
+one: a flood of them would otherwise turn into a flood of audit writes that slows every other user's
+queries (the refusal is in the gateway's log). Their count per caller is kept in `refused_by_limits`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 
 from google.protobuf import json_format
 
@@ -27,18 +32,26 @@ _QUERY_CALLS = {
     "/lomas.gateway.v1.GatewayService/GetDummyDataset",
 }
 _ADMIN_PREFIX = "/lomas.gateway.v1.AdminService/"
+# Refusals by the per-user limits: counted, not written (see the module docstring).
+_LIMIT_REASONS = frozenset(
+    {"RATE_LIMITED", "TOO_MANY_CONCURRENT_QUERIES", "TOO_MANY_CONCURRENT_CALLS"}
+)
 
 
 class AuditTrail:
     def __init__(self, admin: AsyncPeer[admin_store_pb2_grpc.AdminStoreServiceStub]) -> None:
         self._admin = admin
         self._background: set[asyncio.Task[None]] = set()
+        self.refused_by_limits: Counter[str] = Counter()
 
     async def observe(self, outcome: CallOutcome) -> None:
         is_admin = outcome.method.startswith(_ADMIN_PREFIX)
         if not is_admin and outcome.method not in _QUERY_CALLS:
             return
         caller = caller_var.get()
+        if not is_admin and outcome.reason in _LIMIT_REASONS:
+            self.refused_by_limits[caller.subject if caller else ""] += 1
+            return
         request_json = json_format.MessageToJson(outcome.request, indent=None)
         if len(request_json) > MAX_REQUEST_JSON_CHARS:
             request_json = request_json[:MAX_REQUEST_JSON_CHARS] + "…"

@@ -51,7 +51,7 @@ from lomas.admin.v1 import admin_store_pb2, admin_store_pb2_grpc
 from lomas.budget.v1 import budget_pb2, budget_pb2_grpc
 from lomas.common.v1 import archive_pb2, dataset_pb2, privacy_pb2, query_pb2
 from lomas.executor.v1 import executor_pb2, executor_pb2_grpc, task_pb2
-from lomas_common.convert import now_timestamp, zero_cost
+from lomas_common.convert import now_timestamp, privacy_loss_from_proto, zero_cost
 from lomas_common.errors import (
     BackendUnavailable,
     Code,
@@ -64,6 +64,7 @@ from lomas_common.errors import (
     QueryTimeout,
 )
 from lomas_common.peers import AsyncPeer
+from lomas_common.privacy import format_decimal
 from lomas_common.queue import EXECUTE_QUERY_TASK
 from lomas_common.rpc_errors import RemoteError
 from lomas_gateway.claims import RequestClaims, request_id_reused
@@ -540,5 +541,17 @@ class RemoteErrorFromArchive(LomasError):
         super().__init__(
             stored.error_message or "the query failed after data access; its cost is charged",
             reason=stored.error_reason or "QUERY_EXECUTION_FAILED",
-            metadata={"queryId": stored.query_id},
+            metadata={"queryId": stored.query_id, **_charged(stored.cost)},
         )
+
+
+def _charged(cost: privacy_pb2.PrivacyLoss) -> dict[str, str]:
+    """What a stored failure was charged, one value per key (`chargedEpsilon`, `chargedDelta` or
+    `chargedRho`): zero for a failure refunded before data access."""
+    if cost.WhichOneof("loss") is None:
+        return {}
+    loss = privacy_loss_from_proto(cost, field="cost")
+    return {
+        f"charged{name.capitalize()}": format_decimal(value)
+        for name, value in loss.components().items()
+    }

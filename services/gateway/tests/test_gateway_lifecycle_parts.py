@@ -4,7 +4,13 @@ outcome."""
 from __future__ import annotations
 
 from lomas.common.v1 import archive_pb2, dataset_pb2, privacy_pb2, query_pb2
-from lomas_gateway.lifecycle import CostCache, _announced_outcome, query_fingerprint
+from lomas_common.errors import Code
+from lomas_gateway.lifecycle import (
+    CostCache,
+    RemoteErrorFromArchive,
+    _announced_outcome,
+    query_fingerprint,
+)
 
 
 def descriptor(
@@ -86,3 +92,24 @@ def test_an_announcement_is_used_only_when_it_carries_this_query() -> None:
     assert _announced_outcome(payload, "q-2") is None  # another query's outcome
     assert _announced_outcome(b"", "q-1") is None  # no outcome carried: read the archive
     assert _announced_outcome(b"\xff\xff\xff", "q-1") is None  # unreadable: read the archive
+
+
+def test_a_stored_failure_names_what_it_charged() -> None:
+    stored = archive_pb2.ArchivedQuery(
+        query_id="q-9",
+        status=archive_pb2.QUERY_STATUS_FAILED,
+        error_reason="QUERY_EXECUTION_FAILED",
+        error_message="the query failed after touching the data; its cost is charged",
+        cost=privacy_pb2.PrivacyLoss(
+            approx_dp=privacy_pb2.ApproxDp(epsilon="0.5", delta="0.00001")
+        ),
+    )
+    error = RemoteErrorFromArchive(stored)
+    assert (error.code, error.reason) == (Code.INTERNAL, "QUERY_EXECUTION_FAILED")
+    assert error.metadata == {
+        "queryId": "q-9",
+        "chargedEpsilon": "0.5",
+        "chargedDelta": "0.00001",
+    }
+    refunded = archive_pb2.ArchivedQuery(query_id="q-10", error_reason="COST_MISMATCH")
+    assert RemoteErrorFromArchive(refunded).metadata == {"queryId": "q-10"}
