@@ -307,6 +307,11 @@ def _validate_column(name: str, raw: object) -> dict[str, Any]:
             )
         if len(set(categories)) != len(categories):
             raise InvalidMetadata(f"{where}: categories must be distinct")
+        if col_type == "int" and has_bounds and any(not lower <= c <= upper for c in categories):
+            # smartnoise-sql does not clamp a grouping column it also aggregates (SELECT k, SUM(k)
+            # ... GROUP BY k): a category outside the bounds would be summed beyond the
+            # sensitivity the noise is scaled to.
+            raise InvalidMetadata(f"{where}: categories must lie within the lower and upper bounds")
         col["cardinality"] = cardinality
         col["categories"] = categories
 

@@ -178,6 +178,13 @@ _DELETE = object()
             ),
             "column 'd': lower bound cannot be larger than upper bound",
         ),
+        (
+            _with(
+                ("columns", "k"),
+                {"type": "int", "lower": 0, "upper": 10, "cardinality": 2, "categories": [1, 1000]},
+            ),
+            "column 'k': categories must lie within the lower and upper bounds",
+        ),
         (_with(("use_dpsu",), True), "use_dpsu is not supported"),
         ([1, 2], "metadata must be a mapping"),
     ],
