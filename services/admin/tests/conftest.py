@@ -21,29 +21,22 @@ from lomas_admin.main import AdminSettings, start
 from lomas_admin.store import AdminStore
 from lomas_common.db import Database
 from lomas_common.settings import ServerSettings
-from lomas_testing.databases import fresh_postgres_url, sqlite_url
+from lomas_testing.databases import (
+    KINDS,
+    open_database,
+    scratch_database,
+)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=KINDS)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The URL of an empty database of each kind (the PostgreSQL one is dropped afterwards)."""
-    if request.param == "sqlite":
-        yield sqlite_url(tmp_path / "admin.db")
-        return
-    url, drop = fresh_postgres_url("lomas_admin_test")
-    try:
-        yield url
-    finally:
-        drop()
+    yield from scratch_database(request.param, tmp_path, "lomas_admin_test")
 
 
 @pytest.fixture
 def database(database_url: str) -> Iterator[Database]:
-    db = Database.from_url(database_url)
-    try:
-        yield db
-    finally:
-        db.close()
+    yield from open_database(database_url)
 
 
 @pytest.fixture

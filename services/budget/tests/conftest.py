@@ -19,29 +19,24 @@ from budget_testing import BudgetProcess, FakeClock, Peer, approx, open_ledger
 from lomas_budget.ledger import BudgetLedger
 from lomas_budget.store import LedgerStore
 from lomas_common.db import Database, Transaction
-from lomas_testing.databases import fresh_postgres_url, sqlite_url
+from lomas_testing.databases import (
+    KINDS,
+    fresh_postgres_url,
+    open_database,
+    scratch_database,
+    sqlite_url,
+)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=KINDS)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The URL of an empty database of each kind (the PostgreSQL one is dropped afterwards)."""
-    if request.param == "sqlite":
-        yield sqlite_url(tmp_path / "budget.db")
-        return
-    url, drop = fresh_postgres_url("lomas_budget_test")
-    try:
-        yield url
-    finally:
-        drop()
+    yield from scratch_database(request.param, tmp_path, "lomas_budget_test")
 
 
 @pytest.fixture
 def database(database_url: str) -> Iterator[Database]:
-    db = Database.from_url(database_url)
-    try:
-        yield db
-    finally:
-        db.close()
+    yield from open_database(database_url)
 
 
 @pytest.fixture

@@ -33,9 +33,7 @@ class EstimateCostOnly(executor_pb2_grpc.ExecutorServiceServicer):
     UNIMPLEMENTED, as the generated base does at run time (its typed stubs declare them abstract)."""
 
     def _unimplemented(self, context: grpc.ServicerContext) -> NoReturn:
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details("Method not implemented!")
-        raise NotImplementedError("Method not implemented!")
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "this test servicer answers EstimateCost only")
 
     def ValidateDataset(
         self, request: executor_pb2.ValidateDatasetRequest, context: grpc.ServicerContext
