@@ -1,22 +1,42 @@
-"""Request ids bound to their query, across every gateway replica.
+"""Claims in Redis that every gateway replica sees: request ids bound to their query, and single
+flight of identical queries.
 
 A request id names one query: its retry must be the same query, or a client bug would silently get
 another query's release (same query id, charged once). The binding is a Redis key per query id,
 set once (SET NX) to the query's fingerprint before anything is reserved; a later request with the
 same id and another fingerprint is refused (INVALID_ARGUMENT, REQUEST_ID_REUSED) and charges
 nothing. The archive keeps the fingerprint of every outcome too, so the binding outlives the key.
+
+Single flight: identical queries (one fingerprint) sent at the same moment would each find no
+earlier release and each be charged for its own draw of noise. The first takes a flight key
+(SET NX, holding its query id) and runs; the others wait for it to land and then find its release,
+a free replay. A flight that lands without a release (refused, failed) lets the next one take off.
+The key expires on its own, so a gateway that dies mid-flight holds nobody up for longer than a
+query may take.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
 from lomas_common.errors import BackendUnavailable, InvalidArgument
 from lomas_common.queue import QueueSettings
+from lomas_gateway.completion import CompletionWaiter
 
 # Long enough for any retry of a query that has not finished; after that the archive answers.
 CLAIM_SECONDS = 7 * 24 * 3600
+
+# Deletes a flight key only while it still names the landing query (not a later flight's).
+_LAND_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 
 
 def request_id_reused(query_id: str) -> InvalidArgument:
@@ -25,6 +45,21 @@ def request_id_reused(query_id: str) -> InvalidArgument:
         reason="REQUEST_ID_REUSED",
         metadata={"queryId": query_id},
     )
+
+
+@contextlib.contextmanager
+def redis_unavailable_as_backend_error(what: str) -> Iterator[None]:
+    """Redis down or slow is BACKEND_UNAVAILABLE naming the peer, retryable."""
+    try:
+        yield
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError):
+        raise BackendUnavailable(
+            f"the {what} is unavailable", metadata={"peer": "redis"}, retry_after_seconds=1.0
+        ) from None
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class RequestClaims:
@@ -39,20 +74,75 @@ class RequestClaims:
 
     async def bind(self, query_id: str, fingerprint: str) -> None:
         """Bind `query_id` to `fingerprint`, or refuse if it is bound to another query."""
-        try:
-            key = self._key(query_id)
+        key = self._key(query_id)
+        with redis_unavailable_as_backend_error("request store"):
             if await self._redis.set(key, fingerprint, nx=True, ex=CLAIM_SECONDS):
                 return
-            bound = await self._redis.get(key)
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError):
-            raise BackendUnavailable(
-                "the request store is unavailable",
-                metadata={"peer": "redis"},
-                retry_after_seconds=1.0,
-            ) from None
-        text = bound.decode() if isinstance(bound, bytes) else bound
-        if text is not None and text != fingerprint:
+            bound = _text(await self._redis.get(key))
+        if bound is not None and bound != fingerprint:
             raise request_id_reused(query_id)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+class QueryFlights:
+    """Single flight of identical queries across replicas (see the module docstring)."""
+
+    def __init__(
+        self, settings: QueueSettings, waiter: CompletionWaiter, hold_seconds: float
+    ) -> None:
+        self._settings = settings
+        self._redis = aioredis.Redis.from_url(settings.broker_url)
+        self._waiter = waiter
+        self._hold_seconds = max(1, int(hold_seconds))
+
+    def _key(self, fingerprint: str) -> str:
+        return f"{self._settings.prefix}:flight:{fingerprint}"
+
+    @staticmethod
+    def _landing_name(fingerprint: str) -> str:
+        # Announced on the query-done channel family, so the one subscription serves it too.
+        return f"flight-{fingerprint}"
+
+    async def take_off(self, fingerprint: str, query_id: str) -> str | None:
+        """None when `query_id` now leads the flight of `fingerprint`; else the leader's query id."""
+        key = self._key(fingerprint)
+        with redis_unavailable_as_backend_error("query store"):
+            while True:
+                if await self._redis.set(key, query_id, nx=True, ex=self._hold_seconds):
+                    return None
+                leader = _text(await self._redis.get(key))
+                if leader is not None:  # else it landed in between: try again
+                    return None if leader == query_id else leader
+
+    async def land(self, fingerprint: str, query_id: str) -> None:
+        """End the flight `query_id` leads and wake its followers (best effort: the key expires)."""
+        key = self._key(fingerprint)
+        channel = self._settings.done_channel(self._landing_name(fingerprint))
+        with contextlib.suppress(redis_errors.RedisError):
+            await self._redis.eval(_LAND_SCRIPT, 1, key, query_id)
+            await self._redis.publish(channel, b"")
+
+    async def wait_for_landing(self, fingerprint: str, leader: str, timeout: float) -> bool:
+        """Wait until the flight `leader` leads has landed; False on timeout."""
+        key = self._key(fingerprint)
+
+        async def landed() -> bool:
+            with redis_unavailable_as_backend_error("query store"):
+                return _text(await self._redis.get(key)) != leader
+
+        name = self._landing_name(fingerprint)
+        self._waiter.expect(name)
+        try:
+            already = await landed()  # it may have landed before we listened
+        except BaseException:
+            self._waiter.forget(name)
+            raise
+        if already:
+            self._waiter.forget(name)
+            return True
+        return await self._waiter.wait(name, timeout, landed) is not None
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -27,6 +27,7 @@ POLL_INTERVAL_SECONDS = 2.0
 class _Waiting:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     announced: bytes = b""  # the announcement's payload, if one arrived
+    holders: int = 0  # calls waiting on it (a query and the identical queries that follow it)
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,16 @@ class CompletionWaiter:
                 waiting.done.set()
 
     def expect(self, query_id: str) -> None:
-        """Register interest before the task is sent, so an early announcement is not missed."""
-        self._waiting.setdefault(query_id, _Waiting())
+        """Register interest before the task is sent, so an early announcement is not missed. Each
+        `expect` is paired with one `wait` (or one `forget` if the wait never starts)."""
+        self._waiting.setdefault(query_id, _Waiting()).holders += 1
 
     def forget(self, query_id: str) -> None:
-        self._waiting.pop(query_id, None)
+        waiting = self._waiting.get(query_id)
+        if waiting is not None:
+            waiting.holders -= 1
+            if waiting.holders <= 0:
+                self._waiting.pop(query_id, None)
 
     async def wait(
         self,
@@ -85,7 +91,7 @@ class CompletionWaiter:
         on_poll: Callable[[], Awaitable[None]] | None = None,
     ) -> Completion | None:
         """The completion once the outcome is stored, None on timeout. `on_poll` runs at each poll
-        that finds the outcome not stored yet."""
+        that finds the outcome not stored yet. Call `expect` first: `wait` ends its registration."""
         waiting = self._waiting.setdefault(query_id, _Waiting())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

@@ -5,7 +5,9 @@ anything else. `QueryLifecycle.run` then takes a real query through named steps:
 
 1. `_earlier_answer` (the look back): a retry gets the first answer of its request id, a query the
    caller already had released gets a free replay; meanwhile an executor prices the query on the
-   metadata alone (no data), and the price is dropped if the look back answers;
+   metadata alone (no data), and the price is dropped if the look back answers; an identical
+   query already in flight is waited for, and its release is the answer (`_follow_identical`:
+   single flight across replicas, `claims.QueryFlights`);
 2. `_reserve`: the ledger holds the cost atomically, keyed by the query id (no reservation, no run);
 3. `_dispatch`: a Celery task carries the query to a worker, which stores the outcome before the
    task is acknowledged;
@@ -67,7 +69,7 @@ from lomas_common.peers import AsyncPeer
 from lomas_common.privacy import format_decimal
 from lomas_common.queue import EXECUTE_QUERY_TASK
 from lomas_common.rpc_errors import RemoteError
-from lomas_gateway.claims import RequestClaims, request_id_reused
+from lomas_gateway.claims import QueryFlights, RequestClaims, request_id_reused
 from lomas_gateway.completion import Completion, CompletionWaiter
 from lomas_gateway.lost_tasks import LostTaskFinder
 from lomas_gateway.settings import GatewaySettings
@@ -219,6 +221,7 @@ class QueryLifecycle:
         waiter: CompletionWaiter,
         lost_tasks: LostTaskFinder,
         claims: RequestClaims,
+        flights: QueryFlights,
     ) -> None:
         self._settings = settings
         self._peers = peers
@@ -226,6 +229,7 @@ class QueryLifecycle:
         self._waiter = waiter
         self._lost_tasks = lost_tasks
         self._claims = claims
+        self._flights = flights
         self._costs = CostCache()
         self._estimating: dict[bytes, asyncio.Future[privacy_pb2.PrivacyLoss]] = {}
         # Names this gateway process as the owner of the reservations it makes (for operators).
@@ -353,11 +357,41 @@ class QueryLifecycle:
             earlier = await self._earlier_answer(task, retry=bool(request_id), fresh=fresh)
             if request_id:  # the id now names this query, even when a replay answers it
                 await self._claims.bind(task.query_id, task.fingerprint)
+            if earlier is None and not fresh:
+                earlier = await self._follow_identical(task)
             if earlier is not None:
                 return earlier
-            task.cost.CopyFrom(await estimate)
+            try:
+                task.cost.CopyFrom(await estimate)
+                return await self._charge_and_run(task, priority)
+            finally:
+                if not fresh:
+                    await self._flights.land(task.fingerprint, task.query_id)
         finally:
             _abandon(estimate)
+
+    async def _follow_identical(self, task: task_pb2.ExecuteQueryTask) -> QueryOutcome | None:
+        """Single flight: lead the identical queries in flight (None: run it), or wait for the one
+        in flight to land and answer with its release, a free replay. A flight that lands with no
+        release (refused, failed, timed out) lets the next follower lead."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.query_timeout_seconds
+        while (leader := await self._flights.take_off(task.fingerprint, task.query_id)) is not None:
+            remaining = deadline - loop.time()
+            if remaining <= 0 or not await self._flights.wait_for_landing(
+                task.fingerprint, leader, remaining
+            ):
+                raise QueryTimeout(
+                    "an identical query in flight did not finish in time; send the query again",
+                    metadata={"queryId": task.query_id},
+                )
+            earlier = await self._earlier_answer(task, retry=False, fresh=False)
+            if earlier is not None:
+                return earlier
+        return None
+
+    async def _charge_and_run(self, task: task_pb2.ExecuteQueryTask, priority: int) -> QueryOutcome:
+        """Steps 2 to 5: reserve, dispatch, await and read the outcome."""
         task.submit_time.CopyFrom(now_timestamp())
         state = await self._reserve(task)
         await self._dispatch(task, state, priority)

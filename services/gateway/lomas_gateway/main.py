@@ -17,7 +17,7 @@ from lomas_common.server import (
 from lomas_gateway.api import AdminServicer, GatewayServicer
 from lomas_gateway.audit import AuditTrail
 from lomas_gateway.auth import make_authenticator
-from lomas_gateway.claims import RequestClaims
+from lomas_gateway.claims import QueryFlights, RequestClaims
 from lomas_gateway.completion import CompletionWaiter
 from lomas_gateway.lifecycle import Peers, QueryLifecycle
 from lomas_gateway.limits import UserLimits
@@ -37,6 +37,10 @@ class Gateway:
         self.waiter = CompletionWaiter(settings.queue)
         self.lost_tasks = LostTaskFinder(settings.queue)
         self.claims = RequestClaims(settings.queue)
+        # A flight is held at most as long as its query may run (then its key expires).
+        self.flights = QueryFlights(
+            settings.queue, self.waiter, settings.query_timeout_seconds + 30
+        )
         self.celery = make_celery_app(settings.queue)
         self.limits = UserLimits(settings.queue.broker_url, settings.queue.prefix, settings.limits)
         self.audit = AuditTrail(self.peers.admin)
@@ -45,7 +49,13 @@ class Gateway:
     async def start(self) -> RunningServer:
         await self.waiter.start()
         lifecycle = QueryLifecycle(
-            self.settings, self.peers, self.celery, self.waiter, self.lost_tasks, self.claims
+            self.settings,
+            self.peers,
+            self.celery,
+            self.waiter,
+            self.lost_tasks,
+            self.claims,
+            self.flights,
         )
         log.info("authentication: %s", self.settings.auth.describe())
         self.server = await start_server(
@@ -76,6 +86,7 @@ class Gateway:
         await self.waiter.close()
         await self.lost_tasks.close()
         await self.claims.close()
+        await self.flights.close()
         await self.limits.close()
         await self.peers.close()
         self.celery.close()
