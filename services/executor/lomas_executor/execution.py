@@ -37,7 +37,7 @@ from lomas.budget.v1 import budget_pb2, budget_pb2_grpc
 from lomas.common.v1 import archive_pb2, privacy_pb2
 from lomas.executor.v1 import task_pb2
 from lomas_common.convert import now_timestamp, privacy_loss_to_proto, zero_cost
-from lomas_common.errors import LomasError
+from lomas_common.errors import Code, LomasError
 from lomas_common.peers import SyncPeer
 from lomas_common.rpc_errors import RemoteError
 from lomas_executor import convert
@@ -311,9 +311,14 @@ class QueryRunner:
                 "QUERY_EXECUTION_FAILED",
                 "the query ran out of memory after touching the data; its cost is charged",
             )
-        elif isinstance(error, LomasError):
-            # The engine's messages describe the query and the schema, never data values.
+        elif isinstance(error, LomasError) and error.code is Code.INVALID_ARGUMENT:
+            # The query was at fault. The engine's messages describe the query and the schema,
+            # never data values.
             self._fail(outcome, error.reason, error.message)
+        elif isinstance(error, LomasError):
+            # The data or its source failed (unreadable, gone since the check before access):
+            # after access that is an execution failure, charged, whatever the platform's state.
+            self._fail(outcome, "QUERY_EXECUTION_FAILED", f"{error.message}; its cost is charged")
         elif isinstance(error, Exception) and timed_out:
             log.warning(
                 "query %s failed past its soft time limit (%s)", query_id, chain_names(error)

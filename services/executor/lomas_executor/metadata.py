@@ -27,6 +27,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import ROUND_DOWN, Decimal, InvalidOperation, localcontext
 from typing import Any, Literal, cast
 
 import pyarrow as pa
@@ -53,6 +54,12 @@ _OPTIONAL_TABLE_BOOLS = (
 _SMARTNOISE_TABLE_KEYS = frozenset(
     {"max_ids", "rows", "rows_exact", "row_privacy", *_OPTIONAL_TABLE_BOOLS}
 )
+# Lomas mesh's own table keys (smartnoise-sql never sees them).
+# max_delta: the largest delta one query may be charged on this dataset (a decimal string).
+_MESH_TABLE_KEYS = frozenset({"max_delta"})
+# The default max_delta, as a fraction of one over the rows: delta must stay well below 1/rows, or
+# a mechanism could release one person's row outright with probability delta.
+DEFAULT_MAX_DELTA_FRACTION = Decimal(1) / 10
 _COLUMN_KEYS = frozenset(
     {
         "type",
@@ -117,6 +124,16 @@ class DatasetMetadata:
     @property
     def rows(self) -> int:
         return cast(int, self._data["rows"])
+
+    @property
+    def max_delta(self) -> Decimal:
+        """The largest delta one query may be charged: `max_delta` if the metadata sets it, else a
+        tenth of one over the rows (rounded down to 12 significant digits)."""
+        if "max_delta" in self._data:
+            return Decimal(self._data["max_delta"])
+        with localcontext() as context:
+            context.prec, context.rounding = 12, ROUND_DOWN
+            return DEFAULT_MAX_DELTA_FRACTION / self.rows
 
     @property
     def row_privacy(self) -> bool:
@@ -201,7 +218,7 @@ def _validate(raw: object) -> dict[str, Any]:
     missing = [key for key in _REQUIRED_TABLE_KEYS if key not in raw]
     if missing:
         raise InvalidMetadata(f"metadata is missing required field(s): {', '.join(missing)}")
-    allowed = _SMARTNOISE_TABLE_KEYS | {"columns"}
+    allowed = _SMARTNOISE_TABLE_KEYS | _MESH_TABLE_KEYS | {"columns"}
     unknown = sorted(str(key) for key in raw if key not in allowed)
     if unknown:
         raise InvalidMetadata(f"metadata has unknown field(s): {', '.join(unknown)}")
@@ -218,6 +235,8 @@ def _validate(raw: object) -> dict[str, Any]:
             data[key] = _bool(raw[key], key)
     if data.get("use_dpsu"):
         raise InvalidMetadata("use_dpsu is not supported")
+    if raw.get("max_delta") is not None:
+        data["max_delta"] = _max_delta(raw["max_delta"])
 
     columns = raw["columns"]
     if not isinstance(columns, Mapping) or not columns:
@@ -339,6 +358,19 @@ def _int(value: object, what: str) -> int:
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         return int(value)
     raise InvalidMetadata(f"{what} must be an integer")
+
+
+def _max_delta(value: object) -> str:
+    """max_delta as an exact decimal string in [0, 1) (YAML may give a float: its shortest text)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise InvalidMetadata("max_delta must be a decimal number")
+    try:
+        delta = Decimal(str(value))
+    except InvalidOperation:
+        raise InvalidMetadata("max_delta must be a decimal number") from None
+    if not delta.is_finite() or not 0 <= delta < 1:
+        raise InvalidMetadata("max_delta must be at least 0 and less than 1")
+    return str(value)
 
 
 def _positive_int(value: object, what: str) -> int:

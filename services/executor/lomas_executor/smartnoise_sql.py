@@ -70,6 +70,7 @@ from sqlalchemy.pool import NullPool
 
 from lomas_common.errors import ExecutionFailed, FailedPrecondition, InvalidQuery
 from lomas_common.privacy import PrivacyLoss, PrivacyValueError, parse_decimal
+from lomas_executor.canonical import canonical_sql
 from lomas_executor.failures import chain_names
 from lomas_executor.metadata import TABLE_NAME, DatasetMetadata
 from lomas_executor.settings import SqlLimits
@@ -227,6 +228,20 @@ def estimate_cost(
     and of the limits alone, and working it out (parsing, rewriting, a dry run) takes
     milliseconds, for every estimate and again before every run. Refusals are not memoised.
     """
+    return _priced(query, metadata, limits)[0]
+
+
+def canonical_text(
+    query: SmartnoiseSqlQuery, metadata: DatasetMetadata, limits: SqlLimits = DEFAULT_LIMITS
+) -> str:
+    """The query's SQL as smartnoise-sql's parser reads it (see `canonical.canonical_sql`), worked
+    out with its cost, so the SQL is parsed once for both. Raises what `estimate_cost` raises."""
+    return _priced(query, metadata, limits)[1]
+
+
+def _priced(
+    query: SmartnoiseSqlQuery, metadata: DatasetMetadata, limits: SqlLimits
+) -> tuple[PrivacyLoss, str]:
     mechanisms = tuple(sorted(query.mechanisms.items()))
     return _cost(
         query.sql, query.epsilon, query.delta, mechanisms, query.postprocess, metadata, limits
@@ -242,13 +257,15 @@ def _cost(
     postprocess: bool,
     metadata: DatasetMetadata,
     limits: SqlLimits,
-) -> PrivacyLoss:
+) -> tuple[PrivacyLoss, str]:
     check_sql_text(sql, limits)  # before the parser sees it
     query = SmartnoiseSqlQuery(sql, epsilon, delta, dict(mechanisms), postprocess)
     private = _private_reader(query, _MetadataOnlyReader(), metadata, limits)
     try:
         # `PrivateReader._get_mechanism_costs` without parsing twice: the subquery is needed too.
-        subquery, _ = private._rewrite(query.sql)
+        parsed = private.parse_query_string(query.sql)
+        canonical = canonical_sql(parsed)
+        subquery, _ = private._rewrite_ast(parsed)
         costs = [
             (mechanism.epsilon, mechanism.delta)
             for mechanism in private._get_mechanisms(subquery)
@@ -261,10 +278,22 @@ def _cost(
         raise
     except Exception as exc:
         # The library raises bare ValueErrors (and worse) for bad queries; no data was read.
-        raise InvalidQuery(_clean_message(exc)) from None
+        raise _refusal(exc, query) from None
     loss = _basic_composition(costs, query)
     _dry_run(query, metadata, limits)
-    return loss
+    return loss, canonical
+
+
+def _refusal(exc: Exception, query: SmartnoiseSqlQuery) -> InvalidQuery:
+    """The library's refusal as an InvalidQuery; a mechanism that needs delta > 0, asked with
+    delta 0, says so with its own reason."""
+    message = _clean_message(exc)
+    if query.delta == 0 and "delta" in message.lower():
+        return InvalidQuery(
+            f"this query needs delta > 0 (a mechanism it uses spends delta): {message}",
+            reason="DELTA_REQUIRED",
+        )
+    return InvalidQuery(message)
 
 
 def _basic_composition(costs: list[tuple[float, float]], query: SmartnoiseSqlQuery) -> PrivacyLoss:

@@ -3,11 +3,12 @@
 The grant check (permission before existence) is `authorize`, called by the servicer before
 anything else. `QueryLifecycle.run` then takes a real query through named steps:
 
-1. `_earlier_answer` (the look back): a retry gets the first answer of its request id, a query the
-   caller already had released gets a free replay; meanwhile an executor prices the query on the
-   metadata alone (no data), and the price is dropped if the look back answers; an identical
-   query already in flight is waited for, and its release is the answer (`_follow_identical`:
-   single flight across replicas, `claims.QueryFlights`);
+1. the price: an executor prices the query on the metadata alone (no data) and returns its
+   canonical form, over which the fingerprint is taken (`pricing.py`); then `_earlier_answer` (the
+   look back): a retry gets the first answer of its request id, a query the caller already had
+   released gets a free replay; an identical query already in flight is waited for, and its
+   release is the answer (`_follow_identical`: single flight across replicas,
+   `claims.QueryFlights`);
 2. `_reserve`: the ledger holds the cost atomically, keyed by the query id (no reservation, no run);
 3. `_dispatch`: a Celery task carries the query to a worker, which stores the outcome before the
    task is acknowledged;
@@ -15,7 +16,7 @@ anything else. `QueryLifecycle.run` then takes a real query through named steps:
 5. `_outcome_of`: the stored outcome is the answer.
 
 Reads before the reservation: the admin store answers `authorize` and the look back (two archive
-reads, run together and alongside the price); the user's may-query flag and the dataset's
+reads, run together); the user's may-query flag and the dataset's
 descriptor come with the grant, so nothing else is read.
 
 Completion: the normal road is the worker's announcement on Redis pub/sub, which carries the
@@ -36,14 +37,11 @@ This module orchestrates peers, so it speaks their protobuf messages; the rules 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import socket
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 from celery import Celery
 from google.protobuf import json_format
@@ -72,6 +70,7 @@ from lomas_common.rpc_errors import RemoteError
 from lomas_gateway.claims import QueryFlights, RequestClaims, request_id_reused
 from lomas_gateway.completion import Completion, CompletionWaiter
 from lomas_gateway.lost_tasks import LostTaskFinder
+from lomas_gateway.pricing import Pricer, query_fingerprint
 from lomas_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -109,66 +108,6 @@ class Peers:
             await peer.close()
 
 
-def query_bytes(query: query_pb2.Query) -> bytes:
-    """A query as exactly the bytes the engine will be handed (deterministic serialization).
-
-    No textual normalisation: SQL comments end at a newline, so collapsing white space can turn two
-    different queries into one text. Until queries are canonicalised through the SQL parser, the
-    exact bytes are the only safe key for anything cached or replayed.
-    """
-    return query.SerializeToString(deterministic=True)
-
-
-def _digest(*parts: bytes) -> bytes:
-    """SHA-256 over length-prefixed parts, so no two different part lists collide by concatenation."""
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(len(part).to_bytes(8, "big"))
-        digest.update(part)
-    return digest.digest()
-
-
-def query_fingerprint(
-    subject: str, dataset: dataset_pb2.DatasetDescriptor, query: query_pb2.Query
-) -> str:
-    """What makes two queries "the same" for a free replay: caller, dataset name and version, and
-    the exact query bytes."""
-    return _digest(
-        subject.encode(), dataset.name.encode(), str(dataset.version).encode(), query_bytes(query)
-    ).hex()
-
-
-class CostCache:
-    """Cost estimates the gateway has already had from the executor, most recently used kept.
-
-    A cost is a function of the dataset's descriptor (its metadata above all) and the query alone;
-    the key holds both in full (an updated dataset misses) and the caller's subject as well, so an
-    entry one caller filled is never consumed by another. Only successful estimates are kept.
-    """
-
-    def __init__(self, max_entries: int = 10_000) -> None:
-        self._max_entries = max_entries
-        self._costs: OrderedDict[bytes, privacy_pb2.PrivacyLoss] = OrderedDict()
-
-    @staticmethod
-    def key(subject: str, dataset: dataset_pb2.DatasetDescriptor, query: query_pb2.Query) -> bytes:
-        return _digest(
-            subject.encode(), dataset.SerializeToString(deterministic=True), query_bytes(query)
-        )
-
-    def get(self, key: bytes) -> privacy_pb2.PrivacyLoss | None:
-        cost = self._costs.get(key)
-        if cost is not None:
-            self._costs.move_to_end(key)
-        return cost
-
-    def put(self, key: bytes, cost: privacy_pb2.PrivacyLoss) -> None:
-        self._costs[key] = cost
-        self._costs.move_to_end(key)
-        while len(self._costs) > self._max_entries:
-            self._costs.popitem(last=False)
-
-
 def send_query_task(
     celery: Celery, queue: str, task: task_pb2.ExecuteQueryTask, priority: int
 ) -> None:
@@ -189,15 +128,6 @@ def query_id_for(subject: str, request_id: str) -> str:
 
 async def _nothing() -> None:
     return None
-
-
-def _abandon(task: asyncio.Future[Any]) -> None:
-    """Cancel a task whose result is no longer needed (and mark a failure of it as seen)."""
-    if task.done():
-        if not task.cancelled():
-            task.exception()
-    else:
-        task.cancel()
 
 
 def _announced_outcome(payload: bytes, query_id: str) -> archive_pb2.ArchivedQuery | None:
@@ -230,8 +160,7 @@ class QueryLifecycle:
         self._lost_tasks = lost_tasks
         self._claims = claims
         self._flights = flights
-        self._costs = CostCache()
-        self._estimating: dict[bytes, asyncio.Future[privacy_pb2.PrivacyLoss]] = {}
+        self._pricer = Pricer(peers.executor)
         # Names this gateway process as the owner of the reservations it makes (for operators).
         self._owner = f"gateway:{socket.gethostname()}:{os.getpid()}"
 
@@ -282,32 +211,7 @@ class QueryLifecycle:
         """The exact cost of the query on the dataset (free: an executor prices it on the metadata
         alone); remembered per caller, dataset descriptor and exact query."""
         self.check_query(query)
-        key = CostCache.key(subject, descriptor, query)
-        cost = self._costs.get(key)
-        if cost is None:
-            # Single flight: concurrent estimates of one key (a burst of the same query) share one
-            # executor call, which outlives any one caller's cancellation.
-            pending = self._estimating.get(key)
-            if pending is None:
-                pending = asyncio.ensure_future(self._estimate_remote(key, descriptor, query))
-                self._estimating[key] = pending
-                pending.add_done_callback(lambda done: self._estimate_done(key, done))
-            cost = await asyncio.shield(pending)
-        return cost
-
-    def _estimate_done(self, key: bytes, done: asyncio.Future[privacy_pb2.PrivacyLoss]) -> None:
-        self._estimating.pop(key, None)
-        if not done.cancelled():
-            done.exception()  # seen, even when every caller went away before it ended
-
-    async def _estimate_remote(
-        self, key: bytes, descriptor: dataset_pb2.DatasetDescriptor, query: query_pb2.Query
-    ) -> privacy_pb2.PrivacyLoss:
-        response: executor_pb2.EstimateCostResponse = await self._peers.executor.call(
-            "EstimateCost", executor_pb2.EstimateCostRequest(dataset=descriptor, query=query)
-        )
-        self._costs.put(key, response.cost)
-        return response.cost
+        return (await self._pricer.price(subject, descriptor, query)).cost
 
     async def run_dummy(
         self,
@@ -344,31 +248,28 @@ class QueryLifecycle:
         """
         _check_may_query(access)
         self.check_query(query)
+        # The price comes first: the fingerprint is taken over the canonical form it brings.
+        priced = await self._pricer.price(subject, access.dataset, query)
         task = task_pb2.ExecuteQueryTask(
             query_id=query_id_for(subject, request_id),
             user=subject,
             dataset=access.dataset,
             query=query,
-            fingerprint=query_fingerprint(subject, access.dataset, query),
+            fingerprint=query_fingerprint(subject, access.dataset, priced.canonical),
+            cost=priced.cost,
         )
-        # The price runs alongside the look back, and is dropped if an earlier answer is found.
-        estimate = asyncio.ensure_future(self.estimate_cost(subject, access.dataset, query))
+        earlier = await self._earlier_answer(task, retry=bool(request_id), fresh=fresh)
+        if request_id:  # the id now names this query, even when a replay answers it
+            await self._claims.bind(task.query_id, task.fingerprint)
+        if earlier is None and not fresh:
+            earlier = await self._follow_identical(task)
+        if earlier is not None:
+            return earlier
         try:
-            earlier = await self._earlier_answer(task, retry=bool(request_id), fresh=fresh)
-            if request_id:  # the id now names this query, even when a replay answers it
-                await self._claims.bind(task.query_id, task.fingerprint)
-            if earlier is None and not fresh:
-                earlier = await self._follow_identical(task)
-            if earlier is not None:
-                return earlier
-            try:
-                task.cost.CopyFrom(await estimate)
-                return await self._charge_and_run(task, priority)
-            finally:
-                if not fresh:
-                    await self._flights.land(task.fingerprint, task.query_id)
+            return await self._charge_and_run(task, priority)
         finally:
-            _abandon(estimate)
+            if not fresh:
+                await self._flights.land(task.fingerprint, task.query_id)
 
     async def _follow_identical(self, task: task_pb2.ExecuteQueryTask) -> QueryOutcome | None:
         """Single flight: lead the identical queries in flight (None: run it), or wait for the one

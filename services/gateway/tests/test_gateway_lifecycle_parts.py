@@ -5,12 +5,8 @@ from __future__ import annotations
 
 from lomas.common.v1 import archive_pb2, dataset_pb2, privacy_pb2, query_pb2
 from lomas_common.errors import Code
-from lomas_gateway.lifecycle import (
-    CostCache,
-    RemoteErrorFromArchive,
-    _announced_outcome,
-    query_fingerprint,
-)
+from lomas_gateway.lifecycle import RemoteErrorFromArchive, _announced_outcome
+from lomas_gateway.pricing import CostCache, Priced, query_fingerprint
 
 
 def descriptor(
@@ -63,7 +59,7 @@ def test_the_comment_trick_gets_its_own_cost_key_and_fingerprint() -> None:
     )
 
 
-def test_a_replay_fingerprint_is_the_caller_the_dataset_version_and_the_exact_query() -> None:
+def test_a_replay_fingerprint_is_the_caller_the_dataset_version_and_the_canonical_query() -> None:
     query = sql("SELECT COUNT(*) FROM df")
     fingerprint = query_fingerprint("alice", descriptor(), query)
     assert fingerprint == query_fingerprint("alice", descriptor(), sql("SELECT COUNT(*) FROM df"))
@@ -75,14 +71,18 @@ def test_a_replay_fingerprint_is_the_caller_the_dataset_version_and_the_exact_qu
     )
 
 
+def priced(epsilon: str) -> Priced:
+    return Priced(cost=cost(epsilon), canonical=sql("SELECT COUNT(*) FROM df", epsilon))
+
+
 def test_the_cost_cache_keeps_the_most_recently_used() -> None:
     cache = CostCache(max_entries=2)
-    cache.put(b"a", cost("1"))
-    cache.put(b"b", cost("2"))
-    assert cache.get(b"a") == cost("1")  # now the most recent
-    cache.put(b"c", cost("3"))
+    cache.put(b"a", priced("1"))
+    cache.put(b"b", priced("2"))
+    assert cache.get(b"a") == priced("1")  # now the most recent
+    cache.put(b"c", priced("3"))
     assert cache.get(b"b") is None
-    assert cache.get(b"a") == cost("1") and cache.get(b"c") == cost("3")
+    assert cache.get(b"a") == priced("1") and cache.get(b"c") == priced("3")
 
 
 def test_an_announcement_is_used_only_when_it_carries_this_query() -> None:

@@ -14,6 +14,7 @@ from lomas.client.errors import (
     LomasError,
     NotFound,
     QueryTimeout,
+    SourceUnavailable,
     Unauthenticated,
 )
 
@@ -31,5 +32,6 @@ __all__ = [
     "LomasError",
     "NotFound",
     "QueryTimeout",
+    "SourceUnavailable",
     "Unauthenticated",
 ]

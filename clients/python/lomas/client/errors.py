@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -61,7 +63,23 @@ class QueryTimeout(LomasError):
 
 
 class ExecutionFailed(LomasError):
-    """The query failed after touching data; its cost is charged (no refund after data access)."""
+    """The query failed after touching data; its cost is charged (no refund after data access).
+    Retrying with the same request id returns this same failure, and charges nothing more."""
+
+    @property
+    def charged(self) -> dict[str, Decimal]:
+        """What the failed query was charged, e.g. `{"epsilon": Decimal("1"), "delta": ...}`
+        (from the error's `chargedEpsilon`, `chargedDelta` or `chargedRho` metadata)."""
+        return {
+            key.removeprefix("charged").lower(): Decimal(value)
+            for key, value in self.metadata.items()
+            if key.startswith("charged")
+        }
+
+
+class SourceUnavailable(LomasError):
+    """The dataset's data cannot be read (a missing file or object, credentials the workers do not
+    hold); nothing touched data, so nothing is charged. An administrator must fix the source."""
 
 
 class CostMismatch(LomasError):
@@ -81,6 +99,8 @@ _BY_REGISTRY: dict[error_reason_pb2.ErrorReason.ValueType, type[LomasError]] = {
     _R.ERROR_REASON_GROUP_KEYS_NOT_PUBLIC: InvalidQuery,
     _R.ERROR_REASON_OPENDP_PIPELINE_REFUSED: InvalidQuery,
     _R.ERROR_REASON_OPENDP_INPUT_DOMAIN_MISMATCH: InvalidQuery,
+    _R.ERROR_REASON_DELTA_REQUIRED: InvalidQuery,
+    _R.ERROR_REASON_DELTA_TOO_LARGE: InvalidQuery,
     _R.ERROR_REASON_QUERY_TIMEOUT: QueryTimeout,
     _R.ERROR_REASON_QUERY_EXECUTION_FAILED: ExecutionFailed,
     _R.ERROR_REASON_BACKEND_UNAVAILABLE: BackendUnavailable,
@@ -90,6 +110,7 @@ _BY_REGISTRY: dict[error_reason_pb2.ErrorReason.ValueType, type[LomasError]] = {
     _R.ERROR_REASON_FREE_CALL_LIMIT_EXCEEDED: LimitExceeded,
     _R.ERROR_REASON_FREE_CALLS_BUSY: LimitExceeded,
     _R.ERROR_REASON_COST_MISMATCH: CostMismatch,
+    _R.ERROR_REASON_DATASET_SOURCE_UNAVAILABLE: SourceUnavailable,
 }
 _BY_REASON: dict[str, type[LomasError]] = {
     _R.ErrorReason.Name(value).removeprefix("ERROR_REASON_"): cls

@@ -334,6 +334,16 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """INVALID_ARGUMENT: A dataset name is empty, too long or has characters the platform refuses.
     Example: { "reason": "DATASET_INVALID", "domain": "lomas.mesh" }
     """
+    ERROR_REASON_DELTA_REQUIRED: _ErrorReason.ValueType  # 73
+    """INVALID_ARGUMENT: The query uses a mechanism that spends delta (Gaussian noise, say) and was
+    asked with delta 0; nothing is charged.
+    Example: { "reason": "DELTA_REQUIRED", "domain": "lomas.mesh" }
+    """
+    ERROR_REASON_DELTA_TOO_LARGE: _ErrorReason.ValueType  # 74
+    """INVALID_ARGUMENT: The query's delta is above the dataset's maximum (by default a tenth of one
+    over its rows), where it would no longer mean privacy; nothing is charged.
+    Example: { "reason": "DELTA_TOO_LARGE", "domain": "lomas.mesh", "metadata": { "maximum": "..." } }
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the registry of every reason a Lomas mesh caller can receive in the
@@ -653,5 +663,15 @@ Example: { "reason": "USER_INVALID", "domain": "lomas.mesh" }
 ERROR_REASON_DATASET_INVALID: ErrorReason.ValueType  # 72
 """INVALID_ARGUMENT: A dataset name is empty, too long or has characters the platform refuses.
 Example: { "reason": "DATASET_INVALID", "domain": "lomas.mesh" }
+"""
+ERROR_REASON_DELTA_REQUIRED: ErrorReason.ValueType  # 73
+"""INVALID_ARGUMENT: The query uses a mechanism that spends delta (Gaussian noise, say) and was
+asked with delta 0; nothing is charged.
+Example: { "reason": "DELTA_REQUIRED", "domain": "lomas.mesh" }
+"""
+ERROR_REASON_DELTA_TOO_LARGE: ErrorReason.ValueType  # 74
+"""INVALID_ARGUMENT: The query's delta is above the dataset's maximum (by default a tenth of one
+over its rows), where it would no longer mean privacy; nothing is charged.
+Example: { "reason": "DELTA_TOO_LARGE", "domain": "lomas.mesh", "metadata": { "maximum": "..." } }
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -104,18 +104,27 @@ class EstimateCostResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     COST_FIELD_NUMBER: _builtins.int
+    CANONICAL_QUERY_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def cost(self) -> _privacy_pb2.PrivacyLoss:
         """The exact cost, rounded up."""
+
+    @_builtins.property
+    def canonical_query(self) -> _query_pb2.Query:
+        """The query in its canonical spelling (SQL as the engine's parser reads it, exact decimals in one
+        spelling, JSON with sorted keys): two queries with one canonical form are one query, which the
+        gateway replays instead of charging again.
+        """
 
     def __init__(
         self,
         *,
         cost: _privacy_pb2.PrivacyLoss | None = ...,
+        canonical_query: _query_pb2.Query | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["canonical_query", b"canonical_query", "cost", b"cost"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canonical_query", b"canonical_query", "cost", b"cost"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -137,7 +137,10 @@ class GetDummyDatasetRequest(_message.Message):
     dataset: _builtins.str
     """Dataset name."""
     row_count: _builtins.int
-    """Number of rows (default 100)."""
+    """Number of rows, from 1 to the gateway's maximum; unset (0) means 100, as with AIP-158 page
+    sizes, so a client that takes a row count from its user refuses 0 itself (the Python client
+    does); negatives are refused (DUMMY_ROWS_OUT_OF_RANGE).
+    """
     seed: _builtins.int
     """Random seed; the same seed gives the same rows."""
     def __init__(
@@ -247,7 +250,7 @@ class ExecuteQueryRequest(_message.Message):
     dummy: _builtins.bool
     """Run on dummy data instead (free)."""
     dummy_row_count: _builtins.int
-    """Rows of dummy data (default 100); only with dummy."""
+    """Rows of dummy data, as GetDummyDatasetRequest.row_count; only with dummy."""
     dummy_seed: _builtins.int
     """Seed of the dummy data; only with dummy."""
     request_id: _builtins.str
