@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psycopg
 
-from lomas_budget.journal import chain_hash
+from lomas_budget.journal import chain_hash, chain_prefix
 from lomas_budget.ledger import BudgetLedger
 from lomas_budget.model import GENESIS_HASH, stamp
 from lomas_budget.store import LedgerStore
@@ -65,10 +65,7 @@ def rows(
         nonlocal prev
         at = stamp(start + timedelta(microseconds=seq))
         digest = chain_hash(
-            LEDGER_ID,
-            USER,
-            DATASET,
-            DEFINITION,
+            chain_prefix(LEDGER_ID, USER, DATASET, DEFINITION),
             seq,
             kind,
             *amount,

@@ -206,12 +206,8 @@ def test_hostile_pipelines_are_refused_before_any_data_access(platform: Platform
         query = query_pb2.Query(opendp=opendp)
         attempts: list[Callable[[], object]] = [
             partial(client._estimate, query),
-            partial(
-                client._execute, query, dummy=False, nb_rows=0, seed=0, request_id=None, fresh=False
-            ),
-            partial(
-                client._execute, query, dummy=True, nb_rows=50, seed=1, request_id=None, fresh=False
-            ),
+            partial(client._execute, query, {}),
+            partial(client._execute, query, {"dummy": True, "nb_rows": 50, "seed": 1}),
         ]
         for call in attempts:
             with pytest.raises(LomasError) as refused:

@@ -26,7 +26,7 @@ from grpc_status import rpc_status
 
 from lomas.admin.v1 import resources_pb2
 from lomas.client import AlreadyExists, BudgetExhausted, Client
-from lomas.client.admin import AdminClient
+from lomas.client.admin import AdminClient, url_source
 from lomas.common.v1 import dataset_pb2, privacy_pb2
 from lomas.gateway.v1 import admin_pb2, gateway_pb2
 
@@ -116,6 +116,7 @@ class FakeAdmin:
         self.datasets: dict[str, resources_pb2.Dataset] = {}
         self.grants: list[admin_pb2.CreateGrantRequest] = []
         self.deleted = admin_pb2.DeleteGrantRequest()
+        self.updated = admin_pb2.UpdateDatasetRequest()
 
     def CreateUser(
         self, request: admin_pb2.CreateUserRequest, context: grpc.ServicerContext
@@ -141,6 +142,12 @@ class FakeAdmin:
             _abort(context, code_pb2.ALREADY_EXISTS, "ALREADY_EXISTS", {})
         self.datasets[request.dataset.name] = request.dataset
         return admin_pb2.CreateDatasetResponse(dataset=request.dataset)
+
+    def UpdateDataset(
+        self, request: admin_pb2.UpdateDatasetRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.UpdateDatasetResponse:
+        self.updated = request
+        return admin_pb2.UpdateDatasetResponse(dataset=request.dataset)
 
     def ListUsers(
         self, request: admin_pb2.ListUsersRequest, context: grpc.ServicerContext
@@ -281,6 +288,25 @@ def test_admin_writes_carry_the_request_id(server: Server, admin: AdminClient) -
     assert server.admin.users["bob"].name == "bob"
     with pytest.raises(AlreadyExists):
         admin.add_user("bob")
+
+
+def test_adding_and_updating_a_dataset_send_the_same_dataset(
+    server: Server, admin: AdminClient
+) -> None:
+    metadata = {"max_ids": 1, "rows": 1, "columns": {"b": {"type": "int"}, "a": {"type": "int"}}}
+    source = url_source("https://example.org/penguin")
+    added = admin.add_dataset("PENGUIN", source, metadata, dataset_pb2.DATA_FORMAT_CSV)
+    updated = admin.update_dataset(
+        "PENGUIN", source, metadata, dataset_pb2.DATA_FORMAT_CSV, request_id="r-9"
+    )
+    assert added == updated == server.admin.updated.dataset
+    assert server.admin.updated.request_id == "r-9"
+    assert (updated.name, updated.source.url.url, updated.format) == (
+        "PENGUIN",
+        "https://example.org/penguin",
+        dataset_pb2.DATA_FORMAT_CSV,
+    )
+    assert list(json.loads(updated.metadata_json)["columns"]) == ["b", "a"]
 
 
 USERS = """

@@ -7,16 +7,58 @@ returned and is bound to its list (the RPC and its filters).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
 import grpc
 
 from lomas.admin.v1 import admin_store_pb2 as pb
-from lomas.admin.v1 import admin_store_pb2_grpc
+from lomas.admin.v1 import admin_store_pb2_grpc, resources_pb2
 from lomas_admin import convert
 from lomas_admin.archive import QueryArchive
+from lomas_admin.records import DatasetRecord, Listing
 from lomas_admin.store import AdminStore
 from lomas_common.convert import KeysetPage
 
 Context = grpc.ServicerContext
+R = TypeVar("R")
+M = TypeVar("M")
+
+
+class PageRequest(Protocol):
+    """The paging fields of every List request (AIP-158)."""
+
+    @property
+    def page_size(self) -> int: ...
+
+    @property
+    def page_token(self) -> str: ...
+
+
+def _list(
+    request: PageRequest,
+    rpc: str,
+    fetch: Callable[..., Listing[R]],
+    to_proto: Callable[[R], M],
+    *filters: str,
+) -> tuple[list[M], str]:
+    """One page of a list as messages, and the token of the next page ("" on the last page).
+
+    `fetch(*filters, after, limit)` reads the page; the token is bound to the RPC and to exactly
+    those filters, so a token cannot be carried over to another list."""
+    page = KeysetPage.of(request.page_size, request.page_token, rpc, *filters)
+    listing = fetch(*filters, page.after, page.limit)
+    messages = [to_proto(record) for record in listing.items]
+    return messages, page.next_token(listing.next_after, has_more=listing.next_after is not None)
+
+
+def _write_dataset(
+    write: Callable[[DatasetRecord, str], DatasetRecord],
+    request: pb.CreateDatasetRequest | pb.UpdateDatasetRequest,
+) -> resources_pb2.Dataset:
+    """CreateDataset and UpdateDataset: the same conversions around another store call."""
+    written = write(convert.dataset_from_proto(request.dataset), request.request_id)
+    return convert.dataset_to_proto(written)
 
 
 class AdminStoreServicer(admin_store_pb2_grpc.AdminStoreServiceServicer):
@@ -45,32 +87,22 @@ class AdminStoreServicer(admin_store_pb2_grpc.AdminStoreServiceServicer):
         return pb.DeleteUserResponse()
 
     def ListUsers(self, request: pb.ListUsersRequest, context: Context) -> pb.ListUsersResponse:
-        page = KeysetPage.of(request.page_size, request.page_token, "ListUsers")
-        users = self._store.list_users(page.after, page.limit)
-        return pb.ListUsersResponse(
-            users=[convert.user_to_proto(u) for u in users.items],
-            next_page_token=page.next_token(
-                users.next_after, has_more=users.next_after is not None
-            ),
-        )
+        users, token = _list(request, "ListUsers", self._store.list_users, convert.user_to_proto)
+        return pb.ListUsersResponse(users=users, next_page_token=token)
 
     # Datasets ----------------------------------------------------------------------------------
 
     def CreateDataset(
         self, request: pb.CreateDatasetRequest, context: Context
     ) -> pb.CreateDatasetResponse:
-        dataset = self._store.create_dataset(
-            convert.dataset_from_proto(request.dataset), request.request_id
-        )
-        return pb.CreateDatasetResponse(dataset=convert.dataset_to_proto(dataset))
+        dataset = _write_dataset(self._store.create_dataset, request)
+        return pb.CreateDatasetResponse(dataset=dataset)
 
     def UpdateDataset(
         self, request: pb.UpdateDatasetRequest, context: Context
     ) -> pb.UpdateDatasetResponse:
-        dataset = self._store.update_dataset(
-            convert.dataset_from_proto(request.dataset), request.request_id
-        )
-        return pb.UpdateDatasetResponse(dataset=convert.dataset_to_proto(dataset))
+        dataset = _write_dataset(self._store.update_dataset, request)
+        return pb.UpdateDatasetResponse(dataset=dataset)
 
     def GetDataset(self, request: pb.GetDatasetRequest, context: Context) -> pb.GetDatasetResponse:
         dataset = self._store.get_dataset(request.name)
@@ -85,14 +117,10 @@ class AdminStoreServicer(admin_store_pb2_grpc.AdminStoreServiceServicer):
     def ListDatasets(
         self, request: pb.ListDatasetsRequest, context: Context
     ) -> pb.ListDatasetsResponse:
-        page = KeysetPage.of(request.page_size, request.page_token, "ListDatasets")
-        datasets = self._store.list_datasets(page.after, page.limit)
-        return pb.ListDatasetsResponse(
-            datasets=[convert.dataset_to_proto(d) for d in datasets.items],
-            next_page_token=page.next_token(
-                datasets.next_after, has_more=datasets.next_after is not None
-            ),
+        datasets, token = _list(
+            request, "ListDatasets", self._store.list_datasets, convert.dataset_to_proto
         )
+        return pb.ListDatasetsResponse(datasets=datasets, next_page_token=token)
 
     # Grants ------------------------------------------------------------------------------------
 
@@ -111,14 +139,10 @@ class AdminStoreServicer(admin_store_pb2_grpc.AdminStoreServiceServicer):
         return pb.DeleteGrantResponse()
 
     def ListGrants(self, request: pb.ListGrantsRequest, context: Context) -> pb.ListGrantsResponse:
-        page = KeysetPage.of(request.page_size, request.page_token, "ListGrants", request.user)
-        grants = self._store.list_grants(request.user, page.after, page.limit)
-        return pb.ListGrantsResponse(
-            grants=[convert.grant_to_proto(g) for g in grants.items],
-            next_page_token=page.next_token(
-                grants.next_after, has_more=grants.next_after is not None
-            ),
+        grants, token = _list(
+            request, "ListGrants", self._store.list_grants, convert.grant_to_proto, request.user
         )
+        return pb.ListGrantsResponse(grants=grants, next_page_token=token)
 
     def AuthorizeDatasetAccess(
         self, request: pb.AuthorizeDatasetAccessRequest, context: Context
@@ -147,22 +171,15 @@ class AdminStoreServicer(admin_store_pb2_grpc.AdminStoreServiceServicer):
     def ListArchivedQueries(
         self, request: pb.ListArchivedQueriesRequest, context: Context
     ) -> pb.ListArchivedQueriesResponse:
-        page = KeysetPage.of(
-            request.page_size,
-            request.page_token,
+        queries, token = _list(
+            request,
             "ListArchivedQueries",
+            self._archive.list_archived_queries,
+            convert.archive_to_proto,
             request.user,
             request.dataset,
         )
-        records = self._archive.list_archived_queries(
-            request.user, request.dataset, page.after, page.limit
-        )
-        return pb.ListArchivedQueriesResponse(
-            queries=[convert.archive_to_proto(r) for r in records.items],
-            next_page_token=page.next_token(
-                records.next_after, has_more=records.next_after is not None
-            ),
-        )
+        return pb.ListArchivedQueriesResponse(queries=queries, next_page_token=token)
 
     def FindReleasedQuery(
         self, request: pb.FindReleasedQueryRequest, context: Context
@@ -183,13 +200,11 @@ class AdminStoreServicer(admin_store_pb2_grpc.AdminStoreServiceServicer):
     def ListAuditEvents(
         self, request: pb.ListAuditEventsRequest, context: Context
     ) -> pb.ListAuditEventsResponse:
-        page = KeysetPage.of(
-            request.page_size, request.page_token, "ListAuditEvents", request.actor
+        events, token = _list(
+            request,
+            "ListAuditEvents",
+            self._archive.list_audit_events,
+            convert.audit_to_proto,
+            request.actor,
         )
-        events = self._archive.list_audit_events(request.actor, page.after, page.limit)
-        return pb.ListAuditEventsResponse(
-            events=[convert.audit_to_proto(e) for e in events.items],
-            next_page_token=page.next_token(
-                events.next_after, has_more=events.next_after is not None
-            ),
-        )
+        return pb.ListAuditEventsResponse(events=events, next_page_token=token)

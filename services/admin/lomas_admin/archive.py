@@ -6,7 +6,7 @@ Domain code: plain records in, plain records out; no gRPC, no generated messages
 from __future__ import annotations
 
 from lomas_admin import idempotency
-from lomas_admin.idempotency import RequestLog
+from lomas_admin.idempotency import RequestLog, record_fields
 from lomas_admin.keyset import Keyset
 from lomas_admin.records import (
     ArchiveRecord,
@@ -120,14 +120,7 @@ class QueryArchive:
                 ),
             )
 
-        params = {
-            "time": stamp(event.time),
-            "actor": event.actor,
-            "method": event.method,
-            "request_json": event.request_json,
-            "code": event.code,
-            "reason": event.reason,
-        }
+        params = record_fields(event)
         self._requests.run("RecordAuditEvent", request_id, params, work, idempotency.NOTHING)
 
     def list_audit_events(

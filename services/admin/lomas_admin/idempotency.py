@@ -9,9 +9,11 @@ for the retention period (pruned as new ones arrive), which bounds how late a re
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -29,6 +31,7 @@ from lomas_common.errors import InvalidArgument
 from lomas_common.privacy import PrivacyDefinition, PrivacyLoss, format_decimal, parse_decimal
 
 T = TypeVar("T")
+R = TypeVar("R", UserRecord, DatasetRecord, GrantRecord)
 
 DEFAULT_RETENTION = dt.timedelta(days=7)
 
@@ -115,47 +118,7 @@ class RequestLog:
 # Codecs of the answers the admin store replays ------------------------------------------------
 
 
-def _encode_user(user: UserRecord) -> dict[str, Any]:
-    return {
-        "name": user.name,
-        "role": user.role,
-        "may_query": user.may_query,
-        "created_at": stamp(user.created_at),
-    }
-
-
-def _decode_user(value: Any) -> UserRecord:
-    return UserRecord(
-        name=value["name"],
-        role=value["role"],
-        may_query=bool(value["may_query"]),
-        created_at=parse_stamp(value["created_at"]),
-    )
-
-
-def _encode_dataset(dataset: DatasetRecord) -> dict[str, Any]:
-    return {
-        "name": dataset.name,
-        "source": dict(dataset.source),
-        "format": dataset.format,
-        "metadata": dict(dataset.metadata),
-        "version": dataset.version,
-        "created_at": stamp(dataset.created_at),
-    }
-
-
-def _decode_dataset(value: Any) -> DatasetRecord:
-    return DatasetRecord(
-        name=value["name"],
-        source=value["source"],
-        format=value["format"],
-        metadata=value["metadata"],
-        version=int(value["version"]),
-        created_at=parse_stamp(value["created_at"]),
-    )
-
-
-def encode_loss(loss: PrivacyLoss) -> dict[str, str]:
+def _encode_loss(loss: PrivacyLoss) -> dict[str, str]:
     return {
         "definition": loss.definition.value,
         "epsilon": format_decimal(loss.epsilon),
@@ -173,22 +136,43 @@ def _decode_loss(value: Any) -> PrivacyLoss:
     )
 
 
-def _encode_grant(grant: GrantRecord) -> dict[str, Any]:
+def _field_to_json(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return stamp(value)
+    if isinstance(value, PrivacyLoss):
+        return _encode_loss(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    return value  # str, int, bool: JSON as they are
+
+
+def record_fields(record: Any, *, leave_out: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A record's fields as JSON values, in their declared order: what a replay stores, and (without
+    the fields the store sets) what a call's fingerprint covers."""
     return {
-        "user": grant.user,
-        "dataset": grant.dataset,
-        "allocation": encode_loss(grant.allocation),
-        "created_at": stamp(grant.created_at),
+        field.name: _field_to_json(getattr(record, field.name))
+        for field in dataclasses.fields(record)
+        if field.name not in leave_out
     }
 
 
-def _decode_grant(value: Any) -> GrantRecord:
-    return GrantRecord(
-        user=value["user"],
-        dataset=value["dataset"],
-        allocation=_decode_loss(value["allocation"]),
-        created_at=parse_stamp(value["created_at"]),
-    )
+def record_codec(kind: type[R]) -> Codec[R]:
+    """Stores a record as `record_fields`; a replay builds it back from them (only times and
+    privacy losses need parsing: the other values come back from JSON as they went in)."""
+    field_types = typing.get_type_hints(kind)
+
+    def decode(value: Any) -> R:
+        fields: dict[str, Any] = {}
+        for name, item in value.items():
+            if field_types[name] is dt.datetime:
+                fields[name] = parse_stamp(item)
+            elif field_types[name] is PrivacyLoss:
+                fields[name] = _decode_loss(item)
+            else:
+                fields[name] = item
+        return kind(**fields)
+
+    return Codec(record_fields, decode)
 
 
 def _encode_nothing(_: None) -> None:
@@ -199,7 +183,7 @@ def _decode_nothing(_: Any) -> None:
     return None
 
 
-USER: Codec[UserRecord] = Codec(_encode_user, _decode_user)
-DATASET: Codec[DatasetRecord] = Codec(_encode_dataset, _decode_dataset)
-GRANT: Codec[GrantRecord] = Codec(_encode_grant, _decode_grant)
+USER = record_codec(UserRecord)
+DATASET = record_codec(DatasetRecord)
+GRANT = record_codec(GrantRecord)
 NOTHING: Codec[None] = Codec(_encode_nothing, _decode_nothing)

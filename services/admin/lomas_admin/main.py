@@ -14,11 +14,11 @@ from lomas_admin.idempotency import DEFAULT_RETENTION, RequestLog
 from lomas_admin.store import AdminStore
 from lomas_common.blocking_server import (
     BlockingServer,
-    serve_blocking_until_signalled,
+    run_blocking_service,
     start_blocking_server,
 )
 from lomas_common.db import Database
-from lomas_common.server import Service, configure_logging
+from lomas_common.server import Service
 from lomas_common.settings import ServerSettings, env_float, env_required, env_str
 
 DEFAULT_PORT = 50052
@@ -69,10 +69,7 @@ def start(settings: AdminSettings) -> tuple[BlockingServer, Database]:
 
 
 def main() -> None:
-    settings = AdminSettings.from_env()
-    configure_logging(settings.server.log_level)
-    server, db = start(settings)
-    serve_blocking_until_signalled(server, on_stop=[db.close])
+    run_blocking_service(AdminSettings.from_env, start)
 
 
 if __name__ == "__main__":

@@ -45,29 +45,34 @@ def check_name(value: str, what: str, reason: str) -> str:
 
 
 @dataclass(frozen=True)
-class UserRecord:
-    name: str
-    role: str = "researcher"
-    may_query: bool = True
-    created_at: dt.datetime = field(default_factory=now, compare=False)
+class CatalogueEntry:
+    """A user, dataset or grant: stamped when first stored. The time is left out of comparisons, so a
+    repeated create finds the stored entry equal to the one it asks for."""
+
+    created_at: dt.datetime = field(default_factory=now, compare=False, kw_only=True)
 
 
 @dataclass(frozen=True)
-class DatasetRecord:
+class UserRecord(CatalogueEntry):
+    name: str
+    role: str = "researcher"
+    may_query: bool = True
+
+
+@dataclass(frozen=True)
+class DatasetRecord(CatalogueEntry):
     name: str
     source: Mapping[str, Any]  # {"local": {"path": ...}} | {"s3": {...}} | {"url": {"url": ...}}
     format: str  # "csv" | "parquet"
     metadata: Mapping[str, Any]  # Lomas metadata (validated by an executor before it gets here)
     version: int = 1
-    created_at: dt.datetime = field(default_factory=now, compare=False)
 
 
 @dataclass(frozen=True)
-class GrantRecord:
+class GrantRecord(CatalogueEntry):
     user: str
     dataset: str
     allocation: PrivacyLoss
-    created_at: dt.datetime = field(default_factory=now, compare=False)
 
 
 @dataclass(frozen=True)

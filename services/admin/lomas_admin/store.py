@@ -7,10 +7,11 @@ takes an optional request id and is then answered once (`idempotency`); every li
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from lomas_admin import idempotency
-from lomas_admin.idempotency import RequestLog, encode_loss
+from lomas_admin.idempotency import RequestLog, record_fields
 from lomas_admin.keyset import Keyset
 from lomas_admin.records import (
     ROLES,
@@ -74,7 +75,7 @@ class AdminStore:
             )
             return user
 
-        params = {"name": user.name, "role": user.role, "may_query": user.may_query}
+        params = record_fields(user, leave_out=("created_at",))
         return self._requests.run("CreateUser", request_id, params, work, idempotency.USER)
 
     def get_user(self, name: str) -> UserRecord:
@@ -164,14 +165,7 @@ class AdminStore:
                     stamp(dataset.created_at),
                 ),
             )
-            return DatasetRecord(
-                dataset.name,
-                dataset.source,
-                dataset.format,
-                dataset.metadata,
-                1,
-                dataset.created_at,
-            )
+            return dataclasses.replace(dataset, version=1)
 
         return self._requests.run(
             "CreateDataset", request_id, _dataset_params(dataset), work, idempotency.DATASET
@@ -200,14 +194,7 @@ class AdminStore:
                     dataset.name,
                 ),
             )
-            return DatasetRecord(
-                dataset.name,
-                dataset.source,
-                dataset.format,
-                dataset.metadata,
-                version,
-                existing.created_at,
-            )
+            return dataclasses.replace(dataset, version=version, created_at=existing.created_at)
 
         return self._requests.run(
             "UpdateDataset", request_id, _dataset_params(dataset), work, idempotency.DATASET
@@ -270,11 +257,7 @@ class AdminStore:
             )
             return grant
 
-        params = {
-            "user": grant.user,
-            "dataset": grant.dataset,
-            "allocation": encode_loss(grant.allocation),
-        }
+        params = record_fields(grant, leave_out=("created_at",))
         return self._requests.run("CreateGrant", request_id, params, work, idempotency.GRANT)
 
     def delete_grant(self, user: str, dataset: str, request_id: str = "") -> None:
@@ -325,9 +308,4 @@ class AdminStore:
 
 def _dataset_params(dataset: DatasetRecord) -> dict[str, object]:
     """What a dataset call's fingerprint covers (not the store-set version and time)."""
-    return {
-        "name": dataset.name,
-        "source": dict(dataset.source),
-        "format": dataset.format,
-        "metadata": dict(dataset.metadata),
-    }
+    return record_fields(dataset, leave_out=("version", "created_at"))

@@ -4,15 +4,21 @@ INVALID_ARGUMENT REQUEST_ID_REUSED, and ids are kept for the retention period.""
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import json
 import threading
+from decimal import Decimal
 
 import grpc
 from admin_testing import FakeClock, audit_event, dataset, grant, refused, user
 
 from lomas.admin.v1 import admin_store_pb2 as pb
 from lomas.admin.v1 import admin_store_pb2_grpc
-from lomas_admin.records import UserRecord
+from lomas_admin.records import DatasetRecord, GrantRecord, UserRecord
 from lomas_admin.store import AdminStore
+from lomas_common.db import Database
+from lomas_common.privacy import PrivacyLoss
 
 Stub = admin_store_pb2_grpc.AdminStoreServiceStub
 REUSED = (grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_ID_REUSED")
@@ -146,3 +152,48 @@ def test_answers_are_kept_for_the_retention_period_only(
     store.set_may_query("alice", True, request_id="s-other")
     assert not store.set_may_query("alice", False, request_id="s1").may_query
     assert not store.get_user("alice").may_query
+
+
+def _store_answer(
+    database: Database, method: str, request_id: str, params: object, response: object
+) -> None:
+    """An answer as the admin store has always stored it (a fingerprint of the call's arguments)."""
+    fingerprint = hashlib.sha256(
+        json.dumps(params, separators=(",", ":"), default=str).encode()
+    ).hexdigest()
+    with database.transaction() as tx:
+        tx.execute(
+            "INSERT INTO admin_requests (method, request_id, fingerprint, response, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (method, request_id, fingerprint, json.dumps(response), "2030-01-01T00:00:00+00:00"),
+        )
+
+
+def test_stored_answers_keep_their_format(store: AdminStore, database: Database) -> None:
+    """Answers stored by an earlier release (or a peer replica) still replay: the fingerprint and
+    the stored JSON of every record are pinned here."""
+    created = "2030-01-01T00:00:00+00:00"
+    when = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    user = {"name": "alice", "role": "admin", "may_query": False}
+    _store_answer(database, "CreateUser", "u1", user, {**user, "created_at": created})
+    source = {"local": {"path": "/p.csv"}}
+    metadata = {"max_ids": 1, "columns": {"b": {}, "a": {}}}
+    data = {"name": "penguins", "source": source, "format": "csv", "metadata": metadata}
+    _store_answer(
+        database, "CreateDataset", "d1", data, {**data, "version": 3, "created_at": created}
+    )
+    loss = {"definition": "approx_dp", "epsilon": "1.5", "delta": "0.00001", "rho": "0"}
+    grant = {"user": "alice", "dataset": "penguins", "allocation": loss}
+    _store_answer(database, "CreateGrant", "g1", grant, {**grant, "created_at": created})
+
+    replayed_user = store.create_user(UserRecord("alice", "admin", False), "u1")
+    assert (replayed_user, replayed_user.created_at) == (UserRecord("alice", "admin", False), when)
+    dataset = DatasetRecord("penguins", source, "csv", metadata)
+    replayed_dataset = store.create_dataset(dataset, "d1")
+    assert replayed_dataset.version == 3
+    assert list(replayed_dataset.metadata["columns"]) == ["b", "a"]
+    allocation = PrivacyLoss.approx_dp(Decimal("1.5"), Decimal("0.00001"))
+    replayed_grant = store.create_grant(GrantRecord("alice", "penguins", allocation), "g1")
+    assert replayed_grant == GrantRecord("alice", "penguins", allocation)
+    assert replayed_grant.created_at == when
+    assert store.list_users(None, 10).items == []  # replays: nothing was written

@@ -107,47 +107,29 @@ def _reservation_from_json(data: Json) -> Reservation:
 
 
 def _user_to_json(state: UserState) -> Json:
-    return {
-        "user": state.user,
-        "frozen": state.frozen,
-        "actor": state.actor,
-        "reason": state.reason,
-        "updated_at": state.updated_at,
-        "ledgers": [_balance_to_json(b) for b in state.ledgers],
-    }
+    data = asdict(state)
+    data["ledgers"] = [_balance_to_json(b) for b in state.ledgers]
+    return data
 
 
 def _user_from_json(data: Json) -> UserState:
-    return UserState(
-        user=data["user"],
-        frozen=data["frozen"],
-        actor=data["actor"],
-        reason=data["reason"],
-        updated_at=data["updated_at"],
-        ledgers=tuple(_balance_from_json(b) for b in data["ledgers"]),
-    )
+    values = dict(data)
+    values["ledgers"] = tuple(_balance_from_json(b) for b in data["ledgers"])
+    return UserState(**values)
 
 
 def _cap_to_json(cap: DatasetCap) -> Json:
-    return {
-        "dataset": cap.dataset,
-        "cap": loss_params(cap.cap),
-        "used": loss_params(cap.used),
-        "actor": cap.actor,
-        "reason": cap.reason,
-        "updated_at": cap.updated_at,
-    }
+    data = asdict(cap)
+    for name in ("cap", "used"):
+        data[name] = loss_params(getattr(cap, name))
+    return data
 
 
 def _cap_from_json(data: Json) -> DatasetCap:
-    return DatasetCap(
-        dataset=data["dataset"],
-        cap=_loss_from_json(data["cap"]),
-        used=_loss_from_json(data["used"]),
-        actor=data["actor"],
-        reason=data["reason"],
-        updated_at=data["updated_at"],
-    )
+    values = dict(data)
+    for name in ("cap", "used"):
+        values[name] = _loss_from_json(data[name])
+    return DatasetCap(**values)
 
 
 def _sweep_to_json(report: SweepReport) -> Json:

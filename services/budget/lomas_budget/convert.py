@@ -6,40 +6,58 @@ import datetime as dt
 from decimal import Decimal
 
 from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
 
 from lomas.budget.v1 import budget_pb2
 from lomas.common.v1 import privacy_pb2
+from lomas_budget import model
 from lomas_budget.accounting import approx_dp_view
-from lomas_budget.model import (
-    DatasetCap,
-    EntryKind,
-    LedgerBalance,
-    LedgerEntry,
-    Reservation,
-    ReservationState,
-    UserState,
+from lomas_budget.reservations import SettleOptions
+from lomas_common.convert import (
+    DEFINITION_TO_PROTO,
+    KeysetPage,
+    privacy_loss_from_proto,
+    privacy_loss_to_proto,
 )
-from lomas_common.convert import DEFINITION_TO_PROTO, KeysetPage, privacy_loss_to_proto
 from lomas_common.errors import InvalidArgument
 from lomas_common.privacy import PrivacyLoss, PrivacyValueError, format_decimal, parse_decimal
 
 _STATES = {
-    ReservationState.RESERVED: budget_pb2.RESERVATION_STATE_RESERVED,
-    ReservationState.ACCESSED: budget_pb2.RESERVATION_STATE_ACCESSED,
-    ReservationState.COMMITTED: budget_pb2.RESERVATION_STATE_COMMITTED,
-    ReservationState.RELEASED: budget_pb2.RESERVATION_STATE_RELEASED,
+    model.ReservationState.RESERVED: budget_pb2.RESERVATION_STATE_RESERVED,
+    model.ReservationState.ACCESSED: budget_pb2.RESERVATION_STATE_ACCESSED,
+    model.ReservationState.COMMITTED: budget_pb2.RESERVATION_STATE_COMMITTED,
+    model.ReservationState.RELEASED: budget_pb2.RESERVATION_STATE_RELEASED,
 }
 _KINDS = {
-    EntryKind.ALLOCATION: budget_pb2.LEDGER_ENTRY_KIND_ALLOCATION,
-    EntryKind.IMPORTED_SPEND: budget_pb2.LEDGER_ENTRY_KIND_IMPORTED_SPEND,
-    EntryKind.ADJUSTMENT: budget_pb2.LEDGER_ENTRY_KIND_ADJUSTMENT,
-    EntryKind.RESERVATION: budget_pb2.LEDGER_ENTRY_KIND_RESERVATION,
-    EntryKind.ACCESS: budget_pb2.LEDGER_ENTRY_KIND_ACCESS,
-    EntryKind.COMMIT: budget_pb2.LEDGER_ENTRY_KIND_COMMIT,
-    EntryKind.RELEASE: budget_pb2.LEDGER_ENTRY_KIND_RELEASE,
-    EntryKind.FREEZE: budget_pb2.LEDGER_ENTRY_KIND_FREEZE,
-    EntryKind.UNFREEZE: budget_pb2.LEDGER_ENTRY_KIND_UNFREEZE,
+    model.EntryKind.ALLOCATION: budget_pb2.LEDGER_ENTRY_KIND_ALLOCATION,
+    model.EntryKind.IMPORTED_SPEND: budget_pb2.LEDGER_ENTRY_KIND_IMPORTED_SPEND,
+    model.EntryKind.ADJUSTMENT: budget_pb2.LEDGER_ENTRY_KIND_ADJUSTMENT,
+    model.EntryKind.RESERVATION: budget_pb2.LEDGER_ENTRY_KIND_RESERVATION,
+    model.EntryKind.ACCESS: budget_pb2.LEDGER_ENTRY_KIND_ACCESS,
+    model.EntryKind.COMMIT: budget_pb2.LEDGER_ENTRY_KIND_COMMIT,
+    model.EntryKind.RELEASE: budget_pb2.LEDGER_ENTRY_KIND_RELEASE,
+    model.EntryKind.FREEZE: budget_pb2.LEDGER_ENTRY_KIND_FREEZE,
+    model.EntryKind.UNFREEZE: budget_pb2.LEDGER_ENTRY_KIND_UNFREEZE,
 }
+
+
+def optional_loss_from_proto(request: Message, field: str) -> PrivacyLoss | None:
+    """The privacy loss in an optional field of `request` (None when the field is not set)."""
+    if not request.HasField(field):
+        return None
+    loss: privacy_pb2.PrivacyLoss = getattr(request, field)
+    return privacy_loss_from_proto(loss, field=field)
+
+
+def settle_options(
+    request: budget_pb2.CommitReservationRequest | budget_pb2.ReleaseReservationRequest,
+) -> SettleOptions:
+    """What `commit` and `release` take from their requests beside the query id."""
+    return SettleOptions(
+        actor=request.actor or "worker",
+        reason=request.reason,
+        request_id=request.request_id or None,
+    )
 
 
 def delta_from_text(text: str) -> Decimal | None:
@@ -103,7 +121,9 @@ def timestamp(text: str) -> timestamp_pb2.Timestamp | None:
     )
 
 
-def ledger_to_proto(balance: LedgerBalance, delta: Decimal | None = None) -> budget_pb2.Ledger:
+def ledger_to_proto(
+    balance: model.LedgerBalance, delta: Decimal | None = None
+) -> budget_pb2.Ledger:
     message = budget_pb2.Ledger(
         user=balance.user,
         dataset=balance.dataset,
@@ -129,7 +149,7 @@ def ledger_to_proto(balance: LedgerBalance, delta: Decimal | None = None) -> bud
     return message
 
 
-def reservation_to_proto(reservation: Reservation) -> budget_pb2.Reservation:
+def reservation_to_proto(reservation: model.Reservation) -> budget_pb2.Reservation:
     return budget_pb2.Reservation(
         query_id=reservation.query_id,
         user=reservation.user,
@@ -143,7 +163,7 @@ def reservation_to_proto(reservation: Reservation) -> budget_pb2.Reservation:
     )
 
 
-def _signed_loss(balance: LedgerBalance, entry: LedgerEntry) -> privacy_pb2.PrivacyLoss:
+def _signed_loss(balance: model.LedgerBalance, entry: model.LedgerEntry) -> privacy_pb2.PrivacyLoss:
     """An entry's amount in its ledger's unit (components may be negative in adjustments, which a
     `PrivacyLoss` value refuses, so it is built from the texts directly)."""
     definition = balance.definition
@@ -157,7 +177,9 @@ def _signed_loss(balance: LedgerBalance, entry: LedgerEntry) -> privacy_pb2.Priv
     return message
 
 
-def entry_to_proto(balance: LedgerBalance, entry: LedgerEntry) -> budget_pb2.LedgerEntry:
+def entry_to_proto(
+    balance: model.LedgerBalance, entry: model.LedgerEntry
+) -> budget_pb2.LedgerEntry:
     return budget_pb2.LedgerEntry(
         seq=entry.seq,
         kind=_KINDS[entry.kind],
@@ -171,7 +193,7 @@ def entry_to_proto(balance: LedgerBalance, entry: LedgerEntry) -> budget_pb2.Led
     )
 
 
-def user_state_to_proto(state: UserState) -> budget_pb2.UserState:
+def user_state_to_proto(state: model.UserState) -> budget_pb2.UserState:
     return budget_pb2.UserState(
         user=state.user,
         frozen=state.frozen,
@@ -181,7 +203,7 @@ def user_state_to_proto(state: UserState) -> budget_pb2.UserState:
     )
 
 
-def dataset_cap_to_proto(cap: DatasetCap) -> budget_pb2.DatasetCap:
+def dataset_cap_to_proto(cap: model.DatasetCap) -> budget_pb2.DatasetCap:
     message = budget_pb2.DatasetCap(
         dataset=cap.dataset,
         actor=cap.actor,

@@ -4,7 +4,8 @@ ledger's cached balances.
 Each entry's hash is SHA-256 over the canonical JSON text of its fields (decimals as
 `format_decimal` text), the identity of its ledger and the previous entry's hash: changing any
 stored field, the ledger's owner or definition, or the order of the entries breaks the chain.
-`lomas_budget.verify` recomputes every hash with `chain_prefix` / `chain_hash_after`.
+`lomas_budget.verify` recomputes every hash with `chain_hash`, rendering each ledger's
+`chain_prefix` once.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def chain_prefix(ledger_id: str, user: str, dataset: str, definition: str) -> st
     )
 
 
-def chain_hash_after(
+def chain_hash(
     prefix: str,
     seq: int,
     kind: str,
@@ -47,7 +48,13 @@ def chain_hash_after(
     created_at: str,
     prev_hash: str,
 ) -> str:
-    """`chain_hash` with the ledger's part already rendered by `chain_prefix`."""
+    """SHA-256 over the canonical JSON text of one entry, its ledger's identity (`prefix`, from
+    `chain_prefix`) and the previous hash.
+
+    The text is exactly `json.dumps([HASH_VERSION, ledger_id, user, dataset, definition, seq, ...,
+    prev_hash], separators=(",", ":"), ensure_ascii=False)`, built directly because verification
+    hashes millions of entries (and renders each ledger's prefix once).
+    """
     canonical = (
         f"{prefix}{int(seq)},{_json_string(kind)},{_json_string(epsilon)},"
         f"{_json_string(delta)},{_json_string(rho)},{_json_value(query_id)},"
@@ -55,44 +62,6 @@ def chain_hash_after(
         f"{_json_string(prev_hash)}]"
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def chain_hash(
-    ledger_id: str,
-    user: str,
-    dataset: str,
-    definition: str,
-    seq: int,
-    kind: str,
-    epsilon: str,
-    delta: str,
-    rho: str,
-    query_id: str | None,
-    actor: str,
-    reason: str,
-    created_at: str,
-    prev_hash: str,
-) -> str:
-    """SHA-256 over the canonical JSON text of one entry, its ledger's identity and the previous
-    hash.
-
-    The text is exactly `json.dumps([HASH_VERSION, ledger_id, ..., prev_hash],
-    separators=(",", ":"), ensure_ascii=False)`, built directly because verification hashes
-    millions of entries.
-    """
-    return chain_hash_after(
-        chain_prefix(ledger_id, user, dataset, definition),
-        seq,
-        kind,
-        epsilon,
-        delta,
-        rho,
-        query_id,
-        actor,
-        reason,
-        created_at,
-        prev_hash,
-    )
 
 
 @dataclass
@@ -117,10 +86,9 @@ class Pending:
         seq = balance.entry_count + 1
         epsilon, delta, rho = amount.texts()
         digest = chain_hash(
-            balance.ledger_id,
-            balance.user,
-            balance.dataset,
-            balance.definition.value,
+            chain_prefix(
+                balance.ledger_id, balance.user, balance.dataset, balance.definition.value
+            ),
             seq,
             kind.value,
             epsilon,
@@ -180,6 +148,5 @@ __all__ = [
     "HASH_VERSION",
     "Pending",
     "chain_hash",
-    "chain_hash_after",
     "chain_prefix",
 ]

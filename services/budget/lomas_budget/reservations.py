@@ -17,10 +17,11 @@ worker and commits one whose worker touched the data (no refund after data acces
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 from functools import partial
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from lomas_budget.accounting import charge_in_unit, describe, exceeds, loss_metadata
 from lomas_budget.codec import RESERVATION, SWEEP, loss_params
@@ -55,6 +56,15 @@ from lomas_common.errors import (
     PermissionDenied,
 )
 from lomas_common.privacy import PrivacyLoss
+
+
+class SettleOptions(TypedDict, total=False):
+    """The options of `commit` and `release`: who settles the reservation (default "worker"), why
+    (default: no reason), and the request id whose retries return the first answer."""
+
+    actor: str
+    reason: str
+    request_id: str | None
 
 
 class Reservations(LedgerOperations):
@@ -170,98 +180,65 @@ class Reservations(LedgerOperations):
         worker runs nothing whose cost differs from the charge.
         """
 
-        def work(session: LedgerSession) -> Reservation:
-            balance, reservation = self._locked_reservation(session, query_id)
+        def must_move(balance: LedgerBalance, reservation: Reservation) -> bool:
             if reservation.state is ReservationState.RELEASED:
                 raise reservation_released(query_id)
             if expected_cost is not None:
                 check_expected_cost(reservation, expected_cost, balance.definition)
-            if reservation.state is not ReservationState.RESERVED:
-                return reservation
-            return self._transition(
-                session,
-                balance,
-                reservation,
-                ReservationState.ACCESSED,
-                EntryKind.ACCESS,
-                actor or "worker",
-                "",
-            )
+            return reservation.state is ReservationState.RESERVED
 
         params: dict[str, Any] = {"query_id": query_id}
         if expected_cost is not None:
             params["expected_cost"] = loss_params(expected_cost)
-        return self._once(request_id, "mark_accessed", params, work, RESERVATION)
+        return self._move(
+            "mark_accessed",
+            params,
+            query_id,
+            ReservationState.ACCESSED,
+            must_move,
+            actor=actor,
+            request_id=request_id,
+        )
 
-    def commit(
-        self,
-        query_id: str,
-        *,
-        actor: str = "worker",
-        reason: str = "",
-        request_id: str | None = None,
-    ) -> Reservation:
+    def commit(self, query_id: str, **options: Unpack[SettleOptions]) -> Reservation:
         """Charge a reservation (RESERVED or ACCESSED -> COMMITTED): spent += cost and
         reserved -= cost.
 
         Idempotent: committing again returns the committed reservation and charges nothing more.
         """
 
-        def work(session: LedgerSession) -> Reservation:
-            balance, reservation = self._locked_reservation(session, query_id)
+        def must_move(balance: LedgerBalance, reservation: Reservation) -> bool:
             if reservation.state is ReservationState.RELEASED:
                 raise reservation_released(query_id)
-            if reservation.state is ReservationState.COMMITTED:
-                return reservation
-            return self._transition(
-                session,
-                balance,
-                reservation,
-                ReservationState.COMMITTED,
-                EntryKind.COMMIT,
-                actor or "worker",
-                reason,
-            )
+            return reservation.state is not ReservationState.COMMITTED
 
         params = {"query_id": query_id}
-        return self._once(request_id, "commit", params, work, RESERVATION)
+        return self._move(
+            "commit", params, query_id, ReservationState.COMMITTED, must_move, **options
+        )
 
-    def release(
-        self,
-        query_id: str,
-        *,
-        actor: str = "worker",
-        reason: str = "",
-        request_id: str | None = None,
-    ) -> Reservation:
+    def release(self, query_id: str, **options: Unpack[SettleOptions]) -> Reservation:
         """Return a reservation that never touched the data (RESERVED -> RELEASED; idempotent).
 
         FailedPrecondition (DATA_ACCESSED) once a worker touched the data or the charge is
         committed: there is no refund after data access.
         """
 
-        def work(session: LedgerSession) -> Reservation:
-            balance, reservation = self._locked_reservation(session, query_id)
+        def must_move(balance: LedgerBalance, reservation: Reservation) -> bool:
             if reservation.state is ReservationState.RELEASED:
-                return reservation
+                return False
             if reservation.state is not ReservationState.RESERVED:
                 raise FailedPrecondition(
                     "the query touched the data: its charge cannot be released",
                     reason="DATA_ACCESSED",
                     metadata={"queryId": query_id, "state": reservation.state.value},
                 )
-            return self._transition(
-                session,
-                balance,
-                reservation,
-                ReservationState.RELEASED,
-                EntryKind.RELEASE,
-                actor or "worker",
-                reason,
-            )
+            return True
 
         params = {"query_id": query_id}
-        return self._once(request_id, "release", params, work, RESERVATION)
+        return self._move(
+            "release", params, query_id, ReservationState.RELEASED, must_move, **options
+        )
 
     def get_reservation(self, query_id: str) -> Reservation:
         """One reservation, or NotFound (RESERVATION_NOT_FOUND)."""
@@ -317,42 +294,39 @@ class Reservations(LedgerOperations):
         if found is None:
             return None
         balance, reservation = found
-        if reservation.expires_at > now:
+        expiry = _EXPIRY.get(reservation.state)
+        if reservation.expires_at > now or expiry is None:
             return None
-        if reservation.state is ReservationState.RESERVED:
-            self._transition(
-                session,
-                balance,
-                reservation,
-                ReservationState.RELEASED,
-                EntryKind.RELEASE,
-                SWEEPER,
-                "expired before reaching a worker",
-            )
-            return ReservationState.RELEASED
-        if reservation.state is ReservationState.ACCESSED:
-            self._transition(
-                session,
-                balance,
-                reservation,
-                ReservationState.COMMITTED,
-                EntryKind.COMMIT,
-                SWEEPER,
-                "expired after data access: the charge is kept",
-            )
-            return ReservationState.COMMITTED
-        return None
+        state, reason = expiry
+        self._transition(session, balance, reservation, state, SWEEPER, reason)
+        return state
 
-    @staticmethod
-    def _locked_reservation(
-        session: LedgerSession, query_id: str
-    ) -> tuple[LedgerBalance, Reservation]:
-        """The reservation and its ledger, both rows locked by this transaction."""
-        require(query_id=query_id)
-        found = session.lock_reservation(query_id)
-        if found is None:
-            raise reservation_not_found(query_id)
-        return found
+    def _move(
+        self,
+        method: str,
+        params: dict[str, Any],
+        query_id: str,
+        state: ReservationState,
+        must_move: Callable[[LedgerBalance, Reservation], bool],
+        **options: Unpack[SettleOptions],
+    ) -> Reservation:
+        """Move reservation `query_id` to `state` in one transaction that locks it and its ledger,
+        unless `must_move` finds it there already (False: the move is idempotent) or refuses to
+        move it (raises). A request id is bound to `method` and `params`."""
+
+        def work(session: LedgerSession) -> Reservation:
+            require(query_id=query_id)
+            found = session.lock_reservation(query_id)
+            if found is None:
+                raise reservation_not_found(query_id)
+            balance, reservation = found
+            if not must_move(balance, reservation):
+                return reservation
+            actor = options.get("actor") or "worker"
+            reason = options.get("reason", "")
+            return self._transition(session, balance, reservation, state, actor, reason)
+
+        return self._once(options.get("request_id"), method, params, work, RESERVATION)
 
     def _transition(
         self,
@@ -360,12 +334,13 @@ class Reservations(LedgerOperations):
         balance: LedgerBalance,
         reservation: Reservation,
         state: ReservationState,
-        kind: EntryKind,
         actor: str,
         reason: str,
     ) -> Reservation:
+        """Move `reservation` to `state`, with the journal entry that records it."""
         now = self._now()
         updated = replace(reservation, state=state, updated_at=now)
+        kind = _ENTRY_KINDS[state]
         amount = ZERO_AMOUNT if kind is EntryKind.ACCESS else Amount.of(reservation.cost)
         pending = Pending(balance)
         pending.append(kind, amount, reservation.query_id, actor, reason, now)
@@ -376,4 +351,20 @@ class Reservations(LedgerOperations):
         return updated
 
 
-__all__ = ["Reservations"]
+# The journal entry that records a reservation's move to each state.
+_ENTRY_KINDS = {
+    ReservationState.ACCESSED: EntryKind.ACCESS,
+    ReservationState.COMMITTED: EntryKind.COMMIT,
+    ReservationState.RELEASED: EntryKind.RELEASE,
+}
+# What the sweep does with an expired reservation, by its state: the state it leads to, and why.
+_EXPIRY = {
+    ReservationState.RESERVED: (ReservationState.RELEASED, "expired before reaching a worker"),
+    ReservationState.ACCESSED: (
+        ReservationState.COMMITTED,
+        "expired after data access: the charge is kept",
+    ),
+}
+
+
+__all__ = ["Reservations", "SettleOptions"]

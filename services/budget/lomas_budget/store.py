@@ -227,8 +227,7 @@ class LedgerSession:
         """A ledger row, locked, and the reservation that already holds `query_id` (of any
         ledger), in one statement."""
         row = self._tx.fetchone(
-            f"SELECT {tables.L_COLUMNS}, {tables.R_COLUMNS}, rl.user_name AS rl_user_name, "
-            "rl.dataset_name AS rl_dataset_name, rl.definition AS rl_definition "
+            f"SELECT {tables.L_COLUMNS}, {tables.reservation_columns('rl')} "
             "FROM ledgers l LEFT JOIN reservations r ON r.query_id = ? "
             "LEFT JOIN ledgers rl ON rl.id = r.ledger_id "
             "WHERE l.user_name = ? AND l.dataset_name = ?"
@@ -244,8 +243,7 @@ class LedgerSession:
         """A reservation and its ledger, both rows locked, in one statement (re-read at their
         newest committed versions once the locks are ours)."""
         row = self._tx.fetchone(
-            f"SELECT {tables.L_COLUMNS}, {tables.R_COLUMNS}, l.user_name AS rl_user_name, "
-            "l.dataset_name AS rl_dataset_name, l.definition AS rl_definition "
+            f"SELECT {tables.L_COLUMNS}, {tables.reservation_columns('l')} "
             "FROM reservations r JOIN ledgers l ON l.id = r.ledger_id WHERE r.query_id = ?"
             + self._lock,
             (query_id,),

@@ -7,17 +7,9 @@ both.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
-from lomas_budget.model import (
-    DatasetCap,
-    EntryKind,
-    LedgerBalance,
-    LedgerEntry,
-    Reservation,
-    ReservationState,
-    UserState,
-)
+from lomas_budget import model
 from lomas_common.db import Row, from_db_decimal, to_db_decimal
 from lomas_common.privacy import PrivacyDefinition, PrivacyLoss
 
@@ -66,11 +58,20 @@ RESERVATION_FIELDS = [
     "updated_at",
 ]
 RESERVATION_COLUMNS = ", ".join(RESERVATION_FIELDS)
-# A reservation joined with its own ledger's identity: r_* columns plus the ledger's names.
-R_COLUMNS = ", ".join(f"r.{name} AS r_{name}" for name in RESERVATION_FIELDS)
+
+
+def reservation_columns(ledger: str) -> str:
+    """What `reservation` reads: a reservation (aliased `r`) joined with its own ledger (aliased
+    `ledger`), as r_* columns plus the ledger's identity as rl_* columns."""
+    own = ", ".join(f"r.{name} AS r_{name}" for name in RESERVATION_FIELDS)
+    return (
+        f"{own}, {ledger}.user_name AS rl_user_name, {ledger}.dataset_name AS rl_dataset_name, "
+        f"{ledger}.definition AS rl_definition"
+    )
+
+
 RESERVATION_SELECT = (
-    f"SELECT {R_COLUMNS}, rl.user_name AS rl_user_name, rl.dataset_name AS rl_dataset_name, "
-    "rl.definition AS rl_definition FROM reservations r JOIN ledgers rl ON rl.id = r.ledger_id"
+    f"SELECT {reservation_columns('rl')} FROM reservations r JOIN ledgers rl ON rl.id = r.ledger_id"
 )
 DATASET_COLUMNS = (
     "dataset_name, cap_definition, cap_epsilon, cap_delta, cap_rho, "
@@ -102,12 +103,12 @@ UPDATE_LEDGER = (
 
 def kinds_list() -> str:
     """The entry kinds as an SQL list of literals."""
-    return ", ".join(f"'{kind.value}'" for kind in EntryKind)
+    return ", ".join(f"'{kind.value}'" for kind in model.EntryKind)
 
 
 def open_states_list() -> str:
     """The states of a reservation the sweep settles, as an SQL list of literals."""
-    return f"'{ReservationState.RESERVED.value}', '{ReservationState.ACCESSED.value}'"
+    return f"'{model.ReservationState.RESERVED.value}', '{model.ReservationState.ACCESSED.value}'"
 
 
 # --- rows -> values -------------------------------------------------------------------------------
@@ -122,9 +123,9 @@ def loss(definition: PrivacyDefinition, row: Row, prefix: str = "") -> PrivacyLo
     )
 
 
-def balance(row: Row) -> LedgerBalance:
+def balance(row: Row) -> model.LedgerBalance:
     definition = PrivacyDefinition(row["definition"])
-    return LedgerBalance(
+    return model.LedgerBalance(
         ledger_id=row["id"],
         user=row["user_name"],
         dataset=row["dataset_name"],
@@ -140,11 +141,11 @@ def balance(row: Row) -> LedgerBalance:
     )
 
 
-def entry(row: Row) -> LedgerEntry:
-    return LedgerEntry(
+def entry(row: Row) -> model.LedgerEntry:
+    return model.LedgerEntry(
         ledger_id=row["ledger_id"],
         seq=int(row["seq"]),
-        kind=EntryKind(row["kind"]),
+        kind=model.EntryKind(row["kind"]),
         epsilon=from_db_decimal(row["epsilon"]),
         delta=from_db_decimal(row["delta"]),
         rho=from_db_decimal(row["rho"]),
@@ -157,15 +158,15 @@ def entry(row: Row) -> LedgerEntry:
     )
 
 
-def reservation(row: Row) -> Reservation:
-    """From a `RESERVATION_SELECT` row (r_* columns and the reservation's own ledger)."""
-    return Reservation(
+def reservation(row: Row) -> model.Reservation:
+    """From a row of `reservation_columns` (r_* columns and the reservation's own ledger)."""
+    return model.Reservation(
         query_id=row["r_query_id"],
         ledger_id=row["r_ledger_id"],
         user=row["rl_user_name"],
         dataset=row["rl_dataset_name"],
         cost=loss(PrivacyDefinition(row["rl_definition"]), row, "r_"),
-        state=ReservationState(row["r_state"]),
+        state=model.ReservationState(row["r_state"]),
         created_at=row["r_created_at"],
         updated_at=row["r_updated_at"],
         owner=row["r_owner"],
@@ -173,30 +174,30 @@ def reservation(row: Row) -> Reservation:
     )
 
 
-def dataset(row: Row) -> DatasetCap:
+class LastChange(TypedDict):
+    """Who last changed a user's freeze or a dataset's cap, why and when: the columns that end
+    both rows (`USER_COLUMNS`, `DATASET_COLUMNS`) and the fields that end both values."""
+
+    actor: str
+    reason: str
+    updated_at: str
+
+
+def last_change(row: Row) -> LastChange:
+    return LastChange(actor=row["actor"], reason=row["reason"], updated_at=row["updated_at"])
+
+
+def dataset(row: Row) -> model.DatasetCap:
     if row["cap_definition"] is None:
         cap = used = None
     else:
         definition = PrivacyDefinition(row["cap_definition"])
         cap, used = loss(definition, row, "cap_"), loss(definition, row, "used_")
-    return DatasetCap(
-        dataset=row["dataset_name"],
-        cap=cap,
-        used=used,
-        actor=row["actor"],
-        reason=row["reason"],
-        updated_at=row["updated_at"],
-    )
+    return model.DatasetCap(dataset=row["dataset_name"], cap=cap, used=used, **last_change(row))
 
 
-def user(row: Row) -> UserState:
-    return UserState(
-        user=row["user_name"],
-        frozen=bool(row["frozen"]),
-        actor=row["actor"],
-        reason=row["reason"],
-        updated_at=row["updated_at"],
-    )
+def user(row: Row) -> model.UserState:
+    return model.UserState(user=row["user_name"], frozen=bool(row["frozen"]), **last_change(row))
 
 
 # --- values -> statement parameters ---------------------------------------------------------------
@@ -206,7 +207,7 @@ def amounts(value: PrivacyLoss) -> list[str]:
     return [to_db_decimal(value.epsilon), to_db_decimal(value.delta), to_db_decimal(value.rho)]
 
 
-def entry_values(value: LedgerEntry) -> list[Any]:
+def entry_values(value: model.LedgerEntry) -> list[Any]:
     return [
         value.ledger_id,
         value.seq,
@@ -223,7 +224,7 @@ def entry_values(value: LedgerEntry) -> list[Any]:
     ]
 
 
-def reservation_values(value: Reservation) -> list[Any]:
+def reservation_values(value: model.Reservation) -> list[Any]:
     return [
         value.query_id,
         value.ledger_id,
@@ -236,7 +237,7 @@ def reservation_values(value: Reservation) -> list[Any]:
     ]
 
 
-def ledger_insert_values(value: LedgerBalance, request_id: str | None) -> list[Any]:
+def ledger_insert_values(value: model.LedgerBalance, request_id: str | None) -> list[Any]:
     """The values of `LEDGER_FIELDS`, then the request id that opened the ledger."""
     return [
         value.ledger_id,
@@ -255,7 +256,7 @@ def ledger_insert_values(value: LedgerBalance, request_id: str | None) -> list[A
     ]
 
 
-def ledger_update_values(value: LedgerBalance) -> list[Any]:
+def ledger_update_values(value: model.LedgerBalance) -> list[Any]:
     """The parameters of `UPDATE_LEDGER`."""
     return [
         *amounts(value.allocation),

@@ -28,7 +28,7 @@ from decimal import Decimal, InvalidOperation, localcontext
 from typing import Any
 
 from lomas_budget.accounting import EXACT, charge_in_unit, exceeds, shift
-from lomas_budget.journal import chain_hash_after, chain_prefix
+from lomas_budget.journal import chain_hash, chain_prefix
 from lomas_budget.model import GENESIS_HASH, DatasetCap, EntryKind, ReservationState
 from lomas_budget.store import LedgerSession
 from lomas_common.errors import LomasError
@@ -256,7 +256,10 @@ class _LedgerCheck:
         queries = self.queries
         prefix = chain_prefix(ledger_id, self.user, self.dataset, self.definition)
         uses_epsilon, uses_delta, uses_rho = self.used_components
+        # Running totals: allocated (a_*), spent (s_*) and charged (c_*) = spent + reserved, what
+        # the allocation must cover after every entry.
         (a_e, a_d, a_r), (s_e, s_d, s_r), (r_e, r_d, r_r) = self.totals
+        c_e, c_d, c_r = s_e + r_e, s_d + r_d, s_r + r_r
         count = self.count
         last_hash = self.prev_hash
         frozen = self.frozen
@@ -284,7 +287,7 @@ class _LedgerCheck:
                 add(
                     f"{self.prefix} entry {seq}: prev_hash does not match the previous entry's hash"
                 )
-            digest = chain_hash_after(
+            digest = chain_hash(
                 prefix, seq, kind, epsilon, delta, rho, query_id, actor, reason, created_at,
                 prev_hash,
             )  # fmt: skip
@@ -305,34 +308,32 @@ class _LedgerCheck:
                 ):
                     if (value < 0 and kind != _ADJUSTMENT) or (not used and value != 0):
                         add(f"{self.prefix} entry {seq}: invalid {name} {format_decimal(value)}")
+            # How the entry moves the totals (see `EFFECTS`): a commit moves its amount from
+            # reserved to spent, so it leaves `charged` as it is.
             check_overspend = False
-            if kind == _RESERVATION:
-                r_e += e
-                r_d += d
-                r_r += r
-                check_overspend = True
-            elif kind == _COMMIT:
-                s_e += e
-                s_d += d
-                s_r += r
-                r_e -= e
-                r_d -= d
-                r_r -= r
-            elif kind == _RELEASE:
-                r_e -= e
-                r_d -= d
-                r_r -= r
-            elif kind == _ALLOCATION or kind == _ADJUSTMENT:
+            if kind == _ALLOCATION or kind == _ADJUSTMENT:
                 a_e += e
                 a_d += d
                 a_r += r
                 check_overspend = True
-            elif kind == _IMPORTED:
+            elif kind == _RESERVATION or kind == _IMPORTED:
+                c_e += e
+                c_d += d
+                c_r += r
+                check_overspend = True
+                if kind == _IMPORTED:
+                    s_e += e
+                    s_d += d
+                    s_r += r
+                    self.imported.append((e, d, r))
+            elif kind == _COMMIT:
                 s_e += e
                 s_d += d
                 s_r += r
-                self.imported.append((e, d, r))
-                check_overspend = True
+            elif kind == _RELEASE:
+                c_e -= e
+                c_d -= d
+                c_r -= r
             elif kind not in _KINDS:
                 add(f"{self.prefix} entry {seq}: unknown kind {kind!r}")
                 continue
@@ -340,9 +341,9 @@ class _LedgerCheck:
                 add(f"{self.prefix} entry {seq}: a {kind} entry moves no budget but has an amount")
             if check_overspend and not overspent:
                 for name, allocation, charged in (
-                    ("epsilon", a_e, s_e + r_e),
-                    ("delta", a_d, s_d + r_d),
-                    ("rho", a_r, s_r + r_r),
+                    ("epsilon", a_e, c_e),
+                    ("delta", a_d, c_d),
+                    ("rho", a_r, c_r),
                 ):
                     if charged > allocation:
                         overspent = True
@@ -388,7 +389,7 @@ class _LedgerCheck:
             else:
                 tracked[0] = state
         stream.head = row
-        self.totals = [[a_e, a_d, a_r], [s_e, s_d, s_r], [r_e, r_d, r_r]]
+        self.totals = [[a_e, a_d, a_r], [s_e, s_d, s_r], [c_e - s_e, c_d - s_d, c_r - s_r]]
         self.count = count
         self.prev_hash = last_hash
         self.frozen = frozen

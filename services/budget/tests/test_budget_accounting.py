@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lomas_budget.accounting import CAP_ACCEPTS, approx_dp_epsilon, approx_dp_view, charge_in_unit
-from lomas_budget.journal import HASH_VERSION, chain_hash
+from lomas_budget.journal import HASH_VERSION, chain_hash, chain_prefix
 from lomas_budget.verify import canonical_decimal
 from lomas_common.errors import InvalidArgument
 from lomas_common.privacy import QUANTUM, PrivacyDefinition, PrivacyLoss, format_decimal
@@ -107,10 +107,7 @@ def test_chain_hash_is_sha256_of_the_canonical_json(
     fields += [query_id, actor, reason, created_at, "0" * 64]
     canonical = json.dumps([HASH_VERSION, *fields], separators=(",", ":"), ensure_ascii=False)
     digest = chain_hash(
-        ledger_id,
-        user,
-        dataset,
-        "approx_dp",
+        chain_prefix(ledger_id, user, dataset, "approx_dp"),
         seq,
         "commit",
         "1.5",

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 from budget_testing import FakeClock
 
-from lomas_budget.journal import chain_hash
+from lomas_budget.journal import chain_hash, chain_prefix
 from lomas_budget.ledger import BudgetLedger
 from lomas_budget.model import GENESIS_HASH, stamp
 from lomas_budget.store import LedgerStore
@@ -75,10 +75,7 @@ def write_v1_ledger(database: Database, created: datetime) -> None:
         )
         for seq, (kind, epsilon, delta, query_id) in enumerate(rows, start=1):
             digest = chain_hash(
-                "L1",
-                "alice",
-                "penguins",
-                "approx_dp",
+                chain_prefix("L1", "alice", "penguins", "approx_dp"),
                 seq,
                 kind,
                 epsilon,

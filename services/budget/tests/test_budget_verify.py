@@ -7,7 +7,7 @@ from decimal import Decimal as D
 
 import pytest
 
-from lomas_budget.journal import chain_hash
+from lomas_budget.journal import chain_hash, chain_prefix
 from lomas_budget.ledger import BudgetLedger
 from lomas_budget.model import LedgerBalance
 from lomas_budget.store import LedgerStore
@@ -221,10 +221,7 @@ def test_a_forged_chain_is_still_caught_by_the_accounting_checks(
     for entry in entries[4:]:
         epsilon = "0.5" if entry.seq == 5 else format_decimal(entry.epsilon)
         digest = chain_hash(
-            history.ledger_id,
-            "alice",
-            "penguins",
-            "approx_dp",
+            chain_prefix(history.ledger_id, "alice", "penguins", "approx_dp"),
             entry.seq,
             entry.kind.value,
             epsilon,

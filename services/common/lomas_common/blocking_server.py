@@ -15,6 +15,8 @@ INVALID_ARGUMENT with reason REQUEST_UNDECODABLE (see `lomas_common.server`).
 
     server = start_blocking_server(settings.server, [Service(add_..., servicer, "lomas...")])
     serve_blocking_until_signalled(server, on_stop=[db.close])
+
+or, for a service's whole `main`, `run_blocking_service(MySettings.from_env, start)`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2
@@ -38,6 +40,7 @@ from lomas_common.server import (
     UndecodableRequest,
     add_health_and_reflection,
     call_metadata,
+    configure_logging,
     request_id_var,
     rich_status,
     server_options,
@@ -51,6 +54,20 @@ from lomas_common.telemetry import blocking_server_interceptors
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Any, grpc.ServicerContext], Any]
+
+
+class ServiceSettings(Protocol):
+    """A service's settings object: its own fields beside the server's."""
+
+    @property
+    def server(self) -> ServerSettings: ...
+
+
+class Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
 
 
 def _with_edges(
@@ -215,3 +232,16 @@ def serve_blocking_until_signalled(
     server.stop()
     for callback in on_stop:
         callback()
+
+
+def run_blocking_service(
+    read_settings: Callable[[], SettingsT],
+    start: Callable[[SettingsT], tuple[BlockingServer, Closeable]],
+) -> None:
+    """A service's `main`: read its settings, log at their level, start, serve until SIGTERM or
+    SIGINT; then the server drains its calls before what `start` opened beside it (a database, a
+    pool of children) is closed, so nothing outlives the service."""
+    settings = read_settings()
+    configure_logging(settings.server.log_level)
+    server, resources = start(settings)
+    serve_blocking_until_signalled(server, on_stop=[resources.close])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Mapping
+from typing import Any
 
 from lomas.common.v1 import error_reason_pb2
 
@@ -46,24 +47,52 @@ ERROR_DOMAIN = "lomas.mesh"
 class Code(enum.Enum):
     """The gRPC status codes the platform uses, by name (mapped to grpc.StatusCode at the edge)."""
 
-    INVALID_ARGUMENT = "INVALID_ARGUMENT"
-    NOT_FOUND = "NOT_FOUND"
-    ALREADY_EXISTS = "ALREADY_EXISTS"
-    PERMISSION_DENIED = "PERMISSION_DENIED"
-    UNAUTHENTICATED = "UNAUTHENTICATED"
-    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
-    FAILED_PRECONDITION = "FAILED_PRECONDITION"
-    ABORTED = "ABORTED"
-    UNAVAILABLE = "UNAVAILABLE"
-    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
-    INTERNAL = "INTERNAL"
+    @staticmethod
+    def _generate_next_value_(name: str, start: int, count: int, last_values: list[Any]) -> str:
+        return name  # each value is its member's name: `Code.NOT_FOUND.value == "NOT_FOUND"`
+
+    INVALID_ARGUMENT = enum.auto()
+    NOT_FOUND = enum.auto()
+    ALREADY_EXISTS = enum.auto()
+    PERMISSION_DENIED = enum.auto()
+    UNAUTHENTICATED = enum.auto()
+    RESOURCE_EXHAUSTED = enum.auto()
+    FAILED_PRECONDITION = enum.auto()
+    ABORTED = enum.auto()
+    UNAVAILABLE = enum.auto()
+    DEADLINE_EXCEEDED = enum.auto()
+    INTERNAL = enum.auto()
+
+
+def _check_reason(reason: str) -> str:
+    if reason not in REASONS:
+        raise UnregisteredReason(
+            f"{reason!r} is not in lomas.common.v1.ErrorReason: declare it there first"
+        )
+    return reason
 
 
 class LomasError(Exception):
-    """Base of every error the platform reports to a caller."""
+    """Base of every error the platform reports to a caller.
+
+    A subclass declares its status code and reason in its class line (it keeps its base's code when
+    it names none), and an unregistered reason fails at import, not when the error is first raised:
+
+        class NotFound(LomasError, code=Code.NOT_FOUND, reason="NOT_FOUND"): ...
+    """
 
     code: Code = Code.INTERNAL
     reason: str = "INTERNAL"
+
+    def __init_subclass__(
+        cls, *, code: Code | None = None, reason: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code = code
+        if reason is not None:
+            cls.reason = reason
+        _check_reason(cls.reason)
 
     def __init__(
         self,
@@ -76,11 +105,7 @@ class LomasError(Exception):
         super().__init__(message)
         self.message = message
         if reason is not None:
-            self.reason = reason
-        if self.reason not in REASONS:
-            raise UnregisteredReason(
-                f"{self.reason!r} is not in lomas.common.v1.ErrorReason: declare it there first"
-            )
+            self.reason = _check_reason(reason)
         self.metadata: dict[str, str] = {k: str(v) for k, v in (metadata or {}).items()}
         for key in self.metadata:
             if not _METADATA_KEY.match(key):
@@ -88,84 +113,74 @@ class LomasError(Exception):
         self.retry_after_seconds = retry_after_seconds
 
 
-class InvalidArgument(LomasError):
-    code = Code.INVALID_ARGUMENT
-    reason = "INVALID_ARGUMENT"
+# Raise sites usually pass a more precise reason (`InvalidArgument(..., reason="PAGE_TOKEN_INVALID")`).
 
 
-class InvalidQuery(InvalidArgument):
-    reason = "QUERY_INVALID"
+class InvalidArgument(LomasError, code=Code.INVALID_ARGUMENT, reason="INVALID_ARGUMENT"):
+    """A request field is malformed or out of range."""
 
 
-class InvalidMetadata(InvalidArgument):
-    reason = "METADATA_INVALID"
+class InvalidQuery(InvalidArgument, reason="QUERY_INVALID"):
+    """A query that does not validate against its dataset's metadata: it costs nothing."""
 
 
-class NotFound(LomasError):
-    code = Code.NOT_FOUND
-    reason = "NOT_FOUND"
+class InvalidMetadata(InvalidArgument, reason="METADATA_INVALID"):
+    """Dataset metadata that Lomas cannot use."""
 
 
-class AlreadyExists(LomasError):
-    code = Code.ALREADY_EXISTS
-    reason = "ALREADY_EXISTS"
+class NotFound(LomasError, code=Code.NOT_FOUND, reason="NOT_FOUND"):
+    """A named resource does not exist (asked only after permission is checked)."""
 
 
-class PermissionDenied(LomasError):
-    code = Code.PERMISSION_DENIED
-    reason = "PERMISSION_DENIED"
+class AlreadyExists(LomasError, code=Code.ALREADY_EXISTS, reason="ALREADY_EXISTS"):
+    """Another resource already holds the name (the same one again is not an error)."""
 
 
-class DatasetAccessDenied(PermissionDenied):
-    reason = "DATASET_ACCESS_DENIED"
+class PermissionDenied(LomasError, code=Code.PERMISSION_DENIED, reason="PERMISSION_DENIED"):
+    """The caller is known but may not do this."""
 
 
-class AdminRoleRequired(PermissionDenied):
-    reason = "ADMIN_ROLE_REQUIRED"
+class DatasetAccessDenied(PermissionDenied, reason="DATASET_ACCESS_DENIED"):
+    """No grant on the dataset; the same answer whether or not the dataset exists."""
 
 
-class Unauthenticated(LomasError):
-    code = Code.UNAUTHENTICATED
-    reason = "TOKEN_INVALID"
+class AdminRoleRequired(PermissionDenied, reason="ADMIN_ROLE_REQUIRED"):
+    """An admin RPC called without the admin role."""
 
 
-class BudgetExhausted(LomasError):
-    code = Code.RESOURCE_EXHAUSTED
-    reason = "PRIVACY_BUDGET_EXHAUSTED"
+class Unauthenticated(LomasError, code=Code.UNAUTHENTICATED, reason="TOKEN_INVALID"):
+    """No token, or one that does not verify."""
 
 
-class RateLimited(LomasError):
-    code = Code.RESOURCE_EXHAUSTED
-    reason = "RATE_LIMITED"
+class BudgetExhausted(LomasError, code=Code.RESOURCE_EXHAUSTED, reason="PRIVACY_BUDGET_EXHAUSTED"):
+    """The ledger cannot cover the query's cost (metadata: requested and remaining)."""
 
 
-class TooManyConcurrentQueries(LomasError):
-    code = Code.RESOURCE_EXHAUSTED
-    reason = "TOO_MANY_CONCURRENT_QUERIES"
+class RateLimited(LomasError, code=Code.RESOURCE_EXHAUSTED, reason="RATE_LIMITED"):
+    """The caller sent more calls per second than it may (with retry advice)."""
 
 
-class FailedPrecondition(LomasError):
-    code = Code.FAILED_PRECONDITION
-    reason = "FAILED_PRECONDITION"
+class TooManyConcurrentQueries(
+    LomasError, code=Code.RESOURCE_EXHAUSTED, reason="TOO_MANY_CONCURRENT_QUERIES"
+):
+    """The caller already has as many queries running as it may."""
 
 
-class Conflict(LomasError):
-    code = Code.ABORTED
-    reason = "CONFLICT"
+class FailedPrecondition(LomasError, code=Code.FAILED_PRECONDITION, reason="FAILED_PRECONDITION"):
+    """The system is not in the state the call needs."""
 
 
-class BackendUnavailable(LomasError):
-    code = Code.UNAVAILABLE
-    reason = "BACKEND_UNAVAILABLE"
+class Conflict(LomasError, code=Code.ABORTED, reason="CONFLICT"):
+    """The call clashes with what is already stored under its key (say, a query id reused)."""
 
 
-class QueryTimeout(LomasError):
-    code = Code.DEADLINE_EXCEEDED
-    reason = "QUERY_TIMEOUT"
+class BackendUnavailable(LomasError, code=Code.UNAVAILABLE, reason="BACKEND_UNAVAILABLE"):
+    """A dependency is down (with retry advice when known)."""
 
 
-class ExecutionFailed(LomasError):
+class QueryTimeout(LomasError, code=Code.DEADLINE_EXCEEDED, reason="QUERY_TIMEOUT"):
+    """A query ran past its time limit."""
+
+
+class ExecutionFailed(LomasError, code=Code.INTERNAL, reason="QUERY_EXECUTION_FAILED"):
     """A query failed after touching data: the charge is kept, the message carries no data values."""
-
-    code = Code.INTERNAL
-    reason = "QUERY_EXECUTION_FAILED"

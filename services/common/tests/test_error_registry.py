@@ -3,6 +3,7 @@ lists them all: checked on the classes, on every reason literal in the source, a
 
 from __future__ import annotations
 
+import gc
 import importlib
 import pkgutil
 import re
@@ -97,6 +98,31 @@ def test_an_unregistered_reason_cannot_be_raised() -> None:
         LomasError("x", reason="NOT_IN_THE_REGISTRY")
     with pytest.raises(UnregisteredReason):
         errors.InvalidArgument("x", reason="QUERY_INVALID ")
+
+
+def test_an_error_class_with_an_unregistered_reason_fails_at_import() -> None:
+    with pytest.raises(UnregisteredReason) as misspelled:
+
+        class Misspelled(LomasError, code=errors.Code.NOT_FOUND, reason="USER_NOT_FOUNDD"):
+            pass
+
+    with pytest.raises(UnregisteredReason) as undeclared:
+
+        class Undeclared(errors.NotFound):
+            reason = "NOT_IN_THE_REGISTRY"
+
+    # A failed class stays among its base's subclasses while anything refers to it: let it go, so
+    # the walk over every error class (above) never meets it, whatever the test order.
+    del misspelled, undeclared
+    gc.collect()
+    assert all(cls.reason in REASONS for cls in errors.NotFound.__subclasses__())
+
+
+def test_an_error_class_keeps_its_base_code_unless_it_names_another() -> None:
+    assert errors.InvalidQuery.code is errors.Code.INVALID_ARGUMENT
+    assert errors.InvalidQuery("x").reason == "QUERY_INVALID"
+    assert errors.DatasetAccessDenied.code is errors.Code.PERMISSION_DENIED
+    assert errors.Code.NOT_FOUND.value == "NOT_FOUND"  # the gRPC name (rpc_errors maps it)
 
 
 def test_the_readme_lists_every_reason_as_the_registry_says() -> None:

@@ -17,14 +17,16 @@ versions from the cache, table and preparations alike.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import cast
 
 import pandas as pd
 import polars as pl
 
 from lomas_common.errors import InvalidQuery
-from lomas_common.privacy import PrivacyLoss
+from lomas_common.privacy import PrivacyLoss, format_decimal
 from lomas_executor import opendp_queries, smartnoise_sql
 from lomas_executor.cache import SQL_READER, DatasetCache, LoadedDataset
 from lomas_executor.dummy import make_dummy_frame
@@ -68,14 +70,24 @@ class QueryEngine:
         return self._cache
 
     def estimate_cost(self, query: Query, dataset: DatasetRef) -> PrivacyLoss:
-        """The privacy loss `query` will be charged (rounded up); validates it; no data access."""
+        """The privacy loss `query` will be charged (rounded up); validates it; no data access.
+        A delta above the dataset's maximum (`DatasetMetadata.max_delta`) is refused."""
         match query:
             case SmartnoiseSqlQuery():
-                return smartnoise_sql.estimate_cost(query, dataset.metadata, self._limits.sql)
+                cost = smartnoise_sql.estimate_cost(query, dataset.metadata, self._limits.sql)
             case OpenDpMeasurementQuery() | OpenDpPolarsQuery():
-                return opendp_queries.estimate_cost(query, dataset.metadata, self._limits).as_cost()
+                cost = opendp_queries.estimate_cost(query, dataset.metadata, self._limits).as_cost()
             case _:
                 raise _unsupported(query)
+        _check_delta(cost, dataset.metadata)
+        return cost
+
+    def canonical_sql(self, query: Query, dataset: DatasetRef) -> str | None:
+        """A SmartNoise-SQL query's SQL as the engine's parser reads it (None for other kinds);
+        see `lomas_executor.canonical`. Validates the query as `estimate_cost` does."""
+        if isinstance(query, SmartnoiseSqlQuery):
+            return smartnoise_sql.canonical_text(query, dataset.metadata, self._limits.sql)
+        return None
 
     def dummy_frame(self, dataset: DatasetRef, rows: int, seed: int) -> pd.DataFrame:
         """Seeded dummy data following the dataset's metadata."""
@@ -84,55 +96,46 @@ class QueryEngine:
     def run_dummy(self, query: Query, dataset: DatasetRef, rows: int, seed: int) -> pd.DataFrame:
         """Run `query` on seeded dummy data (free: the caller reports the real cost separately)."""
         metadata = dataset.metadata
-        match query:
-            case SmartnoiseSqlQuery():
-                smartnoise_sql.estimate_cost(
-                    query, metadata, self._limits.sql
-                )  # validate before building
-                frame = self._dummy(metadata, rows, seed)
-                prepared = smartnoise_sql.prepare_reader(frame, metadata)
-                return smartnoise_sql.execute(
-                    query, prepared, metadata, validated=True, limits=self._limits.sql
-                )
-            case OpenDpMeasurementQuery():
-                measurement = opendp_queries.build_measurement(
-                    query, metadata, self._limits
-                )  # validate first
-                table = opendp_queries.dummy_table(self._dummy(metadata, rows, seed), metadata)
-                text = opendp_queries.prepare_csv(table, metadata)
-                return opendp_queries.execute(query, text, metadata, measurement)
-            case OpenDpPolarsQuery():
-                measurement = opendp_queries.build_measurement(query, metadata, self._limits)
-                table = opendp_queries.dummy_table(self._dummy(metadata, rows, seed), metadata)
-                frame = opendp_queries.prepare_polars(table, metadata)
-                return opendp_queries.execute(query, frame, metadata, measurement)
-            case _:
-                raise _unsupported(query)
+
+        def dummy_input(engine: str) -> object:
+            frame = self._dummy(metadata, rows, seed)
+            if engine == SQL_READER:
+                return smartnoise_sql.prepare_reader(frame, metadata)
+            table = opendp_queries.dummy_table(frame, metadata)
+            if engine == OPENDP_CSV:
+                return opendp_queries.prepare_csv(table, metadata)
+            return opendp_queries.prepare_polars(table, metadata)
+
+        return self._validate_then_run(query, metadata, dummy_input)
 
     def _dummy(self, metadata: DatasetMetadata, rows: int, seed: int) -> pd.DataFrame:
         return make_dummy_frame(metadata, rows, seed, max_cells=self._limits.max_dummy_cells)
 
     def run(self, query: Query, dataset: DatasetRef) -> pd.DataFrame:
         """Run `query` on the real data and return its DP release."""
-        metadata = dataset.metadata
+        return self._validate_then_run(
+            query, dataset.metadata, lambda engine: self.prepared(dataset, engine)
+        )
+
+    def _validate_then_run(
+        self, query: Query, metadata: DatasetMetadata, engine_input: Callable[[str], object]
+    ) -> pd.DataFrame:
+        """Validate `query` (limits included), then run it on `engine_input(engine)`: the input its
+        engine needs, built (dummy data) or loaded (real data) only once the query has passed."""
         match query:
             case SmartnoiseSqlQuery():
-                smartnoise_sql.estimate_cost(
-                    query, metadata, self._limits.sql
-                )  # fail before loading data
-                reader = cast(smartnoise_sql.SqliteTableReader, self.prepared(dataset, SQL_READER))
+                smartnoise_sql.estimate_cost(query, metadata, self._limits.sql)
+                reader = cast(smartnoise_sql.SqliteTableReader, engine_input(SQL_READER))
                 return smartnoise_sql.execute(
                     query, reader, metadata, validated=True, limits=self._limits.sql
                 )
             case OpenDpMeasurementQuery():
-                measurement = opendp_queries.build_measurement(
-                    query, metadata, self._limits
-                )  # before loading
-                text = cast(str, self.prepared(dataset, OPENDP_CSV))
+                measurement = opendp_queries.build_measurement(query, metadata, self._limits)
+                text = cast(str, engine_input(OPENDP_CSV))
                 return opendp_queries.execute(query, text, metadata, measurement)
             case OpenDpPolarsQuery():
                 measurement = opendp_queries.build_measurement(query, metadata, self._limits)
-                frame = cast(pl.DataFrame, self.prepared(dataset, OPENDP_POLARS))
+                frame = cast(pl.DataFrame, engine_input(OPENDP_POLARS))
                 return opendp_queries.execute(query, frame, metadata, measurement)
             case _:
                 raise _unsupported(query)
@@ -197,3 +200,15 @@ def _polars_nbytes(frame: pl.DataFrame) -> int:
 
 def _unsupported(query: object) -> InvalidQuery:
     return InvalidQuery(f"unsupported query kind: {type(query).__name__}")
+
+
+def _check_delta(cost: PrivacyLoss, metadata: DatasetMetadata) -> None:
+    """Refuse a charge whose delta no longer means privacy on this dataset."""
+    delta = cost.components().get("delta", Decimal(0))
+    if delta > metadata.max_delta:
+        raise InvalidQuery(
+            f"the query would be charged delta {format_decimal(delta)}, above this dataset's "
+            f"maximum of {format_decimal(metadata.max_delta)}: ask with a smaller delta",
+            reason="DELTA_TOO_LARGE",
+            metadata={"maximum": format_decimal(metadata.max_delta)},
+        )

@@ -15,10 +15,12 @@ from google.protobuf.message import DecodeError, Message
 from lomas.executor.v1 import executor_pb2
 from lomas_common.convert import privacy_loss_to_proto
 from lomas_common.errors import InvalidArgument
+from lomas_common.privacy import PrivacyLoss
 from lomas_executor import convert
 from lomas_executor.arrow_ipc import frame_to_ipc
 from lomas_executor.cache import DatasetCache
-from lomas_executor.engine import QueryEngine
+from lomas_executor.canonical import canonical_query
+from lomas_executor.engine import DatasetRef, Query, QueryEngine
 from lomas_executor.settings import QueryLimits
 
 RequestT = TypeVar("RequestT", bound=Message)
@@ -40,10 +42,11 @@ class FreeCalls:
     def estimate_cost(
         self, request: executor_pb2.EstimateCostRequest
     ) -> executor_pb2.EstimateCostResponse:
-        dataset = convert.dataset_from_proto(request.dataset)
-        query = convert.query_from_proto(request.query)
-        cost = self._engine.estimate_cost(query, dataset)
-        return executor_pb2.EstimateCostResponse(cost=privacy_loss_to_proto(cost))
+        dataset, query, cost = self._costed_query(request)
+        sql = self._engine.canonical_sql(query, dataset)  # worked out with the cost: no new parse
+        return executor_pb2.EstimateCostResponse(
+            cost=privacy_loss_to_proto(cost), canonical_query=canonical_query(request.query, sql)
+        )
 
     def get_dummy_dataset(
         self, request: executor_pb2.GetDummyDatasetRequest
@@ -55,13 +58,19 @@ class FreeCalls:
     def run_dummy_query(
         self, request: executor_pb2.RunDummyQueryRequest
     ) -> executor_pb2.RunDummyQueryResponse:
-        dataset = convert.dataset_from_proto(request.dataset)
-        query = convert.query_from_proto(request.query)
-        cost = self._engine.estimate_cost(query, dataset)
+        dataset, query, cost = self._costed_query(request)
         frame = self._engine.run_dummy(query, dataset, request.row_count, request.seed)
         return executor_pb2.RunDummyQueryResponse(
             arrow_ipc=frame_to_ipc(frame), cost=privacy_loss_to_proto(cost)
         )
+
+    def _costed_query(
+        self, request: executor_pb2.EstimateCostRequest | executor_pb2.RunDummyQueryRequest
+    ) -> tuple[DatasetRef, Query, PrivacyLoss]:
+        """The request's dataset and query, and the query's cost (estimating it validates it)."""
+        dataset = convert.dataset_from_proto(request.dataset)
+        query = convert.query_from_proto(request.query)
+        return dataset, query, self._engine.estimate_cost(query, dataset)
 
 
 def _on_bytes(

@@ -6,14 +6,13 @@ The server process runs no engine: every call goes to the free-call pool's child
 
 from __future__ import annotations
 
-from lomas.executor.v1 import executor_pb2_grpc
 from lomas_common.blocking_server import (
     BlockingServer,
-    serve_blocking_until_signalled,
+    run_blocking_service,
     start_blocking_server,
 )
-from lomas_common.server import Service, configure_logging
-from lomas_executor.api import ExecutorServicer
+from lomas_common.server import Service
+from lomas_executor.api import SERVICE_NAME, ExecutorServicer, add_executor_service
 from lomas_executor.sandbox import FreeCallPool
 from lomas_executor.settings import ExecutorSettings
 
@@ -24,13 +23,7 @@ def start(settings: ExecutorSettings) -> tuple[BlockingServer, FreeCallPool]:
     try:
         server = start_blocking_server(
             settings.server,
-            [
-                Service(
-                    executor_pb2_grpc.add_ExecutorServiceServicer_to_server,
-                    ExecutorServicer(pool),
-                    "lomas.executor.v1.ExecutorService",
-                )
-            ],
+            [Service(add_executor_service, ExecutorServicer(pool), SERVICE_NAME)],
             # A waiting call holds a thread: room for every call the pool admits, and for health.
             threads=max(
                 settings.server.threads,
@@ -44,11 +37,8 @@ def start(settings: ExecutorSettings) -> tuple[BlockingServer, FreeCallPool]:
 
 
 def main() -> None:
-    settings = ExecutorSettings.from_env()
-    configure_logging(settings.server.log_level)
-    server, pool = start(settings)
     # The server drains its calls first, then the children go (none outlives the service).
-    serve_blocking_until_signalled(server, on_stop=[pool.close])
+    run_blocking_service(ExecutorSettings.from_env, start)
 
 
 if __name__ == "__main__":

@@ -19,16 +19,9 @@ import opendp.prelude as dp
 from opendp.mod import OpenDPException
 
 from lomas_common.errors import InvalidQuery
+from lomas_executor import opendp_model as model
 from lomas_executor.metadata import DatasetMetadata
-from lomas_executor.opendp_model import (
-    InputDomainMismatch,
-    PipelineRefused,
-    QueryLimitExceeded,
-    clean_message,
-    parse_json,
-    short_text,
-    walk,
-)
+from lomas_executor.opendp_model import InputDomainMismatch, PipelineRefused, QueryLimitExceeded
 from lomas_executor.settings import QueryLimits
 
 # -- the allow-list --------------------------------------------------------------------------------
@@ -207,7 +200,7 @@ def check_measurement_json(
     limits = limits or QueryLimits()
     if not isinstance(tree, dict) or "__function__" not in tree:
         raise InvalidQuery("the OpenDP measurement JSON must be one serialized OpenDP measurement")
-    for _, node in walk(tree):
+    for _, node in model.walk(tree):
         if not isinstance(node, dict):
             continue
         flags = [key for key in node if isinstance(key, str) and key.startswith("__")]
@@ -305,7 +298,7 @@ def _check_count(function: str, name: str, value: object, maximum: int, limit: s
 def measurement_from_json(
     text: str, metadata: DatasetMetadata, limits: QueryLimits
 ) -> dp.Measurement:
-    tree = parse_json(text, "OpenDP measurement JSON")
+    tree = model.parse_json(text, "OpenDP measurement JSON")
     check_measurement_json(tree, metadata, limits)
     # Every constructor named in the JSON is allow-listed: deserializing runs only those.
     try:
@@ -314,20 +307,20 @@ def measurement_from_json(
             measurement = dp.deserialize(text)
     except (OpenDPException, TypeError, ValueError, KeyError, AttributeError) as exc:
         raise InvalidQuery(
-            f"OpenDP could not rebuild the measurement: {clean_message(exc)}"
+            f"OpenDP could not rebuild the measurement: {model.clean_message(exc)}"
         ) from None
     if not isinstance(measurement, dp.Measurement):
         raise InvalidQuery("the OpenDP pipeline must be a measurement (it must add noise)")
     if measurement.input_domain != csv_input_domain():
         raise InputDomainMismatch(
             "the measurement's input domain must be the dataset as CSV text "
-            f"(AtomDomain(T=String)), not {short_text(measurement.input_domain)}; start it with "
+            f"(AtomDomain(T=String)), not {model.short_text(measurement.input_domain)}; start it with "
             "make_split_dataframe"
         )
     if measurement.input_metric != dp.symmetric_distance():
         raise InputDomainMismatch(
             "the measurement's input metric must be SymmetricDistance, not "
-            f"{short_text(measurement.input_metric)}"
+            f"{model.short_text(measurement.input_metric)}"
         )
     return measurement
 

@@ -90,24 +90,21 @@ def check_sql_text(sql: str, limits: SqlLimits = DEFAULT_LIMITS) -> None:
             i += 1
             continue
         tokens += 1
-        if tokens > limits.max_tokens:
-            raise QueryLimitExceeded(
-                f"the SQL query has more than {limits.max_tokens} tokens",
-                limit="maxTokens",
-                maximum=limits.max_tokens,
-            )
+        _check_ceiling(
+            tokens, limits.max_tokens, "maxTokens", "the SQL query has more than {maximum} tokens"
+        )
         nxt = sql[i + 1] if i + 1 < n else ""
         if c in "'\"":
             end = _quoted_end(sql, i)
             if end < 0:
                 i += 1  # unterminated: the lexer takes the quote alone
                 continue
-            if c == "'" and end - i - 1 > limits.max_string_literal_length:
-                raise QueryLimitExceeded(
-                    f"a string literal of the SQL query is longer than "
-                    f"{limits.max_string_literal_length} characters",
-                    limit="maxStringLiteralLength",
-                    maximum=limits.max_string_literal_length,
+            if c == "'":
+                _check_ceiling(
+                    end - i - 1,
+                    limits.max_string_literal_length,
+                    "maxStringLiteralLength",
+                    "a string literal of the SQL query is longer than {maximum} characters",
                 )
             i = end + 1
         elif c == "-" and nxt == "-":
@@ -126,25 +123,24 @@ def check_sql_text(sql: str, limits: SqlLimits = DEFAULT_LIMITS) -> None:
             tokens -= 1
         elif c == "(":
             depth += 1
-            if depth > limits.max_parenthesis_depth:
-                raise QueryLimitExceeded(
-                    f"the SQL query nests parentheses deeper than {limits.max_parenthesis_depth}",
-                    limit="maxParenthesisDepth",
-                    maximum=limits.max_parenthesis_depth,
-                )
+            _check_ceiling(
+                depth,
+                limits.max_parenthesis_depth,
+                "maxParenthesisDepth",
+                "the SQL query nests parentheses deeper than {maximum}",
+            )
             i += 1
         elif c == ")":
             depth = max(depth - 1, 0)
             i += 1
         elif c.isdigit() or (c == "." and nxt.isdigit()):
             end = _number_end(sql, i)
-            if end - i > limits.max_numeric_literal_length:
-                raise QueryLimitExceeded(
-                    f"a numeric literal of the SQL query is longer than "
-                    f"{limits.max_numeric_literal_length} characters",
-                    limit="maxNumericLiteralLength",
-                    maximum=limits.max_numeric_literal_length,
-                )
+            _check_ceiling(
+                end - i,
+                limits.max_numeric_literal_length,
+                "maxNumericLiteralLength",
+                "a numeric literal of the SQL query is longer than {maximum} characters",
+            )
             i = end
         elif c.isalpha() or c in _WORD_EXTRA or ord(c) >= 0xA1:
             i += 1
@@ -152,6 +148,16 @@ def check_sql_text(sql: str, limits: SqlLimits = DEFAULT_LIMITS) -> None:
                 i += 1
         else:
             i += 1  # an operator or punctuation character
+
+
+def _check_ceiling(count: int, maximum: int, limit: str, message: str) -> None:
+    """Refuse a query whose `count` is above the ceiling `maximum`, named `limit` in the error's
+    metadata. `message` may name `{count}` and `{maximum}`: it is formatted only on refusal (the
+    scan checks every token)."""
+    if count > maximum:
+        raise QueryLimitExceeded(
+            message.format(count=count, maximum=maximum), limit=limit, maximum=maximum
+        )
 
 
 def _quoted_end(sql: str, start: int) -> int:
@@ -268,13 +274,12 @@ def plan_group_keys(
         key_values=tuple(key_values),
         filler=tuple(filler),
     )
-    if plan.combinations() > limits.max_group_key_combinations:
-        raise QueryLimitExceeded(
-            f"the GROUP BY keys have {plan.combinations()} combinations of declared categories, "
-            f"more than {limits.max_group_key_combinations}",
-            limit="maxGroupKeyCombinations",
-            maximum=limits.max_group_key_combinations,
-        )
+    _check_ceiling(
+        plan.combinations(),
+        limits.max_group_key_combinations,
+        "maxGroupKeyCombinations",
+        "the GROUP BY keys have {count} combinations of declared categories, more than {maximum}",
+    )
     return plan
 
 

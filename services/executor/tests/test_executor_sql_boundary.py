@@ -237,7 +237,9 @@ def test_too_many_key_combinations_are_refused_before_any_charge() -> None:
     )
     assert refusal.reason == "QUERY_LIMIT_EXCEEDED"
     assert refusal.metadata == {"limit": "maxGroupKeyCombinations", "maximum": "10000"}
-    assert "10201" in refusal.message
+    assert refusal.message == (
+        "the GROUP BY keys have 10201 combinations of declared categories, more than 10000"
+    )
     # One key of 101 categories is within the default ceiling, and a lower ceiling applies.
     assert sn.estimate_cost(_query(COUNT_BY_SPECIES), wide).epsilon == 1
     small = _refused(COUNT_BY_SPECIES, wide, SqlLimits(max_group_key_combinations=100))
@@ -319,6 +321,31 @@ def test_texts_beyond_the_ceilings_are_refused_before_parsing(
     assert refusal.reason == "QUERY_LIMIT_EXCEEDED"
     assert refusal.metadata == {"limit": limit, "maximum": maximum}
     assert "\x00" not in refusal.message
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        (
+            "SELECT COUNT(*) AS n FROM df WHERE x > " + "9" * 41,
+            "a numeric literal of the SQL query is longer than 40 characters",
+        ),
+        (
+            "SELECT COUNT(*) AS n FROM df WHERE " + "(" * 33 + "x > 1" + ")" * 33,
+            "the SQL query nests parentheses deeper than 32",
+        ),
+        (
+            "SELECT COUNT(*) AS n FROM df WHERE species = '" + "a" * 1001 + "'",
+            "a string literal of the SQL query is longer than 1000 characters",
+        ),
+        (
+            "SELECT COUNT(*) AS n FROM df WHERE " + " OR ".join(["x > 1"] * 700),
+            "the SQL query has more than 2000 tokens",
+        ),
+    ],
+)
+def test_each_ceiling_says_which_one_it_is(sql: str, message: str, md: DatasetMetadata) -> None:
+    assert _refused(sql, md).message == message
 
 
 def test_ten_thousand_parentheses_are_refused_at_once(md: DatasetMetadata) -> None:

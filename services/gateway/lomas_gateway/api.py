@@ -1,13 +1,14 @@
 """Thin servicers of the public API: researcher (GatewayService) and administrator (AdminService).
 
 Each method parses its request, calls the query lifecycle (`lifecycle.py`), the administration
-(`administration.py`) or, for a read one service answers alone, that service, and maps the result
-to its response. Who may call what is checked before any handler runs (`policy.py`).
+(`administration.py`) or, for a call one service answers alone, that service (`relay.py`), and
+maps the result to its response. Who may call what is checked before any handler runs
+(`policy.py`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, TypeAlias, TypeVar
+from typing import Any, TypeAlias
 
 import grpc
 
@@ -16,10 +17,17 @@ from lomas.budget.v1 import budget_pb2
 from lomas.executor.v1 import executor_pb2
 from lomas.gateway.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from lomas_common.queue import task_priority
-from lomas_gateway.administration import Administration, Peer
+from lomas_gateway.administration import (
+    CREATE_DATASET,
+    FREEZE,
+    UNFREEZE,
+    UPDATE_DATASET,
+    Administration,
+)
 from lomas_gateway.auth import current_caller
 from lomas_gateway.lifecycle import Peers, QueryLifecycle
 from lomas_gateway.limits import UserLimits
+from lomas_gateway.relay import mirror, relay, relay_page
 
 # The servicers read nothing from the context (the caller is in `current_caller()`), so its
 # request and response types are left open.
@@ -27,27 +35,6 @@ Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 # VerifyLedgers reads every entry of every ledger: it may take much longer than a usual call.
 VERIFY_TIMEOUT_SECONDS = 600.0
-
-
-class PageRequest(Protocol):
-    """The paging fields every List request has (AIP-158)."""
-
-    page_size: int
-    page_token: str
-
-
-PageRequestT = TypeVar("PageRequestT", bound=PageRequest)
-
-
-async def relay_page(
-    peer: Peer, method: str, store_request: PageRequestT, public: PageRequest
-) -> Any:
-    """One page of an internal service's list for a public List RPC: the caller's page size and
-    token go through unchanged, because the service that owns the rows validates them, caps the
-    page size and binds its tokens to the list (filters included)."""
-    store_request.page_size = public.page_size
-    store_request.page_token = public.page_token
-    return await peer.call(method, store_request)
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
@@ -192,8 +179,8 @@ def _actor() -> str:
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     """Every RPC needs the admin role, checked by GatewayGuard (policy.py) before the handler runs.
-    Writes go through the administration (what they mean across the stores); reads are relayed
-    to the one service that owns the data."""
+    Operations that span services go through the administration (administration.py); a call that
+    one service answers alone is relayed to it (relay.py), most as the internal RPC they mirror."""
 
     def __init__(self, peers: Peers) -> None:
         self._peers = peers
@@ -204,127 +191,117 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def CreateUser(
         self, request: admin_pb2.CreateUserRequest, context: Context
     ) -> admin_pb2.CreateUserResponse:
-        user = await self._administration.create_user(
-            request.user, actor=_actor(), request_id=request.request_id
-        )
-        return admin_pb2.CreateUserResponse(user=user)
+        return await self._administration.create_user(request, actor=_actor())
 
     async def DeleteUser(
         self, request: admin_pb2.DeleteUserRequest, context: Context
     ) -> admin_pb2.DeleteUserResponse:
-        await self._administration.delete_user(request.name, request_id=request.request_id)
-        return admin_pb2.DeleteUserResponse()
+        return await mirror(
+            self._peers.admin,
+            "DeleteUser",
+            request,
+            admin_store_pb2.DeleteUserRequest,
+            admin_pb2.DeleteUserResponse,
+        )
 
     async def ListUsers(
         self, request: admin_pb2.ListUsersRequest, context: Context
     ) -> admin_pb2.ListUsersResponse:
-        page: admin_store_pb2.ListUsersResponse = await relay_page(
-            self._peers.admin, "ListUsers", admin_store_pb2.ListUsersRequest(), request
+        return await mirror(
+            self._peers.admin,
+            "ListUsers",
+            request,
+            admin_store_pb2.ListUsersRequest,
+            admin_pb2.ListUsersResponse,
         )
-        return admin_pb2.ListUsersResponse(users=page.users, next_page_token=page.next_page_token)
 
     async def FreezeUser(
         self, request: admin_pb2.FreezeUserRequest, context: Context
     ) -> admin_pb2.FreezeUserResponse:
-        frozen = await self._administration.freeze_user(
-            request.name, actor=_actor(), reason=request.reason, request_id=request.request_id
-        )
-        return admin_pb2.FreezeUserResponse(user=frozen.user, ledgers=frozen.ledgers)
+        return await self._administration.switch_user(FREEZE, request, actor=_actor())
 
     async def UnfreezeUser(
         self, request: admin_pb2.UnfreezeUserRequest, context: Context
     ) -> admin_pb2.UnfreezeUserResponse:
-        unfrozen = await self._administration.unfreeze_user(
-            request.name, actor=_actor(), reason=request.reason, request_id=request.request_id
-        )
-        return admin_pb2.UnfreezeUserResponse(user=unfrozen.user, ledgers=unfrozen.ledgers)
+        return await self._administration.switch_user(UNFREEZE, request, actor=_actor())
 
     # Datasets
 
     async def CreateDataset(
         self, request: admin_pb2.CreateDatasetRequest, context: Context
     ) -> admin_pb2.CreateDatasetResponse:
-        dataset = await self._administration.create_dataset(
-            request.dataset, request_id=request.request_id
-        )
-        return admin_pb2.CreateDatasetResponse(dataset=dataset)
+        return await self._administration.write_dataset(CREATE_DATASET, request)
 
     async def UpdateDataset(
         self, request: admin_pb2.UpdateDatasetRequest, context: Context
     ) -> admin_pb2.UpdateDatasetResponse:
-        dataset = await self._administration.update_dataset(
-            request.dataset, request_id=request.request_id
-        )
-        return admin_pb2.UpdateDatasetResponse(dataset=dataset)
+        return await self._administration.write_dataset(UPDATE_DATASET, request)
 
     async def DeleteDataset(
         self, request: admin_pb2.DeleteDatasetRequest, context: Context
     ) -> admin_pb2.DeleteDatasetResponse:
-        await self._administration.delete_dataset(request.name, request_id=request.request_id)
-        return admin_pb2.DeleteDatasetResponse()
+        return await mirror(
+            self._peers.admin,
+            "DeleteDataset",
+            request,
+            admin_store_pb2.DeleteDatasetRequest,
+            admin_pb2.DeleteDatasetResponse,
+        )
 
     async def ListDatasets(
         self, request: admin_pb2.ListDatasetsRequest, context: Context
     ) -> admin_pb2.ListDatasetsResponse:
-        page: admin_store_pb2.ListDatasetsResponse = await relay_page(
-            self._peers.admin, "ListDatasets", admin_store_pb2.ListDatasetsRequest(), request
-        )
-        return admin_pb2.ListDatasetsResponse(
-            datasets=page.datasets, next_page_token=page.next_page_token
+        return await mirror(
+            self._peers.admin,
+            "ListDatasets",
+            request,
+            admin_store_pb2.ListDatasetsRequest,
+            admin_pb2.ListDatasetsResponse,
         )
 
     async def SetDatasetCap(
         self, request: admin_pb2.SetDatasetCapRequest, context: Context
     ) -> admin_pb2.SetDatasetCapResponse:
-        cap = await self._administration.set_dataset_cap(
-            request.dataset,
-            request.cap if request.HasField("cap") else None,
-            actor=_actor(),
-            reason=request.reason,
-            request_id=request.request_id,
-        )
-        return admin_pb2.SetDatasetCapResponse(cap=cap)
+        return await self._administration.set_dataset_cap(request, actor=_actor())
 
     async def GetDatasetCap(
         self, request: admin_pb2.GetDatasetCapRequest, context: Context
     ) -> admin_pb2.GetDatasetCapResponse:
-        found: budget_pb2.GetDatasetCapResponse = await self._peers.budget.call(
-            "GetDatasetCap", budget_pb2.GetDatasetCapRequest(dataset=request.dataset)
+        return await mirror(
+            self._peers.budget,
+            "GetDatasetCap",
+            request,
+            budget_pb2.GetDatasetCapRequest,
+            admin_pb2.GetDatasetCapResponse,
         )
-        return admin_pb2.GetDatasetCapResponse(cap=found.cap)
 
     # Grants
 
     async def CreateGrant(
         self, request: admin_pb2.CreateGrantRequest, context: Context
     ) -> admin_pb2.CreateGrantResponse:
-        grant = await self._administration.create_grant(
-            request.grant,
-            request.already_spent if request.HasField("already_spent") else None,
-            actor=_actor(),
-            request_id=request.request_id,
-        )
-        return admin_pb2.CreateGrantResponse(grant=grant)
+        return await self._administration.create_grant(request, actor=_actor())
 
     async def DeleteGrant(
         self, request: admin_pb2.DeleteGrantRequest, context: Context
     ) -> admin_pb2.DeleteGrantResponse:
-        await self._administration.delete_grant(
-            request.user, request.dataset, request_id=request.request_id
+        return await mirror(
+            self._peers.admin,
+            "DeleteGrant",
+            request,
+            admin_store_pb2.DeleteGrantRequest,
+            admin_pb2.DeleteGrantResponse,
         )
-        return admin_pb2.DeleteGrantResponse()
 
     async def ListGrants(
         self, request: admin_pb2.ListGrantsRequest, context: Context
     ) -> admin_pb2.ListGrantsResponse:
-        page: admin_store_pb2.ListGrantsResponse = await relay_page(
+        return await mirror(
             self._peers.admin,
             "ListGrants",
-            admin_store_pb2.ListGrantsRequest(user=request.user),
             request,
-        )
-        return admin_pb2.ListGrantsResponse(
-            grants=page.grants, next_page_token=page.next_page_token
+            admin_store_pb2.ListGrantsRequest,
+            admin_pb2.ListGrantsResponse,
         )
 
     # Budgets and archive
@@ -332,74 +309,74 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def AdjustAllocation(
         self, request: admin_pb2.AdjustAllocationRequest, context: Context
     ) -> admin_pb2.AdjustAllocationResponse:
-        ledger = await self._administration.adjust_allocation(
-            request.user,
-            request.dataset,
-            request.allocation,
+        # The ledger's request adds the actor; the ledger refuses to go below spent + held.
+        ledger_request = budget_pb2.AdjustAllocationRequest(
+            user=request.user,
+            dataset=request.dataset,
+            allocation=request.allocation,
             actor=_actor(),
             reason=request.reason,
             request_id=request.request_id,
         )
-        return admin_pb2.AdjustAllocationResponse(ledger=ledger)
+        return await relay(
+            self._peers.budget,
+            "AdjustAllocation",
+            ledger_request,
+            admin_pb2.AdjustAllocationResponse,
+        )
 
     async def GetLedger(
         self, request: admin_pb2.GetLedgerRequest, context: Context
     ) -> admin_pb2.GetLedgerResponse:
-        found: budget_pb2.GetLedgerResponse = await self._peers.budget.call(
+        return await mirror(
+            self._peers.budget,
             "GetLedger",
-            budget_pb2.GetLedgerRequest(
-                user=request.user, dataset=request.dataset, delta=request.delta
-            ),
+            request,
+            budget_pb2.GetLedgerRequest,
+            admin_pb2.GetLedgerResponse,
         )
-        return admin_pb2.GetLedgerResponse(ledger=found.ledger)
 
     async def ListLedgers(
         self, request: admin_pb2.ListLedgersRequest, context: Context
     ) -> admin_pb2.ListLedgersResponse:
-        page: budget_pb2.ListLedgersResponse = await relay_page(
+        return await mirror(
             self._peers.budget,
             "ListLedgers",
-            budget_pb2.ListLedgersRequest(user=request.user, delta=request.delta),
             request,
-        )
-        return admin_pb2.ListLedgersResponse(
-            ledgers=page.ledgers, next_page_token=page.next_page_token
+            budget_pb2.ListLedgersRequest,
+            admin_pb2.ListLedgersResponse,
         )
 
     async def ListLedgerEntries(
         self, request: admin_pb2.ListLedgerEntriesRequest, context: Context
     ) -> admin_pb2.ListLedgerEntriesResponse:
-        page: budget_pb2.ListLedgerEntriesResponse = await relay_page(
+        return await mirror(
             self._peers.budget,
             "ListLedgerEntries",
-            budget_pb2.ListLedgerEntriesRequest(user=request.user, dataset=request.dataset),
             request,
-        )
-        return admin_pb2.ListLedgerEntriesResponse(
-            ledger=page.ledger, entries=page.entries, next_page_token=page.next_page_token
+            budget_pb2.ListLedgerEntriesRequest,
+            admin_pb2.ListLedgerEntriesResponse,
         )
 
     async def VerifyLedgers(
         self, request: admin_pb2.VerifyLedgersRequest, context: Context
     ) -> admin_pb2.VerifyLedgersResponse:
-        report: budget_pb2.VerifyLedgersResponse = await self._peers.budget.call(
-            "VerifyLedgers", budget_pb2.VerifyLedgersRequest(), timeout=VERIFY_TIMEOUT_SECONDS
-        )
-        return admin_pb2.VerifyLedgersResponse(
-            ledgers_checked=report.ledgers_checked,
-            entries_checked=report.entries_checked,
-            problems=report.problems,
+        return await mirror(
+            self._peers.budget,
+            "VerifyLedgers",
+            request,
+            budget_pb2.VerifyLedgersRequest,
+            admin_pb2.VerifyLedgersResponse,
+            timeout=VERIFY_TIMEOUT_SECONDS,
         )
 
     async def ListArchivedQueries(
         self, request: admin_pb2.ListArchivedQueriesRequest, context: Context
     ) -> admin_pb2.ListArchivedQueriesResponse:
-        page: admin_store_pb2.ListArchivedQueriesResponse = await relay_page(
+        return await mirror(
             self._peers.admin,
             "ListArchivedQueries",
-            admin_store_pb2.ListArchivedQueriesRequest(user=request.user, dataset=request.dataset),
             request,
-        )
-        return admin_pb2.ListArchivedQueriesResponse(
-            queries=page.queries, next_page_token=page.next_page_token
+            admin_store_pb2.ListArchivedQueriesRequest,
+            admin_pb2.ListArchivedQueriesResponse,
         )

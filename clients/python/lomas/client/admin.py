@@ -75,6 +75,18 @@ def s3_source(
     )
 
 
+def _dataset(
+    name: str,
+    source: dataset_pb2.DataSource,
+    metadata: Mapping[str, Any],
+    data_format: dataset_pb2.DataFormat.ValueType,
+) -> resources_pb2.Dataset:
+    """The dataset resource that registering and replacing a dataset both send."""
+    return resources_pb2.Dataset(
+        name=name, source=source, format=data_format, metadata_json=json.dumps(dict(metadata))
+    )
+
+
 class AdminClient:
     """A connection to a gateway's AdminService with an admin token."""
 
@@ -138,13 +150,11 @@ class AdminClient:
         *,
         request_id: str = "",
     ) -> resources_pb2.Dataset:
-        dataset = resources_pb2.Dataset(
-            name=name, source=source, format=data_format, metadata_json=json.dumps(dict(metadata))
+        """Register a dataset: where its data lives, in which format, and its metadata."""
+        request = admin_pb2.CreateDatasetRequest(
+            dataset=_dataset(name, source, metadata, data_format), request_id=request_id
         )
-        return self._call(
-            self._stub.CreateDataset,
-            admin_pb2.CreateDatasetRequest(dataset=dataset, request_id=request_id),
-        ).dataset
+        return self._call(self._stub.CreateDataset, request).dataset
 
     def update_dataset(
         self,
@@ -156,13 +166,10 @@ class AdminClient:
         request_id: str = "",
     ) -> resources_pb2.Dataset:
         """Replace a dataset's source, format and metadata; its version goes up by one."""
-        dataset = resources_pb2.Dataset(
-            name=name, source=source, format=data_format, metadata_json=json.dumps(dict(metadata))
+        request = admin_pb2.UpdateDatasetRequest(
+            dataset=_dataset(name, source, metadata, data_format), request_id=request_id
         )
-        return self._call(
-            self._stub.UpdateDataset,
-            admin_pb2.UpdateDatasetRequest(dataset=dataset, request_id=request_id),
-        ).dataset
+        return self._call(self._stub.UpdateDataset, request).dataset
 
     def remove_dataset(self, name: str, *, request_id: str = "") -> None:
         request = admin_pb2.DeleteDatasetRequest(name=name, request_id=request_id)

@@ -13,14 +13,14 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, Unpack
 
 import grpc
 import pandas as pd
 import pyarrow as pa
 from google.protobuf import json_format
 
-from lomas.client.errors import from_rpc_error
+from lomas.client.errors import InvalidArgument, from_rpc_error
 from lomas.common.v1 import privacy_pb2, query_pb2
 from lomas.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -55,6 +55,24 @@ def loss_to_dict(loss: privacy_pb2.PrivacyLoss, prefix: str = "") -> dict[str, D
     if kind == "rho_zcdp":
         return {f"{prefix}rho": Decimal(loss.rho_zcdp.rho)}
     return {}
+
+
+class RunOptions(TypedDict, total=False):
+    """How a query runs: the keyword arguments every `query` method takes after its own.
+
+    - `dummy` (default False): run on seeded dummy data instead, free;
+    - `nb_rows` (default 100, at least 1) and `seed` (default 42): the dummy data;
+    - `request_id`: names this query, so a retry with it returns the first answer and is never
+      charged twice (a new one is made when none is given);
+    - `fresh` (default False): pay for a new draw of noise instead of a free replay of your earlier
+      release of the same query.
+    """
+
+    dummy: bool
+    nb_rows: int
+    seed: int
+    request_id: str | None
+    fresh: bool
 
 
 class Client:
@@ -136,10 +154,10 @@ class Client:
 
     def get_dummy_dataset(self, nb_rows: int = 100, seed: int = 42) -> pd.DataFrame:
         """Seeded dummy data that follows the metadata (no private data, free)."""
-        response = self._call(
-            self._stub.GetDummyDataset,
-            gateway_pb2.GetDummyDatasetRequest(dataset=self.dataset, row_count=nb_rows, seed=seed),
+        request = gateway_pb2.GetDummyDatasetRequest(
+            dataset=self.dataset, row_count=_dummy_rows(nb_rows), seed=seed
         )
+        response = self._call(self._stub.GetDummyDataset, request)
         return frame_from_ipc(response.arrow_ipc)
 
     # Budget ------------------------------------------------------------------------------------
@@ -215,25 +233,17 @@ class Client:
         )
         return loss_to_dict(response.cost)
 
-    def _execute(
-        self,
-        query: query_pb2.Query,
-        *,
-        dummy: bool,
-        nb_rows: int,
-        seed: int,
-        request_id: str | None,
-        fresh: bool,
-    ) -> pd.DataFrame:
+    def _execute(self, query: query_pb2.Query, run: RunOptions) -> pd.DataFrame:
+        dummy = run.get("dummy", False)
         request = gateway_pb2.ExecuteQueryRequest(
             dataset=self.dataset,
             query=query,
             dummy=dummy,
-            dummy_row_count=nb_rows if dummy else 0,
-            dummy_seed=seed if dummy else 0,
+            dummy_row_count=_dummy_rows(run.get("nb_rows", 100)) if dummy else 0,
+            dummy_seed=run.get("seed", 42) if dummy else 0,
             # Always send a request id, so the transport's own retries can never charge twice.
-            request_id=request_id or ("" if dummy else str(uuid.uuid4())),
-            fresh=fresh,
+            request_id=run.get("request_id") or ("" if dummy else str(uuid.uuid4())),
+            fresh=run.get("fresh", False),
         )
         response = self._call(self._stub.ExecuteQuery, request)
         frame = frame_from_ipc(response.release)
@@ -284,11 +294,7 @@ class SmartnoiseSqlClient:
         delta: float | str | Decimal,
         mechanisms: Mapping[str, str] | None = None,
         postprocess: bool = True,
-        dummy: bool = False,
-        nb_rows: int = 100,
-        seed: int = 42,
-        request_id: str | None = None,
-        fresh: bool = False,
+        **run: Unpack[RunOptions],
     ) -> pd.DataFrame:
         """Run the query and return the DP release (`frame.attrs` holds query_id, cost and replay).
 
@@ -298,12 +304,7 @@ class SmartnoiseSqlClient:
         returns the first release and is never charged twice.
         """
         return self._client._execute(
-            self._query(query, epsilon, delta, mechanisms, postprocess),
-            dummy=dummy,
-            nb_rows=nb_rows,
-            seed=seed,
-            request_id=request_id,
-            fresh=fresh,
+            self._query(query, epsilon, delta, mechanisms, postprocess), run
         )
 
 
@@ -311,6 +312,25 @@ _MECHANISMS = {
     "laplace": query_pb2.OPEN_DP_MECHANISM_LAPLACE,
     "gaussian": query_pb2.OPEN_DP_MECHANISM_GAUSSIAN,
 }
+
+
+class PipelineOptions(TypedDict, total=False):
+    """How an OpenDP pipeline is priced and run (keyword arguments, as in Lomas):
+
+    - `fixed_delta`: turns a zCDP loss or a privacy curve into (epsilon, delta) at this delta;
+    - `mechanism` (default "laplace"; or "gaussian"): the noise of a Polars query;
+    - `global_scale`: the scale of a Polars query's expressions that set none;
+    - `threshold`: a Polars query's minimum group size when its group keys are not public.
+    """
+
+    fixed_delta: float | str | Decimal | None
+    mechanism: str
+    global_scale: float | str | Decimal | None
+    threshold: int | None
+
+
+class OpenDpQueryOptions(PipelineOptions, RunOptions, total=False):
+    """The keyword arguments of `OpenDpClient.query`: the pipeline's, then the run's."""
 
 
 class OpenDpClient:
@@ -334,13 +354,11 @@ class OpenDpClient:
         self._client = client
 
     @staticmethod
-    def _query(
-        pipeline: Any,
-        fixed_delta: float | str | Decimal | None,
-        mechanism: str,
-        global_scale: float | str | Decimal | None,
-        threshold: int | None,
-    ) -> query_pb2.Query:
+    def _query(pipeline: Any, options: PipelineOptions) -> query_pb2.Query:
+        fixed_delta = options.get("fixed_delta")
+        mechanism = options.get("mechanism", "laplace")
+        global_scale = options.get("global_scale")
+        threshold = options.get("threshold")
         opendp = query_pb2.OpenDpQuery(
             fixed_delta="" if fixed_delta is None else _decimal_text(fixed_delta, "fixed_delta")
         )
@@ -362,46 +380,18 @@ class OpenDpClient:
         )
         return query_pb2.Query(opendp=opendp)
 
-    def cost(
-        self,
-        pipeline: Any,
-        fixed_delta: float | str | Decimal | None = None,
-        mechanism: str = "laplace",
-        global_scale: float | str | Decimal | None = None,
-        threshold: int | None = None,
-    ) -> dict[str, Decimal]:
+    def cost(self, pipeline: Any, **options: Unpack[PipelineOptions]) -> dict[str, Decimal]:
         """The exact cost the pipeline would be charged (free; nothing runs on the data)."""
-        return self._client._estimate(
-            self._query(pipeline, fixed_delta, mechanism, global_scale, threshold)
-        )
+        return self._client._estimate(self._query(pipeline, options))
 
-    def query(
-        self,
-        pipeline: Any,
-        fixed_delta: float | str | Decimal | None = None,
-        mechanism: str = "laplace",
-        global_scale: float | str | Decimal | None = None,
-        threshold: int | None = None,
-        dummy: bool = False,
-        nb_rows: int = 100,
-        seed: int = 42,
-        request_id: str | None = None,
-        fresh: bool = False,
-    ) -> pd.DataFrame:
+    def query(self, pipeline: Any, **options: Unpack[OpenDpQueryOptions]) -> pd.DataFrame:
         """Run the pipeline and return its DP release as a DataFrame.
 
         A measurement's release is in column `value` (one row for a number, one row per element for
         a list; `key`/`value` for a map); a Polars query returns its frame. `dummy=True` runs on
         seeded dummy data for free; `request_id` and `fresh` work as for SmartNoise-SQL.
         """
-        return self._client._execute(
-            self._query(pipeline, fixed_delta, mechanism, global_scale, threshold),
-            dummy=dummy,
-            nb_rows=nb_rows,
-            seed=seed,
-            request_id=request_id,
-            fresh=fresh,
-        )
+        return self._client._execute(self._query(pipeline, options), options)
 
 
 def _measurement_json(pipeline: Any) -> str | None:
@@ -433,3 +423,17 @@ def _plan_json(pipeline: Any) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Polars flags its JSON plan format as unstable
         return str(plan.serialize(format="json"))
+
+
+def _dummy_rows(nb_rows: int) -> int:
+    """`nb_rows` as sent: at least 1, as Lomas has it. On the wire 0 means "the default" (an unset
+    proto3 field, as AIP-158 has it for page sizes), so 0 is refused here, before anything is sent;
+    the gateway refuses negatives and sizes above its maximum with the same reason."""
+    if nb_rows < 1:
+        raise InvalidArgument(
+            "INVALID_ARGUMENT",
+            "DUMMY_ROWS_OUT_OF_RANGE",
+            f"nb_rows must be at least 1 (got {nb_rows})",
+            {},
+        )
+    return nb_rows
