@@ -19,6 +19,8 @@ VENV_BIN = Path(sys.executable).parent
 def test_run_command_serves_the_printed_example_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOMAS_")}
+    # An operator's setting reaches the services; what the launcher owns does not move.
+    launcher_env = env | {"LOMAS_MAX_DUMMY_ROWS": "7", "LOMAS_SERVICE_TOKEN": "ignored"}
     launcher = subprocess.Popen(
         [
             str(VENV_BIN / "lomas-mesh"),
@@ -31,7 +33,7 @@ def test_run_command_serves_the_printed_example_and_stops_on_ctrl_c(tmp_path: Pa
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=env,
+        env=launcher_env,
     )
     assert launcher.stdout is not None
     output: list[str] = []
@@ -55,6 +57,22 @@ def test_run_command_serves_the_printed_example_and_stops_on_ctrl_c(tmp_path: Pa
         assert count is not None, result.stdout  # a one-row frame with the DP count
         assert 200 <= int(count.group(1)) <= 500  # 344 rows plus Laplace noise at epsilon 1
         assert (tmp_path / "data" / "researcher.token").read_text() in printed
+
+        dummy = [
+            *example.split("\n", 2)[:2],
+            "from lomas.client import InvalidArgument",
+            "print(len(client.get_dummy_dataset(nb_rows=7)))",
+            "try:\n    client.get_dummy_dataset(nb_rows=8)\nexcept InvalidArgument as e:\n"
+            "    print(e.reason)",
+        ]
+        limited = subprocess.run(
+            [sys.executable, "-c", "\n".join(dummy)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        assert limited.stdout.split() == ["7", "DUMMY_ROWS_OUT_OF_RANGE"], limited.stderr
     finally:
         launcher.send_signal(signal.SIGINT)
         rest, _ = launcher.communicate(timeout=60)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 from lomas_embedded import demo
@@ -14,10 +16,41 @@ from lomas_embedded.local import local_mesh
 
 EXAMPLE = """\
 from lomas.client import Client
-client = Client("{target}", token="{token}", dataset="PENGUIN")
+client = Client("{target}", "PENGUIN", token="{token}")
 print(client.get_remaining_budget())
 print(client.smartnoise_sql.query("SELECT COUNT(*) AS n FROM df", epsilon=1.0, delta=1e-5))
 print(client.get_remaining_budget())"""
+
+
+# What the launcher itself decides for every service: where the others are, the shared secret, the
+# private Redis and its prefix. Every other LOMAS_ setting in the launcher's environment is passed
+# on to the services (limits, worker concurrency, time limits...), so an operator can tune the
+# embedded mesh as the documented settings say.
+_LAUNCHER_OWNED = frozenset(
+    {
+        "LOMAS_SERVICE_TOKEN",
+        "LOMAS_REDIS_URL",
+        "LOMAS_QUEUE_PREFIX",
+        "LOMAS_ADMIN_TARGET",
+        "LOMAS_BUDGET_TARGET",
+        "LOMAS_EXECUTOR_TARGET",
+        "LOMAS_LISTEN",
+        "LOMAS_DATABASE_URL",
+        "LOMAS_JWKS",
+        "LOMAS_JWT_ISSUER",
+        "LOMAS_JWT_AUDIENCE",
+        "LOMAS_BOOTSTRAP_ADMIN",
+    }
+)
+
+
+def operator_settings(environ: Mapping[str, str]) -> dict[str, str]:
+    """The LOMAS_ settings of the launcher's environment that the services should see."""
+    return {
+        key: value
+        for key, value in environ.items()
+        if key.startswith("LOMAS_") and key not in _LAUNCHER_OWNED
+    }
 
 
 def run(data_dir: Path, port: int) -> None:
@@ -27,7 +60,15 @@ def run(data_dir: Path, port: int) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with local_mesh(data_dir, gateway_listen=f"127.0.0.1:{port}") as running:
+    settings = operator_settings(os.environ)
+    # The mesh sets each worker's concurrency itself: an operator's value goes through its config.
+    concurrency = int(settings.pop("LOMAS_WORKER_CONCURRENCY", "2"))
+    with local_mesh(
+        data_dir,
+        gateway_listen=f"127.0.0.1:{port}",
+        extra_env=settings,
+        worker_concurrency=concurrency,
+    ) as running:
         admin_token = running.token(demo.ADMIN)
         researcher_token = running.token(demo.RESEARCHER)
         (data_dir / "admin.token").write_text(admin_token)

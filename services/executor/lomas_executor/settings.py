@@ -180,8 +180,9 @@ class WorkerSettings:
     """One Celery worker (a main process and `concurrency` child processes).
 
     * `workloads` (LOMAS_WORKER_QUEUES, e.g. "light" or "light,heavy"): the queues it consumes.
-    * `max_tasks_per_child` (LOMAS_WORKER_MAX_TASKS_PER_CHILD): a child is replaced after that many
-      tasks (its caches go with it).
+    * `max_tasks_per_child` (LOMAS_WORKER_MAX_TASKS_PER_CHILD, default 500): a child is replaced
+      after that many tasks (its caches go with it); the engines are imported before the fork,
+      so a replacement starts in milliseconds.
     * `max_memory_per_child_kb` (LOMAS_WORKER_MAX_MEMORY_PER_CHILD_KB, 0 = off): a child whose
       resident memory exceeds it is replaced after its current task.
     * `task_memory_limit_mb` (LOMAS_TASK_MEMORY_LIMIT_MB, 0 = off): the address-space limit
@@ -202,7 +203,7 @@ class WorkerSettings:
     concurrency: int
     log_level: str
     workloads: tuple[WorkloadClass, ...] = (WorkloadClass.LIGHT,)
-    max_tasks_per_child: int = 100
+    max_tasks_per_child: int = 500
     max_memory_per_child_kb: int = 0
     task_memory_limit_mb: int = 0
     max_attempts: int = 3
@@ -244,7 +245,7 @@ class WorkerSettings:
             concurrency=env_int(env, "WORKER_CONCURRENCY", 2),
             log_level=env_str(env, "LOG_LEVEL", "INFO"),
             workloads=workloads,
-            max_tasks_per_child=env_int(env, "WORKER_MAX_TASKS_PER_CHILD", 100),
+            max_tasks_per_child=env_int(env, "WORKER_MAX_TASKS_PER_CHILD", 500),
             max_memory_per_child_kb=env_int(env, "WORKER_MAX_MEMORY_PER_CHILD_KB", 0),
             task_memory_limit_mb=env_int(env, "TASK_MEMORY_LIMIT_MB", 0),
             max_attempts=env_int(env, "TASK_MAX_ATTEMPTS", 3),

@@ -152,11 +152,21 @@ def main() -> None:
     @signals.worker_process_init.connect(weak=False)
     def _init_child(**_: object) -> None:
         limit_child_memory(settings.task_memory_limit_mb)
-        # Load the engines before the child takes its first task, so that task's time limit
-        # is not spent importing them (see `CHILD_START_SECONDS`).
-        import lomas_executor.execution  # noqa: F401
 
+    preload_engines()
     app.worker_main(worker_argv(settings))
+
+
+def preload_engines() -> None:
+    """Import the engines (and warm smartnoise-sql's parser) once, in the main process, before the
+    pool forks its children: a child, new at start or replacing one that reached
+    `max_tasks_per_child`, then starts in milliseconds instead of spending 1.5 to 2 CPU-seconds
+    importing them while queries wait. Nothing here starts a thread or touches data, so forking
+    after it is safe."""
+    from lomas_executor import execution, smartnoise_sql
+
+    del execution  # imported for its engines
+    smartnoise_sql.warm_up()
 
 
 def worker_argv(settings: WorkerSettings) -> list[str]:
