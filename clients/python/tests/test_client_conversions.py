@@ -9,6 +9,7 @@ from typing import Any, cast
 import pyarrow as pa
 import pytest
 
+from lomas.client import BackendUnavailable, Client
 from lomas.client.admin import (
     DATA_FORMATS,
     approx_dp,
@@ -21,6 +22,7 @@ from lomas.client.admin import (
 )
 from lomas.client.client import SmartnoiseSqlClient, _decimal_text, frame_from_ipc, loss_to_dict
 from lomas.common.v1 import dataset_pb2, privacy_pb2, query_pb2
+from lomas_embedded.ports import free_port
 
 
 def ipc(table: pa.Table) -> bytes:
@@ -106,3 +108,11 @@ def test_sources_name_where_the_data_lives(tmp_path: Path) -> None:
         "http://127.0.0.1:9000",
         "minio",
     )
+
+
+def test_a_platform_that_does_not_answer_is_an_unavailable_gateway() -> None:
+    with Client(f"127.0.0.1:{free_port()}", "PENGUIN", token="t", timeout_seconds=2) as client:
+        with pytest.raises(BackendUnavailable) as down:
+            client.get_dataset_metadata()
+    assert down.value.code == "UNAVAILABLE"
+    assert down.value.metadata["peer"] == "gateway"

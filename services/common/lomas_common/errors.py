@@ -175,7 +175,23 @@ class Conflict(LomasError, code=Code.ABORTED, reason="CONFLICT"):
 
 
 class BackendUnavailable(LomasError, code=Code.UNAVAILABLE, reason="BACKEND_UNAVAILABLE"):
-    """A dependency is down (with retry advice when known)."""
+    """A dependency is down (with retry advice when known). It always names the dependency
+    (`peer` metadata: "admin", "budget", "executor", "redis", "identity-provider", "s3"...), so a
+    caller, and the operator reading the caller's report, knows what was unavailable."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        peer: str,
+        metadata: Mapping[str, str] | None = None,
+        retry_after_seconds: float | None = None,
+    ) -> None:
+        super().__init__(
+            message,
+            metadata={**(metadata or {}), "peer": peer or "unknown"},
+            retry_after_seconds=retry_after_seconds,
+        )
 
 
 class QueryTimeout(LomasError, code=Code.DEADLINE_EXCEEDED, reason="QUERY_TIMEOUT"):

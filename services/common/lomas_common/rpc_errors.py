@@ -115,7 +115,7 @@ def peer_unavailable(peer: str) -> BackendUnavailable:
     """The error a caller gets while `peer` (e.g. "executor") is down or restarting."""
     return BackendUnavailable(
         "a backend service is unavailable; retry later",
-        metadata={"peer": peer} if peer else None,
+        peer=peer,
         retry_after_seconds=PEER_RETRY_AFTER_SECONDS,
     )
 

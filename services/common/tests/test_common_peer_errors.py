@@ -107,7 +107,10 @@ def test_errors_with_error_info_keep_code_reason_and_retry_advice() -> None:
             self, request: executor_pb2.EstimateCostRequest, context: grpc.ServicerContext
         ) -> executor_pb2.EstimateCostResponse:
             raise BackendUnavailable(
-                "the store is unavailable", metadata={"store": "db"}, retry_after_seconds=2.5
+                "the store is unavailable",
+                peer="postgresql",
+                metadata={"store": "db"},
+                retry_after_seconds=2.5,
             )
 
     server = start_blocking_server(settings(), [executor_service(Overloaded())], threads=2)
@@ -122,7 +125,7 @@ def test_errors_with_error_info_keep_code_reason_and_retry_advice() -> None:
         server.stop()
     error = raised.value
     assert (error.code, error.reason) == (Code.UNAVAILABLE, "BACKEND_UNAVAILABLE")
-    assert error.metadata == {"store": "db"}
+    assert error.metadata == {"store": "db", "peer": "postgresql"}
     assert error.retry_after_seconds == 2.5
 
 

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -136,3 +137,13 @@ def test_the_readme_lists_every_reason_as_the_registry_says() -> None:
         check=True,
     ).stdout
     assert table in readme, "README's error table is stale: run scripts/error_table.py"
+
+
+def test_every_backend_outage_names_its_peer() -> None:
+    """`peer` is a required keyword, so mypy --strict finds a raise site without one; a caller
+    that escapes the type checker fails at once."""
+    down = errors.BackendUnavailable("the queue is unavailable", peer="redis")
+    assert down.metadata == {"peer": "redis"}
+    unchecked: Any = errors.BackendUnavailable
+    with pytest.raises(TypeError):
+        unchecked("no peer named")

@@ -221,7 +221,7 @@ def _fetch_s3(source: DataSource, secrets: S3Secrets) -> bytes:
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         _log.warning("S3 source %s/%s answered %s", source.bucket, source.key, code)
         if status >= 500:
-            raise BackendUnavailable("the dataset's S3 store is unavailable") from None
+            raise BackendUnavailable("the dataset's S3 store is unavailable", peer="s3") from None
         if code in ("NoSuchKey", "NoSuchBucket", "404"):
             raise FailedPrecondition("the dataset's S3 object was not found") from None
         raise FailedPrecondition(
@@ -229,7 +229,7 @@ def _fetch_s3(source: DataSource, secrets: S3Secrets) -> bytes:
         ) from None
     except (botocore.exceptions.BotoCoreError, OSError):
         _log.warning("S3 source unreachable: %s", source.endpoint_url, exc_info=True)
-        raise BackendUnavailable("the dataset's S3 store is unreachable") from None
+        raise BackendUnavailable("the dataset's S3 store is unreachable", peer="s3") from None
     return body
 
 
@@ -241,11 +241,13 @@ def _fetch(url: str) -> bytes:
     except urllib.error.HTTPError as exc:
         _log.warning("HTTP data source returned %s: %s", exc.code, url)
         if exc.code >= 500:
-            raise BackendUnavailable("the dataset's HTTP source is unavailable") from None
+            raise BackendUnavailable(
+                "the dataset's HTTP source is unavailable", peer="http"
+            ) from None
         raise FailedPrecondition(f"the dataset's HTTP source answered {exc.code}") from None
     except (urllib.error.URLError, TimeoutError, OSError):
         _log.warning("HTTP data source unreachable: %s", url, exc_info=True)
-        raise BackendUnavailable("the dataset's HTTP source is unreachable") from None
+        raise BackendUnavailable("the dataset's HTTP source is unreachable", peer="http") from None
     if len(body) > MAX_HTTP_BYTES:
         raise FailedPrecondition("the dataset's HTTP source is larger than the executor accepts")
     return body

@@ -163,6 +163,7 @@ class JwksKeys:
             elif stale and self._fetched_at is None:
                 raise BackendUnavailable(
                     "the identity provider's keys are unavailable",
+                    peer="identity-provider",
                     retry_after_seconds=max(0.0, self._attempted_at + self._min_refetch - now),
                 )
             key = self._keys.get(kid)
@@ -179,7 +180,9 @@ class JwksKeys:
         except (OSError, ValueError) as error:
             log.error("cannot read the JWKS file %s: %s", path, error)
             if self._file_mtime is None:
-                raise BackendUnavailable("the token signing keys are unavailable") from None
+                raise BackendUnavailable(
+                    "the token signing keys are unavailable", peer="jwks-file"
+                ) from None
         key = self._keys.get(kid)
         if key is None:
             raise Unauthenticated("token signed by an unknown key")
@@ -194,6 +197,7 @@ class JwksKeys:
             if self._fetched_at is None:
                 raise BackendUnavailable(
                     "the identity provider's keys are unavailable",
+                    peer="identity-provider",
                     retry_after_seconds=self._min_refetch,
                 ) from None
             return  # keep the keys we have; the next refresh may succeed

@@ -54,7 +54,7 @@ def redis_unavailable_as_backend_error(what: str) -> Iterator[None]:
         yield
     except (redis_errors.ConnectionError, redis_errors.TimeoutError):
         raise BackendUnavailable(
-            f"the {what} is unavailable", metadata={"peer": "redis"}, retry_after_seconds=1.0
+            f"the {what} is unavailable", peer="redis", retry_after_seconds=1.0
         ) from None
 
 

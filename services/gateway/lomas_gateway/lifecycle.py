@@ -368,7 +368,7 @@ class QueryLifecycle:
             self._waiter.forget(task.query_id)
             await self._release_unstarted(task.query_id)
             raise BackendUnavailable(
-                "the query queue is unavailable", retry_after_seconds=1.0
+                "the query queue is unavailable", peer="redis", retry_after_seconds=1.0
             ) from None
 
     async def _await_completion(self, task: task_pb2.ExecuteQueryTask, priority: int) -> Completion:
@@ -401,7 +401,7 @@ class QueryLifecycle:
             stored = await self._stored_outcome(query_id)
         if stored is None:  # announced but not readable: the archive is the truth
             raise BackendUnavailable(
-                "the query outcome is not readable yet", retry_after_seconds=1.0
+                "the query outcome is not readable yet", peer="admin", retry_after_seconds=1.0
             )
         return _outcome(stored)
 

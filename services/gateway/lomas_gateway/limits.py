@@ -146,5 +146,5 @@ def _redis_unavailable() -> Iterator[None]:
         yield
     except (redis_errors.ConnectionError, redis_errors.TimeoutError):
         raise BackendUnavailable(
-            "the limits store is unavailable", metadata={"peer": "redis"}, retry_after_seconds=1.0
+            "the limits store is unavailable", peer="redis", retry_after_seconds=1.0
         ) from None

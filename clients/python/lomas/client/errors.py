@@ -55,7 +55,8 @@ class AlreadyExists(LomasError):
 
 
 class BackendUnavailable(LomasError):
-    """A platform service is down; retrying later (with the same request id) is safe."""
+    """A platform service is down; retrying later (with the same request id) is safe. `metadata`
+    names it under "peer" ("gateway" when the platform did not answer at all)."""
 
 
 class QueryTimeout(LomasError):
@@ -140,5 +141,9 @@ def from_rpc_error(error: grpc.RpcError) -> LomasError:
                 info = error_details_pb2.ErrorInfo()
                 detail.Unpack(info)
                 reason, metadata = info.reason, dict(info.metadata)
+    if code is grpc.StatusCode.UNAVAILABLE and "peer" not in metadata:
+        # No ErrorInfo: the platform did not answer at all, so the gateway (or the proxy in front
+        # of it) is what was unavailable. Every outage the platform reports names its own peer.
+        metadata["peer"] = "gateway"
     cls = _BY_REASON.get(reason) or _BY_CODE.get(code, LomasError)
     return cls(code.name, reason, message or "", metadata)
