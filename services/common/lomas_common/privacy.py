@@ -12,6 +12,7 @@ So rounding can only ever make the platform more conservative than the exact mat
 from __future__ import annotations
 
 import enum
+import math
 import re
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Context, Decimal, InvalidOperation
@@ -76,6 +77,27 @@ def parse_decimal(text: str | int | float | Decimal, *, name: str) -> Decimal:
 def round_cost(value: Decimal) -> Decimal:
     """Round a charge up to the ledger quantum."""
     return _CONTEXT.plus(value.quantize(QUANTUM, rounding=ROUND_CEILING, context=_CONTEXT))
+
+
+# Significant digits kept of a cost an engine computed in floating point.
+ENGINE_COST_DIGITS = 12
+
+
+def engine_cost(value: float, *, name: str) -> Decimal:
+    """A cost an engine computed in floating point (a privacy map, a library's own arithmetic),
+    rounded up to `ENGINE_COST_DIGITS` significant digits of its exact binary value: never below
+    what the float says, and never shown or stored with the float's noise digits
+    (0.1 + 0.2 is charged 0.300000000001, not 0.3000000000000000444089209850062616169452667236328125).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PrivacyValueError(f"{name} must be a number")
+    if not math.isfinite(value):
+        raise PrivacyValueError(f"{name} must be finite")
+    exact = Decimal(value)
+    if exact == 0:
+        return Decimal(0)
+    rounded = Context(prec=ENGINE_COST_DIGITS, rounding=ROUND_CEILING).plus(exact)
+    return parse_decimal(rounded, name=name)
 
 
 def round_allocation(value: Decimal) -> Decimal:

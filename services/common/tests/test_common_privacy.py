@@ -12,6 +12,7 @@ from lomas_common.privacy import (
     PrivacyDefinition,
     PrivacyLoss,
     PrivacyValueError,
+    engine_cost,
     format_decimal,
     parse_decimal,
     round_allocation,
@@ -92,3 +93,16 @@ def test_a_loss_holds_only_the_components_of_its_definition() -> None:
     for build in refused:
         with pytest.raises(PrivacyValueError):
             build()
+
+
+def test_an_engine_float_cost_is_rounded_up_to_twelve_significant_digits() -> None:
+    assert engine_cost(0.5, name="epsilon") == Decimal("0.5")  # exact in binary: kept
+    assert engine_cost(0.1 + 0.2, name="epsilon") == Decimal("0.300000000001")
+    assert engine_cost(1 / 3, name="epsilon") == Decimal("0.333333333334")
+    assert engine_cost(1.5e-9, name="delta") == Decimal("1.5E-9")  # its float is just below
+    assert engine_cost(0.0, name="delta") == 0
+    for value in (0.1, 1 / 3, 2.0 / 7, 1e-9, 123456.789):
+        assert engine_cost(value, name="epsilon") >= Decimal(value)  # never below the float
+        assert len(engine_cost(value, name="epsilon").normalize().as_tuple().digits) <= 12
+    with pytest.raises(PrivacyValueError):
+        engine_cost(float("inf"), name="epsilon")

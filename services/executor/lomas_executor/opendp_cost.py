@@ -13,7 +13,7 @@ import opendp.prelude as dp
 from opendp.mod import OpenDPException
 
 from lomas_common.errors import InvalidQuery
-from lomas_common.privacy import PrivacyLoss, PrivacyValueError, parse_decimal
+from lomas_common.privacy import PrivacyLoss, PrivacyValueError, engine_cost
 from lomas_executor.metadata import DatasetMetadata
 from lomas_executor.opendp_model import clean_message, short_text
 
@@ -71,7 +71,7 @@ def _decimal(value: object, name: str) -> Decimal:
     if not math.isfinite(value):
         raise InvalidQuery(f"the pipeline's {name} is not finite (the noise scale is too small)")
     try:
-        return parse_decimal(float(value), name=name)
+        return engine_cost(float(value), name=name)
     except PrivacyValueError as exc:
         raise InvalidQuery(f"the query's privacy cost is out of range: {exc}") from None
 

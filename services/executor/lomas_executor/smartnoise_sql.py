@@ -70,7 +70,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
 from lomas_common.errors import ExecutionFailed, FailedPrecondition, InvalidQuery
-from lomas_common.privacy import PrivacyLoss, PrivacyValueError, parse_decimal
+from lomas_common.privacy import PrivacyLoss, PrivacyValueError, engine_cost, parse_decimal
 from lomas_executor.canonical import canonical_sql
 from lomas_executor.failures import chain_names
 from lomas_executor.metadata import TABLE_NAME, DatasetMetadata
@@ -304,19 +304,23 @@ def _refusal(exc: Exception, query: SmartnoiseSqlQuery) -> InvalidQuery:
 
 
 def _basic_composition(costs: list[tuple[float, float]], query: SmartnoiseSqlQuery) -> PrivacyLoss:
-    """The exact sum of the mechanisms' (epsilon, delta), rounded up to the ledger quantum."""
+    """The exact sum of the mechanisms' (epsilon, delta), rounded up to the ledger quantum; a
+    mechanism's value that is not the user's own (the library worked it out) is rounded up to
+    `ENGINE_COST_DIGITS` significant digits (`engine_cost`)."""
     passed_epsilon = float_at_most(query.epsilon)
     passed_delta = float_at_most(query.delta)
 
     def exact(value: float, passed: float, decimal: Decimal) -> Decimal:
         # The float we passed in stands for the user's decimal, which is never below it.
-        return decimal if value == passed else Decimal(float(value))
+        return decimal if value == passed else engine_cost(float(value), name="cost")
 
     epsilon = delta = Decimal(0)
-    for mechanism_epsilon, mechanism_delta in costs:
-        epsilon = _EXACT_SUM.add(epsilon, exact(mechanism_epsilon, passed_epsilon, query.epsilon))
-        delta = _EXACT_SUM.add(delta, exact(mechanism_delta, passed_delta, query.delta))
     try:
+        for mechanism_epsilon, mechanism_delta in costs:
+            epsilon = _EXACT_SUM.add(
+                epsilon, exact(mechanism_epsilon, passed_epsilon, query.epsilon)
+            )
+            delta = _EXACT_SUM.add(delta, exact(mechanism_delta, passed_delta, query.delta))
         loss = PrivacyLoss.approx_dp(
             parse_decimal(epsilon, name="epsilon"), parse_decimal(delta, name="delta")
         )

@@ -21,7 +21,7 @@ import pytest
 from opendp.extras.polars import DPExpr, dp_len
 
 from lomas_common.errors import ExecutionFailed, InvalidQuery
-from lomas_common.privacy import PrivacyLoss, parse_decimal
+from lomas_common.privacy import PrivacyLoss, engine_cost
 from lomas_executor import opendp_model, opendp_polars
 from lomas_executor import opendp_queries as oq
 from lomas_executor.cache import DatasetCache
@@ -116,14 +116,14 @@ def test_measurement_costs_follow_the_privacy_measure(penguin_md: DatasetMetadat
     gaussian = mean_bill(penguin_md, "gaussian")
     rho = oq.estimate_cost(OpenDpMeasurementQuery(dp.serialize(gaussian)), penguin_md)
     assert rho.definition.value == "rho_zcdp"
-    assert rho.rho == parse_decimal(gaussian.map(1), name="rho")
+    assert rho.rho == engine_cost(gaussian.map(1), name="rho")
 
     fixed = oq.estimate_cost(
         OpenDpMeasurementQuery(dp.serialize(gaussian), fixed_delta=Decimal("1e-6")), penguin_md
     )
     assert fixed.definition.value == "approx_dp" and fixed.delta == Decimal("0.000001")
     profile = dp.c.make_zCDP_to_approxDP(gaussian).map(1)
-    assert fixed.epsilon == parse_decimal(profile.epsilon(delta=1e-6), name="epsilon")
+    assert fixed.epsilon == engine_cost(profile.epsilon(delta=1e-6), name="epsilon")
 
     curve = dp.serialize(dp.c.make_zCDP_to_approxDP(gaussian))
     with pytest.raises(InvalidQuery, match="curve: give fixed_delta") as no_delta:
