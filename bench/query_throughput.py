@@ -90,7 +90,7 @@ class Latency:
 
     def row(self) -> str:
         return (
-            f"{self.name:<46} {len(self.times):>5} {self.p50:8.1f} {self.p95:8.1f} "
+            f"{self.name:<56} {len(self.times):>5} {self.p50:8.1f} {self.p95:8.1f} "
             f"{self.p99:8.1f} {max(self.times):8.1f} {self.slow:>5}"
         )
 
@@ -415,7 +415,7 @@ def report(
     loads: list[Load],
 ) -> None:
     print("\n## Latency, one at a time (ms)")
-    print(f"{'':<46} {'n':>5} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8} {'>1s':>5}")
+    print(f"{'':<56} {'n':>5} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8} {'>1s':>5}")
     for latency in floors:
         print(latency.row())
     for latency in latencies:
@@ -482,7 +482,9 @@ def main() -> None:
         floors = [
             Latency("floor: smartnoise-sql COUNT distinct, 1 proc", sequential),
             Latency("floor: OpenDP measurement, build + run", opendp["measurement"]),
+            Latency("floor: OpenDP measurement, + to JSON and back", opendp["measurement json"]),
             Latency("floor: OpenDP Polars plan, build + run", opendp["polars"]),
+            Latency("floor: OpenDP Polars plan, + to JSON and back", opendp["polars json"]),
         ]
         floor_parallel = Load(
             f"floor: smartnoise-sql, {CLIENTS} procs", parallel["times"], parallel["seconds"]
