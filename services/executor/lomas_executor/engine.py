@@ -60,10 +60,15 @@ class QueryEngine:
         cache: DatasetCache,
         s3_secrets: S3Secrets | None = None,
         limits: QueryLimits | None = None,
+        *,
+        sql_dry_run: bool = True,
     ) -> None:
+        """`sql_dry_run=False` (the worker's engine) prices SmartNoise-SQL queries without the dry
+        run on an empty table (see `smartnoise_sql.estimate_cost`)."""
         self._cache = cache
         self._s3_secrets = s3_secrets or S3Secrets()
         self._limits = limits or QueryLimits()
+        self._sql_dry_run = sql_dry_run
 
     @property
     def cache(self) -> DatasetCache:
@@ -74,7 +79,9 @@ class QueryEngine:
         A delta above the dataset's maximum (`DatasetMetadata.max_delta`) is refused."""
         match query:
             case SmartnoiseSqlQuery():
-                cost = smartnoise_sql.estimate_cost(query, dataset.metadata, self._limits.sql)
+                cost = smartnoise_sql.estimate_cost(
+                    query, dataset.metadata, self._limits.sql, dry_run=self._sql_dry_run
+                )
             case OpenDpMeasurementQuery() | OpenDpPolarsQuery():
                 cost = opendp_queries.estimate_cost(query, dataset.metadata, self._limits).as_cost()
             case _:
@@ -124,7 +131,9 @@ class QueryEngine:
         engine needs, built (dummy data) or loaded (real data) only once the query has passed."""
         match query:
             case SmartnoiseSqlQuery():
-                smartnoise_sql.estimate_cost(query, metadata, self._limits.sql)
+                smartnoise_sql.estimate_cost(
+                    query, metadata, self._limits.sql, dry_run=self._sql_dry_run
+                )
                 reader = cast(smartnoise_sql.SqliteTableReader, engine_input(SQL_READER))
                 return smartnoise_sql.execute(
                     query, reader, metadata, validated=True, limits=self._limits.sql

@@ -78,6 +78,8 @@ class QueryRunner:
             DatasetCache(max_bytes=settings.cache_bytes),
             s3_secrets=settings.s3_secrets,
             limits=settings.limits,
+            # The executor dry-ran every query before it was priced for its reservation.
+            sql_dry_run=False,
         )
         self._admin = SyncPeer(
             settings.admin_target, admin_store_pb2_grpc.AdminStoreServiceStub, settings.peers

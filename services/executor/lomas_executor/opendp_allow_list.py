@@ -295,9 +295,13 @@ def _check_count(function: str, name: str, value: object, maximum: int, limit: s
         )
 
 
+@functools.lru_cache(maxsize=64)
 def measurement_from_json(
     text: str, metadata: DatasetMetadata, limits: QueryLimits
 ) -> dp.Measurement:
+    """The checked measurement of `text`. Memoised per process (refusals are not): OpenDP takes
+    about 0.2 s to deserialize a measurement, and the worker builds it to price the query and
+    again to run it; a Measurement is never changed by use, so one object serves every run."""
     tree = model.parse_json(text, "OpenDP measurement JSON")
     check_measurement_json(tree, metadata, limits)
     # Every constructor named in the JSON is allow-listed: deserializing runs only those.
