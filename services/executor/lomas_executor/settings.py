@@ -115,7 +115,9 @@ class FreeCallSettings:
     * `timeout_seconds` (LOMAS_FREE_CALL_TIMEOUT_SECONDS): wall-clock limit of one call, waiting
       included, never beyond the caller's own gRPC deadline.
     * `max_calls_per_child` (LOMAS_FREE_CALL_MAX_CALLS_PER_CHILD): a child is replaced after that
-      many calls (the memory it kept goes with it).
+      many calls (the memory it kept goes with it). A replacement imports the engines again (about
+      2 CPU-seconds), and every real query is priced here, so the default is high: memory a child
+      keeps is bounded anyway (it is replaced when it keeps half its limit resident).
     * `niceness` (LOMAS_FREE_CALL_NICENESS): how much lower the children's CPU priority is than the
       service's (0 to 19): under a flood of free work, real queries keep the CPU they need.
     """
@@ -126,7 +128,7 @@ class FreeCallSettings:
     memory_mb: int = 2048
     cpu_seconds: int = 60
     timeout_seconds: float = 20.0
-    max_calls_per_child: int = 100
+    max_calls_per_child: int = 1000
     niceness: int = 10
 
     def __post_init__(self) -> None:
