@@ -17,6 +17,7 @@ from lomas_common.errors import ExecutionFailed, InvalidQuery
 from lomas_common.privacy import PrivacyDefinition, PrivacyLoss
 from lomas_executor import smartnoise_sql as sn
 from lomas_executor.metadata import DatasetMetadata
+from lomas_executor.smartnoise_memos import NOISE_SCALE_MEMO, NoiseScaleMemo
 from lomas_executor.smartnoise_sql import SmartnoiseSqlQuery
 
 AVG_BY_SPECIES = "SELECT species, AVG(bill_length_mm) AS avg_bill FROM df GROUP BY species"
@@ -283,13 +284,13 @@ def test_memoised_noise_scale_equals_a_fresh_search(
     upper: float,
     max_contrib: int,
 ) -> None:
-    sn.NOISE_SCALE_MEMO.clear()
+    NOISE_SCALE_MEMO.clear()
     first = mechanism_class(epsilon, delta=delta, lower=lower, upper=upper, max_contrib=max_contrib)
-    hits = sn.NOISE_SCALE_MEMO.hits
+    hits = NOISE_SCALE_MEMO.hits
     second = mechanism_class(
         epsilon, delta=delta, lower=lower, upper=upper, max_contrib=max_contrib
     )
-    assert sn.NOISE_SCALE_MEMO.hits == hits + 1  # the second one came from the memo
+    assert NOISE_SCALE_MEMO.hits == hits + 1  # the second one came from the memo
 
     search = mechanism_class.__dict__["_compute_noise_scale"].__wrapped__
     fresh = mechanism_class(epsilon, delta=delta, lower=lower, upper=upper, max_contrib=max_contrib)
@@ -299,26 +300,26 @@ def test_memoised_noise_scale_equals_a_fresh_search(
 
 
 def test_memo_keys_keep_every_input_apart() -> None:
-    sn.NOISE_SCALE_MEMO.clear()
+    NOISE_SCALE_MEMO.clear()
     base = Laplace(1.0, lower=0, upper=1, max_contrib=1)
     wider = Laplace(1.0, lower=0, upper=2, max_contrib=1)
     more_contrib = Laplace(1.0, lower=0, upper=1, max_contrib=2)
     gaussian = Gaussian(1.0, delta=1e-5, lower=0, upper=1, max_contrib=1)
-    assert sn.NOISE_SCALE_MEMO.misses == 4
+    assert NOISE_SCALE_MEMO.misses == 4
     assert len({base.scale, wider.scale, more_contrib.scale, gaussian.scale}) == 4
-    assert sn.NoiseScaleMemo.key(Laplace(1, lower=0, upper=1)) != sn.NoiseScaleMemo.key(base)
+    assert NoiseScaleMemo.key(Laplace(1, lower=0, upper=1)) != NoiseScaleMemo.key(base)
 
 
 def test_other_queries_with_the_same_mechanisms_use_the_memo(penguin_md: DatasetMetadata) -> None:
-    sn.NOISE_SCALE_MEMO.clear()
+    NOISE_SCALE_MEMO.clear()
     # Aliases no other test uses, so that the cost memo has seen neither query.
     avg, mean = (AVG_BY_SPECIES.replace("avg_bill", f"{n}_{uuid.uuid4().hex[:8]}") for n in "am")
     first = sn.estimate_cost(_query(avg, epsilon="0.9"), penguin_md)
-    misses = sn.NOISE_SCALE_MEMO.misses
+    misses = NOISE_SCALE_MEMO.misses
     assert misses == 2  # the SUM and the COUNT
     assert sn.estimate_cost(_query(mean, epsilon="0.9"), penguin_md) == first
-    assert sn.NOISE_SCALE_MEMO.misses == misses
-    assert sn.NOISE_SCALE_MEMO.hits >= 2
+    assert NOISE_SCALE_MEMO.misses == misses
+    assert NOISE_SCALE_MEMO.hits >= 2
 
 
 def test_costs_are_memoised_by_query_and_metadata(
