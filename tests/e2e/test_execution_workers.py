@@ -117,11 +117,11 @@ def test_a_worker_killed_mid_query_is_replaced_and_the_query_completes_once(
                 "SLOW", local_source(slow), SLOW_METADATA, dataset_pb2.DATA_FORMAT_CSV
             )
         user, client = researcher(mesh, issuer, "SLOW")
-        cost = client.smartnoise_sql.cost(GROUP_COUNT, epsilon=1.0, delta=1e-5)
+        cost = client.smartnoise_sql.cost(GROUP_COUNT, epsilon=1.0, delta=1e-8)
 
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(
-                client.smartnoise_sql.query, GROUP_COUNT, 1.0, 1e-5, request_id="killed-once"
+                client.smartnoise_sql.query, GROUP_COUNT, 1.0, 1e-8, request_id="killed-once"
             )
             # The worker has marked the reservation accessed: it is loading the data. Kill it.
             wait_for(
@@ -155,7 +155,7 @@ def test_a_worker_killed_mid_query_is_replaced_and_the_query_completes_once(
         assert [q.query_id for q in stored] == [query_id]
         assert stored[0].status == archive_pb2.QUERY_STATUS_SUCCEEDED
         # A retry of the same request returns that release, uncharged.
-        again = client.smartnoise_sql.query(GROUP_COUNT, 1.0, 1e-5, request_id="killed-once")
+        again = client.smartnoise_sql.query(GROUP_COUNT, 1.0, 1e-8, request_id="killed-once")
         assert again.equals(release)
         assert client.get_total_spent_budget()["total_spent_epsilon"] == cost["epsilon"]
 
@@ -231,9 +231,9 @@ def test_time_and_memory_limits_keep_the_charge_and_workers_are_recycled(tmp_pat
 
         # Time limit: the query fails with QUERY_TIMEOUT and its cost stays charged.
         user, client = researcher(mesh, issuer, "SLOW")
-        cost = client.smartnoise_sql.cost(GROUP_COUNT, epsilon=1.0, delta=1e-5)
+        cost = client.smartnoise_sql.cost(GROUP_COUNT, epsilon=1.0, delta=1e-8)
         with pytest.raises(LomasError) as timed_out:
-            client.smartnoise_sql.query(GROUP_COUNT, epsilon=1.0, delta=1e-5)
+            client.smartnoise_sql.query(GROUP_COUNT, epsilon=1.0, delta=1e-8)
         assert (timed_out.value.code, timed_out.value.reason) == (
             "DEADLINE_EXCEEDED",
             "QUERY_TIMEOUT",
@@ -263,7 +263,7 @@ def test_time_and_memory_limits_keep_the_charge_and_workers_are_recycled(tmp_pat
         worker = psutil.Process(mesh.start_service("worker-0").process.pid)
         user, client = researcher(mesh, issuer, "SLOW")
         with pytest.raises(LomasError) as out_of_memory:
-            client.smartnoise_sql.query(GROUP_COUNT, epsilon=1.0, delta=1e-5)
+            client.smartnoise_sql.query(GROUP_COUNT, epsilon=1.0, delta=1e-8)
         assert out_of_memory.value.reason == "QUERY_EXECUTION_FAILED", out_of_memory.value
         assert "memory" in out_of_memory.value.message and "charged" in out_of_memory.value.message
         assert client.get_total_spent_budget()["total_spent_epsilon"] == cost["epsilon"]

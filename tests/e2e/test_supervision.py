@@ -176,10 +176,10 @@ def test_a_worker_killed_mid_query_is_restarted_and_the_query_completes_once(
 ) -> None:
     mesh, issuer = running.mesh, running.issuer
     user, client = researcher(running, "SLOW")
-    cost = client.smartnoise_sql.cost(GROUP_COUNT, epsilon=1.0, delta=1e-5)
+    cost = client.smartnoise_sql.cost(GROUP_COUNT, epsilon=1.0, delta=1e-8)
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(
-            client.smartnoise_sql.query, GROUP_COUNT, 1.0, 1e-5, request_id="crashed-worker"
+            client.smartnoise_sql.query, GROUP_COUNT, 1.0, 1e-8, request_id="crashed-worker"
         )
         # The worker marked the reservation accessed: it is loading the data. Crash it.
         wait_for(lambda: ACCESS in kinds(entries(mesh, issuer, user, "SLOW")), 30, "data access")

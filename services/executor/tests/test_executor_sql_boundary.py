@@ -432,9 +432,10 @@ def test_the_library_never_gets_more_than_the_decimal(text: str, md: DatasetMeta
     assert sn.float_at_most(Decimal("0.5")) == 0.5  # exact floats stay as they are
 
 
-def test_a_float_the_library_chose_itself_is_charged_exactly_and_rounded_up() -> None:
+def test_a_float_the_library_chose_itself_is_charged_rounded_up_to_twelve_digits() -> None:
     query = _query("SELECT COUNT(*) AS n FROM df", epsilon="0.1", delta="0")
     passed = sn.float_at_most(Decimal("0.1"))
-    # 0.2 is 0.2000000000000000111022302462515654...: above 0.2, rounded up at 1e-18.
+    # 0.2 is 0.2000000000000000111022302462515654...: above 0.2, so 12 significant digits rounded
+    # up give 0.200000000001; the user's own 0.1 is charged exactly.
     loss = sn._basic_composition([(passed, 0.0), (0.2, 0.0)], query)
-    assert loss == PrivacyLoss.approx_dp(Decimal("0.300000000000000012"), Decimal(0))
+    assert loss == PrivacyLoss.approx_dp(Decimal("0.300000000001"), Decimal(0))

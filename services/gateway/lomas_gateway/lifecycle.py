@@ -289,7 +289,12 @@ class QueryLifecycle:
             earlier = await self._earlier_answer(task, retry=False, fresh=False)
             if earlier is not None:
                 return earlier
-        return None
+        # We lead. An identical query may have landed between our look back and our take-off (its
+        # release stored, its flight key gone): look once more, or it would be charged twice.
+        earlier = await self._earlier_answer(task, retry=False, fresh=False)
+        if earlier is not None:
+            await self._flights.land(task.fingerprint, task.query_id)
+        return earlier
 
     async def _charge_and_run(self, task: task_pb2.ExecuteQueryTask, priority: int) -> QueryOutcome:
         """Steps 2 to 5: reserve, dispatch, await and read the outcome."""
