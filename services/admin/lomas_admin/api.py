@@ -184,10 +184,15 @@ class AdminStoreServicer(admin_store_pb2_grpc.AdminStoreServiceServicer):
     def FindReleasedQuery(
         self, request: pb.FindReleasedQueryRequest, context: Context
     ) -> pb.FindReleasedQueryResponse:
-        record = self._archive.find_released_query(request.user, request.fingerprint)
-        if record is None:
-            return pb.FindReleasedQueryResponse(found=False)
-        return pb.FindReleasedQueryResponse(found=True, query=convert.archive_to_proto(record))
+        released, stored = self._archive.look_back(
+            request.user, request.fingerprint, request.query_id
+        )
+        response = pb.FindReleasedQueryResponse(found=released is not None)
+        if released is not None:
+            response.query.CopyFrom(convert.archive_to_proto(released))
+        if stored is not None:
+            response.stored.CopyFrom(convert.archive_to_proto(stored))
+        return response
 
     def RecordAuditEvent(
         self, request: pb.RecordAuditEventRequest, context: Context

@@ -79,15 +79,28 @@ class QueryArchive:
 
     def find_released_query(self, user: str, fingerprint: str) -> ArchiveRecord | None:
         """The user's latest successful release of the query with this fingerprint, if any."""
-        if not fingerprint:
-            return None
+        return self.look_back(user, fingerprint, "")[0]
+
+    def look_back(
+        self, user: str, fingerprint: str, query_id: str
+    ) -> tuple[ArchiveRecord | None, ArchiveRecord | None]:
+        """What the gateway reads before it charges, in one transaction: the user's latest release
+        of the query with `fingerprint` (none when it is empty), and the stored outcome of
+        `query_id` (a retry's first answer, success or failure; none when it is empty)."""
         with self._db.transaction(readonly=True) as tx:
-            row = tx.fetchone(
-                "SELECT * FROM archive WHERE user_name = ? AND fingerprint = ? AND succeeded = 1"
-                " ORDER BY completed_at DESC LIMIT 1",
-                (user, fingerprint),
-            )
-        return None if row is None else archive_from_row(row)
+            released = stored = None
+            if fingerprint:
+                released = tx.fetchone(
+                    "SELECT * FROM archive WHERE user_name = ? AND fingerprint = ? AND succeeded = 1"
+                    " ORDER BY completed_at DESC LIMIT 1",
+                    (user, fingerprint),
+                )
+            if query_id:
+                stored = tx.fetchone("SELECT * FROM archive WHERE query_id = ?", (query_id,))
+        return (
+            None if released is None else archive_from_row(released),
+            None if stored is None else archive_from_row(stored),
+        )
 
     def list_archived_queries(
         self, user: str, dataset: str, after: SortKey | None, limit: int

@@ -15,9 +15,10 @@ anything else. `QueryLifecycle.run` then takes a real query through named steps:
 4. `_await_completion`: the gateway waits for the worker to announce the outcome;
 5. `_outcome_of`: the stored outcome is the answer.
 
-Reads before the reservation: the admin store answers `authorize` and the look back (two archive
-reads, run together); the user's may-query flag and the dataset's
-descriptor come with the grant, so nothing else is read.
+Reads before the reservation: the admin store answers `authorize` and the look back (one call that
+reads the request id's stored outcome and the earlier release together); the user's may-query flag
+and the dataset's descriptor come with the grant, so nothing else is read. A query that leads its
+flight looks back once more (see `_follow_identical`).
 
 Completion: the normal road is the worker's announcement on Redis pub/sub, which carries the
 outcome itself when it is small, so the gateway answers without another read. Two fallbacks exist
@@ -124,10 +125,6 @@ def query_id_for(subject: str, request_id: str) -> str:
     if not request_id:
         return str(uuid.uuid4())
     return str(uuid.uuid5(_QUERY_ID_NAMESPACE, f"{subject}\x00{request_id}"))
-
-
-async def _nothing() -> None:
-    return None
 
 
 def _announced_outcome(payload: bytes, query_id: str) -> archive_pb2.ArchivedQuery | None:
@@ -258,9 +255,12 @@ class QueryLifecycle:
             fingerprint=query_fingerprint(subject, access.dataset, priced.canonical),
             cost=priced.cost,
         )
-        earlier = await self._earlier_answer(task, retry=bool(request_id), fresh=fresh)
-        if request_id:  # the id now names this query, even when a replay answers it
-            await self._claims.bind(task.query_id, task.fingerprint)
+        # The look back, and the binding of the request id to this query (even when a replay
+        # answers it), run together: a retry bound to another query is refused by either.
+        earlier, _ = await asyncio.gather(
+            self._earlier_answer(task, retry=bool(request_id), fresh=fresh),
+            self._claims.bind(task.query_id, task.fingerprint) if request_id else _no_claim(),
+        )
         if earlier is None and not fresh:
             earlier = await self._follow_identical(task)
         if earlier is not None:
@@ -309,11 +309,19 @@ class QueryLifecycle:
     ) -> QueryOutcome | None:
         """Step 1, the look back: the stored outcome of this request id (when the request has one:
         a retry gets the first answer), else an earlier release of the same query (unless `fresh`:
-        a free replay). Both archive reads run together; neither touches data or budget."""
-        retried, earlier = await asyncio.gather(
-            self._stored_outcome(task.query_id) if retry else _nothing(),
-            self._earlier_release(task.user, task.fingerprint) if not fresh else _nothing(),
+        a free replay). One archive call reads both; neither touches data or budget."""
+        if fresh and not retry:
+            return None
+        found: admin_store_pb2.FindReleasedQueryResponse = await self._peers.admin.call(
+            "FindReleasedQuery",
+            admin_store_pb2.FindReleasedQueryRequest(
+                user=task.user,
+                fingerprint=task.fingerprint,
+                query_id=task.query_id if retry else "",
+            ),
         )
+        retried = found.stored if found.HasField("stored") else None
+        earlier = found.query if found.found and not fresh else None
         if retried is not None:
             if retried.fingerprint != task.fingerprint:
                 raise request_id_reused(task.query_id)
@@ -424,15 +432,6 @@ class QueryLifecycle:
         except LomasError:
             log.exception("could not release reservation %s; the sweep will", query_id)
 
-    async def _earlier_release(
-        self, subject: str, fingerprint: str
-    ) -> archive_pb2.ArchivedQuery | None:
-        earlier: admin_store_pb2.FindReleasedQueryResponse = await self._peers.admin.call(
-            "FindReleasedQuery",
-            admin_store_pb2.FindReleasedQueryRequest(user=subject, fingerprint=fingerprint),
-        )
-        return earlier.query if earlier.found else None
-
     async def _stored_outcome(self, query_id: str) -> archive_pb2.ArchivedQuery | None:
         try:
             response: admin_store_pb2.GetArchivedQueryResponse = await self._peers.admin.call(
@@ -443,6 +442,10 @@ class QueryLifecycle:
                 return None
             raise
         return response.query
+
+
+async def _no_claim() -> None:
+    return None
 
 
 def _check_may_query(access: admin_store_pb2.AuthorizeDatasetAccessResponse) -> None:

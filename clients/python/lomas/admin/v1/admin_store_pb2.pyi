@@ -928,19 +928,25 @@ class FindReleasedQueryRequest(_message.Message):
 
     USER_FIELD_NUMBER: _builtins.int
     FINGERPRINT_FIELD_NUMBER: _builtins.int
+    QUERY_ID_FIELD_NUMBER: _builtins.int
     user: _builtins.str
     """User name (token subject)."""
     fingerprint: _builtins.str
     """Query fingerprint (see ArchivedQuery.fingerprint)."""
+    query_id: _builtins.str
+    """A query id whose stored outcome to return too (a retry's first answer), read in the same
+    transaction, so the gateway's look back before a charge is one call.
+    """
     def __init__(
         self,
         *,
         user: _builtins.str = ...,
         fingerprint: _builtins.str = ...,
+        query_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fingerprint", b"fingerprint", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fingerprint", b"fingerprint", "query_id", b"query_id", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -954,21 +960,27 @@ class FindReleasedQueryResponse(_message.Message):
 
     FOUND_FIELD_NUMBER: _builtins.int
     QUERY_FIELD_NUMBER: _builtins.int
+    STORED_FIELD_NUMBER: _builtins.int
     found: _builtins.bool
     """Whether a release was found."""
     @_builtins.property
     def query(self) -> _archive_pb2.ArchivedQuery:
         """The latest successful archived query with that fingerprint."""
 
+    @_builtins.property
+    def stored(self) -> _archive_pb2.ArchivedQuery:
+        """The stored outcome of the request's query_id, success or failure, if there is one."""
+
     def __init__(
         self,
         *,
         found: _builtins.bool = ...,
         query: _archive_pb2.ArchivedQuery | None = ...,
+        stored: _archive_pb2.ArchivedQuery | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["query", b"query", "stored", b"stored"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["found", b"found", "query", b"query"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["found", b"found", "query", b"query", "stored", b"stored"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -270,7 +270,8 @@ class AdminStoreServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def FindReleasedQuery(self, request, context):
-        """Finds the caller's latest successful release with a fingerprint (for free replays).
+        """Finds the caller's latest successful release with a fingerprint (for free replays), and the
+        stored outcome of a query id when one is given (a retry's first answer): the look back.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -78,7 +78,9 @@ class AdminStoreServiceStub:
     and one dataset.
     """
     FindReleasedQuery: _grpc.UnaryUnaryMultiCallable[_admin_store_pb2.FindReleasedQueryRequest, _admin_store_pb2.FindReleasedQueryResponse]
-    """Finds the caller's latest successful release with a fingerprint (for free replays)."""
+    """Finds the caller's latest successful release with a fingerprint (for free replays), and the
+    stored outcome of a query id when one is given (a retry's first answer): the look back.
+    """
     RecordAuditEvent: _grpc.UnaryUnaryMultiCallable[_admin_store_pb2.RecordAuditEventRequest, _admin_store_pb2.RecordAuditEventResponse]
     """Appends an event to the audit trail of admin actions and query calls."""
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_admin_store_pb2.ListAuditEventsRequest, _admin_store_pb2.ListAuditEventsResponse]
@@ -134,7 +136,9 @@ class AdminStoreServiceAsyncStub(AdminStoreServiceStub):
     and one dataset.
     """
     FindReleasedQuery: _aio.UnaryUnaryMultiCallable[_admin_store_pb2.FindReleasedQueryRequest, _admin_store_pb2.FindReleasedQueryResponse]  # type: ignore[assignment]
-    """Finds the caller's latest successful release with a fingerprint (for free replays)."""
+    """Finds the caller's latest successful release with a fingerprint (for free replays), and the
+    stored outcome of a query id when one is given (a retry's first answer): the look back.
+    """
     RecordAuditEvent: _aio.UnaryUnaryMultiCallable[_admin_store_pb2.RecordAuditEventRequest, _admin_store_pb2.RecordAuditEventResponse]  # type: ignore[assignment]
     """Appends an event to the audit trail of admin actions and query calls."""
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_admin_store_pb2.ListAuditEventsRequest, _admin_store_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
@@ -295,7 +299,9 @@ class AdminStoreServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_store_pb2.FindReleasedQueryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_store_pb2.FindReleasedQueryResponse, _abc.Awaitable[_admin_store_pb2.FindReleasedQueryResponse]]:
-        """Finds the caller's latest successful release with a fingerprint (for free replays)."""
+        """Finds the caller's latest successful release with a fingerprint (for free replays), and the
+        stored outcome of a query id when one is given (a retry's first answer): the look back.
+        """
 
     @_abc_1.abstractmethod
     def RecordAuditEvent(
