@@ -11,8 +11,9 @@ Single flight: identical queries (one fingerprint) sent at the same moment would
 earlier release and each be charged for its own draw of noise. The first takes a flight key
 (SET NX, holding its query id) and runs; the others wait for it to land and then find its release,
 a free replay. A flight that lands without a release (refused, failed) lets the next one take off.
-The key expires on its own, so a gateway that dies mid-flight holds nobody up for longer than a
-query may take.
+After a release the key is marked `landed` for a minute, so an identical query whose look back ran
+just before the release was stored replays it instead of taking off again. The key expires on its
+own, so a gateway that dies mid-flight holds nobody up for longer than a query may take.
 """
 
 from __future__ import annotations
@@ -30,9 +31,19 @@ from lomas_gateway.completion import CompletionWaiter
 # Long enough for any retry of a query that has not finished; after that the archive answers.
 CLAIM_SECONDS = 7 * 24 * 3600
 
-# Deletes a flight key only while it still names the landing query (not a later flight's).
+# What a flight key holds after a flight that released: identical queries arriving later find the
+# release (their look back may have run just before it was stored), and nobody takes off again.
+LANDED = "landed"
+# How long that mark stays: far longer than the moment between a query's look back and its
+# take-off; after it, the archive alone answers.
+LANDED_MARK_SECONDS = 60
+# Ends the flight only while the key still names the landing query (not a later flight's): marks it
+# landed after a release (ARGV[2] = "1"), deletes it otherwise so the next query may take off.
 _LAND_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
+  if ARGV[2] == '1' then
+    return redis.call('SET', KEYS[1], 'landed', 'EX', ARGV[3])
+  end
   return redis.call('DEL', KEYS[1])
 end
 return 0
@@ -106,7 +117,8 @@ class QueryFlights:
         return f"flight-{fingerprint}"
 
     async def take_off(self, fingerprint: str, query_id: str) -> str | None:
-        """None when `query_id` now leads the flight of `fingerprint`; else the leader's query id."""
+        """None when `query_id` now leads the flight of `fingerprint`; else the leader's query id,
+        or `LANDED` when an identical query released a moment ago (look back again)."""
         key = self._key(fingerprint)
         with redis_unavailable_as_backend_error("query store"):
             while True:
@@ -116,16 +128,20 @@ class QueryFlights:
                 if leader is not None:  # else it landed in between: try again
                     return None if leader == query_id else leader
 
-    async def land(self, fingerprint: str, query_id: str) -> None:
-        """End the flight `query_id` leads and wake its followers (best effort: the key expires)."""
+    async def land(self, fingerprint: str, query_id: str, *, released: bool) -> None:
+        """End the flight `query_id` leads (marked `LANDED` when it released) and wake its
+        followers (best effort: the key expires)."""
         key = self._key(fingerprint)
         channel = self._settings.done_channel(self._landing_name(fingerprint))
+        mark = "1" if released else "0"
         with contextlib.suppress(redis_errors.RedisError):
-            await self._redis.eval(_LAND_SCRIPT, 1, key, query_id)
+            await self._redis.eval(_LAND_SCRIPT, 1, key, query_id, mark, LANDED_MARK_SECONDS)
             await self._redis.publish(channel, b"")
 
     async def wait_for_landing(self, fingerprint: str, leader: str, timeout: float) -> bool:
         """Wait until the flight `leader` leads has landed; False on timeout."""
+        if leader == LANDED:
+            return True
         key = self._key(fingerprint)
 
         async def landed() -> bool:

@@ -68,7 +68,7 @@ from lomas_common.peers import AsyncPeer
 from lomas_common.privacy import format_decimal
 from lomas_common.queue import EXECUTE_QUERY_TASK
 from lomas_common.rpc_errors import RemoteError
-from lomas_gateway.claims import QueryFlights, RequestClaims, request_id_reused
+from lomas_gateway.claims import LANDED, QueryFlights, RequestClaims, request_id_reused
 from lomas_gateway.completion import Completion, CompletionWaiter
 from lomas_gateway.lost_tasks import LostTaskFinder
 from lomas_gateway.pricing import Pricer, query_fingerprint
@@ -265,11 +265,14 @@ class QueryLifecycle:
             earlier = await self._follow_identical(task)
         if earlier is not None:
             return earlier
+        released = False
         try:
-            return await self._charge_and_run(task, priority)
+            outcome = await self._charge_and_run(task, priority)
+            released = True
+            return outcome
         finally:
             if not fresh:
-                await self._flights.land(task.fingerprint, task.query_id)
+                await self._flights.land(task.fingerprint, task.query_id, released=released)
 
     async def _follow_identical(self, task: task_pb2.ExecuteQueryTask) -> QueryOutcome | None:
         """Single flight: lead the identical queries in flight (None: run it), or wait for the one
@@ -289,12 +292,10 @@ class QueryLifecycle:
             earlier = await self._earlier_answer(task, retry=False, fresh=False)
             if earlier is not None:
                 return earlier
-        # We lead. An identical query may have landed between our look back and our take-off (its
-        # release stored, its flight key gone): look once more, or it would be charged twice.
-        earlier = await self._earlier_answer(task, retry=False, fresh=False)
-        if earlier is not None:
-            await self._flights.land(task.fingerprint, task.query_id)
-        return earlier
+            if leader == LANDED:
+                # Marked released, yet no release in the archive (it cannot be read, say): run.
+                return None
+        return None
 
     async def _charge_and_run(self, task: task_pb2.ExecuteQueryTask, priority: int) -> QueryOutcome:
         """Steps 2 to 5: reserve, dispatch, await and read the outcome."""

@@ -10,10 +10,11 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 import redis
+import redis.asyncio
 
 from lomas_common.errors import BackendUnavailable
 from lomas_common.queue import QueueSettings
-from lomas_gateway.claims import QueryFlights
+from lomas_gateway.claims import LANDED, QueryFlights
 from lomas_gateway.completion import CompletionWaiter
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -73,7 +74,7 @@ def test_a_landing_wakes_followers_on_other_replicas_at_once(settings: QueueSett
         assert not follower.done()
         loop = asyncio.get_running_loop()
         landed_at = loop.time()
-        await one.land("fp", "q1")
+        await one.land("fp", "q1", released=False)
         assert await asyncio.wait_for(follower, 1.5) is True
         assert loop.time() - landed_at < 1.5  # the announcement, not the 2 s poll
         assert await other.take_off("fp", "q2") is None  # the next flight may take off
@@ -85,7 +86,7 @@ def test_a_follower_that_arrives_after_the_landing_does_not_wait(settings: Queue
     async def scenario(replicas: Replicas) -> None:
         one, other = replicas
         assert await one.take_off("fp", "q1") is None
-        await one.land("fp", "q1")
+        await one.land("fp", "q1", released=False)
         assert await asyncio.wait_for(other.wait_for_landing("fp", "q1", timeout=30), 1.0)
 
     with_replicas(settings, scenario)
@@ -95,7 +96,9 @@ def test_landing_someone_elses_flight_changes_nothing(settings: QueueSettings) -
     async def scenario(replicas: Replicas) -> None:
         one, other = replicas
         assert await one.take_off("fp", "q1") is None
-        await other.land("fp", "q2")  # a stale leader (its key expired, another took off)
+        await other.land(
+            "fp", "q2", released=True
+        )  # a stale leader (its key expired, another took off)
         assert await other.take_off("fp", "q2") == "q1"
         assert await other.wait_for_landing("fp", "q1", timeout=0.3) is False  # timed out
 
@@ -131,3 +134,32 @@ def test_redis_down_is_backend_unavailable_naming_redis() -> None:
             await waiter.close()
 
     asyncio.run(scenario())
+
+
+def test_a_flight_that_released_leaves_a_mark_so_late_identical_queries_replay(
+    settings: QueueSettings,
+) -> None:
+    async def scenario(replicas: Replicas) -> None:
+        one, other = replicas
+        assert await one.take_off("fp", "q1") is None
+        await one.land("fp", "q1", released=True)
+        # A query whose look back ran before the release was stored must not take off again.
+        assert await other.take_off("fp", "q2") == LANDED
+        assert await other.wait_for_landing("fp", LANDED, timeout=0.1) is True
+
+    with_replicas(settings, scenario)
+
+
+def test_the_landed_mark_expires(settings: QueueSettings) -> None:
+    async def scenario(replicas: Replicas) -> None:
+        one, _ = replicas
+        assert await one.take_off("fp", "q1") is None
+        await one.land("fp", "q1", released=True)
+        client = redis.asyncio.Redis.from_url(REDIS_URL)
+        try:
+            ttl = await client.ttl(f"{settings.prefix}:flight:fp")
+        finally:
+            await client.aclose()
+        assert 0 < ttl <= 60
+
+    with_replicas(settings, scenario)
