@@ -26,12 +26,14 @@ from typing import Any
 import opendp.prelude as dp
 import pandas as pd
 import polars as pl
-from opendp.extras.polars import DPExpr, Margin, dp_len
+from opendp.extras.polars import Margin
+
+from lomas_testing import opendp_pipelines as pipelines
 
 dp.enable_features("contrib")
 
 WARM_UP_RUNS = 3
-SPECIES = ["Adelie", "Chinstrap", "Gentoo"]
+SPECIES = pipelines.SPECIES
 
 
 def count_sql(label: str) -> str:
@@ -40,41 +42,14 @@ def count_sql(label: str) -> str:
 
 
 def mean_bill(columns: list[str], variant: int = 0) -> dp.Measurement:
-    """The Lomas "legacy" form (the measurement reads the dataset as CSV text): a mean bill length.
-    Each `variant` imputes a slightly different constant, so its JSON differs and its cost does not."""
-    impute = 40.0 + variant / 1000
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pipeline = (
-            dp.t.make_split_dataframe(",", columns)
-            >> dp.t.make_select_column("bill_length_mm", str)
-            >> dp.t.then_cast_default(float)
-            >> dp.t.then_impute_constant(impute)
-            >> dp.t.then_clamp((30.0, 65.0))
-            >> dp.t.then_resize(344, impute)
-            >> dp.t.then_mean()
-        )
-    measurement: dp.Measurement = pipeline >> dp.m.then_laplace(0.5)
-    return measurement
+    """The CSV-text measurement; each `variant` imputes a slightly different constant, so its JSON
+    differs and its cost does not."""
+    return pipelines.mean_bill(columns, impute=40.0 + variant / 1000)
 
 
 def species_plan(variant: int = 0) -> pl.LazyFrame:
-    """An OpenDP Polars query: count and mean bill length per species, every declared species
-    released (a public key set joined in). Each `variant` fills nulls with a slightly different
-    constant, so its plan differs and its cost does not."""
-    grouped = (
-        pl.LazyFrame(schema={"species": pl.String, "bill_length_mm": pl.Float64})
-        .group_by("species")
-        .agg(
-            dp_len(scale=2.0),
-            # `DPExpr(e).mean` is `e.dp.mean`: OpenDP registers the `dp` namespace at run time.
-            DPExpr(pl.col("bill_length_mm").fill_null(40.0 + variant / 1000)).mean(
-                (30.0, 65.0), scale=65.0
-            ),
-        )
-    )
-    keys = pl.LazyFrame({"species": SPECIES})
-    return keys.join(grouped, on="species", how="left", nulls_equal=True)
+    """The Polars plan; each `variant` fills nulls with a slightly different constant."""
+    return pipelines.species_plan(fill=40.0 + variant / 1000)
 
 
 def species_domain(rows: int) -> dp.Domain:

@@ -9,7 +9,6 @@ Parquet.
 from __future__ import annotations
 
 import uuid
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -17,9 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import opendp.prelude as dp
-import polars as pl
 import yaml
-from opendp.extras.polars import DPExpr, dp_len
 
 from lomas.client import Client, LomasError
 from lomas.client.admin import AdminClient, approx_dp, local_source, s3_source, url_source
@@ -125,38 +122,3 @@ def assert_refused(error: LomasError, code: str, reason: str, *fragments: str) -
     assert (error.code, error.reason) == (code, reason), error
     for fragment in fragments:
         assert fragment in error.message, error.message
-
-
-def mean_bill(columns: list[str], noise: str = "laplace") -> dp.Measurement:
-    """The Lomas "legacy" form: the measurement reads the dataset as CSV text."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pipeline = (
-            dp.t.make_split_dataframe(",", columns)
-            >> dp.t.make_select_column("bill_length_mm", str)
-            >> dp.t.then_cast_default(float)
-            >> dp.t.then_impute_constant(40.0)
-            >> dp.t.then_clamp((30.0, 65.0))
-            >> dp.t.then_resize(344, 40.0)
-            >> dp.t.then_mean()
-        )
-    measurement: dp.Measurement = pipeline >> (
-        dp.m.then_laplace(0.5) if noise == "laplace" else dp.m.then_gaussian(0.5)
-    )
-    return measurement
-
-
-def species_plan() -> pl.LazyFrame:
-    """An OpenDP Polars query: count and mean bill length per species, every declared species
-    released (the public key set joined in, as OpenDP's `with_keys` does)."""
-    grouped = (
-        pl.LazyFrame(schema={"species": pl.String, "bill_length_mm": pl.Float64})
-        .group_by("species")
-        .agg(
-            dp_len(scale=2.0),
-            # `DPExpr(e).mean` is `e.dp.mean`: OpenDP registers the `dp` namespace at run time.
-            DPExpr(pl.col("bill_length_mm").fill_null(40.0)).mean((30.0, 65.0), scale=65.0),
-        )
-    )
-    keys = pl.LazyFrame({"species": ["Adelie", "Chinstrap", "Gentoo"]})
-    return keys.join(grouped, on="species", how="left", nulls_equal=True)

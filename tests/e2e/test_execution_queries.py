@@ -26,8 +26,6 @@ from execution_testing import (
     assert_refused,
     budget_state,
     ledger_kinds,
-    mean_bill,
-    species_plan,
     start_platform,
 )
 from opendp.extras.polars import Margin, dp_len
@@ -37,6 +35,7 @@ from lomas.client import LomasError
 from lomas.client.admin import local_source, rho_zcdp, s3_source
 from lomas_embedded import demo
 from lomas_executor.demo import make_penguin_like
+from lomas_testing.opendp_pipelines import mean_bill, species_plan
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,6 @@ from execution_testing import (
     assert_refused,
     budget_state,
     ledger_kinds,
-    mean_bill,
     start_platform,
 )
 from opendp.extras.polars import DPExpr, dp_len
@@ -33,6 +32,7 @@ from lomas.client import LomasError
 from lomas.client.admin import local_source, url_source
 from lomas.common.v1 import query_pb2
 from lomas_embedded import demo
+from lomas_testing.opendp_pipelines import mean_bill
 
 
 @pytest.fixture(scope="module")

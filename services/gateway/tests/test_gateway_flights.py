@@ -5,7 +5,6 @@ Two flight objects stand for two gateway replicas: they share nothing but Redis.
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
@@ -16,21 +15,15 @@ from lomas_common.errors import BackendUnavailable
 from lomas_common.queue import QueueSettings
 from lomas_gateway.claims import LANDED, QueryFlights
 from lomas_gateway.completion import CompletionWaiter
+from lomas_testing.redis_keys import scratch_queue_settings
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 @pytest.fixture
 def settings() -> Iterator[QueueSettings]:
-    settings = QueueSettings(broker_url=REDIS_URL, prefix=f"flight-test-{secrets.token_hex(4)}")
-    yield settings
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = list(client.scan_iter(match=f"{settings.prefix}:*"))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    with scratch_queue_settings("flight-test") as settings:
+        yield settings
 
 
 Replicas = tuple[QueryFlights, QueryFlights]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 from collections.abc import Iterator
 
 import pytest
@@ -17,21 +16,15 @@ import redis
 
 from lomas_common.queue import EXECUTE_QUERY_TASK, QueueSettings, make_celery_app
 from lomas_gateway.lost_tasks import MAX_RESENDS, LostTaskFinder
+from lomas_testing.redis_keys import scratch_queue_settings
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 @pytest.fixture
 def settings() -> Iterator[QueueSettings]:
-    settings = QueueSettings(broker_url=REDIS_URL, prefix=f"lost-test-{secrets.token_hex(4)}")
-    yield settings
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = list(client.scan_iter(match=f"{settings.prefix}:*"))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    with scratch_queue_settings("lost-test") as settings:
+        yield settings
 
 
 def send(settings: QueueSettings, query_id: str, priority: int | None = None) -> None:
