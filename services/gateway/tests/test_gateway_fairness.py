@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import secrets
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
 
 import pytest
-import redis
 from kombu import Message, Queue
 
 from lomas.executor.v1 import task_pb2
@@ -23,21 +21,15 @@ from lomas_common.errors import LomasError
 from lomas_common.queue import MAX_TASK_PRIORITY, QueueSettings, make_celery_app, task_priority
 from lomas_gateway.lifecycle import send_query_task
 from lomas_gateway.limits import LimitSettings, UserLimits
+from lomas_testing.redis_keys import scratch_queue_settings
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 @pytest.fixture
 def settings() -> Iterator[QueueSettings]:
-    settings = QueueSettings(broker_url=REDIS_URL, prefix=f"fair-test-{secrets.token_hex(4)}")
-    yield settings
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = list(client.scan_iter(match=f"{settings.prefix}*"))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    with scratch_queue_settings("fair-test") as settings:
+        yield settings
 
 
 def limits(settings: QueueSettings, **overrides: int) -> UserLimits:

@@ -16,14 +16,15 @@ SYSTEM_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 @contextmanager
 def scratch_queue_settings(name: str, url: str = SYSTEM_REDIS_URL) -> Iterator[QueueSettings]:
-    """Settings whose prefix is `name` and a random suffix; every key under it is deleted on exit."""
+    """Settings whose prefix is `name` and a random suffix; every key it starts is deleted on exit
+    (queue names as well as `prefix:` keys)."""
     settings = QueueSettings(broker_url=url, prefix=f"{name}-{secrets.token_hex(4)}")
     try:
         yield settings
     finally:
         client = redis.Redis.from_url(url)
         try:
-            keys = list(client.scan_iter(match=f"{settings.prefix}:*"))
+            keys = list(client.scan_iter(match=f"{settings.prefix}*"))
             if keys:
                 client.delete(*keys)
         finally:
