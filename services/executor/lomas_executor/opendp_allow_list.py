@@ -21,6 +21,7 @@ from opendp.mod import OpenDPException
 from lomas_common.errors import InvalidQuery
 from lomas_executor import opendp_model as model
 from lomas_executor.metadata import DatasetMetadata
+from lomas_executor.opendp_json import deserialize_shared
 from lomas_executor.opendp_model import InputDomainMismatch, PipelineRefused, QueryLimitExceeded
 from lomas_executor.settings import QueryLimits
 
@@ -308,7 +309,7 @@ def measurement_from_json(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            measurement = dp.deserialize(text)
+            measurement = deserialize_shared(text)
     except (OpenDPException, TypeError, ValueError, KeyError, AttributeError) as exc:
         raise InvalidQuery(
             f"OpenDP could not rebuild the measurement: {model.clean_message(exc)}"
