@@ -13,8 +13,9 @@ or minutes. The executor service hands each call to a child of `FreeCallPool`:
 * `workers` calls run at once; up to `queue` more wait for a child; beyond that a call is refused
   at once with RESOURCE_EXHAUSTED, FREE_CALLS_BUSY and a retry delay;
 * `spares` children stay started beyond the running ones, so a replacement's imports (about 2 s)
-  are rarely on a caller's path; a child is also replaced after `max_calls_per_child` calls or when
-  it keeps more than half its memory limit resident after a call.
+  are rarely on a caller's path; a child is also replaced after `max_calls_per_child` calls (each
+  child after its own number between half that and that, so children that started together are not
+  replaced together) or when it keeps more than half its memory limit resident after a call.
 
 Children are started with `spawn` (Polars and OpenDP are not fork-safe once their thread pools
 run), all from one keeper thread, and die with the server: PR_SET_PDEATHSIG, which Linux ties to
@@ -39,6 +40,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import queue
+import random
 import resource
 import signal
 import struct
@@ -219,6 +221,10 @@ def _time_exceeded() -> FreeCallLimitExceeded:
 class _Child:
     process: Any  # multiprocessing's SpawnProcess
     conn: Connection
+    # Retired after this many calls: each child draws its own, between half the setting and the
+    # setting, so children that started together are not all replaced at once (a replacement
+    # imports the engines for about 2 CPU-seconds, and calls wait for it).
+    retire_after: int
     calls: int = 0
 
     @property
@@ -340,7 +346,8 @@ class FreeCallPool:
                 os.environ.pop(_ARROW_POOL, None)
             else:
                 os.environ[_ARROW_POOL] = previous
-        child = _Child(process, parent)
+        most = self.settings.max_calls_per_child
+        child = _Child(process, parent, retire_after=random.randint(max(1, most // 2), most))
         with self._cond:
             if self._closed:
                 self._kill(child)
@@ -481,7 +488,7 @@ class FreeCallPool:
         """Back to the idle children, unless it is worn: too many calls or too much memory kept."""
         worn = (
             retire
-            or child.calls >= self.settings.max_calls_per_child
+            or child.calls >= child.retire_after
             or _resident_bytes(child.pid)
             > RETIRE_RESIDENT_SHARE * self.settings.memory_mb * 1024 * 1024
             > 0

@@ -352,3 +352,19 @@ def test_free_call_children_run_at_a_lower_cpu_priority() -> None:
         assert os.getpriority(os.PRIO_PROCESS, child) == os.getpriority(os.PRIO_PROCESS, 0) + 7
     finally:
         pool.close()
+
+
+def test_children_are_retired_after_their_own_number_of_calls() -> None:
+    """Each child is replaced after between half `max_calls_per_child` and all of it, so children
+    that started together are not replaced together."""
+    pool = FreeCallPool(FreeCallSettings(workers=1, spares=1, max_calls_per_child=6)).start()
+    try:
+        request = dummy_sql(5, "SELECT COUNT(*) AS n FROM df").SerializeToString()
+        for _ in range(14):
+            executor_pb2.RunDummyQueryResponse.FromString(pool.call("RunDummyQuery", request))
+        assert pool.counters.retired >= 2  # 14 calls, at most 6 per child
+        assert pool.counters.killed == 0
+        draws = {child.retire_after for child in pool._all}
+        assert all(3 <= draw <= 6 for draw in draws)
+    finally:
+        pool.close()
