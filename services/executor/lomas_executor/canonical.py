@@ -9,6 +9,8 @@ run them alike:
   are printed as the parser reads them, which is what runs.
 - Privacy parameters are exact decimals: 0.7, 0.70 and 7e-1 are one value.
 - OpenDP JSON is compared with its keys sorted and without white space.
+
+`convert.canonical_query` puts these together on the wire form of a query.
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ from typing import Any
 
 from snsql._ast.expression import NestedExpression
 from snsql._ast.expressions.logical import NestedBoolean
-
-from lomas.common.v1 import query_pb2
 
 _NESTED = (NestedExpression, NestedBoolean)
 
@@ -86,29 +86,3 @@ def canonical_json(text: str) -> str:
         return json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"))
     except ValueError:
         return text
-
-
-def canonical_query(query: query_pb2.Query, sql: str | None = None) -> query_pb2.Query:
-    """The canonical form of `query`; `sql` is its canonical SQL text (see `canonical_sql`) when
-    it is a SmartNoise-SQL query."""
-    canonical = query_pb2.Query()
-    canonical.CopyFrom(query)
-    kind = query.WhichOneof("kind")
-    if kind == "smartnoise_sql":
-        snql = canonical.smartnoise_sql
-        if sql is not None:
-            snql.sql = sql
-        snql.epsilon = canonical_decimal(snql.epsilon)
-        snql.delta = canonical_decimal(snql.delta)
-        if not snql.HasField("postprocess"):
-            snql.postprocess = True  # absent means true
-    elif kind == "opendp":
-        opendp = canonical.opendp
-        opendp.fixed_delta = canonical_decimal(opendp.fixed_delta) if opendp.fixed_delta else ""
-        if opendp.WhichOneof("pipeline") == "measurement_json":
-            opendp.measurement_json = canonical_json(opendp.measurement_json)
-        elif opendp.WhichOneof("pipeline") == "polars":
-            opendp.polars.plan_json = canonical_json(opendp.polars.plan_json)
-            if opendp.polars.global_scale:
-                opendp.polars.global_scale = canonical_decimal(opendp.polars.global_scale)
-    return canonical

@@ -8,6 +8,7 @@ from lomas.common.v1 import dataset_pb2, query_pb2
 from lomas_common.convert import metadata_from_json
 from lomas_common.errors import InvalidArgument, InvalidQuery
 from lomas_common.privacy import PrivacyValueError, parse_decimal
+from lomas_executor.canonical import canonical_decimal, canonical_json
 from lomas_executor.engine import DatasetRef, Query
 from lomas_executor.metadata import DatasetMetadata
 from lomas_executor.opendp_model import Mechanism, OpenDpMeasurementQuery, OpenDpPolarsQuery
@@ -124,3 +125,29 @@ def _opendp_from_proto(
             fixed_delta=fixed_delta,
         )
     raise InvalidQuery("an OpenDP query needs a measurement or a Polars plan")
+
+
+def canonical_query(query: query_pb2.Query, sql: str | None = None) -> query_pb2.Query:
+    """The canonical form of `query`; `sql` is its canonical SQL text (see `canonical_sql`) when
+    it is a SmartNoise-SQL query."""
+    canonical = query_pb2.Query()
+    canonical.CopyFrom(query)
+    kind = query.WhichOneof("kind")
+    if kind == "smartnoise_sql":
+        snql = canonical.smartnoise_sql
+        if sql is not None:
+            snql.sql = sql
+        snql.epsilon = canonical_decimal(snql.epsilon)
+        snql.delta = canonical_decimal(snql.delta)
+        if not snql.HasField("postprocess"):
+            snql.postprocess = True  # absent means true
+    elif kind == "opendp":
+        opendp = canonical.opendp
+        opendp.fixed_delta = canonical_decimal(opendp.fixed_delta) if opendp.fixed_delta else ""
+        if opendp.WhichOneof("pipeline") == "measurement_json":
+            opendp.measurement_json = canonical_json(opendp.measurement_json)
+        elif opendp.WhichOneof("pipeline") == "polars":
+            opendp.polars.plan_json = canonical_json(opendp.polars.plan_json)
+            if opendp.polars.global_scale:
+                opendp.polars.global_scale = canonical_decimal(opendp.polars.global_scale)
+    return canonical

@@ -19,7 +19,6 @@ from lomas_common.privacy import PrivacyLoss
 from lomas_executor import convert
 from lomas_executor.arrow_ipc import frame_to_ipc
 from lomas_executor.cache import DatasetCache
-from lomas_executor.canonical import canonical_query
 from lomas_executor.engine import DatasetRef, Query, QueryEngine
 from lomas_executor.settings import QueryLimits
 
@@ -45,7 +44,8 @@ class FreeCalls:
         dataset, query, cost = self._costed_query(request)
         sql = self._engine.canonical_sql(query, dataset)  # worked out with the cost: no new parse
         return executor_pb2.EstimateCostResponse(
-            cost=privacy_loss_to_proto(cost), canonical_query=canonical_query(request.query, sql)
+            cost=privacy_loss_to_proto(cost),
+            canonical_query=convert.canonical_query(request.query, sql),
         )
 
     def get_dummy_dataset(

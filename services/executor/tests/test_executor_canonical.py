@@ -9,7 +9,8 @@ import pytest
 from lomas.common.v1 import query_pb2
 from lomas_common.errors import InvalidQuery
 from lomas_executor import smartnoise_sql as sn
-from lomas_executor.canonical import canonical_decimal, canonical_json, canonical_query
+from lomas_executor.canonical import canonical_decimal, canonical_json
+from lomas_executor.convert import canonical_query
 from lomas_executor.metadata import DatasetMetadata
 from lomas_executor.smartnoise_sql import SmartnoiseSqlQuery
 
