@@ -8,10 +8,10 @@ back, and the event loop and the workers would contend for the GIL. Measured on 
 
 Each call gets the same edges as on the asyncio server (`lomas_common.server`): the request id, the
 mesh service token, the one error model (a `LomasError` becomes its status and `ErrorInfo`; anything
-else becomes INTERNAL), health checking, reflection, message-size limits, OpenTelemetry when an
-exporter is configured, and a graceful drain on SIGTERM/SIGINT. Health is NOT_SERVING until the
-server has started and from the start of its shutdown; a request that does not decode gets
-INVALID_ARGUMENT with reason REQUEST_UNDECODABLE (see `lomas_common.server`).
+else becomes INTERNAL), health checking, reflection (v1 and v1alpha), message-size limits,
+OpenTelemetry when an exporter is configured, and a graceful drain on SIGTERM/SIGINT. Health is
+NOT_SERVING until the server has started and from the start of its shutdown; a request that does
+not decode gets INVALID_ARGUMENT with reason REQUEST_UNDECODABLE (see `lomas_common.server`).
 
     server = start_blocking_server(settings.server, [Service(add_..., servicer, "lomas...")])
     serve_blocking_until_signalled(server, on_stop=[db.close])

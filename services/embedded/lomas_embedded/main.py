@@ -1,5 +1,8 @@
 """`lomas-mesh run`: the embedded default. Every service, one Celery worker and a private Redis on this
-machine, SQLite stores in a data directory, a development issuer, and demo content. Ctrl-C stops it."""
+machine, SQLite stores in a data directory, a development issuer, and demo content. Ctrl-C stops it.
+
+`lomas-mesh token USER`: a token for USER signed by the development issuer of a data directory, for
+users an administrator adds (`lomas-admin users add`)."""
 
 from __future__ import annotations
 
@@ -7,11 +10,13 @@ import argparse
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 
 from lomas_embedded import demo
+from lomas_embedded.devkeys import DevIssuer
 from lomas_embedded.local import local_mesh
 
 EXAMPLE = """\
@@ -87,15 +92,62 @@ def run(data_dir: Path, port: int) -> None:
     print("Stopped.", flush=True)
 
 
+ISSUE_TOKENS_HELP = """\
+Print a token for USER, signed by the development issuer of the data directory (the first
+`lomas-mesh run` makes it). The token only says who its bearer is: whether USER exists, may query
+or is an admin, the admin store decides at every call (`lomas-admin users add USER [--admin]`,
+`lomas-admin grants add USER DATASET ...`). So the platform need not be running, a token may be made
+before its user is added, and the platform refuses a user it does not know."""
+
+
+def token(user: str, data_dir: Path, ttl_days: float) -> int:
+    """Print a token for `user` (see ISSUE_TOKENS_HELP); exit status 1 when `data_dir` has no issuer yet."""
+    issuer_dir = data_dir / "issuer"  # where `local_mesh` keeps it
+    if not (issuer_dir / "dev-issuer-key.pem").exists():
+        print(
+            f"lomas-mesh: {data_dir} has no development issuer yet: start the platform once with "
+            f"`lomas-mesh run --data-dir {data_dir}`",
+            file=sys.stderr,
+        )
+        return 1
+    issuer = DevIssuer.load_or_create(issuer_dir)
+    print(issuer.token(user, ttl_seconds=round(ttl_days * 24 * 3600)))
+    return 0
+
+
+def positive_days(text: str) -> float:
+    days = float(text)
+    if not days > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError("must be a positive number of days")
+    return days
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="lomas-mesh", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", help="run the embedded default")
     run_parser.add_argument("--data-dir", type=Path, default=Path("data"))
     run_parser.add_argument("--port", type=int, default=50051)
+    token_parser = commands.add_parser(
+        "token",
+        help="print a token for a user (signed by the data directory's development issuer)",
+        description=ISSUE_TOKENS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    token_parser.add_argument("user", help="the user's name, as `lomas-admin users add` gave it")
+    token_parser.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="the one `lomas-mesh run` uses"
+    )
+    token_parser.add_argument(
+        "--ttl-days", type=positive_days, default=30.0, help="how long the token is valid"
+    )
     args = parser.parse_args()
+    if args.command == "token" and not args.user.strip():
+        token_parser.error("the user's name is empty")
     if args.command == "run":
         run(args.data_dir, args.port)
+    elif args.command == "token":
+        sys.exit(token(args.user, args.data_dir, args.ttl_days))
 
 
 if __name__ == "__main__":
