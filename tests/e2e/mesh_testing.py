@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.rpc import status_pb2
@@ -19,9 +20,9 @@ class RunningMesh(LocalMesh):
     mode: str = ""
 
 
-def start_mode(mode: str, data_dir: Path) -> Iterator[RunningMesh]:
-    """A mesh in one of the two modes, its demo content seeded."""
-    with mode_mesh(mode, data_dir) as running:
+def start_mode(mode: str, data_dir: Path, **config: Any) -> Iterator[RunningMesh]:
+    """A mesh in one of the two modes, its demo content seeded (`config`: see `local_mesh`)."""
+    with mode_mesh(mode, data_dir, **config) as running:
         platform = RunningMesh(**vars(running))
         platform.mode = mode
         yield platform

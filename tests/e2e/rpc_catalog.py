@@ -36,13 +36,22 @@ class Rpc:
     ) -> tuple[grpc.StatusCode, str]:
         """The status code and ErrorInfo reason of one call ("" when there is none)."""
         response_class = message_factory.GetMessageClass(self.method.output_type)
-        stub: grpc.UnaryUnaryMultiCallable[Any, Message] = channel.unary_unary(
-            self.path,
-            request_serializer=lambda m: m.SerializeToString(),
-            response_deserializer=response_class.FromString,
-        )
         try:
-            stub(request, metadata=metadata, timeout=30)
+            if self.method.server_streaming:
+                stream: grpc.UnaryStreamMultiCallable[Any, Message] = channel.unary_stream(
+                    self.path,
+                    request_serializer=lambda m: m.SerializeToString(),
+                    response_deserializer=response_class.FromString,
+                )
+                for _ in stream(request, metadata=metadata, timeout=30):
+                    pass
+            else:
+                stub: grpc.UnaryUnaryMultiCallable[Any, Message] = channel.unary_unary(
+                    self.path,
+                    request_serializer=lambda m: m.SerializeToString(),
+                    response_deserializer=response_class.FromString,
+                )
+                stub(request, metadata=metadata, timeout=30)
         except grpc.RpcError as error:
             return error.code(), reason_of(error)
         return grpc.StatusCode.OK, ""

@@ -139,6 +139,12 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
         user, ledgers = self._change_freeze(self._ledger.unfreeze_user, request)
         return pb.UnfreezeUserResponse(user=user, ledgers=ledgers)
 
+    def GetReservation(
+        self, request: pb.GetReservationRequest, context: Context
+    ) -> pb.GetReservationResponse:
+        reservation = self._ledger.get_reservation(request.query_id)
+        return pb.GetReservationResponse(reservation=reservation_to_proto(reservation))
+
     def GetUserState(
         self, request: pb.GetUserStateRequest, context: Context
     ) -> pb.GetUserStateResponse:

@@ -62,6 +62,7 @@ class Code(enum.Enum):
     UNAVAILABLE = enum.auto()
     DEADLINE_EXCEEDED = enum.auto()
     INTERNAL = enum.auto()
+    CANCELLED = enum.auto()
 
 
 def _check_reason(reason: str) -> str:
@@ -196,6 +197,10 @@ class BackendUnavailable(LomasError, code=Code.UNAVAILABLE, reason="BACKEND_UNAV
 
 class QueryTimeout(LomasError, code=Code.DEADLINE_EXCEEDED, reason="QUERY_TIMEOUT"):
     """A query ran past its time limit."""
+
+
+class QueryCancelled(LomasError, code=Code.CANCELLED, reason="QUERY_CANCELLED"):
+    """The caller cancelled a query before it touched the data: refunded, nothing released."""
 
 
 class ExecutionFailed(LomasError, code=Code.INTERNAL, reason="QUERY_EXECUTION_FAILED"):

@@ -1,8 +1,9 @@
 """The one server factory: production and test servers are built the same way.
 
 Every server gets: a request-id interceptor, an optional authentication interceptor, the error-mapping
-interceptor, gRPC health checking and reflection, explicit message-size limits, OpenTelemetry when an
-exporter is configured, and a graceful shutdown on SIGTERM/SIGINT.
+interceptor, gRPC health checking (a status per service name) and reflection (v1 and v1alpha,
+`lomas_common.reflection`), explicit message-size limits, OpenTelemetry when an exporter is
+configured, and a graceful shutdown on SIGTERM/SIGINT.
 
 Health tells the truth: every name (the server "" and each service) is NOT_SERVING until the server
 has started, and again from the moment it starts shutting down. A server with `dependencies` (the
@@ -24,17 +25,18 @@ import hmac
 import logging
 import signal
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
 
 import grpc
 from google.rpc import status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from lomas_common.errors import InvalidArgument, LomasError, PermissionDenied
+from lomas_common.reflection import add_reflection
 from lomas_common.rpc_errors import internal_status, to_status
 from lomas_common.settings import ServerSettings
 from lomas_common.telemetry import server_interceptors
@@ -50,6 +52,7 @@ RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
 # A servicer method as an asyncio server runs it.
 AsyncBehavior = Callable[[Any, "grpc.aio.ServicerContext[Any, Any]"], Awaitable[Any]]
+StreamBehavior = Callable[[Any, "grpc.aio.ServicerContext[Any, Any]"], AsyncIterator[Any]]
 
 
 class Authenticator(abc.ABC):
@@ -148,6 +151,48 @@ def with_tolerant_deserializer(
     return handler
 
 
+@asynccontextmanager
+async def _edge(
+    method: str,
+    request: Any,
+    context: grpc.aio.ServicerContext[Any, Any],
+    authenticator: Authenticator | None,
+    observer: Observer | None,
+) -> AsyncIterator[None]:
+    """What every call goes through, around its handler: the request id, authentication, the
+    error model (a LomasError becomes its status; anything else INTERNAL) and the observer."""
+    metadata = call_metadata(context)
+    set_request_id(metadata)
+    code, reason = "OK", ""
+    try:
+        if authenticator is not None:
+            await authenticator.authenticate(method, metadata)
+        if isinstance(request, UndecodableRequest):
+            raise undecodable_error(method)
+        yield
+    except LomasError as error:
+        code, reason = error.code.value, error.reason
+        log.info("%s refused: %s %s", method, code, reason)
+        await context.abort_with_status(rich_status(to_status(error)))
+    except asyncio.CancelledError:
+        code, reason = "CANCELLED", ""
+        raise
+    except Exception as error:
+        if isinstance(error, grpc.aio.AbortError):
+            raise
+        code, reason = "INTERNAL", "INTERNAL"
+        log.exception("%s failed (request %s)", method, request_id_var.get())
+        await context.abort_with_status(rich_status(internal_status()))
+    finally:
+        if observer is not None and not method.startswith("/grpc."):
+            if isinstance(request, UndecodableRequest):
+                request = request.empty
+            try:
+                await observer(CallOutcome(method, request, code, reason))
+            except Exception:
+                log.exception("observer failed for %s", method)
+
+
 def _wrap_unary(
     behavior: AsyncBehavior,
     method: str,
@@ -155,36 +200,24 @@ def _wrap_unary(
     observer: Observer | None,
 ) -> AsyncBehavior:
     async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        metadata = call_metadata(context)
-        set_request_id(metadata)
-        code, reason = "OK", ""
-        try:
-            if authenticator is not None:
-                await authenticator.authenticate(method, metadata)
-            if isinstance(request, UndecodableRequest):
-                raise undecodable_error(method)
+        async with _edge(method, request, context, authenticator, observer):
             return await behavior(request, context)
-        except LomasError as error:
-            code, reason = error.code.value, error.reason
-            log.info("%s refused: %s %s", method, code, reason)
-            await context.abort_with_status(rich_status(to_status(error)))
-        except asyncio.CancelledError:
-            code, reason = "CANCELLED", ""
-            raise
-        except Exception as error:
-            if isinstance(error, grpc.aio.AbortError):
-                raise
-            code, reason = "INTERNAL", "INTERNAL"
-            log.exception("%s failed (request %s)", method, request_id_var.get())
-            await context.abort_with_status(rich_status(internal_status()))
-        finally:
-            if observer is not None and not method.startswith("/grpc."):
-                if isinstance(request, UndecodableRequest):
-                    request = request.empty
-                try:
-                    await observer(CallOutcome(method, request, code, reason))
-                except Exception:
-                    log.exception("observer failed for %s", method)
+
+    return handler
+
+
+def _wrap_unary_stream(
+    behavior: StreamBehavior,
+    method: str,
+    authenticator: Authenticator | None,
+    observer: Observer | None,
+) -> StreamBehavior:
+    async def handler(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        async with _edge(method, request, context, authenticator, observer):
+            async for response in behavior(request, context):
+                yield response
 
     return handler
 
@@ -206,7 +239,8 @@ def rich_status(status: status_pb2.Status) -> grpc.Status:
 
 
 class _EdgeInterceptor(grpc.aio.ServerInterceptor):
-    """Request id, authentication and error mapping around every unary-unary handler."""
+    """Request id, authentication and error mapping around every unary handler, whether it answers
+    once or streams."""
 
     def __init__(self, authenticator: Authenticator | None, observer: Observer | None) -> None:
         self._authenticator = authenticator
@@ -220,17 +254,36 @@ class _EdgeInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[RequestT, ResponseT] | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
         method = handler_call_details.method
-        # On an asyncio server a unary behaviour is a coroutine function (grpc's stubs type the
-        # handler for the thread-pool server).
-        behavior = cast(AsyncBehavior, handler.unary_unary)
-        return grpc.unary_unary_rpc_method_handler(
-            _wrap_unary(behavior, method, self._authenticator, self._observer),
-            request_deserializer=tolerant_deserializer(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
-        )
+        deserializer = tolerant_deserializer(handler.request_deserializer)
+        # On an asyncio server a unary behaviour is a coroutine function and a server-streaming
+        # one an async generator function (grpc's stubs type them for the thread-pool server).
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(
+                    cast(AsyncBehavior, handler.unary_unary),
+                    method,
+                    self._authenticator,
+                    self._observer,
+                ),
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_unary_stream(
+                    cast(StreamBehavior, handler.unary_stream),
+                    method,
+                    self._authenticator,
+                    self._observer,
+                ),
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        # Client streams (reflection) authenticate no one: only public methods are streams.
+        return handler
 
 
 @dataclass
@@ -332,21 +385,15 @@ def add_health_and_reflection(
     health_servicer: health.HealthServicer | health.aio.HealthServicer,
     services: Sequence[Service],
 ) -> list[str]:
-    """Serve gRPC health checking and reflection beside `services`; returns their full names.
+    """Serve gRPC health checking and reflection (v1 and v1alpha) beside `services`; returns their
+    full names, the names health reports a status for.
 
     `server` is a `grpc.aio.Server`, a `grpc.Server`, or what stands in for one at registration
     (the blocking server's registrar). Health starts with the server's own name "" SERVING (gRPC's
     default): the caller sets every name NOT_SERVING until the server is ready."""
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [s.full_name for s in services]
-    reflection.enable_server_reflection(
-        [
-            *names,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        server,
-    )
+    add_reflection(server, [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
     return names
 
 

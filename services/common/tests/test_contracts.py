@@ -12,8 +12,18 @@ from google.protobuf.descriptor import Descriptor
 
 DOMAINS = ("admin", "budget", "common", "executor", "gateway")
 # Public mutating RPCs whose request carries its idempotency key under another name.
-KEYED_BY_QUERY_ID = {"lomas.gateway.v1.ExecuteQueryRequest"}
-READ_ONLY_PREFIXES = ("Get", "List", "Estimate", "Verify", "Find", "Authorize", "Validate", "Run")
+KEYED_BY_QUERY_ID = {"lomas.gateway.v1.ExecuteQueryRequest", "lomas.gateway.v1.CancelQueryRequest"}
+READ_ONLY_PREFIXES = (
+    "Get",
+    "List",
+    "Estimate",
+    "Verify",
+    "Find",
+    "Authorize",
+    "Validate",
+    "Run",
+    "Watch",
+)
 
 
 def _messages() -> list[Descriptor]:

@@ -8,6 +8,8 @@ maps the result to its response. Who may call what is checked before any handler
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from typing import Any, TypeAlias
 
 import grpc
@@ -16,6 +18,7 @@ from lomas.admin.v1 import admin_store_pb2
 from lomas.budget.v1 import budget_pb2
 from lomas.executor.v1 import executor_pb2
 from lomas.gateway.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
+from lomas_common.errors import InvalidArgument
 from lomas_common.queue import task_priority
 from lomas_gateway.administration import (
     CREATE_DATASET,
@@ -25,7 +28,8 @@ from lomas_gateway.administration import (
     Administration,
 )
 from lomas_gateway.auth import current_caller
-from lomas_gateway.lifecycle import Peers, QueryLifecycle
+from lomas_gateway.jobs import QueryJobs, release_response
+from lomas_gateway.lifecycle import Peers, QueryLifecycle, query_id_for
 from lomas_gateway.limits import UserLimits
 from lomas_gateway.relay import mirror, relay, relay_page
 
@@ -38,8 +42,11 @@ VERIFY_TIMEOUT_SECONDS = 600.0
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
-    def __init__(self, lifecycle: QueryLifecycle, peers: Peers, limits: UserLimits) -> None:
+    def __init__(
+        self, lifecycle: QueryLifecycle, jobs: QueryJobs, peers: Peers, limits: UserLimits
+    ) -> None:
         self._lifecycle = lifecycle
+        self._jobs = jobs
         self._peers = peers
         self._limits = limits
 
@@ -113,13 +120,51 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     fresh=request.fresh,
                     priority=task_priority(slot.already_in_flight),
                 )
-        return gateway_pb2.ExecuteQueryResponse(
-            query_id=outcome.query_id,
-            release=outcome.release,
-            cost=outcome.cost,
-            dummy=outcome.dummy,
-            replay=outcome.replay,
+        return release_response(outcome)
+
+    async def SubmitQuery(
+        self, request: gateway_pb2.SubmitQueryRequest, context: Context
+    ) -> gateway_pb2.SubmitQueryResponse:
+        subject = current_caller().subject
+        # The caller's query slot is held until the query ends, in the background if it runs.
+        holding = AsyncExitStack()
+        slot = await holding.enter_async_context(self._limits.query_slot(subject))
+        try:
+            access = await self._lifecycle.authorize(subject, request.dataset)
+            started = await self._lifecycle.start(
+                subject,
+                access,
+                request.query,
+                request.request_id,
+                fresh=request.fresh,
+                priority=task_priority(slot.already_in_flight),
+            )
+        except BaseException:
+            await holding.aclose()
+            raise
+        if started.answer is not None:
+            await holding.aclose()
+        else:
+            self._jobs.finish_in_background(started, holding)
+        return gateway_pb2.SubmitQueryResponse(
+            query_id=started.query_id, done=started.answer is not None
         )
+
+    async def WatchQuery(
+        self, request: gateway_pb2.WatchQueryRequest, context: Context
+    ) -> AsyncIterator[gateway_pb2.WatchQueryResponse]:
+        subject = current_caller().subject
+        if not (request.query_id or request.request_id):
+            raise InvalidArgument("give query_id or request_id", reason="FIELD_REQUIRED")
+        query_id = request.query_id or query_id_for(subject, request.request_id)
+        async for event in self._jobs.watch(subject, query_id):
+            yield event
+
+    async def CancelQuery(
+        self, request: gateway_pb2.CancelQueryRequest, context: Context
+    ) -> gateway_pb2.CancelQueryResponse:
+        refunded = await self._jobs.cancel(current_caller().subject, request.query_id)
+        return gateway_pb2.CancelQueryResponse(query_id=request.query_id, refunded=refunded)
 
     async def GetBudget(
         self, request: gateway_pb2.GetBudgetRequest, context: Context

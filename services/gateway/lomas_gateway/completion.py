@@ -113,6 +113,10 @@ class CompletionWaiter:
         finally:
             self.forget(query_id)
 
+    async def announce(self, query_id: str, payload: bytes) -> None:
+        """Announce an outcome as a worker does (a cancellation, say), to every gateway replica."""
+        await self._redis.publish(self._settings.done_channel(query_id), payload)
+
     async def close(self) -> None:
         if self._listener is not None:
             self._listener.cancel()

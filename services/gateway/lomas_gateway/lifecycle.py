@@ -90,6 +90,18 @@ class QueryOutcome:
     replay: bool = False
 
 
+@dataclass(frozen=True)
+class StartedQuery:
+    """A real query after `QueryLifecycle.start`: answered already (`answer`: a replay, a retry),
+    or reserved and dispatched, for `QueryLifecycle.finish` to await."""
+
+    query_id: str
+    task: task_pb2.ExecuteQueryTask
+    priority: int
+    fresh: bool
+    answer: QueryOutcome | None = None
+
+
 class Peers:
     """The gateway's clients of the internal services."""
 
@@ -236,7 +248,24 @@ class QueryLifecycle:
         fresh: bool = False,
         priority: int = 0,
     ) -> QueryOutcome:
-        """Run a real query: one charge, at most one release.
+        """Run a real query: one charge, at most one release (`start`, then `finish`)."""
+        started = await self.start(
+            subject, access, query, request_id, fresh=fresh, priority=priority
+        )
+        return started.answer if started.answer is not None else await self.finish(started)
+
+    async def start(
+        self,
+        subject: str,
+        access: admin_store_pb2.AuthorizeDatasetAccessResponse,
+        query: query_pb2.Query,
+        request_id: str,
+        *,
+        fresh: bool = False,
+        priority: int = 0,
+    ) -> StartedQuery:
+        """Steps 1 to 3: the price, the look back, the reservation and the dispatch. Every refusal
+        that needs no data is raised here, before any charge; `finish` waits for the rest.
 
         The same query asked again by the same caller on the same dataset version is a free replay of
         the stored release (re-releasing a release is post-processing), unless `fresh` asks for a new
@@ -264,14 +293,29 @@ class QueryLifecycle:
         if earlier is None and not fresh:
             earlier = await self._follow_identical(task)
         if earlier is not None:
-            return earlier
+            return StartedQuery(earlier.query_id, task, priority, fresh, answer=earlier)
+        try:
+            task.submit_time.CopyFrom(now_timestamp())
+            state = await self._reserve(task)
+            await self._dispatch(task, state, priority)
+        except BaseException:
+            if not fresh:
+                await self._flights.land(task.fingerprint, task.query_id, released=False)
+            raise
+        return StartedQuery(task.query_id, task, priority, fresh)
+
+    async def finish(self, started: StartedQuery) -> QueryOutcome:
+        """Steps 4 and 5 of a started query: await its outcome and read it. Call it once for each
+        query `start` dispatched (it ends the wait `_dispatch` registered and lands the flight)."""
+        task = started.task
         released = False
         try:
-            outcome = await self._charge_and_run(task, priority)
+            completion = await self._await_completion(task, started.priority)
+            outcome = await self._outcome_of(completion, task.query_id)
             released = True
             return outcome
         finally:
-            if not fresh:
+            if not started.fresh:
                 await self._flights.land(task.fingerprint, task.query_id, released=released)
 
     async def _follow_identical(self, task: task_pb2.ExecuteQueryTask) -> QueryOutcome | None:
@@ -297,14 +341,6 @@ class QueryLifecycle:
                 return None
         return None
 
-    async def _charge_and_run(self, task: task_pb2.ExecuteQueryTask, priority: int) -> QueryOutcome:
-        """Steps 2 to 5: reserve, dispatch, await and read the outcome."""
-        task.submit_time.CopyFrom(now_timestamp())
-        state = await self._reserve(task)
-        await self._dispatch(task, state, priority)
-        completion = await self._await_completion(task, priority)
-        return await self._outcome_of(completion, task.query_id)
-
     async def _earlier_answer(
         self, task: task_pb2.ExecuteQueryTask, *, retry: bool, fresh: bool
     ) -> QueryOutcome | None:
@@ -326,7 +362,7 @@ class QueryLifecycle:
         if retried is not None:
             if retried.fingerprint != task.fingerprint:
                 raise request_id_reused(task.query_id)
-            return _outcome(retried)
+            return stored_answer(retried)
         if earlier is not None:
             return QueryOutcome(
                 query_id=earlier.query_id,
@@ -392,7 +428,7 @@ class QueryLifecycle:
         query_id = task.query_id
 
         async def is_done() -> bool:
-            return await self._stored_outcome(query_id) is not None
+            return await self.stored_outcome(query_id) is not None
 
         watch = self._lost_tasks.watch(
             query_id, self._queue_of(task), lambda: self._enqueue(task, priority)
@@ -412,12 +448,12 @@ class QueryLifecycle:
         else from the archive."""
         stored = _announced_outcome(completion.announced, query_id)
         if stored is None:
-            stored = await self._stored_outcome(query_id)
+            stored = await self.stored_outcome(query_id)
         if stored is None:  # announced but not readable: the archive is the truth
             raise BackendUnavailable(
                 "the query outcome is not readable yet", peer="admin", retry_after_seconds=1.0
             )
-        return _outcome(stored)
+        return stored_answer(stored)
 
     def _queue_of(self, task: task_pb2.ExecuteQueryTask) -> str:
         return self._settings.queue.queue_for(task.query.WhichOneof("kind"))
@@ -433,7 +469,7 @@ class QueryLifecycle:
         except LomasError:
             log.exception("could not release reservation %s; the sweep will", query_id)
 
-    async def _stored_outcome(self, query_id: str) -> archive_pb2.ArchivedQuery | None:
+    async def stored_outcome(self, query_id: str) -> archive_pb2.ArchivedQuery | None:
         try:
             response: admin_store_pb2.GetArchivedQueryResponse = await self._peers.admin.call(
                 "GetArchivedQuery", admin_store_pb2.GetArchivedQueryRequest(query_id=query_id)
@@ -455,7 +491,7 @@ def _check_may_query(access: admin_store_pb2.AuthorizeDatasetAccessResponse) -> 
         raise PermissionDenied("querying is suspended for this user", reason="USER_MAY_NOT_QUERY")
 
 
-def _outcome(stored: archive_pb2.ArchivedQuery) -> QueryOutcome:
+def stored_answer(stored: archive_pb2.ArchivedQuery) -> QueryOutcome:
     """A stored outcome as the caller's answer; a stored failure is raised with its reason."""
     if stored.status != archive_pb2.QUERY_STATUS_SUCCEEDED:
         raise RemoteErrorFromArchive(stored)
@@ -474,6 +510,7 @@ _STORED_FAILURE_CODES = {
     "COST_MISMATCH": Code.FAILED_PRECONDITION,
     "QUERY_TIMEOUT": Code.DEADLINE_EXCEEDED,
     "QUERY_EXECUTION_FAILED": Code.INTERNAL,
+    "QUERY_CANCELLED": Code.CANCELLED,
 }
 
 

@@ -54,13 +54,63 @@ return 0
 """
 
 
+# The 1-based place of the task holding ARGV[1] among the tasks waiting in the lists KEYS[1..n], in
+# the order workers take them: the lists are in priority order, and kombu pushes on the left and
+# pops on the right, so within a list the tasks to the right of it go first. 0: not waiting.
+_POSITION_SCRIPT = """
+local needle = ARGV[1]
+local slice = 500
+local ahead = 0
+for i = 1, #KEYS do
+  local length = redis.call('LLEN', KEYS[i])
+  local start = 0
+  while start < length do
+    local items = redis.call('LRANGE', KEYS[i], start, start + slice - 1)
+    for j, item in ipairs(items) do
+      if string.find(item, needle, 1, true) then
+        return ahead + (length - (start + j)) + 1
+      end
+    end
+    start = start + slice
+  end
+  ahead = ahead + length
+end
+return 0
+"""
+
+
+# Removes the waiting task that holds ARGV[1] from the lists KEYS[1..n]; 1 if one was removed.
+_REMOVE_SCRIPT = """
+local needle = ARGV[1]
+local slice = 500
+for i = 1, #KEYS do
+  local start = 0
+  while true do
+    local items = redis.call('LRANGE', KEYS[i], start, start + slice - 1)
+    if #items == 0 then break end
+    for _, item in ipairs(items) do
+      if string.find(item, needle, 1, true) then
+        redis.call('LREM', KEYS[i], 1, item)
+        return 1
+      end
+    end
+    start = start + slice
+  end
+end
+return 0
+"""
+
+
 class LostTaskFinder:
-    """Tells whether a query's task is still known to the queue (one per gateway)."""
+    """Tells whether a query's task is still known to the queue, and where it waits (one per
+    gateway)."""
 
     def __init__(self, settings: QueueSettings) -> None:
         self._settings = settings
         self._redis = aioredis.Redis.from_url(settings.broker_url)
         self._find = self._redis.register_script(_FIND_TASK_SCRIPT)
+        self._position = self._redis.register_script(_POSITION_SCRIPT)
+        self._remove = self._redis.register_script(_REMOVE_SCRIPT)
 
     async def is_lost(self, query_id: str, queue: str) -> bool:
         """True if no worker started the task and it is neither waiting in `queue` nor held."""
@@ -68,6 +118,25 @@ class LostTaskFinder:
             return False
         keys = [*self._settings.broker_lists(queue), self._settings.unacked_key]
         return not await self._find(keys=keys, args=[query_id])
+
+    async def position(self, query_id: str, queues: list[str]) -> int:
+        """The task's place among the tasks waiting in the first of `queues` that holds it (1: next
+        for a worker); 0 when it waits in none (being handed to a worker, say)."""
+        for queue in queues:
+            keys = self._settings.broker_lists(queue)
+            place = int(await self._position(keys=keys, args=[query_id]))
+            if place:
+                return place
+        return 0
+
+    async def remove(self, query_id: str, queues: list[str]) -> bool:
+        """Take a cancelled query's task out of its queue, so no worker spends time on it and the
+        tasks behind it move up (a worker that got it anyway finds no live reservation and drops
+        it). True if it was waiting."""
+        for queue in queues:
+            if int(await self._remove(keys=self._settings.broker_lists(queue), args=[query_id])):
+                return True
+        return False
 
     def watch(self, query_id: str, queue: str, resend: Callable[[], Awaitable[None]]) -> TaskWatch:
         return TaskWatch(self, query_id, queue, resend)

@@ -19,6 +19,7 @@ from lomas_gateway.audit import AuditTrail
 from lomas_gateway.auth import make_authenticator
 from lomas_gateway.claims import QueryFlights, RequestClaims
 from lomas_gateway.completion import CompletionWaiter
+from lomas_gateway.jobs import QueryJobs
 from lomas_gateway.lifecycle import Peers, QueryLifecycle
 from lomas_gateway.limits import UserLimits
 from lomas_gateway.lost_tasks import LostTaskFinder
@@ -45,6 +46,7 @@ class Gateway:
         self.limits = UserLimits(settings.queue.broker_url, settings.queue.prefix, settings.limits)
         self.audit = AuditTrail(self.peers.admin)
         self.server: RunningServer | None = None
+        self.jobs: QueryJobs | None = None
 
     async def start(self) -> RunningServer:
         await self.waiter.start()
@@ -57,13 +59,14 @@ class Gateway:
             self.claims,
             self.flights,
         )
+        self.jobs = QueryJobs(self.settings, lifecycle, self.peers, self.waiter, self.lost_tasks)
         log.info("authentication: %s", self.settings.auth.describe())
         self.server = await start_server(
             self.settings.server,
             [
                 Service(
                     gateway_pb2_grpc.add_GatewayServiceServicer_to_server,
-                    GatewayServicer(lifecycle, self.peers, self.limits),
+                    GatewayServicer(lifecycle, self.jobs, self.peers, self.limits),
                     "lomas.gateway.v1.GatewayService",
                 ),
                 Service(
@@ -82,6 +85,8 @@ class Gateway:
         return self.server
 
     async def close(self) -> None:
+        if self.jobs is not None:
+            await self.jobs.close()
         await self.audit.close()
         await self.waiter.close()
         await self.lost_tasks.close()

@@ -37,6 +37,10 @@ RULES: dict[str, Rule] = {
     f"{_GATEWAY}ExecuteQuery": Rule.RESEARCHER,
     f"{_GATEWAY}GetBudget": Rule.RESEARCHER,
     f"{_GATEWAY}ListQueries": Rule.RESEARCHER,
+    # A query id is checked against the caller (jobs.py): another user's is NOT_FOUND.
+    f"{_GATEWAY}SubmitQuery": Rule.RESEARCHER,
+    f"{_GATEWAY}WatchQuery": Rule.RESEARCHER,
+    f"{_GATEWAY}CancelQuery": Rule.RESEARCHER,
 }
 
 

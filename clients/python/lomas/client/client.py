@@ -21,6 +21,7 @@ import pyarrow as pa
 from google.protobuf import json_format
 
 from lomas.client.errors import InvalidArgument, from_rpc_error
+from lomas.client.jobs import QueryJob, progress_wanted, watch_events, with_progress
 from lomas.common.v1 import privacy_pb2, query_pb2
 from lomas.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -65,12 +66,22 @@ class RunOptions(TypedDict, total=False):
     - `request_id`: names this query, so a retry with it returns the first answer and is never
       charged twice (a new one is made when none is given);
     - `fresh` (default False): pay for a new draw of noise instead of a free replay of your earlier
-      release of the same query.
+      release of the same query;
+    - `progress` (default: only when standard error is a terminal): show a progress bar (queued,
+      with the place in the queue, then running) when the query takes more than about a second.
     """
 
     dummy: bool
     nb_rows: int
     seed: int
+    request_id: str | None
+    fresh: bool
+    progress: bool | None
+
+
+class SubmitOptions(TypedDict, total=False):
+    """How a query is submitted: `request_id` and `fresh`, as for `query` (see RunOptions)."""
+
     request_id: str | None
     fresh: bool
 
@@ -245,12 +256,66 @@ class Client:
             request_id=run.get("request_id") or ("" if dummy else str(uuid.uuid4())),
             fresh=run.get("fresh", False),
         )
-        response = self._call(self._stub.ExecuteQuery, request)
+        if dummy or not progress_wanted(run.get("progress")):
+            return self._release_frame(self._call(self._stub.ExecuteQuery, request))
+        response = with_progress(
+            lambda: self._call(self._stub.ExecuteQuery, request),
+            lambda: self._stub.WatchQuery(
+                gateway_pb2.WatchQueryRequest(request_id=request.request_id),
+                metadata=self._metadata,
+                timeout=self._timeout,
+            ),
+        )
+        return self._release_frame(response)
+
+    def _release_frame(self, response: gateway_pb2.ExecuteQueryResponse) -> pd.DataFrame:
         frame = frame_from_ipc(response.release)
         frame.attrs["query_id"] = response.query_id
         frame.attrs["cost"] = loss_to_dict(response.cost)
         frame.attrs["replay"] = response.replay
         return frame
+
+    # Jobs --------------------------------------------------------------------------------------
+
+    def submit(self, query: query_pb2.Query, **options: Unpack[SubmitOptions]) -> QueryJob:
+        """Start a real query and return at once with its job (`smartnoise_sql.submit` and
+        `opendp.submit` build the query for you). Every refusal that needs no data (invalid query,
+        budget, access) is raised here, before any charge."""
+        response = self._call(
+            self._stub.SubmitQuery,
+            gateway_pb2.SubmitQueryRequest(
+                dataset=self.dataset,
+                query=query,
+                request_id=options.get("request_id") or str(uuid.uuid4()),
+                fresh=options.get("fresh", False),
+            ),
+        )
+        return self.job(response.query_id)
+
+    def job(self, query_id: str) -> QueryJob:
+        """The job of one of your queries, by its query id (from `submit` or a release's attrs)."""
+        return QueryJob(
+            query_id,
+            watch=lambda timeout: self._watch(query_id, timeout),
+            cancel=lambda: self._cancel(query_id),
+            frame=self._release_frame,
+        )
+
+    def _watch(
+        self, query_id: str, timeout: float | None
+    ) -> Iterator[gateway_pb2.WatchQueryResponse]:
+        call = self._stub.WatchQuery(
+            gateway_pb2.WatchQueryRequest(query_id=query_id),
+            metadata=self._metadata,
+            timeout=timeout or self._timeout,
+        )
+        return watch_events(call)
+
+    def _cancel(self, query_id: str) -> dict[str, Decimal]:
+        response = self._call(
+            self._stub.CancelQuery, gateway_pb2.CancelQueryRequest(query_id=query_id)
+        )
+        return loss_to_dict(response.refunded)
 
 
 class SmartnoiseSqlClient:
@@ -307,6 +372,21 @@ class SmartnoiseSqlClient:
             self._query(query, epsilon, delta, mechanisms, postprocess), run
         )
 
+    def submit(
+        self,
+        query: str,
+        epsilon: float | str | Decimal,
+        delta: float | str | Decimal,
+        mechanisms: Mapping[str, str] | None = None,
+        postprocess: bool = True,
+        **options: Unpack[SubmitOptions],
+    ) -> QueryJob:
+        """Start the query and return its job at once: `job.result()` waits for the release,
+        `job.status()` tells where it stands, `job.cancel()` stops it before it touches data."""
+        return self._client.submit(
+            self._query(query, epsilon, delta, mechanisms, postprocess), **options
+        )
+
 
 _MECHANISMS = {
     "laplace": query_pb2.OPEN_DP_MECHANISM_LAPLACE,
@@ -331,6 +411,10 @@ class PipelineOptions(TypedDict, total=False):
 
 class OpenDpQueryOptions(PipelineOptions, RunOptions, total=False):
     """The keyword arguments of `OpenDpClient.query`: the pipeline's, then the run's."""
+
+
+class OpenDpSubmitOptions(PipelineOptions, SubmitOptions, total=False):
+    """The keyword arguments of `OpenDpClient.submit`: the pipeline's, then the submit's."""
 
 
 class OpenDpClient:
@@ -392,6 +476,15 @@ class OpenDpClient:
         seeded dummy data for free; `request_id` and `fresh` work as for SmartNoise-SQL.
         """
         return self._client._execute(self._query(pipeline, options), options)
+
+    def submit(self, pipeline: Any, **options: Unpack[OpenDpSubmitOptions]) -> QueryJob:
+        """Start the pipeline and return its job at once (see `SmartnoiseSqlClient.submit`)."""
+        submit: SubmitOptions = {}
+        if "request_id" in options:
+            submit["request_id"] = options["request_id"]
+        if "fresh" in options:
+            submit["fresh"] = options["fresh"]
+        return self._client.submit(self._query(pipeline, options), **submit)
 
 
 def _measurement_json(pipeline: Any) -> str | None:

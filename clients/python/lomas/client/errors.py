@@ -83,6 +83,16 @@ class SourceUnavailable(LomasError):
     hold); nothing touched data, so nothing is charged. An administrator must fix the source."""
 
 
+class QueryCancelled(LomasError):
+    """The query was cancelled before it touched the data: its reservation was returned in full
+    and nothing was released."""
+
+
+class DataAccessed(LomasError):
+    """Too late to cancel: a worker already touched the data, so the query runs to its end and its
+    charge stands (there is no refund after data access)."""
+
+
 class CostMismatch(LomasError):
     """The worker's cost of the query differed from what was reserved: nothing ran, nothing was
     charged; sending the query again prices it anew."""
@@ -112,6 +122,8 @@ _BY_REGISTRY: dict[error_reason_pb2.ErrorReason.ValueType, type[LomasError]] = {
     _R.ERROR_REASON_FREE_CALLS_BUSY: LimitExceeded,
     _R.ERROR_REASON_COST_MISMATCH: CostMismatch,
     _R.ERROR_REASON_DATASET_SOURCE_UNAVAILABLE: SourceUnavailable,
+    _R.ERROR_REASON_QUERY_CANCELLED: QueryCancelled,
+    _R.ERROR_REASON_DATA_ACCESSED: DataAccessed,
 }
 _BY_REASON: dict[str, type[LomasError]] = {
     _R.ErrorReason.Name(value).removeprefix("ERROR_REASON_"): cls
@@ -126,6 +138,7 @@ _BY_CODE: dict[grpc.StatusCode, type[LomasError]] = {
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
     grpc.StatusCode.UNAVAILABLE: BackendUnavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: QueryTimeout,
+    grpc.StatusCode.CANCELLED: QueryCancelled,
 }
 
 

@@ -99,6 +99,11 @@ class BudgetServiceStub:
                 request_serializer=lomas_dot_budget_dot_v1_dot_budget__pb2.UnfreezeUserRequest.SerializeToString,
                 response_deserializer=lomas_dot_budget_dot_v1_dot_budget__pb2.UnfreezeUserResponse.FromString,
                 _registered_method=True)
+        self.GetReservation = channel.unary_unary(
+                '/lomas.budget.v1.BudgetService/GetReservation',
+                request_serializer=lomas_dot_budget_dot_v1_dot_budget__pb2.GetReservationRequest.SerializeToString,
+                response_deserializer=lomas_dot_budget_dot_v1_dot_budget__pb2.GetReservationResponse.FromString,
+                _registered_method=True)
         self.GetUserState = channel.unary_unary(
                 '/lomas.budget.v1.BudgetService/GetUserState',
                 request_serializer=lomas_dot_budget_dot_v1_dot_budget__pb2.GetUserStateRequest.SerializeToString,
@@ -216,6 +221,13 @@ class BudgetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetReservation(self, request, context):
+        """Returns one reservation, whatever its state (NOT_FOUND, RESERVATION_NOT_FOUND, if none).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetUserState(self, request, context):
         """Returns whether a user is frozen.
         """
@@ -308,6 +320,11 @@ def add_BudgetServiceServicer_to_server(servicer, server):
                     servicer.UnfreezeUser,
                     request_deserializer=lomas_dot_budget_dot_v1_dot_budget__pb2.UnfreezeUserRequest.FromString,
                     response_serializer=lomas_dot_budget_dot_v1_dot_budget__pb2.UnfreezeUserResponse.SerializeToString,
+            ),
+            'GetReservation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReservation,
+                    request_deserializer=lomas_dot_budget_dot_v1_dot_budget__pb2.GetReservationRequest.FromString,
+                    response_serializer=lomas_dot_budget_dot_v1_dot_budget__pb2.GetReservationResponse.SerializeToString,
             ),
             'GetUserState': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUserState,
@@ -642,6 +659,33 @@ class BudgetService:
             '/lomas.budget.v1.BudgetService/UnfreezeUser',
             lomas_dot_budget_dot_v1_dot_budget__pb2.UnfreezeUserRequest.SerializeToString,
             lomas_dot_budget_dot_v1_dot_budget__pb2.UnfreezeUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReservation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lomas.budget.v1.BudgetService/GetReservation',
+            lomas_dot_budget_dot_v1_dot_budget__pb2.GetReservationRequest.SerializeToString,
+            lomas_dot_budget_dot_v1_dot_budget__pb2.GetReservationResponse.FromString,
             options,
             channel_credentials,
             insecure,

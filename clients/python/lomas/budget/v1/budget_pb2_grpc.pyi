@@ -65,6 +65,8 @@ class BudgetServiceStub:
     """Stops a user from starting queries on any dataset (Lomas `may_query` = false)."""
     UnfreezeUser: _grpc.UnaryUnaryMultiCallable[_budget_pb2.UnfreezeUserRequest, _budget_pb2.UnfreezeUserResponse]
     """Lets a frozen user start queries again."""
+    GetReservation: _grpc.UnaryUnaryMultiCallable[_budget_pb2.GetReservationRequest, _budget_pb2.GetReservationResponse]
+    """Returns one reservation, whatever its state (NOT_FOUND, RESERVATION_NOT_FOUND, if none)."""
     GetUserState: _grpc.UnaryUnaryMultiCallable[_budget_pb2.GetUserStateRequest, _budget_pb2.GetUserStateResponse]
     """Returns whether a user is frozen."""
     SetDatasetCap: _grpc.UnaryUnaryMultiCallable[_budget_pb2.SetDatasetCapRequest, _budget_pb2.SetDatasetCapResponse]
@@ -113,6 +115,8 @@ class BudgetServiceAsyncStub(BudgetServiceStub):
     """Stops a user from starting queries on any dataset (Lomas `may_query` = false)."""
     UnfreezeUser: _aio.UnaryUnaryMultiCallable[_budget_pb2.UnfreezeUserRequest, _budget_pb2.UnfreezeUserResponse]  # type: ignore[assignment]
     """Lets a frozen user start queries again."""
+    GetReservation: _aio.UnaryUnaryMultiCallable[_budget_pb2.GetReservationRequest, _budget_pb2.GetReservationResponse]  # type: ignore[assignment]
+    """Returns one reservation, whatever its state (NOT_FOUND, RESERVATION_NOT_FOUND, if none)."""
     GetUserState: _aio.UnaryUnaryMultiCallable[_budget_pb2.GetUserStateRequest, _budget_pb2.GetUserStateResponse]  # type: ignore[assignment]
     """Returns whether a user is frozen."""
     SetDatasetCap: _aio.UnaryUnaryMultiCallable[_budget_pb2.SetDatasetCapRequest, _budget_pb2.SetDatasetCapResponse]  # type: ignore[assignment]
@@ -224,6 +228,14 @@ class BudgetServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_budget_pb2.UnfreezeUserResponse, _abc.Awaitable[_budget_pb2.UnfreezeUserResponse]]:
         """Lets a frozen user start queries again."""
+
+    @_abc_1.abstractmethod
+    def GetReservation(
+        self,
+        request: _budget_pb2.GetReservationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_budget_pb2.GetReservationResponse, _abc.Awaitable[_budget_pb2.GetReservationResponse]]:
+        """Returns one reservation, whatever its state (NOT_FOUND, RESERVATION_NOT_FOUND, if none)."""
 
     @_abc_1.abstractmethod
     def GetUserState(

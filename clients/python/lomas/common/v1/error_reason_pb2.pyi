@@ -344,6 +344,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     over its rows), where it would no longer mean privacy; nothing is charged.
     Example: { "reason": "DELTA_TOO_LARGE", "domain": "lomas.mesh", "metadata": { "maximum": "..." } }
     """
+    ERROR_REASON_QUERY_CANCELLED: _ErrorReason.ValueType  # 75
+    """CANCELLED: The caller cancelled the query before it touched the data; its reservation was
+    returned in full and nothing was released.
+    Example: { "reason": "QUERY_CANCELLED", "domain": "lomas.mesh", "metadata": { "queryId": "..." } }
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the registry of every reason a Lomas mesh caller can receive in the
@@ -673,5 +678,10 @@ ERROR_REASON_DELTA_TOO_LARGE: ErrorReason.ValueType  # 74
 """INVALID_ARGUMENT: The query's delta is above the dataset's maximum (by default a tenth of one
 over its rows), where it would no longer mean privacy; nothing is charged.
 Example: { "reason": "DELTA_TOO_LARGE", "domain": "lomas.mesh", "metadata": { "maximum": "..." } }
+"""
+ERROR_REASON_QUERY_CANCELLED: ErrorReason.ValueType  # 75
+"""CANCELLED: The caller cancelled the query before it touched the data; its reservation was
+returned in full and nothing was released.
+Example: { "reason": "QUERY_CANCELLED", "domain": "lomas.mesh", "metadata": { "queryId": "..." } }
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

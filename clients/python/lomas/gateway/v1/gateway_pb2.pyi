@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from lomas.common.v1 import privacy_pb2 as _privacy_pb2
 from lomas.common.v1 import query_pb2 as _query_pb2
 import builtins as _builtins
@@ -20,6 +21,34 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _QueryState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _QueryStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_QueryState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    QUERY_STATE_UNSPECIFIED: _QueryState.ValueType  # 0
+    """Not set."""
+    QUERY_STATE_QUEUED: _QueryState.ValueType  # 1
+    """Its cost is reserved and its task waits for a worker."""
+    QUERY_STATE_RUNNING: _QueryState.ValueType  # 2
+    """A worker touched the data: it can no longer be cancelled, and its charge stands."""
+    QUERY_STATE_DONE: _QueryState.ValueType  # 3
+    """Its release is stored; the event carries it."""
+
+class QueryState(_QueryState, metaclass=_QueryStateEnumTypeWrapper):
+    """QueryState is where a query stands."""
+
+QUERY_STATE_UNSPECIFIED: QueryState.ValueType  # 0
+"""Not set."""
+QUERY_STATE_QUEUED: QueryState.ValueType  # 1
+"""Its cost is reserved and its task waits for a worker."""
+QUERY_STATE_RUNNING: QueryState.ValueType  # 2
+"""A worker touched the data: it can no longer be cancelled, and its charge stands."""
+QUERY_STATE_DONE: QueryState.ValueType  # 3
+"""Its release is stored; the event carries it."""
+Global___QueryState: _TypeAlias = QueryState  # noqa: Y015
 
 @_typing.final
 class ListAccessibleDatasetsRequest(_message.Message):
@@ -509,3 +538,191 @@ class ListQueriesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListQueriesResponse: _TypeAlias = ListQueriesResponse  # noqa: Y015
+
+@_typing.final
+class SubmitQueryRequest(_message.Message):
+    """SubmitQueryRequest starts a real query, as ExecuteQueryRequest without the dummy options."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    QUERY_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    FRESH_FIELD_NUMBER: _builtins.int
+    dataset: _builtins.str
+    """Dataset name."""
+    request_id: _builtins.str
+    """Optional idempotency key, as in ExecuteQueryRequest: a retry with the same key gets the same
+    query id and is never charged twice.
+    """
+    fresh: _builtins.bool
+    """Pay for a new draw even if the same query was already released to the caller."""
+    @_builtins.property
+    def query(self) -> _query_pb2.Query:
+        """The query."""
+
+    def __init__(
+        self,
+        *,
+        dataset: _builtins.str = ...,
+        query: _query_pb2.Query | None = ...,
+        request_id: _builtins.str = ...,
+        fresh: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "fresh", b"fresh", "query", b"query", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitQueryRequest: _TypeAlias = SubmitQueryRequest  # noqa: Y015
+
+@_typing.final
+class SubmitQueryResponse(_message.Message):
+    """SubmitQueryResponse names the submitted query."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERY_ID_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    query_id: _builtins.str
+    """Query id, for WatchQuery and CancelQuery. A replay names the query that made the release."""
+    done: _builtins.bool
+    """The query is already answered (a free replay, or a retry of an answered request)."""
+    def __init__(
+        self,
+        *,
+        query_id: _builtins.str = ...,
+        done: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "query_id", b"query_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitQueryResponse: _TypeAlias = SubmitQueryResponse  # noqa: Y015
+
+@_typing.final
+class WatchQueryRequest(_message.Message):
+    """WatchQueryRequest names a query of the caller."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERY_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    query_id: _builtins.str
+    """Query id, as SubmitQueryResponse or ExecuteQueryResponse gave it; or leave it empty and give
+    the request id.
+    """
+    request_id: _builtins.str
+    """The request id the query was sent with: a client can follow a query it is still waiting for
+    (its query id comes from the caller and the request id).
+    """
+    def __init__(
+        self,
+        *,
+        query_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["query_id", b"query_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchQueryRequest: _TypeAlias = WatchQueryRequest  # noqa: Y015
+
+@_typing.final
+class WatchQueryResponse(_message.Message):
+    """WatchQueryResponse is one event of a watched query: a step it took."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERY_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    QUEUE_POSITION_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    EVENT_TIME_FIELD_NUMBER: _builtins.int
+    query_id: _builtins.str
+    """Query id."""
+    state: Global___QueryState.ValueType
+    """Where the query stands."""
+    queue_position: _builtins.int
+    """While queued: 1 when the task is next for a worker of its pool; 0 when not known (the task is
+    being handed to a worker, say).
+    """
+    @_builtins.property
+    def result(self) -> Global___ExecuteQueryResponse:
+        """When done: the release, as ExecuteQuery returns it."""
+
+    @_builtins.property
+    def event_time(self) -> _timestamp_pb2.Timestamp:
+        """When the gateway saw the query in this state."""
+
+    def __init__(
+        self,
+        *,
+        query_id: _builtins.str = ...,
+        state: Global___QueryState.ValueType = ...,
+        queue_position: _builtins.int = ...,
+        result: Global___ExecuteQueryResponse | None = ...,
+        event_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "query_id", b"query_id", "queue_position", b"queue_position", "result", b"result", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchQueryResponse: _TypeAlias = WatchQueryResponse  # noqa: Y015
+
+@_typing.final
+class CancelQueryRequest(_message.Message):
+    """CancelQueryRequest names a query of the caller to cancel; the query id is its idempotency key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERY_ID_FIELD_NUMBER: _builtins.int
+    query_id: _builtins.str
+    """Query id."""
+    def __init__(
+        self,
+        *,
+        query_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["query_id", b"query_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelQueryRequest: _TypeAlias = CancelQueryRequest  # noqa: Y015
+
+@_typing.final
+class CancelQueryResponse(_message.Message):
+    """CancelQueryResponse says what the cancellation returned."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERY_ID_FIELD_NUMBER: _builtins.int
+    REFUNDED_FIELD_NUMBER: _builtins.int
+    query_id: _builtins.str
+    """Query id."""
+    @_builtins.property
+    def refunded(self) -> _privacy_pb2.PrivacyLoss:
+        """The cost given back to the caller's budget: the whole reservation."""
+
+    def __init__(
+        self,
+        *,
+        query_id: _builtins.str = ...,
+        refunded: _privacy_pb2.PrivacyLoss | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["refunded", b"refunded"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["query_id", b"query_id", "refunded", b"refunded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelQueryResponse: _TypeAlias = CancelQueryResponse  # noqa: Y015

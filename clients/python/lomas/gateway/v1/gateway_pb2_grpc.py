@@ -70,6 +70,21 @@ class GatewayServiceStub:
                 request_serializer=lomas_dot_gateway_dot_v1_dot_gateway__pb2.ListQueriesRequest.SerializeToString,
                 response_deserializer=lomas_dot_gateway_dot_v1_dot_gateway__pb2.ListQueriesResponse.FromString,
                 _registered_method=True)
+        self.SubmitQuery = channel.unary_unary(
+                '/lomas.gateway.v1.GatewayService/SubmitQuery',
+                request_serializer=lomas_dot_gateway_dot_v1_dot_gateway__pb2.SubmitQueryRequest.SerializeToString,
+                response_deserializer=lomas_dot_gateway_dot_v1_dot_gateway__pb2.SubmitQueryResponse.FromString,
+                _registered_method=True)
+        self.WatchQuery = channel.unary_stream(
+                '/lomas.gateway.v1.GatewayService/WatchQuery',
+                request_serializer=lomas_dot_gateway_dot_v1_dot_gateway__pb2.WatchQueryRequest.SerializeToString,
+                response_deserializer=lomas_dot_gateway_dot_v1_dot_gateway__pb2.WatchQueryResponse.FromString,
+                _registered_method=True)
+        self.CancelQuery = channel.unary_unary(
+                '/lomas.gateway.v1.GatewayService/CancelQuery',
+                request_serializer=lomas_dot_gateway_dot_v1_dot_gateway__pb2.CancelQueryRequest.SerializeToString,
+                response_deserializer=lomas_dot_gateway_dot_v1_dot_gateway__pb2.CancelQueryResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -125,6 +140,33 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitQuery(self, request, context):
+        """Starts a real query and answers as soon as it is queued (or answered already: a replay or a
+        retry), with the id to watch or cancel it. The same checks, charge and guarantees as
+        ExecuteQuery: every refusal that needs no data comes back here, before any charge.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchQuery(self, request, context):
+        """Follows one of the caller's queries: an event now and at each change (queued with its position,
+        running), then the release. A query that fails ends the stream with its error (the code and
+        ErrorInfo ExecuteQuery would give). Another user's query id is NOT_FOUND, like an unknown one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelQuery(self, request, context):
+        """Cancels one of the caller's queries that has not touched the data: the reservation is returned
+        in full. Once a worker touched the data the query runs to its end and its charge stands
+        (FAILED_PRECONDITION, DATA_ACCESSED). Cancelling a cancelled query again changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -162,6 +204,21 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.ListQueries,
                     request_deserializer=lomas_dot_gateway_dot_v1_dot_gateway__pb2.ListQueriesRequest.FromString,
                     response_serializer=lomas_dot_gateway_dot_v1_dot_gateway__pb2.ListQueriesResponse.SerializeToString,
+            ),
+            'SubmitQuery': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitQuery,
+                    request_deserializer=lomas_dot_gateway_dot_v1_dot_gateway__pb2.SubmitQueryRequest.FromString,
+                    response_serializer=lomas_dot_gateway_dot_v1_dot_gateway__pb2.SubmitQueryResponse.SerializeToString,
+            ),
+            'WatchQuery': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchQuery,
+                    request_deserializer=lomas_dot_gateway_dot_v1_dot_gateway__pb2.WatchQueryRequest.FromString,
+                    response_serializer=lomas_dot_gateway_dot_v1_dot_gateway__pb2.WatchQueryResponse.SerializeToString,
+            ),
+            'CancelQuery': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelQuery,
+                    request_deserializer=lomas_dot_gateway_dot_v1_dot_gateway__pb2.CancelQueryRequest.FromString,
+                    response_serializer=lomas_dot_gateway_dot_v1_dot_gateway__pb2.CancelQueryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +411,87 @@ class GatewayService:
             '/lomas.gateway.v1.GatewayService/ListQueries',
             lomas_dot_gateway_dot_v1_dot_gateway__pb2.ListQueriesRequest.SerializeToString,
             lomas_dot_gateway_dot_v1_dot_gateway__pb2.ListQueriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitQuery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lomas.gateway.v1.GatewayService/SubmitQuery',
+            lomas_dot_gateway_dot_v1_dot_gateway__pb2.SubmitQueryRequest.SerializeToString,
+            lomas_dot_gateway_dot_v1_dot_gateway__pb2.SubmitQueryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchQuery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/lomas.gateway.v1.GatewayService/WatchQuery',
+            lomas_dot_gateway_dot_v1_dot_gateway__pb2.WatchQueryRequest.SerializeToString,
+            lomas_dot_gateway_dot_v1_dot_gateway__pb2.WatchQueryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelQuery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lomas.gateway.v1.GatewayService/CancelQuery',
+            lomas_dot_gateway_dot_v1_dot_gateway__pb2.CancelQueryRequest.SerializeToString,
+            lomas_dot_gateway_dot_v1_dot_gateway__pb2.CancelQueryResponse.FromString,
             options,
             channel_credentials,
             insecure,

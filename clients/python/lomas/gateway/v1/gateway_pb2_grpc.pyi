@@ -47,6 +47,21 @@ class GatewayServiceStub:
     """Returns the caller's budget on a dataset: initial, spent and remaining."""
     ListQueries: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListQueriesRequest, _gateway_pb2.ListQueriesResponse]
     """Lists the caller's previous real queries on a dataset, newest first."""
+    SubmitQuery: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SubmitQueryRequest, _gateway_pb2.SubmitQueryResponse]
+    """Starts a real query and answers as soon as it is queued (or answered already: a replay or a
+    retry), with the id to watch or cancel it. The same checks, charge and guarantees as
+    ExecuteQuery: every refusal that needs no data comes back here, before any charge.
+    """
+    WatchQuery: _grpc.UnaryStreamMultiCallable[_gateway_pb2.WatchQueryRequest, _gateway_pb2.WatchQueryResponse]
+    """Follows one of the caller's queries: an event now and at each change (queued with its position,
+    running), then the release. A query that fails ends the stream with its error (the code and
+    ErrorInfo ExecuteQuery would give). Another user's query id is NOT_FOUND, like an unknown one.
+    """
+    CancelQuery: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CancelQueryRequest, _gateway_pb2.CancelQueryResponse]
+    """Cancels one of the caller's queries that has not touched the data: the reservation is returned
+    in full. Once a worker touched the data the query runs to its end and its charge stands
+    (FAILED_PRECONDITION, DATA_ACCESSED). Cancelling a cancelled query again changes nothing.
+    """
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -67,6 +82,21 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """Returns the caller's budget on a dataset: initial, spent and remaining."""
     ListQueries: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListQueriesRequest, _gateway_pb2.ListQueriesResponse]  # type: ignore[assignment]
     """Lists the caller's previous real queries on a dataset, newest first."""
+    SubmitQuery: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SubmitQueryRequest, _gateway_pb2.SubmitQueryResponse]  # type: ignore[assignment]
+    """Starts a real query and answers as soon as it is queued (or answered already: a replay or a
+    retry), with the id to watch or cancel it. The same checks, charge and guarantees as
+    ExecuteQuery: every refusal that needs no data comes back here, before any charge.
+    """
+    WatchQuery: _aio.UnaryStreamMultiCallable[_gateway_pb2.WatchQueryRequest, _gateway_pb2.WatchQueryResponse]  # type: ignore[assignment]
+    """Follows one of the caller's queries: an event now and at each change (queued with its position,
+    running), then the release. A query that fails ends the stream with its error (the code and
+    ErrorInfo ExecuteQuery would give). Another user's query id is NOT_FOUND, like an unknown one.
+    """
+    CancelQuery: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CancelQueryRequest, _gateway_pb2.CancelQueryResponse]  # type: ignore[assignment]
+    """Cancels one of the caller's queries that has not touched the data: the reservation is returned
+    in full. Once a worker touched the data the query runs to its end and its charge stands
+    (FAILED_PRECONDITION, DATA_ACCESSED). Cancelling a cancelled query again changes nothing.
+    """
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """GatewayService is the researcher's API: everything a Lomas researcher can do, keyed on the token's subject."""
@@ -126,5 +156,38 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.ListQueriesResponse, _abc.Awaitable[_gateway_pb2.ListQueriesResponse]]:
         """Lists the caller's previous real queries on a dataset, newest first."""
+
+    @_abc_1.abstractmethod
+    def SubmitQuery(
+        self,
+        request: _gateway_pb2.SubmitQueryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.SubmitQueryResponse, _abc.Awaitable[_gateway_pb2.SubmitQueryResponse]]:
+        """Starts a real query and answers as soon as it is queued (or answered already: a replay or a
+        retry), with the id to watch or cancel it. The same checks, charge and guarantees as
+        ExecuteQuery: every refusal that needs no data comes back here, before any charge.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchQuery(
+        self,
+        request: _gateway_pb2.WatchQueryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_gateway_pb2.WatchQueryResponse], _abc.AsyncIterator[_gateway_pb2.WatchQueryResponse]]:
+        """Follows one of the caller's queries: an event now and at each change (queued with its position,
+        running), then the release. A query that fails ends the stream with its error (the code and
+        ErrorInfo ExecuteQuery would give). Another user's query id is NOT_FOUND, like an unknown one.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelQuery(
+        self,
+        request: _gateway_pb2.CancelQueryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.CancelQueryResponse, _abc.Awaitable[_gateway_pb2.CancelQueryResponse]]:
+        """Cancels one of the caller's queries that has not touched the data: the reservation is returned
+        in full. Once a worker touched the data the query runs to its end and its charge stands
+        (FAILED_PRECONDITION, DATA_ACCESSED). Cancelling a cancelled query again changes nothing.
+        """
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
