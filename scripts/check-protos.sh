@@ -19,8 +19,11 @@ if git rev-parse -q --verify HEAD~1 >/dev/null && git cat-file -e HEAD~1:protos 
   "$buf" breaking "$previous/now.binpb" --against "$previous/before.binpb"
 fi
 .venv/bin/python scripts/gen_protos.py >/dev/null
-if [ -n "$(git status --porcelain -- clients/python/lomas)" ]; then
-  echo "generated code differs from protos/: run '.venv/bin/python scripts/gen_protos.py' and commit the result" >&2
-  git status --porcelain -- clients/python/lomas >&2
+clients/go/generate.sh
+generated=(clients/python/lomas clients/go/lomas)
+if [ -n "$(git status --porcelain -- "${generated[@]}")" ]; then
+  echo "generated code differs from protos/: run '.venv/bin/python scripts/gen_protos.py' and" \
+    "'clients/go/generate.sh', and commit the result" >&2
+  git status --porcelain -- "${generated[@]}" >&2
   exit 1
 fi

@@ -23,4 +23,6 @@ if [ "${1:-}" = "--dev" ]; then
     # exactly what package-lock.json pins, without rewriting it.
     npm install --no-audit --no-fund --no-save --loglevel=error
   fi
+  # The other-language clients: Go from Debian's packages, offline (GOPATH mode).
+  scripts/setup-go.sh
 fi

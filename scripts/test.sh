@@ -9,4 +9,5 @@ scripts/check-protos.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 scripts/typecheck.sh
+clients/go/test.sh
 exec .venv/bin/pytest "$@"

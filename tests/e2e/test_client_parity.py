@@ -30,6 +30,7 @@ GRANT = ("10", "0.005")
 # How each client's runner is started; each prints its observation as JSON.
 RUNNERS: dict[str, list[str]] = {
     "python": [sys.executable, "-m", "lomas.client.scenario"],
+    "go": ["clients/go/bin/lomas-scenario"],
 }
 
 # What the platform answers the scenario, whichever client asks.
@@ -110,7 +111,7 @@ def check_observation(seen: dict[str, Any]) -> None:
     assert cost[0] > 0
     before, after = seen["budget_before"], seen["budget_after"]
     assert exact(before["initial"]) == (Decimal(GRANT[0]), Decimal(GRANT[1]))
-    assert exact(before["spent"]) == (0, 0)
+    assert exact(before["spent"]) == (Decimal(0), Decimal(0))
     assert exact(before["remaining"]) == exact(before["initial"])
     assert seen["query"]["columns"] == ["n"] and seen["query"]["rows"] == 1
     assert exact(seen["query"]["cost"]) == cost
