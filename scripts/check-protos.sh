@@ -20,10 +20,11 @@ if git rev-parse -q --verify HEAD~1 >/dev/null && git cat-file -e HEAD~1:protos 
 fi
 .venv/bin/python scripts/gen_protos.py >/dev/null
 clients/go/generate.sh
-generated=(clients/python/lomas clients/go/lomas)
+clients/typescript/scripts/generate.sh
+generated=(clients/python/lomas clients/go/lomas clients/typescript/src/gen)
 if [ -n "$(git status --porcelain -- "${generated[@]}")" ]; then
   echo "generated code differs from protos/: run '.venv/bin/python scripts/gen_protos.py' and" \
-    "'clients/go/generate.sh', and commit the result" >&2
+    "'clients/go/generate.sh' and 'clients/typescript/scripts/generate.sh', and commit the result" >&2
   git status --porcelain -- "${generated[@]}" >&2
   exit 1
 fi

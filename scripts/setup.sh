@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv with every Lomas mesh package (editable) and the pinned dependencies of constraints.txt.
-# Usage: scripts/setup.sh [--dev]   (--dev adds the test and build tools, and buf from package-lock.json)
+# Usage: scripts/setup.sh [--dev]   (--dev adds the test and build tools, the npm workspace that
+# package-lock.json pins, and the other-language clients)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,11 +19,8 @@ for p in "${packages[@]}"; do editables+=(-e "$p"); done
 if [ "${1:-}" = "--dev" ]; then
   "${pip[@]}" install -c constraints.txt -r requirements-dev.txt
   scripts/setup-envoy.sh
-  if [ ! -x node_modules/.bin/buf ]; then
-    # npm ci refuses a lock that records only this platform's optional buf binary; install
-    # exactly what package-lock.json pins, without rewriting it.
-    npm install --no-audit --no-fund --no-save --loglevel=error
-  fi
+  # The npm workspace as package-lock.json pins it (buf, the TypeScript client), and its build.
+  scripts/setup-typescript.sh
   # The other-language clients: Go from Debian's packages, offline (GOPATH mode).
   scripts/setup-go.sh
 fi

@@ -10,4 +10,6 @@ scripts/check-protos.sh
 .venv/bin/ruff format --check .
 scripts/typecheck.sh
 clients/go/test.sh
+(cd clients/typescript && ../../node_modules/.bin/prettier --check .)
+node --test clients/typescript/dist/test/
 exec .venv/bin/pytest "$@"

@@ -30,6 +30,7 @@ GRANT = ("10", "0.005")
 # How each client's runner is started; each prints its observation as JSON.
 RUNNERS: dict[str, list[str]] = {
     "python": [sys.executable, "-m", "lomas.client.scenario"],
+    "typescript": ["node", "clients/typescript/dist/scenario.js"],
     "go": ["clients/go/bin/lomas-scenario"],
 }
 

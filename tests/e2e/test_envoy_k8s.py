@@ -152,12 +152,13 @@ def test_the_gateway_trusts_exactly_what_its_sidecar_verified(kustomization: str
     http_filters = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
     names = [f["name"] for f in http_filters]
     assert names == [
+        "envoy.filters.http.grpc_web",
         "envoy.filters.http.header_mutation",
         "envoy.filters.http.jwt_authn",
         "envoy.filters.http.router",
     ]
-    stripped = http_filters[0]["typed_config"]["mutations"]["request_mutations"]
-    jwt_authn = http_filters[1]["typed_config"]
+    stripped = http_filters[1]["typed_config"]["mutations"]["request_mutations"]
+    jwt_authn = http_filters[2]["typed_config"]
     (provider,) = jwt_authn["providers"].values()
     assert provider["issuer"] == env["LOMAS_JWT_ISSUER"]
     assert env["LOMAS_JWT_AUDIENCE"] in provider["audiences"]
