@@ -12,7 +12,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 "${pip[@]}" install -c constraints.txt setuptools wheel
-packages=(clients/python services/common services/testing services/admin services/budget services/executor services/gateway services/embedded)
+packages=(clients/python services/common services/testing services/admin services/budget services/executor services/gateway services/embedded services/dashboard)
 editables=()
 for p in "${packages[@]}"; do editables+=(-e "$p"); done
 "${pip[@]}" install -c constraints.txt --no-build-isolation "${editables[@]}"
@@ -23,4 +23,6 @@ if [ "${1:-}" = "--dev" ]; then
   scripts/setup-typescript.sh
   # The other-language clients: Go from Debian's packages, offline (GOPATH mode).
   scripts/setup-go.sh
+  # Headless Chromium (Debian) for the dashboard's browser tests.
+  scripts/setup-browser.sh
 fi

@@ -17,7 +17,7 @@ VENV_BIN = Path(sys.executable).parent
 
 
 def test_run_command_serves_the_printed_example_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    port = free_port()
+    port, dashboard_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOMAS_")}
     # An operator's setting reaches the services; what the launcher owns does not move.
     launcher_env = env | {"LOMAS_MAX_DUMMY_ROWS": "7", "LOMAS_SERVICE_TOKEN": "ignored"}
@@ -29,6 +29,8 @@ def test_run_command_serves_the_printed_example_and_stops_on_ctrl_c(tmp_path: Pa
             str(tmp_path / "data"),
             "--port",
             str(port),
+            "--dashboard-port",
+            str(dashboard_port),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -57,6 +59,7 @@ def test_run_command_serves_the_printed_example_and_stops_on_ctrl_c(tmp_path: Pa
         assert count is not None, result.stdout  # a one-row frame with the DP count
         assert 200 <= int(count.group(1)) <= 500  # 344 rows plus Laplace noise at epsilon 1
         assert (tmp_path / "data" / "researcher.token").read_text() in printed
+        assert f"Dashboard: http://127.0.0.1:{dashboard_port}/" in printed
 
         dummy = [
             *example.split("\n", 2)[:2],

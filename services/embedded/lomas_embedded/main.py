@@ -1,5 +1,6 @@
 """`lomas-mesh run`: the embedded default. Every service, one Celery worker and a private Redis on this
-machine, SQLite stores in a data directory, a development issuer, and demo content. Ctrl-C stops it.
+machine, SQLite stores in a data directory, a development issuer, demo content, and the web dashboard
+(http://127.0.0.1:8080/ unless --dashboard-port says otherwise; 0 for none). Ctrl-C stops it.
 
 `lomas-mesh token USER`: a token for USER signed by the development issuer of a data directory, for
 users an administrator adds (`lomas-admin users add`)."""
@@ -16,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from lomas_embedded import demo
+from lomas_embedded.dashboard import Dashboard, start_dashboard
 from lomas_embedded.devkeys import DevIssuer
 from lomas_embedded.local import local_mesh
 
@@ -58,7 +60,7 @@ def operator_settings(environ: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-def run(data_dir: Path, port: int) -> None:
+def run(data_dir: Path, port: int, dashboard_port: int = 0) -> None:
     # The launcher's own log: restarts of services that died (each service logs to data/logs/).
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     data_dir = data_dir.resolve()
@@ -84,11 +86,24 @@ def run(data_dir: Path, port: int) -> None:
             f"\nResearcher token ({demo.RESEARCHER}), also in {data_dir / 'researcher.token'}:"
             f"\n{researcher_token}"
         )
-        print("\nTry it from Python:\n")
-        print(EXAMPLE.format(target=running.target, token=researcher_token))
-        print("\nPress Ctrl-C to stop.", flush=True)
-        stop.wait()
-        print("\nStopping...", flush=True)
+        dashboard = (
+            start_dashboard(running.target, dashboard_port, running.mesh.logs / "dashboard.log")
+            if dashboard_port
+            else None
+        )
+        try:
+            if isinstance(dashboard, Dashboard):
+                print(f"\nDashboard: {dashboard.url} (sign in with a token above)")
+            elif dashboard is not None:
+                print(f"\nDashboard not started: {dashboard}")
+            print("\nTry it from Python:\n")
+            print(EXAMPLE.format(target=running.target, token=researcher_token))
+            print("\nPress Ctrl-C to stop.", flush=True)
+            stop.wait()
+            print("\nStopping...", flush=True)
+        finally:
+            if isinstance(dashboard, Dashboard):
+                dashboard.stop()
     print("Stopped.", flush=True)
 
 
@@ -128,6 +143,12 @@ def main() -> None:
     run_parser = commands.add_parser("run", help="run the embedded default")
     run_parser.add_argument("--data-dir", type=Path, default=Path("data"))
     run_parser.add_argument("--port", type=int, default=50051)
+    run_parser.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=8080,
+        help="serve the web dashboard on 127.0.0.1 at this port (default 8080; 0: no dashboard)",
+    )
     token_parser = commands.add_parser(
         "token",
         help="print a token for a user (signed by the data directory's development issuer)",
@@ -145,7 +166,7 @@ def main() -> None:
     if args.command == "token" and not args.user.strip():
         token_parser.error("the user's name is empty")
     if args.command == "run":
-        run(args.data_dir, args.port)
+        run(args.data_dir, args.port, args.dashboard_port)
     elif args.command == "token":
         sys.exit(token(args.user, args.data_dir, args.ttl_days))
 

@@ -1,0 +1,199 @@
+"""Platform messages as the rows of the pages' tables: plain text, no protobuf in the templates."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from google.protobuf import timestamp_pb2
+
+from lomas.admin.v1 import resources_pb2
+from lomas.budget.v1 import budget_pb2
+from lomas.client.client import loss_to_dict
+from lomas.common.v1 import archive_pb2, dataset_pb2, query_pb2
+from lomas_dashboard.budgets import DEFINITIONS, Budget, loss_text
+
+
+def when(timestamp: timestamp_pb2.Timestamp) -> str:
+    if not timestamp.seconds and not timestamp.nanos:
+        return ""
+    return timestamp.ToDatetime().strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def metadata_yaml(metadata_json: str) -> str:
+    """A dataset's metadata as the YAML document Lomas administrators write."""
+    document: Any = json.loads(metadata_json) if metadata_json else {}
+    return str(yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
+
+
+def source_text(source: dataset_pb2.DataSource) -> str:
+    kind = source.WhichOneof("location")
+    if kind == "local":
+        return source.local.path
+    if kind == "url":
+        return source.url.url
+    if kind == "s3":
+        s3 = source.s3
+        extra = ", ".join(
+            part
+            for part in (
+                s3.endpoint_url,
+                f"credentials {s3.credentials_name}" if s3.credentials_name else "",
+            )
+            if part
+        )
+        return f"s3://{s3.bucket}/{s3.key}" + (f" ({extra})" if extra else "")
+    return "—"
+
+
+def query_text(query: query_pb2.Query) -> str:
+    """What a query asked, for the archive: the SQL, or which kind of OpenDP pipeline."""
+    kind = query.WhichOneof("kind")
+    if kind == "smartnoise_sql":
+        return query.smartnoise_sql.sql
+    if kind == "opendp":
+        pipeline = query.opendp.WhichOneof("pipeline")
+        return "OpenDP Polars plan" if pipeline == "polars" else "OpenDP measurement"
+    return "—"
+
+
+QUERY_KINDS = {"smartnoise_sql": "SmartNoise-SQL", "opendp": "OpenDP"}
+
+
+@dataclass(frozen=True)
+class UserRow:
+    name: str
+    role: str
+    may_query: bool
+    created: str
+
+    @classmethod
+    def of(cls, user: resources_pb2.User) -> UserRow:
+        role = "admin" if user.role == resources_pb2.ROLE_ADMIN else "researcher"
+        return cls(user.name, role, user.may_query, when(user.create_time))
+
+
+@dataclass(frozen=True)
+class DatasetRow:
+    name: str
+    data_format: str
+    source: str
+    version: int
+    created: str
+    metadata: str
+
+    @classmethod
+    def of(cls, dataset: resources_pb2.Dataset) -> DatasetRow:
+        return cls(
+            dataset.name,
+            dataset_pb2.DataFormat.Name(dataset.format).removeprefix("DATA_FORMAT_").lower(),
+            source_text(dataset.source),
+            dataset.version,
+            when(dataset.create_time),
+            metadata_yaml(dataset.metadata_json),
+        )
+
+
+@dataclass(frozen=True)
+class GrantRow:
+    user: str
+    dataset: str
+    definition: str
+    budget: Budget | None  # None when the ledger cannot be read
+    frozen: bool
+    created: str
+
+    @classmethod
+    def of(cls, grant: resources_pb2.Grant, ledger: budget_pb2.Ledger | None) -> GrantRow:
+        if ledger is None:
+            definition = DEFINITIONS.get(grant.definition, "")
+            return cls(grant.user, grant.dataset, definition, None, False, when(grant.create_time))
+        return cls.of_ledger(ledger)
+
+    @classmethod
+    def of_ledger(cls, ledger: budget_pb2.Ledger) -> GrantRow:
+        budget = Budget.from_losses(
+            ledger.allocation, ledger.spent, ledger.reserved, ledger.remaining
+        )
+        return cls(
+            ledger.user,
+            ledger.dataset,
+            DEFINITIONS.get(ledger.definition, ""),
+            budget,
+            ledger.frozen,
+            when(ledger.create_time),
+        )
+
+
+@dataclass(frozen=True)
+class CapRow:
+    dataset: str
+    budget: Budget | None  # None when the dataset has no cap
+    actor: str
+    reason: str
+    updated: str
+
+    @classmethod
+    def of(cls, dataset: str, cap: budget_pb2.DatasetCap) -> CapRow:
+        budget = (
+            Budget(loss_to_dict(cap.cap), loss_to_dict(cap.used), {}, loss_to_dict(cap.remaining))
+            if cap.HasField("cap")
+            else None
+        )
+        return cls(dataset, budget, cap.actor, cap.reason, when(cap.update_time))
+
+
+@dataclass(frozen=True)
+class EntryRow:
+    seq: int
+    kind: str
+    amount: str
+    query_id: str
+    actor: str
+    reason: str
+    created: str
+    hash: str
+
+    @classmethod
+    def of(cls, entry: budget_pb2.LedgerEntry) -> EntryRow:
+        kind = budget_pb2.LedgerEntryKind.Name(entry.kind).removeprefix("LEDGER_ENTRY_KIND_")
+        return cls(
+            entry.seq,
+            kind.lower().replace("_", " "),
+            loss_text(entry.amount),
+            entry.query_id,
+            entry.actor,
+            entry.reason,
+            when(entry.create_time),
+            entry.hash,
+        )
+
+
+@dataclass(frozen=True)
+class ArchiveRow:
+    query_id: str
+    user: str
+    dataset: str
+    kind: str
+    query: str
+    cost: str
+    status: str
+    error_reason: str
+    submitted: str
+
+    @classmethod
+    def of(cls, archived: archive_pb2.ArchivedQuery) -> ArchiveRow:
+        status = archive_pb2.QueryStatus.Name(archived.status).removeprefix("QUERY_STATUS_")
+        return cls(
+            archived.query_id,
+            archived.user,
+            archived.dataset,
+            QUERY_KINDS.get(archived.query.WhichOneof("kind") or "", "—"),
+            query_text(archived.query),
+            loss_text(archived.cost),
+            status.lower(),
+            archived.error_reason,
+            when(archived.submit_time),
+        )
