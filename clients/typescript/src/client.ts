@@ -23,8 +23,11 @@ import type { PrivacyLoss } from "./gen/lomas/common/v1/privacy_pb.js";
 import { OpenDpMechanism, QuerySchema, type Query } from "./gen/lomas/common/v1/query_pb.js";
 import {
   GatewayService,
+  type ExecuteQueryResponse,
   type PreviousQuery as WirePreviousQuery,
+  type WatchQueryResponse,
 } from "./gen/lomas/gateway/v1/gateway_pb.js";
+import { QueryJob, type WatchOptions } from "./jobs.js";
 
 /** A query as sent: a `lomas.common.v1.Query` message or its plain-object form. */
 export type QueryInit = MessageInitShape<typeof QuerySchema>;
@@ -108,6 +111,9 @@ export interface RunOptions {
   fresh?: boolean;
 }
 
+/** How a query is submitted as a job: `requestId` and `fresh`, as for `query`. */
+export type SubmitOptions = Pick<RunOptions, "requestId" | "fresh">;
+
 export interface LomasClientOptions {
   /** How calls reach the gateway: `createNodeTransport(target)` in Node.js (gRPC over HTTP/2), or
    * `createWebTransport(url)` in a browser (gRPC-web through Envoy). */
@@ -123,6 +129,16 @@ export interface LomasClientOptions {
 /** An Arrow IPC stream as an Arrow table (an empty table for no bytes). */
 export function tableFromIpcBytes(data: Uint8Array): Table {
   return data.length === 0 ? new Table() : tableFromIPC(data);
+}
+
+/** An ExecuteQuery answer (or a watched query's result) as a release. */
+export function releaseOf(response: ExecuteQueryResponse): Release {
+  return {
+    table: tableFromIpcBytes(response.release),
+    query_id: response.queryId,
+    cost: lossValues(response.cost),
+    replay: response.replay,
+  };
 }
 
 /** A privacy loss as exact decimal strings. */
@@ -185,8 +201,8 @@ export class LomasClient {
     this.opendp = new OpenDpClient(this);
   }
 
-  // Every unary call goes through here, so every refusal is a typed LomasError. A server-streaming
-  // call takes the same options and maps its errors the same way around its `for await` loop.
+  // Every unary call goes through here, so every refusal is a typed LomasError (the server stream,
+  // `watchQuery`, maps its errors the same way around its loop).
   private async call<T>(send: (options: CallOptions) => Promise<T>): Promise<T> {
     try {
       return await send(this.callOptions);
@@ -306,13 +322,70 @@ export class LomasClient {
       requestId: run.requestId || (dummy ? "" : crypto.randomUUID()),
       fresh: run.fresh ?? false,
     };
-    const response = await this.call((o) => this.gateway.executeQuery(request, o));
-    return {
-      table: tableFromIpcBytes(response.release),
-      query_id: response.queryId,
-      cost: lossValues(response.cost),
-      replay: response.replay,
+    return releaseOf(await this.call((o) => this.gateway.executeQuery(request, o)));
+  }
+
+  // Jobs ----------------------------------------------------------------------------------------
+
+  /** Start a real query and return its job at once (`smartnoiseSql.submit` and `opendp.submit`
+   * build the query for you). Every refusal that needs no data (invalid query, budget, access) is
+   * thrown here, before any charge. */
+  async submit(query: QueryInit, options: SubmitOptions = {}): Promise<QueryJob> {
+    const request = {
+      dataset: this.dataset,
+      query,
+      requestId: options.requestId || crypto.randomUUID(),
+      fresh: options.fresh ?? false,
     };
+    const response = await this.call((o) => this.gateway.submitQuery(request, o));
+    return this.job(response.queryId);
+  }
+
+  /** The job of one of your queries, by its query id (from `submit` or a release's `query_id`). */
+  job(queryId: string): QueryJob {
+    return new QueryJob(queryId, {
+      watch: (options) => this.watchQuery(queryId, options),
+      cancel: async () => {
+        const response = await this.call((o) => this.gateway.cancelQuery({ queryId }, o));
+        return lossValues(response.refunded);
+      },
+      release: releaseOf,
+    });
+  }
+
+  // The server stream, its refusals typed as `call` types them. A caller that leaves early (a
+  // `break` in its loop) gets the call aborted and its end read: Connect neither closes the stream
+  // nor clears its deadline timer otherwise, and that timer would keep Node.js running.
+  private async *watchQuery(
+    queryId: string,
+    options: WatchOptions,
+  ): AsyncGenerator<WatchQueryResponse, void, undefined> {
+    const controller = new AbortController();
+    const callOptions = {
+      ...this.callOptions,
+      timeoutMs: options.timeoutMs ?? this.callOptions.timeoutMs,
+      signal: controller.signal,
+    };
+    const stream = this.gateway.watchQuery({ queryId }, callOptions)[Symbol.asyncIterator]();
+    let ended = false;
+    try {
+      for (;;) {
+        const next = await stream.next();
+        if (next.done) {
+          ended = true;
+          return;
+        }
+        yield next.value;
+      }
+    } catch (error) {
+      ended = true;
+      throw error instanceof ConnectError ? fromConnectError(error) : error;
+    } finally {
+      if (!ended) {
+        controller.abort();
+        await stream.next().catch(() => undefined);
+      }
+    }
   }
 }
 
@@ -386,6 +459,24 @@ export class SmartnoiseSqlClient {
     );
     return this.client.execute(built, options);
   }
+
+  /** Start the query and return its job at once: `job.result()` waits for the release,
+   * `job.watch()` follows it, `job.cancel()` stops it before it touches data. */
+  submit(
+    query: string,
+    epsilon: DecimalText,
+    delta: DecimalText,
+    options: SmartnoiseSqlOptions & { postprocess?: boolean } & SubmitOptions = {},
+  ): Promise<QueryJob> {
+    const built = SmartnoiseSqlClient.build(
+      query,
+      epsilon,
+      delta,
+      options.mechanisms,
+      options.postprocess,
+    );
+    return this.client.submit(built, options);
+  }
 }
 
 /** An OpenDP pipeline, in one of the two forms Lomas accepts: a measurement in OpenDP's JSON form
@@ -453,5 +544,13 @@ export class OpenDpClient {
    * returns its frame. `dummy`, `requestId` and `fresh` work as for SmartNoise-SQL. */
   query(pipeline: OpenDpPipeline, options: PipelineOptions & RunOptions = {}): Promise<Release> {
     return this.client.execute(OpenDpClient.build(pipeline, options), options);
+  }
+
+  /** Start the pipeline and return its job at once (see `SmartnoiseSqlClient.submit`). */
+  submit(
+    pipeline: OpenDpPipeline,
+    options: PipelineOptions & SubmitOptions = {},
+  ): Promise<QueryJob> {
+    return this.client.submit(OpenDpClient.build(pipeline, options), options);
   }
 }

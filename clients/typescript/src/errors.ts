@@ -82,6 +82,14 @@ export class ExecutionFailed extends LomasError {
  * must fix the source. */
 export class SourceUnavailable extends LomasError {}
 
+/** The query was cancelled before it touched the data: its reservation was returned in full and
+ * nothing was released. */
+export class QueryCancelled extends LomasError {}
+
+/** Too late to cancel: a worker already touched the data, so the query runs to its end and its
+ * charge stands (there is no refund after data access). */
+export class DataAccessed extends LomasError {}
+
 /** The worker's cost of the query differed from what was reserved: nothing ran, nothing was
  * charged; sending the query again prices it anew. */
 export class CostMismatch extends LomasError {}
@@ -117,6 +125,8 @@ const BY_REGISTRY: [ErrorReason, ErrorClass][] = [
   [ErrorReason.FREE_CALLS_BUSY, LimitExceeded],
   [ErrorReason.COST_MISMATCH, CostMismatch],
   [ErrorReason.DATASET_SOURCE_UNAVAILABLE, SourceUnavailable],
+  [ErrorReason.QUERY_CANCELLED, QueryCancelled],
+  [ErrorReason.DATA_ACCESSED, DataAccessed],
 ];
 
 // ErrorInfo.reason is the registry value's name without its ERROR_REASON_ prefix, which is the name
@@ -134,6 +144,7 @@ const BY_CODE = new Map<number, ErrorClass>([
   [RpcCode.ALREADY_EXISTS, AlreadyExists],
   [RpcCode.UNAVAILABLE, BackendUnavailable],
   [RpcCode.DEADLINE_EXCEEDED, QueryTimeout],
+  [RpcCode.CANCELLED, QueryCancelled],
 ]);
 
 /** The gRPC name of a status code ("NOT_FOUND"); Connect's codes have the gRPC numbers. */

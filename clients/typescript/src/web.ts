@@ -9,6 +9,7 @@ import { createGrpcWebTransport } from "@connectrpc/connect-web";
 export * from "./client.js";
 export * from "./decimal.js";
 export * from "./errors.js";
+export * from "./jobs.js";
 
 /**
  * A gRPC-web transport to Envoy at `baseUrl`, e.g. "https://lomas.example.org" (or
