@@ -25,4 +25,6 @@ if [ "${1:-}" = "--dev" ]; then
   scripts/setup-go.sh
   # Headless Chromium (Debian) for the dashboard's browser tests.
   scripts/setup-browser.sh
+  # kubectl with kustomize v5 renders k8s/ for the manifest tests (Debian 12's own kubectl is 1.20).
+  scripts/setup-k8s-tools.sh
 fi

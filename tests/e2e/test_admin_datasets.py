@@ -13,8 +13,12 @@ from mesh_testing import RunningMesh
 
 from lomas.admin_cli import main as lomas_admin
 from lomas.client.admin import approx_dp
+from lomas.common.v1 import dataset_pb2
 from lomas_embedded import demo
 from lomas_executor.demo import make_penguin_like, penguin_metadata_text
+from lomas_executor.dummy import make_dummy_frame
+from lomas_executor.metadata import DatasetMetadata
+from lomas_testing.data_servers import HttpFileServer
 
 FORMATS = Path(__file__).parent / "lomas_formats"
 COUNT = "SELECT COUNT(*) AS n FROM df"
@@ -72,37 +76,53 @@ def test_updating_a_dataset_bumps_its_version_and_queries_see_the_new_data(
 def test_bulk_registration_from_lomas_collection_files(
     platform: RunningMesh, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Every source exists and matches its metadata (the platform refuses any other): data drawn
+    from each Lomas metadata file, on local paths and one served over HTTP."""
     data = tmp_path / "data"
     data.mkdir()
-    make_penguin_like(rows=50, seed=3).to_csv(data / "penguin.csv", index=False)
     entries = [
-        ("IRIS", {"database_type": "PATH_DB", "path": "https://example.org/iris.csv"}, "iris"),
-        ("PUMS", {"database_type": "PATH_DB", "path": "data/pums.csv"}, "pums"),
-        ("BIRTHDAYS", {"database_type": "PATH_DB", "path": "data/birthdays.csv"}, "birthday"),
-        ("TITANIC", {"database_type": "PATH_DB", "path": "data/titanic.parquet"}, "titanic"),
-        (
-            "FSO_INCOME_SYNTHETIC",
-            {
-                "database_type": "S3_DB",
-                "bucket": "example",
-                "key": "data/income_synthetic_data.csv",
-                "endpoint_url": "http://localhost:9000",
-                "credentials_name": "local_minio",
-            },
-            "fso_income_synthetic",
-        ),
+        ("IRIS", "iris", "iris.csv"),
+        ("PUMS", "pums", "data/pums.csv"),
+        ("BIRTHDAYS", "birthday", "data/birthdays.csv"),
+        ("TITANIC", "titanic", "data/titanic.parquet"),
+        ("FSO_INCOME_SYNTHETIC", "fso_income_synthetic", "data/income_synthetic_data.parquet"),
     ]
+    for _, stem, location in entries:
+        metadata = DatasetMetadata.from_yaml_text(
+            (FORMATS / "metadata" / f"{stem}_metadata.yaml").read_text()
+        )
+        frame = make_dummy_frame(metadata, rows=50, seed=3)
+        path = tmp_path / location
+        if location.endswith(".parquet"):
+            frame.to_parquet(path, index=False)
+        else:
+            frame.to_csv(path, index=False)
+    with HttpFileServer(tmp_path) as http:
+        _register_collections(platform, tmp_path, http, entries, capsys)
+
+
+def _register_collections(
+    platform: RunningMesh,
+    tmp_path: Path,
+    http: HttpFileServer,
+    entries: list[tuple[str, str, str]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def access(location: str) -> dict[str, str]:
+        path = http.url(location) if location == "iris.csv" else location
+        return {"database_type": "PATH_DB", "path": path}
+
     collection = {
         "datasets": [
             {
                 "dataset_name": name,
-                "dataset_access": access,
+                "dataset_access": access(location),
                 "metadata_access": {
                     "database_type": "PATH_DB",
                     "path": str(FORMATS / "metadata" / f"{stem}_metadata.yaml"),
                 },
             }
-            for name, access, stem in entries
+            for name, stem, location in entries
         ]
     }
     collection_path = tmp_path / "dataset_collection.yaml"
@@ -116,9 +136,9 @@ def test_bulk_registration_from_lomas_collection_files(
     with platform.admin() as admin:
         datasets = {d.name: d for d in admin.list_datasets()}
         assert {name for name, _, _ in entries} <= set(datasets)
-        assert datasets["IRIS"].source.url.url == "https://example.org/iris.csv"
-        assert datasets["PUMS"].source.local.path == str(data / "pums.csv")
-        assert datasets["FSO_INCOME_SYNTHETIC"].source.s3.credentials_name == "local_minio"
+        assert datasets["IRIS"].source.url.url == http.url("iris.csv")
+        assert datasets["PUMS"].source.local.path == str(tmp_path / "data" / "pums.csv")
+        assert datasets["TITANIC"].format == dataset_pb2.DATA_FORMAT_PARQUET
         users = {u.name: u for u in admin.list_users()}
         assert {"Alice", "Bob", "Jack", "Dr. FSO", "Dr. Antartica"} <= set(users)
         ledgers = {ledger.dataset: ledger for ledger in admin.budgets("Alice")}

@@ -7,6 +7,7 @@ The mesh and its datasets are `execution_testing.start_platform`'s.
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -166,19 +167,15 @@ def test_s3_credentials_stay_on_the_workers(platform: Platform) -> None:
     assert CREDENTIALS in text
     assert platform.s3.secret_access_key not in text
     assert platform.s3.access_key_id not in text
-    # Credentials the workers do not hold: the query fails on the worker, naming only the name,
-    # before any data access, so nothing is charged.
-    with platform.admin() as admin:
+    # Credentials the platform does not hold: the dataset is refused at registration, naming only
+    # the credentials' name, and nothing is registered.
+    with platform.admin() as admin, pytest.raises(LomasError) as unknown:
         admin.add_dataset(
             "S3_UNKNOWN_CREDENTIALS",
             s3_source(BUCKET, "penguin.csv", platform.s3.endpoint_url, "nobody"),
             platform.metadata,
             CSV,
         )
-    client = platform.researcher("S3_UNKNOWN_CREDENTIALS")
-    before = budget_state(client)
-    with pytest.raises(LomasError) as unknown:
-        client.smartnoise_sql.query(COUNT, epsilon=1.0, delta=0)
     assert_refused(
         unknown.value,
         "FAILED_PRECONDITION",
@@ -186,17 +183,17 @@ def test_s3_credentials_stay_on_the_workers(platform: Platform) -> None:
         "no S3 credentials named",
     )
     assert platform.s3.secret_access_key not in unknown.value.message
-    assert budget_state(client) == before
+    with platform.admin() as admin:
+        assert "S3_UNKNOWN_CREDENTIALS" not in {d.name for d in admin.list_datasets()}
 
 
 def test_a_missing_data_file_fails_before_data_access_and_is_refunded(platform: Platform) -> None:
+    # Registration checks the file; one removed afterwards is found missing by the worker.
+    vanishing = platform.data_dir / "files" / "vanishing.csv"
+    shutil.copy(platform.data_dir / "files" / "penguin.csv", vanishing)
     with platform.admin() as admin:
-        admin.add_dataset(
-            "MISSING_FILE",
-            local_source(platform.data_dir / "files" / "no-such-file.csv"),
-            platform.metadata,
-            CSV,
-        )
+        admin.add_dataset("MISSING_FILE", local_source(vanishing), platform.metadata, CSV)
+    vanishing.unlink()
     client = platform.researcher("MISSING_FILE")
     before = budget_state(client)
     with pytest.raises(LomasError) as missing:

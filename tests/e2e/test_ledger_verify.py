@@ -51,7 +51,7 @@ class LedgerMesh:
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """The real `lomas-admin` command, as an administrator runs it."""
         command = [sys.executable, "-m", "lomas.admin_cli", "--target", self.running.target]
-        command += ["--token-file", str(self.token_file), *args]
+        command += ["--token-file", str(self.token_file), "--json", *args]
         return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
@@ -167,7 +167,7 @@ def test_admin_cli_ledger_commands(
     """The other ledger commands, through the CLI's `main` (in process, to keep the suite fast)."""
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        argv = ["--target", ledger_mesh.mesh.gateway_target, "--token-file"]
+        argv = ["--target", ledger_mesh.mesh.gateway_target, "--json", "--token-file"]
         code = admin_cli.main([*argv, str(ledger_mesh.token_file), *args])
         out, err = capsys.readouterr()
         return subprocess.CompletedProcess(args, code, out, err)

@@ -53,7 +53,8 @@ def first_event(job: QueryJob) -> gateway_pb2.WatchQueryResponse:
 
 def test_jobs_queue_cancel_and_finish(idle_mesh: RunningMesh) -> None:
     alice, bob = client_of(idle_mesh, ALICE), client_of(idle_mesh, BOB)
-    cost = alice.smartnoise_sql.cost(SQL.format(1), epsilon="0.5", delta="0.00001")["epsilon"]
+    priced = alice.smartnoise_sql.cost(SQL.format(1), epsilon="0.5", delta="0.00001")
+    cost = priced["epsilon"]
     jobs = [
         alice.smartnoise_sql.submit(SQL.format(n), epsilon="0.5", delta="0.00001")
         for n in (1, 2, 3)
@@ -77,8 +78,10 @@ def test_jobs_queue_cancel_and_finish(idle_mesh: RunningMesh) -> None:
     assert first_event(jobs[0]).state == gateway_pb2.QUERY_STATE_QUEUED  # untouched by Bob
 
     # Cancel before data access: the whole reservation comes back; cancelling again changes nothing.
-    assert jobs[1].cancel() == {"epsilon": cost, "delta": Decimal("0.00001")}
-    assert jobs[1].cancel() == {"epsilon": cost, "delta": Decimal("0.00001")}
+    # A pure Laplace COUNT: its reservation holds no delta, although the query passes one.
+    assert priced == {"epsilon": cost, "delta": Decimal(0)}
+    assert jobs[1].cancel() == priced
+    assert jobs[1].cancel() == priced
     assert budget(alice) == (Decimal(0), Decimal(10) - 2 * cost)
     with pytest.raises(QueryCancelled) as cancelled:
         jobs[1].result(timeout=30)

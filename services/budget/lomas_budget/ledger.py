@@ -28,6 +28,7 @@ from lomas_budget.accounting import (
     shift,
     storable,
 )
+from lomas_budget.anchoring import Checkpoint
 from lomas_budget.codec import BALANCE, CAP, USER, loss_params
 from lomas_budget.journal import Pending
 from lomas_budget.model import (
@@ -337,8 +338,16 @@ class BudgetLedger(Reservations):
 
     def verify(self, ledger_id: str | None = None) -> VerificationReport:
         """Recompute every balance (or one ledger's) from its entries, check every hash chain,
-        reservation, freeze and dataset cap, in one snapshot. See `lomas_budget.verify`."""
-        return self._read(lambda session: verify_snapshot(session, ledger_id))
+        reservation, freeze and dataset cap, in one snapshot, and every chain against its latest
+        checkpoint when the ledger keeps them. See `lomas_budget.verify`."""
+        # The checkpoints are read first: none can then be newer than what the snapshot shows.
+        anchors = self.anchor.anchors() if self.anchor is not None else None
+        return self._read(lambda session: verify_snapshot(session, ledger_id, anchors))
+
+    def checkpoint(self) -> list[Checkpoint]:
+        """Anchor every ledger whose chain moved since its latest checkpoint (see
+        `lomas_budget.anchoring`); nothing when the ledger keeps no checkpoints."""
+        return self.anchor.checkpoint(self._store) if self.anchor is not None else []
 
     def verify_ledger(self, ledger_id: str) -> list[str]:
         """The problems of one ledger; an empty list means it is consistent."""

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
+from lomas_budget.anchoring import LedgerAnchor
 from lomas_budget.codec import Codec, fingerprint
 from lomas_budget.model import (
     DEFAULT_REQUEST_RETENTION_SECONDS,
@@ -32,7 +33,8 @@ T = TypeVar("T")
 
 
 class LedgerOperations:
-    """The store, the clock and the settings that the ledger's operations share."""
+    """The store, the clock and the settings that the ledger's operations share, and the anchor
+    that checkpoints the ledgers outside the store (None: no checkpoints kept)."""
 
     def __init__(
         self,
@@ -41,6 +43,7 @@ class LedgerOperations:
         clock: Callable[[], datetime] = utc_now,
         reservation_ttl_seconds: int = DEFAULT_RESERVATION_TTL_SECONDS,
         request_retention_seconds: int = DEFAULT_REQUEST_RETENTION_SECONDS,
+        anchor: LedgerAnchor | None = None,
     ) -> None:
         if not 0 < reservation_ttl_seconds <= MAX_RESERVATION_TTL_SECONDS:
             raise ValueError("the reservation TTL must be positive and at most 7 days")
@@ -50,6 +53,7 @@ class LedgerOperations:
         self._clock = clock
         self.reservation_ttl_seconds = reservation_ttl_seconds
         self.request_retention_seconds = request_retention_seconds
+        self.anchor = anchor
 
     def _now(self) -> str:
         return stamp(self._clock())

@@ -19,6 +19,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from lomas_budget import tables
@@ -40,6 +41,17 @@ from lomas_common.privacy import PrivacyDefinition, PrivacyLoss
 T = TypeVar("T")
 
 _STREAM_BATCH = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerHead:
+    """Where a ledger's chain stands: what a checkpoint pins (`lomas_budget.anchoring`)."""
+
+    ledger_id: str
+    user: str
+    dataset: str
+    entry_count: int
+    head_hash: str
 
 
 def _tuple_rows(cursor: Any) -> Any:
@@ -322,6 +334,30 @@ class LedgerSession:
         )
         return [tables.entry(row) for row in rows]
 
+    def entry_hash(self, ledger_id: str, seq: int) -> str | None:
+        """The stored hash of one entry (None when there is no such entry)."""
+        row = self._tx.fetchone(
+            "SELECT hash FROM ledger_entries WHERE ledger_id = ? AND seq = ?", (ledger_id, seq)
+        )
+        return str(row["hash"]) if row else None
+
+    def ledger_heads(self) -> list[LedgerHead]:
+        """Every ledger that has entries, with the head of its chain, by id."""
+        rows = self._tx.fetchall(
+            "SELECT id, user_name, dataset_name, entry_count, head_hash FROM ledgers "
+            "WHERE entry_count > 0 ORDER BY id"
+        )
+        return [
+            LedgerHead(
+                row["id"],
+                row["user_name"],
+                row["dataset_name"],
+                int(row["entry_count"]),
+                row["head_hash"],
+            )
+            for row in rows
+        ]
+
     # reservations
 
     def find_reservation(self, query_id: str) -> Reservation | None:
@@ -470,4 +506,4 @@ class LedgerStore:
         )
 
 
-__all__ = ["LedgerSession", "LedgerStore"]
+__all__ = ["LedgerHead", "LedgerSession", "LedgerStore"]

@@ -16,6 +16,10 @@ memory), and checks:
 * the freeze: the row's flag is what the last freeze/unfreeze entry says, and agrees with the user's;
 * the dataset caps: what the dataset's ledgers spent or hold, converted charge by charge to the
   cap's unit, equals the cap's cached use and fits the cap; `capped` flags agree.
+* the anchors, when the service keeps checkpoints (`lomas_budget.anchoring`): each ledger's stored
+  entry at its latest checkpoint's count carries the checkpoint's head hash (so a consistent
+  rewrite of the chain up to there is caught), no checkpointed ledger or entry is gone, and every
+  line of the checkpoint file is an authentic checkpoint.
 
 It never raises on a tampered row: every inconsistency becomes a line of text.
 """
@@ -28,6 +32,7 @@ from decimal import Decimal, InvalidOperation, localcontext
 from typing import Any
 
 from lomas_budget.accounting import EXACT, charge_in_unit, exceeds, shift
+from lomas_budget.anchoring import Anchors
 from lomas_budget.journal import chain_hash, chain_prefix
 from lomas_budget.model import GENESIS_HASH, DatasetCap, EntryKind, ReservationState
 from lomas_budget.store import LedgerSession
@@ -126,13 +131,18 @@ class _Problems:
         return self.lines
 
 
-def verify_snapshot(session: LedgerSession, ledger_id: str | None = None) -> VerificationReport:
-    """Verify every ledger (or one) as one snapshot of the store sees it."""
+def verify_snapshot(
+    session: LedgerSession, ledger_id: str | None = None, anchors: Anchors | None = None
+) -> VerificationReport:
+    """Verify every ledger (or one) as one snapshot of the store sees it, against `anchors` (the
+    checkpoints, read before the snapshot) when given."""
     with localcontext(EXACT):
-        return _verify(session, ledger_id)
+        return _verify(session, ledger_id, anchors)
 
 
-def _verify(session: LedgerSession, ledger_id: str | None) -> VerificationReport:
+def _verify(
+    session: LedgerSession, ledger_id: str | None, anchors: Anchors | None
+) -> VerificationReport:
     caps = session.capped_datasets()
     frozen_users = session.frozen_users()
     entries = _Stream(session.stream_entries(ledger_id))
@@ -145,15 +155,21 @@ def _verify(session: LedgerSession, ledger_id: str | None) -> VerificationReport
     }
     ledgers_checked = entries_checked = 0
     amounts = _Amounts()
+    stored: set[str] = set()
     for row in session.stream_ledgers(ledger_id):
         current = row["id"]
         problems += _orphans(entries, reservations, current)
         ledgers_checked += 1
         check = _LedgerCheck(row, caps.get(row["dataset_name"]), frozen_users, amounts)
+        if anchors is not None and current in anchors.latest:
+            check.anchor_seq = anchors.latest[current].entry_count
         check.entries(entries)
         while reservations.head is not None and reservations.head[1] == current:
             check.reservation(reservations.take())
         problems += check.finish()
+        if anchors is not None:
+            problems += anchors.check_ledger(row, check.count, check.anchored_hash)
+            stored.add(current)
         entries_checked += check.count
         dataset = row["dataset_name"]
         if dataset in cap_use and check.cap_use is not None:
@@ -163,6 +179,10 @@ def _verify(session: LedgerSession, ledger_id: str | None) -> VerificationReport
         problems.append(f"ledger {ledger_id}: not found")
     if ledger_id is None:
         problems += _check_caps(caps, cap_use)
+    if anchors is not None:
+        problems += anchors.problems
+        if ledger_id is None:
+            problems += anchors.missing(stored)
     return VerificationReport(ledgers_checked, entries_checked, tuple(problems))
 
 
@@ -225,6 +245,9 @@ class _LedgerCheck:
         self.held = [_ZERO, _ZERO, _ZERO]
         self.reserved_rows: set[str] = set()
         self.cap_use: PrivacyLoss | None = None
+        # The seq of the latest checkpoint's head (0: none) and the stored hash of that entry.
+        self.anchor_seq = 0
+        self.anchored_hash: str | None = None
         self.readable = True
         try:
             self.user = row["user_name"]
@@ -264,10 +287,13 @@ class _LedgerCheck:
         last_hash = self.prev_hash
         frozen = self.frozen
         overspent = False
+        anchor_seq = self.anchor_seq
         while row is not None and row[0] == ledger_id:
             (_, seq, kind, epsilon_text, delta_text, rho_text, query_id, actor, reason,
              created_at, prev_hash, stored_hash) = row  # fmt: skip
             count += 1
+            if seq == anchor_seq:
+                self.anchored_hash = stored_hash
             where = ""
             if seq != count:
                 where = f"{self.prefix} entry {seq}"

@@ -44,6 +44,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
+from lomas_common.errors import BackendUnavailable
 from lomas_common.privacy import format_decimal
 
 log = logging.getLogger(__name__)
@@ -273,8 +274,18 @@ class Database:
         """
         if readonly and pipelined:
             raise ValueError("a pipelined transaction is a write transaction")
-        with self._backend.transaction(readonly=readonly, pipelined=pipelined) as tx:
-            yield tx
+        try:
+            with self._backend.transaction(readonly=readonly, pipelined=pipelined) as tx:
+                yield tx
+        except psycopg.OperationalError as error:
+            # The server went away (a restart, a failover): the pool drops the dead connection,
+            # and the caller retries (with its request id) once the server is back.
+            log.warning("database unavailable: %s", error)
+            raise BackendUnavailable(
+                "the database is unavailable; retry later",
+                peer="database",
+                retry_after_seconds=1.0,
+            ) from None
 
     def run(
         self,

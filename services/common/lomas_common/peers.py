@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2
 
 from lomas_common.rpc_errors import from_rpc_error
 from lomas_common.server import REQUEST_ID_HEADER, SERVICE_TOKEN_HEADER, request_id_var
-from lomas_common.telemetry import client_interceptors
+from lomas_common.telemetry import client_interceptors, traced_channel
 
 # Covariant: a peer built from `XServiceStub` on an asyncio channel holds the generated
 # `XServiceAsyncStub` (a subclass), and is still a peer of `XServiceStub` to its users.
@@ -150,7 +150,10 @@ class SyncPeer(Generic[StubT]):
     ) -> None:
         self._settings = settings
         self.name = name or peer_name(stub_class)
-        self.channel = grpc.insecure_channel(target, options=_channel_options(settings))
+        self.channel = traced_channel(
+            settings.otel_exporter,
+            grpc.insecure_channel(target, options=_channel_options(settings)),
+        )
         self.stub: StubT = stub_class(self.channel)
 
     def call(self, method: str, request: Any, *, timeout: float | None = None) -> Any:

@@ -108,7 +108,12 @@ PEER_RETRY_AFTER_SECONDS = 1.0
 
 # Transport failures: the peer was not reached, went away mid-call, or did not answer in time. They
 # carry no ErrorInfo because no Lomas code produced them.
-_TRANSPORT_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# A peer that is stopping cancels the calls it had not started: CANCELLED, retryable like those.
+_TRANSPORT_CODES = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+)
 
 
 def peer_unavailable(peer: str) -> BackendUnavailable:

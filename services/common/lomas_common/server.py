@@ -28,6 +28,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol, TypeVar, cast
 
 import grpc
@@ -39,7 +40,8 @@ from lomas_common.errors import InvalidArgument, LomasError, PermissionDenied
 from lomas_common.reflection import add_reflection
 from lomas_common.rpc_errors import internal_status, to_status
 from lomas_common.settings import ServerSettings
-from lomas_common.telemetry import server_interceptors
+from lomas_common.telemetry import TelemetrySettings, server_interceptors
+from lomas_common.telemetry import setup as setup_telemetry
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +158,7 @@ async def _edge(
     method: str,
     request: Any,
     context: grpc.aio.ServicerContext[Any, Any],
+    *,
     authenticator: Authenticator | None,
     observer: Observer | None,
 ) -> AsyncIterator[None]:
@@ -193,35 +196,6 @@ async def _edge(
                 log.exception("observer failed for %s", method)
 
 
-def _wrap_unary(
-    behavior: AsyncBehavior,
-    method: str,
-    authenticator: Authenticator | None,
-    observer: Observer | None,
-) -> AsyncBehavior:
-    async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        async with _edge(method, request, context, authenticator, observer):
-            return await behavior(request, context)
-
-    return handler
-
-
-def _wrap_unary_stream(
-    behavior: StreamBehavior,
-    method: str,
-    authenticator: Authenticator | None,
-    observer: Observer | None,
-) -> StreamBehavior:
-    async def handler(
-        request: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[Any]:
-        async with _edge(method, request, context, authenticator, observer):
-            async for response in behavior(request, context):
-                yield response
-
-    return handler
-
-
 def call_metadata(
     context: grpc.ServicerContext | grpc.aio.ServicerContext[Any, Any],
 ) -> dict[str, str]:
@@ -256,33 +230,36 @@ class _EdgeInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method = handler_call_details.method
+        edge = partial(
+            _edge,
+            handler_call_details.method,
+            authenticator=self._authenticator,
+            observer=self._observer,
+        )
         deserializer = tolerant_deserializer(handler.request_deserializer)
+        serializer = handler.response_serializer
         # On an asyncio server a unary behaviour is a coroutine function and a server-streaming
         # one an async generator function (grpc's stubs type them for the thread-pool server).
         if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(
-                    cast(AsyncBehavior, handler.unary_unary),
-                    method,
-                    self._authenticator,
-                    self._observer,
-                ),
-                request_deserializer=deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            answer = cast(AsyncBehavior, handler.unary_unary)
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                async with edge(request, context):
+                    return await answer(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary, deserializer, serializer)
         if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_unary_stream(
-                    cast(StreamBehavior, handler.unary_stream),
-                    method,
-                    self._authenticator,
-                    self._observer,
-                ),
-                request_deserializer=deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        # Client streams (reflection) authenticate no one: only public methods are streams.
+            events = cast(StreamBehavior, handler.unary_stream)
+
+            async def streaming(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                async with edge(request, context):
+                    async for response in events(request, context):
+                        yield response
+
+            return grpc.unary_stream_rpc_method_handler(streaming, deserializer, serializer)
+        # Client streams: only gRPC reflection has them, and it is public.
         return handler
 
 
@@ -466,6 +443,5 @@ async def serve_until_signalled(
 
 
 def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    """Set up this process's logs (at `level`), traces and metrics: `lomas_common.telemetry`."""
+    setup_telemetry(TelemetrySettings.from_env(log_level=level))

@@ -40,6 +40,11 @@ class EstimateCostOnly(executor_pb2_grpc.ExecutorServiceServicer):
     ) -> executor_pb2.ValidateDatasetResponse:
         self._unimplemented(context)
 
+    def EstimateAccuracy(
+        self, request: executor_pb2.EstimateAccuracyRequest, context: grpc.ServicerContext
+    ) -> executor_pb2.EstimateAccuracyResponse:
+        self._unimplemented(context)
+
     def GetDummyDataset(
         self, request: executor_pb2.GetDummyDatasetRequest, context: grpc.ServicerContext
     ) -> executor_pb2.GetDummyDatasetResponse:

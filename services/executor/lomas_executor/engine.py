@@ -27,7 +27,8 @@ import polars as pl
 
 from lomas_common.errors import InvalidQuery
 from lomas_common.privacy import PrivacyLoss, format_decimal
-from lomas_executor import opendp_queries, smartnoise_sql
+from lomas_executor import accuracy, opendp_queries, smartnoise_sql
+from lomas_executor.accuracy import ColumnAccuracy
 from lomas_executor.cache import SQL_READER, DatasetCache, LoadedDataset
 from lomas_executor.dummy import make_dummy_frame
 from lomas_executor.metadata import DatasetMetadata
@@ -88,6 +89,21 @@ class QueryEngine:
                 raise _unsupported(query)
         _check_delta(cost, dataset.metadata)
         return cost
+
+    def estimate_accuracy(
+        self, query: Query, dataset: DatasetRef, alpha: float
+    ) -> list[ColumnAccuracy]:
+        """Per output column, the half-width of the (1 - alpha) interval of the noise the query's
+        release will carry (see `lomas_executor.accuracy`); validates it as `estimate_cost` does;
+        no data access."""
+        self.estimate_cost(query, dataset)
+        match query:
+            case SmartnoiseSqlQuery():
+                return accuracy.sql_accuracy(query, dataset.metadata, self._limits.sql, alpha)
+            case OpenDpMeasurementQuery() | OpenDpPolarsQuery():
+                return accuracy.opendp_accuracy(query, dataset.metadata, self._limits, alpha)
+            case _:
+                raise _unsupported(query)
 
     def canonical_sql(self, query: Query, dataset: DatasetRef) -> str | None:
         """A SmartNoise-SQL query's SQL as the engine's parser reads it (None for other kinds);

@@ -36,6 +36,7 @@ from lomas.admin.v1 import admin_store_pb2, admin_store_pb2_grpc
 from lomas.budget.v1 import budget_pb2, budget_pb2_grpc
 from lomas.common.v1 import archive_pb2, privacy_pb2
 from lomas.executor.v1 import task_pb2
+from lomas_common import metrics
 from lomas_common.convert import now_timestamp, privacy_loss_to_proto, zero_cost
 from lomas_common.errors import Code, LomasError
 from lomas_common.peers import SyncPeer
@@ -136,6 +137,8 @@ class QueryRunner:
                 )
                 outcome.complete_time.CopyFrom(now_timestamp())
                 self._commit(task.query_id)
+                metrics.budget_committed(task.dataset.name, task.cost)
+                metrics.query_stored(False, COST_MISMATCH)
                 self._announce(self._record(outcome))
                 return
             if attempt is None:
@@ -149,8 +152,13 @@ class QueryRunner:
             )
             stored = self._record(outcome)
             committed.result()
+            metrics.budget_committed(task.dataset.name, task.cost)
+            metrics.query_stored(
+                stored.status == archive_pb2.QUERY_STATUS_SUCCEEDED, stored.error_reason
+            )
         else:
             self._commit(task.query_id)
+            metrics.replayed("redelivery")
         self._announce(stored)
 
     def _commit(self, query_id: str) -> None:
@@ -212,6 +220,7 @@ class QueryRunner:
             if release_error.reason != "DATA_ACCESSED":
                 raise
             return False
+        metrics.query_refused(reason)
         outcome = self._new_outcome(task)
         outcome.cost.CopyFrom(zero_cost(task.cost))
         self._fail(outcome, reason, message)

@@ -2,7 +2,8 @@
 
 Only the children of `lomas_executor.sandbox.FreeCallPool` import this module (it loads the engines:
 Polars, OpenDP, smartnoise-sql); the server process never does. The executor service never loads
-private data: the engine's dataset cache stays empty.
+private data: the engine's dataset cache stays empty, and ValidateDataset reads only a source's
+structure (a CSV header, a Parquet footer: see `lomas_executor.source_validation`).
 """
 
 from __future__ import annotations
@@ -21,21 +22,28 @@ from lomas_executor.arrow_ipc import frame_to_ipc
 from lomas_executor.cache import DatasetCache
 from lomas_executor.engine import DatasetRef, Query, QueryEngine
 from lomas_executor.settings import QueryLimits
+from lomas_executor.source_validation import check_dataset_source
+from lomas_executor.sources import S3Secrets
 
 RequestT = TypeVar("RequestT", bound=Message)
 Handler = Callable[[str, bytes], bytes]
 
 
 class FreeCalls:
-    """The four free calls of ExecutorService, on an engine that never loads data."""
+    """The free calls of ExecutorService, on an engine that never loads data."""
 
-    def __init__(self, limits: QueryLimits) -> None:
+    def __init__(self, limits: QueryLimits, s3_secrets: S3Secrets | None = None) -> None:
         self._engine = QueryEngine(DatasetCache(max_bytes=0), limits=limits)
+        self._s3_secrets = s3_secrets or S3Secrets()
 
     def validate_dataset(
         self, request: executor_pb2.ValidateDatasetRequest
     ) -> executor_pb2.ValidateDatasetResponse:
         descriptor = convert.normalised_descriptor(request.dataset)
+        # Nothing is registered that workers could not load: the source must exist, be readable
+        # with its credentials and have the metadata's columns.
+        dataset = convert.dataset_from_proto(descriptor)
+        check_dataset_source(dataset.source, dataset.fmt, dataset.metadata, self._s3_secrets)
         return executor_pb2.ValidateDatasetResponse(dataset=descriptor)
 
     def estimate_cost(
@@ -46,6 +54,18 @@ class FreeCalls:
         return executor_pb2.EstimateCostResponse(
             cost=privacy_loss_to_proto(cost),
             canonical_query=convert.canonical_query(request.query, sql),
+        )
+
+    def estimate_accuracy(
+        self, request: executor_pb2.EstimateAccuracyRequest
+    ) -> executor_pb2.EstimateAccuracyResponse:
+        dataset = convert.dataset_from_proto(request.dataset)
+        query = convert.query_from_proto(request.query)
+        columns = self._engine.estimate_accuracy(
+            query, dataset, convert.alpha_from_text(request.alpha)
+        )
+        return executor_pb2.EstimateAccuracyResponse(
+            columns=[convert.column_accuracy_to_proto(column) for column in columns]
         )
 
     def get_dummy_dataset(
@@ -88,12 +108,15 @@ def _on_bytes(
     return run
 
 
-def free_call_handler(limits: QueryLimits) -> Handler:
+def free_call_handler(limits: QueryLimits, s3_secrets: S3Secrets | None = None) -> Handler:
     """The child's handler: the method's name and the request's bytes in, the response's out."""
-    calls = FreeCalls(limits)
+    calls = FreeCalls(limits, s3_secrets)
     by_method = {
         "ValidateDataset": _on_bytes(executor_pb2.ValidateDatasetRequest, calls.validate_dataset),
         "EstimateCost": _on_bytes(executor_pb2.EstimateCostRequest, calls.estimate_cost),
+        "EstimateAccuracy": _on_bytes(
+            executor_pb2.EstimateAccuracyRequest, calls.estimate_accuracy
+        ),
         "GetDummyDataset": _on_bytes(executor_pb2.GetDummyDatasetRequest, calls.get_dummy_dataset),
         "RunDummyQuery": _on_bytes(executor_pb2.RunDummyQueryRequest, calls.run_dummy_query),
     }

@@ -19,7 +19,12 @@ from lomas_executor.settings import ExecutorSettings
 
 def start(settings: ExecutorSettings) -> tuple[BlockingServer, FreeCallPool]:
     """Start the free-call pool (one child ready at least), then the server in front of it."""
-    pool = FreeCallPool(settings.free_calls, settings.limits, settings.server.log_level).start()
+    pool = FreeCallPool(
+        settings.free_calls,
+        settings.limits,
+        settings.server.log_level,
+        s3_secrets=settings.s3_secrets,
+    ).start()
     try:
         server = start_blocking_server(
             settings.server,

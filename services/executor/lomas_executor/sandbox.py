@@ -54,6 +54,7 @@ from typing import Any
 from lomas_common.errors import Code, LomasError
 from lomas_executor.failures import chain_names, exception_chain
 from lomas_executor.settings import FreeCallSettings, QueryLimits
+from lomas_executor.sources import S3Secrets
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,12 @@ def _receive(conn: Connection) -> tuple[dict[str, Any], bytes]:
 
 
 def _child_main(
-    conn: Connection, parent_pid: int, settings: FreeCallSettings, limits: QueryLimits, level: str
+    conn: Connection,
+    parent_pid: int,
+    settings: FreeCallSettings,
+    limits: QueryLimits,
+    level: str,
+    s3_secrets: S3Secrets,
 ) -> None:
     """A child's life: limit itself, import the engines, then serve calls until the pipe closes."""
     _die_with_parent(parent_pid)
@@ -135,7 +141,7 @@ def _child_main(
     # about an import cycle: `free_calls` imports nothing of the pool or of the servicer).
     from lomas_executor.free_calls import free_call_handler
 
-    handler = free_call_handler(limits)
+    handler = free_call_handler(limits, s3_secrets)
     _send(conn, {"ready": True})
     while True:
         try:
@@ -251,6 +257,8 @@ class FreeCallPool:
     limits: QueryLimits = field(default_factory=QueryLimits)
     log_level: str = "INFO"
     counters: _Counters = field(default_factory=_Counters)
+    # The named S3 credentials ValidateDataset reads a dataset's S3 object with.
+    s3_secrets: S3Secrets = field(default_factory=S3Secrets)
 
     def __post_init__(self) -> None:
         self._context = multiprocessing.get_context("spawn")
@@ -328,7 +336,14 @@ class FreeCallPool:
         parent, child_end = self._context.Pipe(duplex=True)
         process = self._context.Process(
             target=_child_main,
-            args=(child_end, os.getpid(), self.settings, self.limits, self.log_level),
+            args=(
+                child_end,
+                os.getpid(),
+                self.settings,
+                self.limits,
+                self.log_level,
+                self.s3_secrets,
+            ),
             name="lomas-free-call",
             daemon=True,
         )

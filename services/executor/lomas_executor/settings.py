@@ -161,19 +161,37 @@ class FreeCallSettings:
         )
 
 
+def s3_secrets_from_env(env: Mapping[str, str]) -> S3Secrets:
+    """The named S3 credentials of LOMAS_S3_CREDENTIALS_FILE (none when it is unset)."""
+    credentials_file = env_str(env, "S3_CREDENTIALS_FILE", "")
+    return S3Secrets.from_file(credentials_file) if credentials_file else S3Secrets()
+
+
 @dataclass(frozen=True)
 class ExecutorSettings:
+    """The executor service.
+
+    * `s3_secrets` (LOMAS_S3_CREDENTIALS_FILE): the workers' named S3 credentials, which
+      ValidateDataset needs to check that a dataset's S3 object can be read before it is registered.
+    """
+
     server: ServerSettings
     free_calls: FreeCallSettings = field(default_factory=FreeCallSettings)
     limits: QueryLimits = field(default_factory=QueryLimits)
+    s3_secrets: S3Secrets = field(default_factory=S3Secrets)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ExecutorSettings:
         env = os.environ if env is None else env
+        try:
+            secrets = s3_secrets_from_env(env)
+        except ValueError as error:
+            raise SystemExit(f"invalid executor settings: {error}") from None
         return cls(
             server=ServerSettings.from_env(env, default_port=DEFAULT_PORT),
             free_calls=FreeCallSettings.from_env(env),
             limits=QueryLimits.from_env(env),
+            s3_secrets=secrets,
         )
 
 
@@ -193,6 +211,8 @@ class WorkerSettings:
     * `max_attempts` (LOMAS_TASK_MAX_ATTEMPTS): deliveries of one query before a query that keeps
       killing its worker is recorded as failed (charge kept) instead of being run again.
     * `s3_secrets` (LOMAS_S3_CREDENTIALS_FILE): named S3 credentials, kept out of the admin store.
+    * `health_file` (LOMAS_WORKER_HEALTH_FILE, empty = none): a file the worker keeps fresh while
+      it consumes its queues, for probes (`lomas_executor.health_file`).
     * `limits` (`QueryLimits`, the same LOMAS_ variables as the executor service): a worker
       refuses what the service refused, before it loads data.
     """
@@ -210,6 +230,7 @@ class WorkerSettings:
     task_memory_limit_mb: int = 0
     max_attempts: int = 3
     s3_secrets: S3Secrets = field(default_factory=S3Secrets)
+    health_file: str = ""
     limits: QueryLimits = field(default_factory=QueryLimits)
 
     def __post_init__(self) -> None:
@@ -231,8 +252,7 @@ class WorkerSettings:
                 visibility_timeout_seconds=env_int(env, "QUEUE_VISIBILITY_TIMEOUT_SECONDS", 0),
             )
             workloads = parse_workload_classes(env_str(env, "WORKER_QUEUES", "light"))
-            credentials_file = env_str(env, "S3_CREDENTIALS_FILE", "")
-            secrets = S3Secrets.from_file(credentials_file) if credentials_file else S3Secrets()
+            secrets = s3_secrets_from_env(env)
         except ValueError as error:
             raise SystemExit(f"invalid worker settings: {error}") from None
         return cls(
@@ -252,5 +272,6 @@ class WorkerSettings:
             task_memory_limit_mb=env_int(env, "TASK_MEMORY_LIMIT_MB", 0),
             max_attempts=env_int(env, "TASK_MAX_ATTEMPTS", 3),
             s3_secrets=secrets,
+            health_file=env_str(env, "WORKER_HEALTH_FILE", ""),
             limits=QueryLimits.from_env(env),
         )

@@ -1,8 +1,9 @@
-"""Memos patched into smartnoise-sql, once per process, where the library repeats pure work.
+"""Memos for pure work smartnoise-sql queries repeat: once per process.
 
-`install()` puts both in place (idempotently); `lomas_executor.smartnoise_sql` calls it on import:
-* the noise scale of a mechanism, which the library finds by a numeric search at every use;
-* the parse of an XPath string, which the library repeats a dozen times per query.
+* `CalibrationMemo`: a noise mechanism's scale and privacy loss (`smartnoise_mechanisms`), found by
+  a numeric search over OpenDP measurements (about 20 ms for Laplace, up to a second for Gaussian).
+* the parse of an XPath string, which the library repeats a dozen times per query; `install()`
+  patches it into the library (idempotently), and `lomas_executor.smartnoise_sql` calls it on import.
 """
 
 from __future__ import annotations
@@ -11,98 +12,52 @@ import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from snsql.sql._mechanisms.gaussian import Gaussian
-from snsql.sql._mechanisms.laplace import Laplace
 from snsql.xpath.parse import XPath
 
-# -- noise-scale memoisation -----------------------------------------------------------------------
+Value = TypeVar("Value")
 
 
-class NoiseScaleMemo:
-    """A bounded, thread-safe LRU of noise scales found by smartnoise-sql's binary searches.
+class CalibrationMemo(Generic[Value]):
+    """A bounded, thread-safe LRU of values that are pure functions of their key.
 
-    `Laplace._compute_noise_scale` and `Gaussian._compute_noise_scale` search, with OpenDP, the
-    smallest scale that meets (epsilon[, delta]) for a clamped sum over bounds (lower, upper) with
-    `max_contrib` contributions. Their result depends only on the mechanism class and those inputs
-    (plus the bit depth for Gaussian), all of which form the key, each with its Python type so that
-    1 and 1.0 stay distinct keys. Failures are not memoised. On a hit the Gaussian search's side
-    effect `set_default_int_type(bit_depth)` is skipped: `release` and `accuracy` set it again
-    themselves.
+    A mechanism's calibration depends only on its class and inputs (epsilon, delta, sensitivity,
+    contributions, integer or not), which form the key, each with its Python type so that 1 and
+    1.0 stay distinct keys. Failures are not memoised.
     """
 
     def __init__(self, maxsize: int) -> None:
         self._maxsize = maxsize
-        self._scales: OrderedDict[Hashable, float] = OrderedDict()
+        self._values: OrderedDict[Hashable, Value] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    @staticmethod
-    def key(mechanism: Any) -> Hashable:
-        inputs = (
-            mechanism.epsilon,
-            mechanism.delta,
-            mechanism.lower,
-            mechanism.upper,
-            mechanism.max_contrib,
-            mechanism.bit_depth,
-        )
-        return (type(mechanism), *((type(value), value) for value in inputs))
-
-    def wrap(self, search: Callable[[Any], None]) -> Callable[[Any], None]:
-        @functools.wraps(search)  # sets `__wrapped__`: `_install_noise_scale_memo` looks for it
-        def compute_noise_scale(mechanism: Any) -> None:
-            if mechanism.scale is not None:
-                return
-            key = self.key(mechanism)
-            with self._lock:
-                scale = self._scales.get(key)
-                if scale is not None:
-                    self._scales.move_to_end(key)
-                    self.hits += 1
-            if scale is not None:
-                mechanism.scale = scale
-                return
-            search(mechanism)  # outside the lock: concurrent misses may both search (same result)
-            found = _scale_of(mechanism)
-            with self._lock:
-                self.misses += 1
-                self._scales[key] = found
-                self._scales.move_to_end(key)
-                while len(self._scales) > self._maxsize:
-                    self._scales.popitem(last=False)
-
-        compute_noise_scale.__doc__ = f"Memoised by lomas_executor: {search.__doc__ or ''}"
-        return compute_noise_scale
+    def get(self, key: Hashable, compute: Callable[[], Value]) -> Value:
+        with self._lock:
+            if key in self._values:
+                self._values.move_to_end(key)
+                self.hits += 1
+                return self._values[key]
+        value = compute()  # outside the lock: concurrent misses may both compute (same result)
+        with self._lock:
+            self.misses += 1
+            self._values[key] = value
+            self._values.move_to_end(key)
+            while len(self._values) > self._maxsize:
+                self._values.popitem(last=False)
+        return value
 
     def clear(self) -> None:
         with self._lock:
-            self._scales.clear()
+            self._values.clear()
             self.hits = 0
             self.misses = 0
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._scales)
-
-
-def _scale_of(mechanism: Any) -> float:
-    # A function, so the type checker does not keep `scale` narrowed to None across the search.
-    return float(mechanism.scale)
-
-
-NOISE_SCALE_MEMO = NoiseScaleMemo(maxsize=4096)
-
-
-def _install_noise_scale_memo() -> None:
-    """Route both mechanisms' searches through the memo, once per process (idempotent)."""
-    for mechanism_class in (Laplace, Gaussian):
-        search = mechanism_class.__dict__["_compute_noise_scale"]
-        if getattr(search, "__wrapped__", None) is not None:
-            continue
-        mechanism_class._compute_noise_scale = NOISE_SCALE_MEMO.wrap(search)
+            return len(self._values)
 
 
 def _install_xpath_memo() -> None:
@@ -123,5 +78,4 @@ def _install_xpath_memo() -> None:
 
 
 def install() -> None:
-    _install_noise_scale_memo()
     _install_xpath_memo()

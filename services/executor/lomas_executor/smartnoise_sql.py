@@ -22,21 +22,24 @@ Group keys: with public categories, the exact aggregates are completed before no
 for every declared key combination the data lacks (see `sql_limits`), so the key set of a release
 is the declared one, whatever the data.
 
-The charge, basic composition, exactly: smartnoise-sql runs one mechanism per noisy column, each
-with the query's (epsilon, delta) as floats (`SELECT AVG(x)` runs a SUM and a COUNT: 2 epsilon).
-The library gets floats rounded DOWN from the user's decimals, so it never runs with more than the
-user asked for. The charge is the exact sum over the mechanisms that will run of their (epsilon,
-delta), where a float is the one passed in counting as the user's decimal (which is >= it) and any
-other float as its exact binary value, rounded up to the ledger quantum. Basic composition is a
-valid (epsilon, delta) bound for the release, never below the epsilon of the library's own
-odometer (which takes the minimum of basic and advanced composition), and charges delta 0 for pure
-mechanisms: the odometer's extra tolerance (delta/2, or 1e-15 when delta is 0) belongs to its
-advanced-composition bound, which is not the bound charged here. A COUNT(*) that could serve as a
-thresholding key count still carries the query's delta in the library, and is charged it.
+Mechanisms: smartnoise-sql runs one mechanism per noisy column (`SELECT AVG(x)` runs a SUM and a
+COUNT), each with the query's (epsilon, delta) as floats, rounded DOWN from the user's decimals so
+that it never runs with more than the user asked for. The mechanisms are Lomas' own
+(`smartnoise_mechanisms`): each runs the noise its name says, releases integer statistics as
+unbiased integers, and reports the privacy loss it spends from OpenDP's privacy maps.
 
-Speed: each Laplace/Gaussian mechanism searches its noise scale with OpenDP's `binary_search_param`
-(~20 ms each, for every cost and every execution). The scale is a pure function of the mechanism's
-inputs, so this module memoises it (see `smartnoise_memos.NoiseScaleMemo`, installed once at import).
+The charge, basic composition, exactly: the sum over the mechanisms that will run of the loss each
+one spends (`smartnoise_mechanisms.spent`): its epsilon, delta only for Gaussian noise, and the
+query's delta once more for the threshold of `censor_dims` where it hides groups (with GROUP BY).
+A pure Laplace COUNT(*) spends no delta, whatever delta the query passes. Each float is rounded up
+to `ENGINE_COST_DIGITS` significant digits, never above the user's decimal when it is not above the
+float passed in (the decimal is >= it), and the sum rounds up to the ledger quantum. Basic
+composition is a valid (epsilon, delta) bound for the release, never below the epsilon of the
+library's own odometer (which takes the minimum of basic and advanced composition).
+
+Speed: each mechanism searches its noise scale with OpenDP's `binary_search_param` (~20 ms for
+Laplace, more for Gaussian). The scale is a pure function of the mechanism's inputs, so it is
+memoised (`smartnoise_mechanisms.CALIBRATIONS`).
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ from sqlalchemy.pool import NullPool
 
 from lomas_common.errors import ExecutionFailed, FailedPrecondition, InvalidQuery
 from lomas_common.privacy import PrivacyLoss, PrivacyValueError, engine_cost, parse_decimal
-from lomas_executor import smartnoise_memos
+from lomas_executor import smartnoise_mechanisms, smartnoise_memos
 from lomas_executor.canonical import canonical_sql
 from lomas_executor.failures import chain_names
 from lomas_executor.metadata import TABLE_NAME, DatasetMetadata
@@ -103,7 +106,8 @@ class SmartnoiseSqlQuery:
     `epsilon`/`delta` are smartnoise-sql's per-mechanism parameters (not the total cost: see
     `estimate_cost`). `mechanisms` overrides the mechanism per statistic, e.g. `{"count":
     "gaussian"}` (statistics: count, sum_int, sum_large_int, sum_float, sum_large_float, threshold;
-    mechanisms: laplace, geometric, gaussian, discrete_laplace). `postprocess=False` returns the
+    mechanisms: laplace, geometric, gaussian, discrete_laplace; which statistic takes which is
+    `smartnoise_mechanisms.SUPPORTED_MECHANISMS`). `postprocess=False` returns the
     noisy aggregates before post-processing (no clamping, HAVING, ORDER BY, LIMIT), in columns
     res_0, res_1, ...
     """
@@ -138,17 +142,19 @@ class SmartnoiseSqlQuery:
                     f"unknown mechanism {mechanism!r} for {stat} (expected one of "
                     f"{', '.join(MECHANISM_NAMES)})"
                 )
+            smartnoise_mechanisms.check_choice(stat, mechanism)
         object.__setattr__(self, "mechanisms", MappingProxyType(dict(self.mechanisms)))
 
     def privacy(self) -> Privacy:
         """smartnoise-sql's privacy parameters for this query (a fresh object: it is mutable).
 
-        The floats are never above the decimals (see `float_at_most`).
+        The floats are never above the decimals (see `float_at_most`); the mechanisms are Lomas' own.
         """
-        privacy = Privacy(epsilon=float_at_most(self.epsilon), delta=float_at_most(self.delta))
-        for stat, mechanism in self.mechanisms.items():
-            privacy.mechanisms.map[Stat[stat]] = Mechanism[mechanism]
-        return privacy
+        return Privacy(
+            epsilon=float_at_most(self.epsilon),
+            delta=float_at_most(self.delta),
+            mechanisms=smartnoise_mechanisms.MechanismChoice(self.mechanisms),
+        )
 
 
 def float_at_most(value: Decimal) -> float:
@@ -274,32 +280,39 @@ def _cost(
 ) -> tuple[PrivacyLoss, str]:
     check_sql_text(sql, limits)  # before the parser sees it
     query = SmartnoiseSqlQuery(sql, epsilon, delta, dict(mechanisms), postprocess)
-    private = _private_reader(query, _MetadataOnlyReader(), metadata, limits)
+    private = metadata_only_reader(query, metadata, limits)
     try:
         # `PrivateReader._get_mechanism_costs` without parsing twice: the subquery is needed too.
         parsed = private.parse_query_string(query.sql)
         canonical = canonical_sql(parsed)
         subquery, _ = private._rewrite_ast(parsed)
-        costs = [
-            (mechanism.epsilon, mechanism.delta)
-            for mechanism in private._get_mechanisms(subquery)
-            if mechanism is not None
-        ]
         if metadata.unbounded_numeric_columns():
             _refuse_unbounded(subquery, metadata)
+        costs = smartnoise_mechanisms.spent(
+            private._get_mechanisms(subquery),
+            key_count=private._get_keycount_position(subquery) if subquery.censor_dims else None,
+            grouped=subquery.agg is not None,
+        )
         plan_group_keys(subquery, metadata, limits)
     except InvalidQuery:
         raise
     except Exception as exc:
         # The library raises bare ValueErrors (and worse) for bad queries; no data was read.
-        raise _refusal(exc, query) from None
+        raise refusal(exc, query) from None
     loss = _basic_composition(costs, query)
     if dry_run:
         _dry_run(query, metadata, limits)
     return loss, canonical
 
 
-def _refusal(exc: Exception, query: SmartnoiseSqlQuery) -> InvalidQuery:
+def metadata_only_reader(
+    query: SmartnoiseSqlQuery, metadata: DatasetMetadata, limits: SqlLimits = DEFAULT_LIMITS
+) -> PrivateReader:
+    """A private reader for `query` that holds no data: for what the metadata alone answers."""
+    return _private_reader(query, _MetadataOnlyReader(), metadata, limits)
+
+
+def refusal(exc: Exception, query: SmartnoiseSqlQuery) -> InvalidQuery:
     """The library's refusal as an InvalidQuery; a mechanism that needs delta > 0, asked with
     delta 0, says so with its own reason."""
     message = _clean_message(exc)
@@ -312,15 +325,16 @@ def _refusal(exc: Exception, query: SmartnoiseSqlQuery) -> InvalidQuery:
 
 
 def _basic_composition(costs: list[tuple[float, float]], query: SmartnoiseSqlQuery) -> PrivacyLoss:
-    """The exact sum of the mechanisms' (epsilon, delta), rounded up to the ledger quantum; a
-    mechanism's value that is not the user's own (the library worked it out) is rounded up to
-    `ENGINE_COST_DIGITS` significant digits (`engine_cost`)."""
+    """The exact sum of the mechanisms' (epsilon, delta), rounded up to the ledger quantum; each
+    float rounded up to `ENGINE_COST_DIGITS` significant digits (`engine_cost`), and never above
+    the user's decimal when it is not above the float passed in."""
     passed_epsilon = float_at_most(query.epsilon)
     passed_delta = float_at_most(query.delta)
 
     def exact(value: float, passed: float, decimal: Decimal) -> Decimal:
-        # The float we passed in stands for the user's decimal, which is never below it.
-        return decimal if value == passed else engine_cost(float(value), name="cost")
+        cost = engine_cost(float(value), name="cost")
+        # The user's decimal is never below the float we passed in, so it bounds such a loss too.
+        return min(cost, decimal) if value <= passed else cost
 
     epsilon = delta = Decimal(0)
     try:

@@ -185,9 +185,10 @@ def load_table(
     return _parse(pa.BufferReader(_fetch_s3(source, s3_secrets or S3Secrets())), fmt, schema)
 
 
-def _fetch_s3(source: DataSource, secrets: S3Secrets) -> bytes:
+def s3_client(source: DataSource, secrets: S3Secrets) -> Any:
+    """A boto3 client for an S3 source, signed with its named credentials from `secrets` (no name:
+    the standard AWS chain of this process); FailedPrecondition when `secrets` lack the name."""
     import boto3
-    import botocore.exceptions
     from botocore.config import Config
 
     options: dict[str, Any] = {}
@@ -208,10 +209,14 @@ def _fetch_s3(source: DataSource, secrets: S3Secrets) -> bytes:
         read_timeout=S3_TIMEOUT_SECONDS,
         retries={"max_attempts": 3, "mode": "standard"},
     )
+    return boto3.client("s3", endpoint_url=source.endpoint_url or None, config=config, **options)
+
+
+def _fetch_s3(source: DataSource, secrets: S3Secrets) -> bytes:
+    import botocore.exceptions
+
     try:
-        client = boto3.client(
-            "s3", endpoint_url=source.endpoint_url or None, config=config, **options
-        )
+        client = s3_client(source, secrets)
         response = client.get_object(Bucket=source.bucket, Key=source.key)
         if int(response.get("ContentLength", 0)) > MAX_S3_BYTES:
             raise FailedPrecondition("the dataset's S3 object is larger than the executor accepts")

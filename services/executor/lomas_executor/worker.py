@@ -12,6 +12,11 @@ the task, whose redelivery records the timeout), each child has an optional addr
 A child that dies mid-task (crash, out of memory) has its task redelivered; after
 `max_attempts` deliveries the runner records a failure instead of running it again. Every such
 failure after data access keeps the charge.
+
+Telemetry (`lomas_common.telemetry`): each delivery is a consumer span in the trace of the call
+that queued it (the task's headers carry its context), and the runner's peer calls are its
+children. The main process serves the metrics endpoint and samples the queues' depth; the children
+relay their recordings to it (a forked child's own meter could never be scraped).
 """
 
 from __future__ import annotations
@@ -20,17 +25,22 @@ import logging
 import os
 import resource
 import socket
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import redis
 from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery import Celery, Task, signals
+from celery.exceptions import Retry
 
+from lomas_common import metrics, telemetry
 from lomas_common.errors import BackendUnavailable
 from lomas_common.queue import EXECUTE_QUERY_TASK, make_celery_app
 from lomas_common.rpc_errors import RemoteError
-from lomas_common.server import configure_logging
+from lomas_common.telemetry import TelemetrySettings
 from lomas_executor.deliveries import count_delivery
+from lomas_executor.health_file import install_health_file
 from lomas_executor.settings import WorkerSettings
 
 if TYPE_CHECKING:
@@ -50,6 +60,7 @@ class QueryTask(Task[[str], None]):
 
     _runner: QueryRunner | None = None
     _redis: redis.Redis | None = None
+    _cache_reported: tuple[int, int] = (0, 0)  # dataset cache (hits, misses) already counted
 
     @property
     def runner(self) -> QueryRunner:
@@ -71,6 +82,20 @@ class QueryTask(Task[[str], None]):
         return count_delivery(
             self._redis, settings.queue, str(self.request.id), int(self.request.retries or 0)
         )
+
+    def report_cache_lookups(self) -> None:
+        """Count the dataset cache's lookups since the last report (`lomas_common.metrics`)."""
+        if self._runner is None:
+            return
+        stats = self._runner.engine.cache.stats()
+        hits, misses = self._cache_reported
+        metrics.cache_lookups(stats.hits - hits, stats.misses - misses)
+        self._cache_reported = (stats.hits, stats.misses)
+
+    @property
+    def queue(self) -> str:
+        """The queue this delivery came from."""
+        return str((self.request.delivery_info or {}).get("routing_key") or "unknown")
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
@@ -113,9 +138,10 @@ def create_app(settings: WorkerSettings) -> Celery:
     app.conf.worker_proc_alive_timeout = CHILD_START_SECONDS
     if settings.max_memory_per_child_kb:
         app.conf.worker_max_memory_per_child = settings.max_memory_per_child_kb
+    install_health_file(app, settings.health_file)
 
-    @app.task(name=EXECUTE_QUERY_TASK, base=QueryTask, bind=True)
-    def execute_query(self: QueryTask, task_json: str) -> None:
+    def deliver(self: QueryTask, task_json: str) -> None:
+        """One delivery of a query's task: count it, run it, retry what a peer's outage stopped."""
         attempt = self.count_delivery()
         if attempt > settings.max_attempts + GIVE_UP_AFTER_EXTRA_DELIVERIES:
             # Even recording the failure keeps killing the worker: stop redelivering.
@@ -140,18 +166,65 @@ def create_app(settings: WorkerSettings) -> Celery:
                 raise self.retry(countdown=1, max_retries=30) from None
             raise
 
+    @app.task(name=EXECUTE_QUERY_TASK, base=QueryTask, bind=True)
+    def execute_query(self: QueryTask, task_json: str) -> None:
+        # One span per delivery, in the trace of the call that queued the task; its peer calls
+        # (reservation, archive write, commit) are its children.
+        with telemetry.processing(self.request, EXECUTE_QUERY_TASK, self.queue):
+            started, outcome = time.perf_counter(), "error"
+            try:
+                deliver(self, task_json)
+                outcome = "done"
+            except Retry:
+                outcome = "retry"
+                raise
+            finally:
+                metrics.task_ran(outcome, time.perf_counter() - started)
+                self.report_cache_lookups()
+
     return app
+
+
+def waiting_tasks(settings: WorkerSettings) -> Callable[[], list[tuple[str, int]]]:
+    """Reads, for each queue this worker consumes, how many tasks wait in Redis (every priority)."""
+    client: redis.Redis | None = None
+    queues = settings.queue.queues(settings.workloads)
+
+    def depths() -> list[tuple[str, int]]:
+        nonlocal client
+        if client is None:
+            client = redis.Redis.from_url(settings.queue.broker_url, socket_timeout=2.0)
+        pipeline = client.pipeline(transaction=False)
+        for queue in queues:
+            for key in settings.queue.broker_lists(queue):
+                pipeline.llen(key)
+        counts = iter(pipeline.execute())
+        return [
+            (queue, sum(int(next(counts)) for _ in settings.queue.broker_lists(queue)))
+            for queue in queues
+        ]
+
+    return depths
 
 
 def main() -> None:
     settings = WorkerSettings.from_env()
-    configure_logging(settings.log_level)
+    # The main process serves the metrics endpoint (its children relay theirs to it); each child
+    # traces the tasks it runs, with exporters of its own (made after the fork).
+    observed = TelemetrySettings.from_env(log_level=settings.log_level)
+    _, relay = telemetry.setup_worker(observed)
+    metrics.observe_queue_depth(waiting_tasks(settings))
     logging.getLogger("celery").setLevel(settings.log_level.upper())
     app = create_app(settings)
 
     @signals.worker_process_init.connect(weak=False)
     def _init_child(**_: object) -> None:
         limit_child_memory(settings.task_memory_limit_mb)
+        telemetry.setup_worker_child(observed, relay)
+
+    @signals.worker_process_shutdown.connect(weak=False)
+    def _child_exits(**_: object) -> None:
+        telemetry.current().shutdown()  # spans still in a batch are sent before the child exits
 
     preload_engines()
     app.worker_main(worker_argv(settings))

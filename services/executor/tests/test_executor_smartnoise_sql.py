@@ -9,15 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import snsql
-from snsql.sql._mechanisms.gaussian import Gaussian
-from snsql.sql._mechanisms.laplace import Laplace
+from snsql.sql._mechanisms.gaussian import Gaussian as LibraryGaussian
 from snsql.sql.private_reader import PrivateReader
 
 from lomas_common.errors import ExecutionFailed, InvalidQuery
 from lomas_common.privacy import PrivacyDefinition, PrivacyLoss
 from lomas_executor import smartnoise_sql as sn
 from lomas_executor.metadata import DatasetMetadata
-from lomas_executor.smartnoise_memos import NOISE_SCALE_MEMO, NoiseScaleMemo
+from lomas_executor.smartnoise_mechanisms import CALIBRATIONS, Gaussian, Laplace, Noise
 from lomas_executor.smartnoise_sql import SmartnoiseSqlQuery
 
 AVG_BY_SPECIES = "SELECT species, AVG(bill_length_mm) AS avg_bill FROM df GROUP BY species"
@@ -55,12 +54,15 @@ def _library_reader(
 def _basic_composition(
     query: SmartnoiseSqlQuery, frame: pd.DataFrame, md: DatasetMetadata
 ) -> PrivacyLoss:
-    """The charge worked out by hand: every mechanism the library will run spends the user's
-    epsilon, and the user's delta where the library gives it a delta."""
-    costs = [c for c in _library_reader(query, frame, md)._get_mechanism_costs(query.sql) if c]
+    """The charge worked out by hand: every mechanism the library would run spends the user's
+    epsilon, and the user's delta where it adds Gaussian noise (these datasets have no
+    censor_dims, so no threshold spends delta)."""
+    reader = _library_reader(query, frame, md)
+    subquery, _ = reader._rewrite_ast(reader.parse_query_string(query.sql))
+    mechanisms = [m for m in reader._get_mechanisms(subquery) if m is not None]
     return PrivacyLoss.approx_dp(
-        sum((query.epsilon for _ in costs), Decimal(0)),
-        sum((query.delta for _, delta in costs if delta > 0), Decimal(0)),
+        sum((query.epsilon for _ in mechanisms), Decimal(0)),
+        sum((query.delta for m in mechanisms if isinstance(m, LibraryGaussian)), Decimal(0)),
     )
 
 
@@ -86,11 +88,17 @@ def test_cost_counts_every_mechanism(penguin_md: DatasetMetadata) -> None:
 
 
 def test_cost_rounds_up_to_the_ledger_quantum(penguin_md: DatasetMetadata) -> None:
-    # 22 decimal places: each mechanism spends exactly the user's decimal; the sum rounds up.
-    query = _query(AVG_BY_SPECIES, epsilon="0.1000000000000000000001", delta="0.00001")
+    # 22 decimal places: each mechanism runs with the largest float below the decimal and spends
+    # at most that float, whose 12-digit rounding (0.333333333334) is above the decimal: each is
+    # charged the user's decimal, and the sum rounds up to the quantum.
+    query = _query(AVG_BY_SPECIES, epsilon="0.3333333333333333333333", delta="0.00001")
     cost = sn.estimate_cost(query, penguin_md)
-    assert cost.epsilon == Decimal("0.200000000000000001")
+    assert cost.epsilon == Decimal("0.666666666666666667")
     assert cost.delta == 0  # SUM and COUNT(column) are pure Laplace mechanisms
+    # The library runs 0.1 as 0.09999999999999999167 (the largest float below the decimal below):
+    # the loss of what runs, rounded up to 12 digits, is 0.1 per mechanism, below the decimal.
+    tenth = _query(AVG_BY_SPECIES, epsilon="0.1000000000000000000001", delta="0.00001")
+    assert sn.estimate_cost(tenth, penguin_md).epsilon == Decimal("0.2")
 
 
 def test_mechanisms_change_the_cost_where_they_apply(
@@ -267,59 +275,63 @@ def test_failures_after_reading_data_carry_no_data_values() -> None:
 
 
 @pytest.mark.parametrize(
-    ("mechanism_class", "epsilon", "delta", "lower", "upper", "max_contrib"),
+    ("mechanism_class", "epsilon", "delta", "sensitivity", "max_contrib", "integer"),
     [
-        (Laplace, 1.0, 0.0, 0, 1, 1),
-        (Laplace, 0.3, 0.0, 30.0, 65.0, 1),
-        (Laplace, 2.5, 0.0, 0, 7000.0, 3),
-        (Gaussian, 1.0, 1e-5, 0, 1, 1),
-        (Gaussian, 0.7, 1e-4, 0, 65.0, 2),
+        (Laplace, 1.0, 0.0, 1, 1, True),
+        (Laplace, 0.3, 0.0, 65.0, 1, False),
+        (Laplace, 2.5, 0.0, 7000.0, 3, False),
+        (Gaussian, 1.0, 1e-5, 1, 1, True),
+        (Gaussian, 0.7, 1e-4, 65.0, 2, False),
     ],
 )
-def test_memoised_noise_scale_equals_a_fresh_search(
-    mechanism_class: type,
+def test_memoised_calibration_equals_a_fresh_search(
+    mechanism_class: type[Noise],
     epsilon: float,
     delta: float,
-    lower: float,
-    upper: float,
+    sensitivity: float,
     max_contrib: int,
+    integer: bool,
 ) -> None:
-    NOISE_SCALE_MEMO.clear()
-    first = mechanism_class(epsilon, delta=delta, lower=lower, upper=upper, max_contrib=max_contrib)
-    hits = NOISE_SCALE_MEMO.hits
-    second = mechanism_class(
-        epsilon, delta=delta, lower=lower, upper=upper, max_contrib=max_contrib
-    )
-    assert NOISE_SCALE_MEMO.hits == hits + 1  # the second one came from the memo
+    CALIBRATIONS.clear()
 
-    search = mechanism_class.__dict__["_compute_noise_scale"].__wrapped__
-    fresh = mechanism_class(epsilon, delta=delta, lower=lower, upper=upper, max_contrib=max_contrib)
-    fresh.scale = None
-    search(fresh)  # the library's own binary search, bypassing the memo
+    def build() -> Noise:
+        return mechanism_class(
+            epsilon, delta=delta, sensitivity=sensitivity, max_contrib=max_contrib, integer=integer
+        )
+
+    first = build()
+    hits = CALIBRATIONS.hits
+    second = build()
+    assert CALIBRATIONS.hits == hits + 1  # the second one came from the memo
+    fresh = build()._calibrate()  # the search itself, bypassing the memo
     assert second.scale == first.scale == fresh.scale
+    assert second.loss == first.loss == (fresh.epsilon, fresh.delta)
 
 
 def test_memo_keys_keep_every_input_apart() -> None:
-    NOISE_SCALE_MEMO.clear()
-    base = Laplace(1.0, lower=0, upper=1, max_contrib=1)
-    wider = Laplace(1.0, lower=0, upper=2, max_contrib=1)
-    more_contrib = Laplace(1.0, lower=0, upper=1, max_contrib=2)
-    gaussian = Gaussian(1.0, delta=1e-5, lower=0, upper=1, max_contrib=1)
-    assert NOISE_SCALE_MEMO.misses == 4
+    CALIBRATIONS.clear()
+    base = Laplace(1.0, delta=0.0, sensitivity=1, max_contrib=1, integer=False)
+    wider = Laplace(1.0, delta=0.0, sensitivity=2, max_contrib=1, integer=False)
+    more_contrib = Laplace(1.0, delta=0.0, sensitivity=1, max_contrib=2, integer=False)
+    integer = Laplace(1.0, delta=0.0, sensitivity=1, max_contrib=1, integer=True)
+    gaussian = Gaussian(1.0, delta=1e-5, sensitivity=1, max_contrib=1, integer=False)
+    assert CALIBRATIONS.misses == 5
     assert len({base.scale, wider.scale, more_contrib.scale, gaussian.scale}) == 4
-    assert NoiseScaleMemo.key(Laplace(1, lower=0, upper=1)) != NoiseScaleMemo.key(base)
+    assert integer.scale < base.scale  # no float-sum rounding error to cover
+    same_but_int_epsilon = Laplace(1, delta=0.0, sensitivity=1, max_contrib=1, integer=False)
+    assert same_but_int_epsilon._memo_key() != base._memo_key()
 
 
 def test_other_queries_with_the_same_mechanisms_use_the_memo(penguin_md: DatasetMetadata) -> None:
-    NOISE_SCALE_MEMO.clear()
+    CALIBRATIONS.clear()
     # Aliases no other test uses, so that the cost memo has seen neither query.
     avg, mean = (AVG_BY_SPECIES.replace("avg_bill", f"{n}_{uuid.uuid4().hex[:8]}") for n in "am")
     first = sn.estimate_cost(_query(avg, epsilon="0.9"), penguin_md)
-    misses = NOISE_SCALE_MEMO.misses
+    misses = CALIBRATIONS.misses
     assert misses == 2  # the SUM and the COUNT
     assert sn.estimate_cost(_query(mean, epsilon="0.9"), penguin_md) == first
-    assert NOISE_SCALE_MEMO.misses == misses
-    assert NOISE_SCALE_MEMO.hits >= 2
+    assert CALIBRATIONS.misses == misses
+    assert CALIBRATIONS.hits >= 2
 
 
 def test_costs_are_memoised_by_query_and_metadata(

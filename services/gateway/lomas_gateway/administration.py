@@ -19,21 +19,31 @@ FreezeUser) gets an id derived from it (`step_id`).
 Twin RPCs that differ only in the names of what they call (FreezeUser and UnfreezeUser,
 CreateDataset and UpdateDataset) share one operation; a small table names what differs
 (`UserSwitch`, `DatasetWrite`).
+
+VerifyLedgers is one too: the ledger verifies itself (balances, hash chains, checkpoints), then the
+ledger and the query archive are reconciled with each other (`reconcile.py`).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Generic
 
 from lomas.admin.v1 import admin_store_pb2, resources_pb2
 from lomas.budget.v1 import budget_pb2
-from lomas.common.v1 import dataset_pb2
+from lomas.common.v1 import dataset_pb2, privacy_pb2
 from lomas.executor.v1 import executor_pb2
 from lomas.gateway.v1 import admin_pb2
 from lomas_common.convert import definition_from_proto, privacy_loss_from_proto
 from lomas_common.errors import InvalidArgument
+from lomas_gateway.reconcile import reconcile
 from lomas_gateway.relay import Peer, ResponseT, relay
+
+log = logging.getLogger(__name__)
+
+# VerifyLedgers reads every entry of every ledger: it may take much longer than a usual call.
+VERIFY_TIMEOUT_SECONDS = 600.0
 
 
 def step_id(request_id: str, step: str) -> str:
@@ -210,6 +220,7 @@ class Administration:
         id finds the ledger already open and records the grant.
         """
         grant = request.grant
+        _require_every_amount(grant.allocation, "grant.allocation")
         allocation = privacy_loss_from_proto(grant.allocation, field="grant.allocation")
         if (
             grant.definition
@@ -246,3 +257,51 @@ class Administration:
             admin_store_pb2.CreateGrantRequest(grant=stored, request_id=request.request_id),
         )
         return admin_pb2.CreateGrantResponse(grant=created.grant)
+
+    # Verification ------------------------------------------------------------------------------
+
+    async def verify_ledgers(
+        self, request: admin_pb2.VerifyLedgersRequest
+    ) -> admin_pb2.VerifyLedgersResponse:
+        """The ledger's own verification (every balance, hash chain, reservation and checkpoint),
+        then the reconciliation of the ledger with the query archive: one list of problems, the
+        ledger's first. The ledger is read before the archive (see `reconcile.py`)."""
+        verified: budget_pb2.VerifyLedgersResponse = await self._budget.call(
+            "VerifyLedgers", budget_pb2.VerifyLedgersRequest(), timeout=VERIFY_TIMEOUT_SECONDS
+        )
+        reconciled = await reconcile(self._admin, self._budget)
+        log.info(
+            "ledger verify: %d ledgers, %d entries, %d ledger problems; reconciled %d queries "
+            "(%d releases, %d charged failures, %d refunds, %d in flight), %d mismatches",
+            verified.ledgers_checked,
+            verified.entries_checked,
+            len(verified.problems),
+            reconciled.queries,
+            reconciled.releases,
+            reconciled.charged_failures,
+            reconciled.refunds,
+            reconciled.in_flight,
+            len(reconciled.problems),
+        )
+        return admin_pb2.VerifyLedgersResponse(
+            ledgers_checked=verified.ledgers_checked,
+            entries_checked=verified.entries_checked,
+            problems=[*verified.problems, *reconciled.problems],
+        )
+
+
+def _require_every_amount(loss: privacy_pb2.PrivacyLoss, field: str) -> None:
+    """An allocation states each of its amounts: on the wire an empty amount reads as 0, and a
+    grant left without a budget by a forgotten field would fail only when its user queries. A
+    grant without budget says "0"."""
+    kind = loss.WhichOneof("loss")
+    if kind is None:
+        return  # privacy_loss_from_proto says what is missing
+    amounts = getattr(loss, kind)
+    for name in amounts.DESCRIPTOR.fields_by_name:
+        if not getattr(amounts, name):
+            raise InvalidArgument(
+                f'{field}.{name} must be given ("0" for none)',
+                reason="FIELD_REQUIRED",
+                metadata={"field": f"{field}.{name}"},
+            )

@@ -37,8 +37,8 @@ from lomas_gateway.relay import mirror, relay, relay_page
 # request and response types are left open.
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
-# VerifyLedgers reads every entry of every ledger: it may take much longer than a usual call.
-VERIFY_TIMEOUT_SECONDS = 600.0
+# Accuracy intervals hold with probability 1 - alpha: 95 % unless the caller says otherwise.
+DEFAULT_ALPHA = "0.05"
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
@@ -97,6 +97,22 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             cost = await self._lifecycle.estimate_cost(subject, access.dataset, request.query)
         return gateway_pb2.EstimateQueryCostResponse(cost=cost)
 
+    async def EstimateQueryAccuracy(
+        self, request: gateway_pb2.EstimateQueryAccuracyRequest, context: Context
+    ) -> gateway_pb2.EstimateQueryAccuracyResponse:
+        subject = current_caller().subject
+        alpha = request.alpha or DEFAULT_ALPHA
+        async with self._limits.free_call_slot(subject):
+            access = await self._lifecycle.authorize(subject, request.dataset)
+            self._lifecycle.check_query(request.query)
+            response: executor_pb2.EstimateAccuracyResponse = await self._peers.executor.call(
+                "EstimateAccuracy",
+                executor_pb2.EstimateAccuracyRequest(
+                    dataset=access.dataset, query=request.query, alpha=alpha
+                ),
+            )
+        return gateway_pb2.EstimateQueryAccuracyResponse(columns=response.columns, alpha=alpha)
+
     async def ExecuteQuery(
         self, request: gateway_pb2.ExecuteQueryRequest, context: Context
     ) -> gateway_pb2.ExecuteQueryResponse:
@@ -112,7 +128,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             # caller's queries already in flight set this one's queue priority (fairness).
             async with self._limits.query_slot(subject) as slot, self._limits.padded():
                 access = await self._lifecycle.authorize(subject, request.dataset)
-                outcome = await self._lifecycle.run(
+                started = await self._lifecycle.start(
                     subject,
                     access,
                     request.query,
@@ -120,6 +136,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     fresh=request.fresh,
                     priority=task_priority(slot.already_in_flight),
                 )
+                outcome = await self._lifecycle.finish(started)
         return release_response(outcome)
 
     async def SubmitQuery(
@@ -142,10 +159,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         except BaseException:
             await holding.aclose()
             raise
-        if started.answer is not None:
-            await holding.aclose()
-        else:
-            self._jobs.finish_in_background(started, holding)
+        self._jobs.finish_in_background(started, holding)
         return gateway_pb2.SubmitQueryResponse(
             query_id=started.query_id, done=started.answer is not None
         )
@@ -406,14 +420,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def VerifyLedgers(
         self, request: admin_pb2.VerifyLedgersRequest, context: Context
     ) -> admin_pb2.VerifyLedgersResponse:
-        return await mirror(
-            self._peers.budget,
-            "VerifyLedgers",
-            request,
-            budget_pb2.VerifyLedgersRequest,
-            admin_pb2.VerifyLedgersResponse,
-            timeout=VERIFY_TIMEOUT_SECONDS,
-        )
+        return await self._administration.verify_ledgers(request)
 
     async def ListArchivedQueries(
         self, request: admin_pb2.ListArchivedQueriesRequest, context: Context

@@ -109,8 +109,8 @@ class QueryJobs:
         self._running: set[asyncio.Task[None]] = set()
 
     def finish_in_background(self, started: StartedQuery, holding: AsyncExitStack) -> None:
-        """Finish a dispatched query without a caller waiting; `holding` (the caller's query slot)
-        is closed when it ends. Its outcome is in the archive for whoever watches."""
+        """Finish a started query without a caller waiting; `holding` (the caller's query slot) is
+        closed when it ends. Its outcome is in the archive for whoever watches."""
 
         async def finish() -> None:
             async with holding:

@@ -1,7 +1,7 @@
 """The query lifecycle of DESIGN.md, run by the gateway for one verified caller.
 
 The grant check (permission before existence) is `authorize`, called by the servicer before
-anything else. `QueryLifecycle.run` then takes a real query through named steps:
+anything else. `QueryLifecycle.start` and `finish` then take a real query through named steps:
 
 1. the price: an executor prices the query on the metadata alone (no data) and returns its
    canonical form, over which the fingerprint is taken (`pricing.py`); then `_earlier_answer` (the
@@ -52,6 +52,7 @@ from lomas.admin.v1 import admin_store_pb2, admin_store_pb2_grpc
 from lomas.budget.v1 import budget_pb2, budget_pb2_grpc
 from lomas.common.v1 import archive_pb2, dataset_pb2, privacy_pb2, query_pb2
 from lomas.executor.v1 import executor_pb2, executor_pb2_grpc, task_pb2
+from lomas_common import metrics
 from lomas_common.convert import now_timestamp, privacy_loss_from_proto, zero_cost
 from lomas_common.errors import (
     BackendUnavailable,
@@ -68,6 +69,7 @@ from lomas_common.peers import AsyncPeer
 from lomas_common.privacy import format_decimal
 from lomas_common.queue import EXECUTE_QUERY_TASK
 from lomas_common.rpc_errors import RemoteError
+from lomas_common.telemetry import publishing
 from lomas_gateway.claims import LANDED, QueryFlights, RequestClaims, request_id_reused
 from lomas_gateway.completion import Completion, CompletionWaiter
 from lomas_gateway.lost_tasks import LostTaskFinder
@@ -128,9 +130,15 @@ def send_query_task(
     `lomas_common.queue.task_priority`). The task id is the query id, so a re-send is the same task."""
     body = json_format.MessageToJson(task, indent=None)
     log.debug("query %s queued on %s with priority %d", task.query_id, queue, priority)
-    celery.send_task(
-        EXECUTE_QUERY_TASK, args=[body], task_id=task.query_id, queue=queue, priority=priority
-    )
+    with publishing(EXECUTE_QUERY_TASK, task.query_id, queue) as trace_headers:
+        celery.send_task(
+            EXECUTE_QUERY_TASK,
+            args=[body],
+            task_id=task.query_id,
+            queue=queue,
+            priority=priority,
+            headers=trace_headers,
+        )
 
 
 def query_id_for(subject: str, request_id: str) -> str:
@@ -238,22 +246,7 @@ class QueryLifecycle:
         )
         return QueryOutcome(query_id="", release=response.arrow_ipc, cost=response.cost, dummy=True)
 
-    async def run(
-        self,
-        subject: str,
-        access: admin_store_pb2.AuthorizeDatasetAccessResponse,
-        query: query_pb2.Query,
-        request_id: str,
-        *,
-        fresh: bool = False,
-        priority: int = 0,
-    ) -> QueryOutcome:
-        """Run a real query: one charge, at most one release (`start`, then `finish`)."""
-        started = await self.start(
-            subject, access, query, request_id, fresh=fresh, priority=priority
-        )
-        return started.answer if started.answer is not None else await self.finish(started)
-
+    @metrics.counts_refusals(lambda error: not isinstance(error, RemoteErrorFromArchive))
     async def start(
         self,
         subject: str,
@@ -305,8 +298,11 @@ class QueryLifecycle:
         return StartedQuery(task.query_id, task, priority, fresh)
 
     async def finish(self, started: StartedQuery) -> QueryOutcome:
-        """Steps 4 and 5 of a started query: await its outcome and read it. Call it once for each
-        query `start` dispatched (it ends the wait `_dispatch` registered and lands the flight)."""
+        """Steps 4 and 5 of a started query: await its outcome and read it (a query answered at
+        its start returns that answer). Call it once for each started query (it ends the wait
+        `_dispatch` registered and lands the flight): one charge, at most one release."""
+        if started.answer is not None:
+            return started.answer
         task = started.task
         released = False
         try:
@@ -362,8 +358,10 @@ class QueryLifecycle:
         if retried is not None:
             if retried.fingerprint != task.fingerprint:
                 raise request_id_reused(task.query_id)
+            metrics.replayed("retry")
             return stored_answer(retried)
         if earlier is not None:
+            metrics.replayed("release")
             return QueryOutcome(
                 query_id=earlier.query_id,
                 release=earlier.release,

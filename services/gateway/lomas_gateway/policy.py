@@ -34,6 +34,7 @@ RULES: dict[str, Rule] = {
     f"{_GATEWAY}GetDatasetMetadata": Rule.RESEARCHER,
     f"{_GATEWAY}GetDummyDataset": Rule.RESEARCHER,
     f"{_GATEWAY}EstimateQueryCost": Rule.RESEARCHER,
+    f"{_GATEWAY}EstimateQueryAccuracy": Rule.RESEARCHER,
     f"{_GATEWAY}ExecuteQuery": Rule.RESEARCHER,
     f"{_GATEWAY}GetBudget": Rule.RESEARCHER,
     f"{_GATEWAY}ListQueries": Rule.RESEARCHER,

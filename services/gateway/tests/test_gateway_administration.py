@@ -412,12 +412,6 @@ MIRRORED: list[tuple[str, str, Message, Message]] = [
             ledger=budget_pb2.Ledger(user="bob"), entries=[budget_pb2.LedgerEntry(seq=1)]
         ),
     ),
-    (
-        "VerifyLedgers",
-        "budget",
-        admin_pb2.VerifyLedgersRequest(),
-        budget_pb2.VerifyLedgersResponse(ledgers_checked=2, entries_checked=7, problems=["p"]),
-    ),
 ]
 
 
@@ -474,3 +468,20 @@ def test_an_allocation_change_is_the_ledgers_alone_and_names_the_admin() -> None
     sent = mesh.request("budget.AdjustAllocation")
     assert (sent.user, sent.dataset, sent.allocation) == ("bob", "PENGUIN", approx("3", "0"))
     assert (sent.actor, sent.reason, sent.request_id) == ("root", "more", "a1")
+
+
+def test_a_grant_with_an_amount_left_out_touches_nothing() -> None:
+    """An empty amount reads as 0 on the wire: a grant must say "0" to mean no budget."""
+    mesh = grant_mesh()
+    for allocation in (approx("", "0.0001"), approx("1", "")):
+        grant = resources_pb2.Grant(user="bob", dataset="PENGUIN", allocation=allocation)
+        error = refusal(
+            mesh.administration.create_grant(
+                admin_pb2.CreateGrantRequest(grant=grant), actor="root"
+            )
+        )
+        assert (error.code, error.reason) == (Code.INVALID_ARGUMENT, "FIELD_REQUIRED")
+    assert mesh.steps() == []
+    grant = resources_pb2.Grant(user="bob", dataset="PENGUIN", allocation=approx("0", "0"))
+    run(mesh.administration.create_grant(admin_pb2.CreateGrantRequest(grant=grant), actor="root"))
+    assert "budget.OpenLedger" in mesh.steps()

@@ -12,67 +12,39 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
-import yaml
 
 from lomas.admin.v1 import resources_pb2
 from lomas.budget.v1 import budget_pb2
-from lomas.client.errors import AlreadyExists, from_rpc_error
+from lomas.client.admin_values import (
+    DATA_FORMATS,
+    approx_dp,
+    decimal_text,
+    format_from_path,
+    local_source,
+    pure_dp,
+    rho_zcdp,
+    s3_source,
+    url_source,
+)
+from lomas.client.errors import AlreadyExists, NotFound, from_rpc_error
+from lomas.client.lomas_formats import read_dataset_collection, read_user_collection
 from lomas.common.v1 import archive_pb2, dataset_pb2, privacy_pb2
 from lomas.gateway.v1 import admin_pb2, admin_pb2_grpc
 
+# The values an administrator sends are built with these (kept importable from here).
+__all__ = [
+    "DATA_FORMATS",
+    "AdminClient",
+    "approx_dp",
+    "format_from_path",
+    "local_source",
+    "pure_dp",
+    "rho_zcdp",
+    "s3_source",
+    "url_source",
+]
+
 T = TypeVar("T")
-
-DATA_FORMATS: dict[str, dataset_pb2.DataFormat.ValueType] = {
-    "csv": dataset_pb2.DATA_FORMAT_CSV,
-    "parquet": dataset_pb2.DATA_FORMAT_PARQUET,
-}
-
-
-def _text(value: float | int | str | Decimal) -> str:
-    return repr(value) if isinstance(value, float) else str(value)
-
-
-def approx_dp(
-    epsilon: float | str | Decimal, delta: float | str | Decimal
-) -> privacy_pb2.PrivacyLoss:
-    return privacy_pb2.PrivacyLoss(
-        approx_dp=privacy_pb2.ApproxDp(epsilon=_text(epsilon), delta=_text(delta))
-    )
-
-
-def pure_dp(epsilon: float | str | Decimal) -> privacy_pb2.PrivacyLoss:
-    return privacy_pb2.PrivacyLoss(pure_dp=privacy_pb2.PureDp(epsilon=_text(epsilon)))
-
-
-def rho_zcdp(rho: float | str | Decimal) -> privacy_pb2.PrivacyLoss:
-    return privacy_pb2.PrivacyLoss(rho_zcdp=privacy_pb2.RhoZcdp(rho=_text(rho)))
-
-
-def format_from_path(path: str) -> dataset_pb2.DataFormat.ValueType:
-    suffix = path.rsplit(".", 1)[-1].lower()
-    if suffix not in DATA_FORMATS:
-        raise ValueError(
-            f"cannot tell the format of {path!r}: use .csv or .parquet, or pass a format"
-        )
-    return DATA_FORMATS[suffix]
-
-
-def local_source(path: str | Path) -> dataset_pb2.DataSource:
-    return dataset_pb2.DataSource(local=dataset_pb2.LocalSource(path=str(Path(path).resolve())))
-
-
-def url_source(url: str) -> dataset_pb2.DataSource:
-    return dataset_pb2.DataSource(url=dataset_pb2.UrlSource(url=url))
-
-
-def s3_source(
-    bucket: str, key: str, endpoint_url: str = "", credentials_name: str = ""
-) -> dataset_pb2.DataSource:
-    return dataset_pb2.DataSource(
-        s3=dataset_pb2.S3Source(
-            bucket=bucket, key=key, endpoint_url=endpoint_url, credentials_name=credentials_name
-        )
-    )
 
 
 def _dataset(
@@ -140,6 +112,13 @@ class AdminClient:
     def list_users(self) -> list[resources_pb2.User]:
         return list(self._pages(self._stub.ListUsers, admin_pb2.ListUsersRequest(), "users"))
 
+    def get_user(self, name: str) -> resources_pb2.User:
+        """One user (NotFound, USER_NOT_FOUND, naming it, when there is none)."""
+        for user in self.list_users():
+            if user.name == name:
+                return user
+        raise NotFound("NOT_FOUND", "USER_NOT_FOUND", f"user {name!r} does not exist", {})
+
     # Datasets
     def add_dataset(
         self,
@@ -150,11 +129,10 @@ class AdminClient:
         *,
         request_id: str = "",
     ) -> resources_pb2.Dataset:
-        """Register a dataset: where its data lives, in which format, and its metadata."""
-        request = admin_pb2.CreateDatasetRequest(
-            dataset=_dataset(name, source, metadata, data_format), request_id=request_id
-        )
-        return self._call(self._stub.CreateDataset, request).dataset
+        """Register a dataset: where its data lives, in which format, and its metadata. The
+        platform first checks that the source can be read and has the metadata's columns."""
+        dataset = _dataset(name, source, metadata, data_format)
+        return self._write_dataset(dataset, request_id, replace=False)
 
     def update_dataset(
         self,
@@ -165,11 +143,20 @@ class AdminClient:
         *,
         request_id: str = "",
     ) -> resources_pb2.Dataset:
-        """Replace a dataset's source, format and metadata; its version goes up by one."""
-        request = admin_pb2.UpdateDatasetRequest(
-            dataset=_dataset(name, source, metadata, data_format), request_id=request_id
-        )
-        return self._call(self._stub.UpdateDataset, request).dataset
+        """Replace a dataset's source, format and metadata (checked as `add_dataset` checks them);
+        its version goes up by one."""
+        dataset = _dataset(name, source, metadata, data_format)
+        return self._write_dataset(dataset, request_id, replace=True)
+
+    def _write_dataset(
+        self, dataset: resources_pb2.Dataset, request_id: str, *, replace: bool
+    ) -> resources_pb2.Dataset:
+        """CreateDataset, or UpdateDataset to `replace` it: the same request and response shape."""
+        if replace:
+            update = admin_pb2.UpdateDatasetRequest(dataset=dataset, request_id=request_id)
+            return self._call(self._stub.UpdateDataset, update).dataset
+        create = admin_pb2.CreateDatasetRequest(dataset=dataset, request_id=request_id)
+        return self._call(self._stub.CreateDataset, create).dataset
 
     def remove_dataset(self, name: str, *, request_id: str = "") -> None:
         request = admin_pb2.DeleteDatasetRequest(name=name, request_id=request_id)
@@ -179,6 +166,13 @@ class AdminClient:
         return list(
             self._pages(self._stub.ListDatasets, admin_pb2.ListDatasetsRequest(), "datasets")
         )
+
+    def get_dataset(self, name: str) -> resources_pb2.Dataset:
+        """One dataset (NotFound, DATASET_NOT_FOUND, naming it, when there is none)."""
+        for dataset in self.list_datasets():
+            if dataset.name == name:
+                return dataset
+        raise NotFound("NOT_FOUND", "DATASET_NOT_FOUND", f"dataset {name!r} does not exist", {})
 
     # Grants and budgets
     def grant(
@@ -209,13 +203,15 @@ class AdminClient:
     def budgets(self, user: str, *, delta: str | Decimal = "") -> list[budget_pb2.Ledger]:
         """A user's ledgers; with `delta`, zCDP and pure-DP ones also show what is left as
         (epsilon, delta) in `remaining_at_delta`."""
-        request = admin_pb2.ListLedgersRequest(user=user, delta=_text(delta) if delta else "")
+        request = admin_pb2.ListLedgersRequest(
+            user=user, delta=decimal_text(delta) if delta else ""
+        )
         return list(self._pages(self._stub.ListLedgers, request, "ledgers"))
 
     def ledger(self, user: str, dataset: str, *, delta: str | Decimal = "") -> budget_pb2.Ledger:
         """One ledger; with `delta`, its remaining budget also as (epsilon, delta)."""
         request = admin_pb2.GetLedgerRequest(
-            user=user, dataset=dataset, delta=_text(delta) if delta else ""
+            user=user, dataset=dataset, delta=decimal_text(delta) if delta else ""
         )
         return self._call(self._stub.GetLedger, request).ledger
 
@@ -291,92 +287,36 @@ class AdminClient:
     def load_user_collection(self, path: str | Path) -> list[str]:
         """Register users and their per-dataset budgets from a Lomas `user_collection.yaml`.
 
-        Re-running it is safe: identical users and grants are left as they are.
+        Re-running it is safe: existing users and grants are left as they are. (`lomas-admin
+        users import` also reports which ones differ from the file.)
         """
-        document = yaml.safe_load(Path(path).read_text())
         done = []
-        for entry in document.get("users", []):
-            name = entry["user_name"]
+        for user in read_user_collection(path):
             try:
-                self.add_user(name, may_query=bool(entry.get("may_query", True)))
+                self.add_user(user.name, admin=user.admin, may_query=user.may_query)
             except AlreadyExists:
                 pass
-            for access in entry.get("datasets_list", []):
-                allocation = approx_dp(access["initial_epsilon"], access["initial_delta"])
-                spent = approx_dp(
-                    access.get("total_spent_epsilon", 0.0), access.get("total_spent_delta", 0.0)
-                )
+            for grant in user.grants:
                 try:
-                    self.grant(name, access["dataset_name"], allocation, already_spent=spent)
+                    self.grant(
+                        user.name, grant.dataset, grant.allocation, already_spent=grant.spent
+                    )
                 except AlreadyExists:
                     pass
-            done.append(name)
+            done.append(user.name)
         return done
 
     def load_dataset_collection(self, path: str | Path) -> list[str]:
         """Register datasets from a Lomas `dataset_collection.yaml` (PATH_DB or S3_DB entries).
 
         Relative paths are read relative to the collection file, as Lomas administrators write them.
+        Existing datasets are left as they are.
         """
-        path = Path(path)
-        document = yaml.safe_load(path.read_text())
         done = []
-        for entry in document.get("datasets", []):
-            access = entry["dataset_access"]
-            source, location = _collection_source(access, path.parent)
-            data_format = (
-                DATA_FORMATS[access["format"].lower()]
-                if "format" in access
-                else format_from_path(location)
-            )
-            metadata = _collection_metadata(entry["metadata_access"], path.parent)
+        for dataset in read_dataset_collection(path):
             try:
-                self.add_dataset(entry["dataset_name"], source, metadata, data_format)
+                self.add_dataset(dataset.name, dataset.source, dataset.metadata, dataset.format)
             except AlreadyExists:
                 pass
-            done.append(entry["dataset_name"])
+            done.append(dataset.name)
         return done
-
-
-def _collection_source(access: Mapping[str, Any], base: Path) -> tuple[dataset_pb2.DataSource, str]:
-    kind = access.get("database_type")
-    if kind == "PATH_DB":
-        location = str(access["path"])
-        if location.startswith(("http://", "https://")):
-            return url_source(location), location
-        return local_source(base / location), location
-    if kind == "S3_DB":
-        key = str(access["key"])
-        return (
-            s3_source(
-                access["bucket"],
-                key,
-                access.get("endpoint_url", ""),
-                access.get("credentials_name", ""),
-            ),
-            key,
-        )
-    raise ValueError(f"unsupported database_type {kind!r} (PATH_DB or S3_DB)")
-
-
-def _collection_metadata(access: Mapping[str, Any], base: Path) -> dict[str, Any]:
-    kind = access.get("database_type")
-    if kind == "PATH_DB":
-        location = str(access["path"])
-        if location.startswith(("http://", "https://")):
-            import urllib.request
-
-            with urllib.request.urlopen(location, timeout=30) as response:  # noqa: S310 - admin-given URL
-                return dict(yaml.safe_load(response.read()))
-        return dict(yaml.safe_load((base / location).read_text()))
-    if kind == "S3_DB":
-        import boto3  # only administrators who register S3 metadata need it
-
-        session = boto3.session.Session(
-            aws_access_key_id=access.get("access_key_id"),
-            aws_secret_access_key=access.get("secret_access_key"),
-        )
-        client = session.client("s3", endpoint_url=access.get("endpoint_url") or None)
-        body = client.get_object(Bucket=access["bucket"], Key=access["key"])["Body"].read()
-        return dict(yaml.safe_load(body))
-    raise ValueError(f"unsupported metadata database_type {kind!r} (PATH_DB or S3_DB)")

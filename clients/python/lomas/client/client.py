@@ -244,6 +244,20 @@ class Client:
         )
         return loss_to_dict(response.cost)
 
+    def _accuracy(
+        self, query: query_pb2.Query, alpha: float | str | Decimal
+    ) -> dict[str, Decimal | None]:
+        response = self._call(
+            self._stub.EstimateQueryAccuracy,
+            gateway_pb2.EstimateQueryAccuracyRequest(
+                dataset=self.dataset, query=query, alpha=_decimal_text(alpha, "alpha")
+            ),
+        )
+        return {
+            column.column: Decimal(column.half_width) if column.half_width else None
+            for column in response.columns
+        }
+
     def _execute(self, query: query_pb2.Query, run: RunOptions) -> pd.DataFrame:
         dummy = run.get("dummy", False)
         request = gateway_pb2.ExecuteQueryRequest(
@@ -351,6 +365,19 @@ class SmartnoiseSqlClient:
     ) -> dict[str, Decimal]:
         """The exact cost the query would be charged (SmartNoise-SQL charges per mechanism)."""
         return self._client._estimate(self._query(query, epsilon, delta, mechanisms, True))
+
+    def accuracy(
+        self,
+        query: str,
+        epsilon: float | str | Decimal,
+        delta: float | str | Decimal,
+        mechanisms: Mapping[str, str] | None = None,
+        alpha: float | str | Decimal = "0.05",
+    ) -> dict[str, Decimal | None]:
+        """How noisy the release would be, free: per output column, the half-width of the
+        (1 - alpha) interval of its noise (with probability 1 - alpha the release is within it of
+        the true value). None where SmartNoise-SQL has no closed form (AVG, grouping keys...)."""
+        return self._client._accuracy(self._query(query, epsilon, delta, mechanisms, True), alpha)
 
     def query(
         self,
@@ -467,6 +494,16 @@ class OpenDpClient:
     def cost(self, pipeline: Any, **options: Unpack[PipelineOptions]) -> dict[str, Decimal]:
         """The exact cost the pipeline would be charged (free; nothing runs on the data)."""
         return self._client._estimate(self._query(pipeline, options))
+
+    def accuracy(
+        self,
+        pipeline: Any,
+        alpha: float | str | Decimal = "0.05",
+        **options: Unpack[PipelineOptions],
+    ) -> dict[str, Decimal | None]:
+        """How noisy the release would be, free: per released column (`value` for a measurement),
+        the half-width of the (1 - alpha) interval of its noise, from OpenDP's own utilities."""
+        return self._client._accuracy(self._query(pipeline, options), alpha)
 
     def query(self, pipeline: Any, **options: Unpack[OpenDpQueryOptions]) -> pd.DataFrame:
         """Run the pipeline and return its DP release as a DataFrame.

@@ -21,6 +21,8 @@ type ExecutorServiceClient interface {
 	ValidateDataset(ctx context.Context, in *ValidateDatasetRequest, opts ...grpc.CallOption) (*ValidateDatasetResponse, error)
 	// Validates a query against the metadata and returns its true privacy cost.
 	EstimateCost(ctx context.Context, in *EstimateCostRequest, opts ...grpc.CallOption) (*EstimateCostResponse, error)
+	// Returns the accuracy of each output column of a query's release, from the metadata alone.
+	EstimateAccuracy(ctx context.Context, in *EstimateAccuracyRequest, opts ...grpc.CallOption) (*EstimateAccuracyResponse, error)
 	// Returns seeded dummy data generated from the metadata.
 	GetDummyDataset(ctx context.Context, in *GetDummyDatasetRequest, opts ...grpc.CallOption) (*GetDummyDatasetResponse, error)
 	// Runs a query on seeded dummy data and reports the cost the real query would have.
@@ -53,6 +55,15 @@ func (c *executorServiceClient) EstimateCost(ctx context.Context, in *EstimateCo
 	return out, nil
 }
 
+func (c *executorServiceClient) EstimateAccuracy(ctx context.Context, in *EstimateAccuracyRequest, opts ...grpc.CallOption) (*EstimateAccuracyResponse, error) {
+	out := new(EstimateAccuracyResponse)
+	err := c.cc.Invoke(ctx, "/lomas.executor.v1.ExecutorService/EstimateAccuracy", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *executorServiceClient) GetDummyDataset(ctx context.Context, in *GetDummyDatasetRequest, opts ...grpc.CallOption) (*GetDummyDatasetResponse, error) {
 	out := new(GetDummyDatasetResponse)
 	err := c.cc.Invoke(ctx, "/lomas.executor.v1.ExecutorService/GetDummyDataset", in, out, opts...)
@@ -79,6 +90,8 @@ type ExecutorServiceServer interface {
 	ValidateDataset(context.Context, *ValidateDatasetRequest) (*ValidateDatasetResponse, error)
 	// Validates a query against the metadata and returns its true privacy cost.
 	EstimateCost(context.Context, *EstimateCostRequest) (*EstimateCostResponse, error)
+	// Returns the accuracy of each output column of a query's release, from the metadata alone.
+	EstimateAccuracy(context.Context, *EstimateAccuracyRequest) (*EstimateAccuracyResponse, error)
 	// Returns seeded dummy data generated from the metadata.
 	GetDummyDataset(context.Context, *GetDummyDatasetRequest) (*GetDummyDatasetResponse, error)
 	// Runs a query on seeded dummy data and reports the cost the real query would have.
@@ -95,6 +108,9 @@ func (UnimplementedExecutorServiceServer) ValidateDataset(context.Context, *Vali
 }
 func (UnimplementedExecutorServiceServer) EstimateCost(context.Context, *EstimateCostRequest) (*EstimateCostResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method EstimateCost not implemented")
+}
+func (UnimplementedExecutorServiceServer) EstimateAccuracy(context.Context, *EstimateAccuracyRequest) (*EstimateAccuracyResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method EstimateAccuracy not implemented")
 }
 func (UnimplementedExecutorServiceServer) GetDummyDataset(context.Context, *GetDummyDatasetRequest) (*GetDummyDatasetResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetDummyDataset not implemented")
@@ -151,6 +167,24 @@ func _ExecutorService_EstimateCost_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ExecutorService_EstimateAccuracy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EstimateAccuracyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ExecutorServiceServer).EstimateAccuracy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/lomas.executor.v1.ExecutorService/EstimateAccuracy",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ExecutorServiceServer).EstimateAccuracy(ctx, req.(*EstimateAccuracyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _ExecutorService_GetDummyDataset_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetDummyDatasetRequest)
 	if err := dec(in); err != nil {
@@ -198,6 +232,10 @@ var _ExecutorService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "EstimateCost",
 			Handler:    _ExecutorService_EstimateCost_Handler,
+		},
+		{
+			MethodName: "EstimateAccuracy",
+			Handler:    _ExecutorService_EstimateAccuracy_Handler,
 		},
 		{
 			MethodName: "GetDummyDataset",

@@ -25,6 +25,9 @@ type GatewayServiceClient interface {
 	GetDummyDataset(ctx context.Context, in *GetDummyDatasetRequest, opts ...grpc.CallOption) (*GetDummyDatasetResponse, error)
 	// Returns the true privacy cost of a query without running it; free.
 	EstimateQueryCost(ctx context.Context, in *EstimateQueryCostRequest, opts ...grpc.CallOption) (*EstimateQueryCostResponse, error)
+	// Returns how noisy a query's release will be, per output column, without running it; free. From
+	// SmartNoise-SQL's and OpenDP's own accuracy utilities, on the metadata alone.
+	EstimateQueryAccuracy(ctx context.Context, in *EstimateQueryAccuracyRequest, opts ...grpc.CallOption) (*EstimateQueryAccuracyResponse, error)
 	// Runs a query on the private data (charged) or on dummy data (free) and returns the DP release.
 	ExecuteQuery(ctx context.Context, in *ExecuteQueryRequest, opts ...grpc.CallOption) (*ExecuteQueryResponse, error)
 	// Returns the caller's budget on a dataset: initial, spent and remaining.
@@ -83,6 +86,15 @@ func (c *gatewayServiceClient) GetDummyDataset(ctx context.Context, in *GetDummy
 func (c *gatewayServiceClient) EstimateQueryCost(ctx context.Context, in *EstimateQueryCostRequest, opts ...grpc.CallOption) (*EstimateQueryCostResponse, error) {
 	out := new(EstimateQueryCostResponse)
 	err := c.cc.Invoke(ctx, "/lomas.gateway.v1.GatewayService/EstimateQueryCost", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *gatewayServiceClient) EstimateQueryAccuracy(ctx context.Context, in *EstimateQueryAccuracyRequest, opts ...grpc.CallOption) (*EstimateQueryAccuracyResponse, error) {
+	out := new(EstimateQueryAccuracyResponse)
+	err := c.cc.Invoke(ctx, "/lomas.gateway.v1.GatewayService/EstimateQueryAccuracy", in, out, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -178,6 +190,9 @@ type GatewayServiceServer interface {
 	GetDummyDataset(context.Context, *GetDummyDatasetRequest) (*GetDummyDatasetResponse, error)
 	// Returns the true privacy cost of a query without running it; free.
 	EstimateQueryCost(context.Context, *EstimateQueryCostRequest) (*EstimateQueryCostResponse, error)
+	// Returns how noisy a query's release will be, per output column, without running it; free. From
+	// SmartNoise-SQL's and OpenDP's own accuracy utilities, on the metadata alone.
+	EstimateQueryAccuracy(context.Context, *EstimateQueryAccuracyRequest) (*EstimateQueryAccuracyResponse, error)
 	// Runs a query on the private data (charged) or on dummy data (free) and returns the DP release.
 	ExecuteQuery(context.Context, *ExecuteQueryRequest) (*ExecuteQueryResponse, error)
 	// Returns the caller's budget on a dataset: initial, spent and remaining.
@@ -214,6 +229,9 @@ func (UnimplementedGatewayServiceServer) GetDummyDataset(context.Context, *GetDu
 }
 func (UnimplementedGatewayServiceServer) EstimateQueryCost(context.Context, *EstimateQueryCostRequest) (*EstimateQueryCostResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method EstimateQueryCost not implemented")
+}
+func (UnimplementedGatewayServiceServer) EstimateQueryAccuracy(context.Context, *EstimateQueryAccuracyRequest) (*EstimateQueryAccuracyResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method EstimateQueryAccuracy not implemented")
 }
 func (UnimplementedGatewayServiceServer) ExecuteQuery(context.Context, *ExecuteQueryRequest) (*ExecuteQueryResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ExecuteQuery not implemented")
@@ -314,6 +332,24 @@ func _GatewayService_EstimateQueryCost_Handler(srv interface{}, ctx context.Cont
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(GatewayServiceServer).EstimateQueryCost(ctx, req.(*EstimateQueryCostRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GatewayService_EstimateQueryAccuracy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EstimateQueryAccuracyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).EstimateQueryAccuracy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/lomas.gateway.v1.GatewayService/EstimateQueryAccuracy",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).EstimateQueryAccuracy(ctx, req.(*EstimateQueryAccuracyRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -448,6 +484,10 @@ var _GatewayService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "EstimateQueryCost",
 			Handler:    _GatewayService_EstimateQueryCost_Handler,
+		},
+		{
+			MethodName: "EstimateQueryAccuracy",
+			Handler:    _GatewayService_EstimateQueryAccuracy_Handler,
 		},
 		{
 			MethodName: "ExecuteQuery",

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blomas/common/v1/query.proto\x12\x0flomas.common.v1\x1a\x1fgoogle/api/field_behavior.proto\"\x85\x02\n\x12SmartnoiseSqlQuery\x12\x11\n\x03sql\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x65psilon\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05\x64\x65lta\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12M\n\nmechanisms\x18\x04 \x03(\x0b\x32\x33.lomas.common.v1.SmartnoiseSqlQuery.MechanismsEntryB\x04\xe2\x41\x01\x01\x12\x1e\n\x0bpostprocess\x18\x05 \x01(\x08\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x1a\x31\n\x0fMechanismsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0e\n\x0c_postprocess\"\x9c\x01\n\x11OpenDpPolarsQuery\x12\x17\n\tplan_json\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x39\n\tmechanism\x18\x02 \x01(\x0e\x32 .lomas.common.v1.OpenDpMechanismB\x04\xe2\x41\x01\x01\x12\x1a\n\x0cglobal_scale\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tthreshold\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x01\"\x92\x01\n\x0bOpenDpQuery\x12 \n\x10measurement_json\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01H\x00\x12:\n\x06polars\x18\x02 \x01(\x0b\x32\".lomas.common.v1.OpenDpPolarsQueryB\x04\xe2\x41\x01\x01H\x00\x12\x19\n\x0b\x66ixed_delta\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x42\n\n\x08pipeline\"\x8a\x01\n\x05Query\x12\x43\n\x0esmartnoise_sql\x18\x01 \x01(\x0b\x32#.lomas.common.v1.SmartnoiseSqlQueryB\x04\xe2\x41\x01\x01H\x00\x12\x34\n\x06opendp\x18\x02 \x01(\x0b\x32\x1c.lomas.common.v1.OpenDpQueryB\x04\xe2\x41\x01\x01H\x00\x42\x06\n\x04kind*s\n\x0fOpenDpMechanism\x12!\n\x1dOPEN_DP_MECHANISM_UNSPECIFIED\x10\x00\x12\x1d\n\x19OPEN_DP_MECHANISM_LAPLACE\x10\x01\x12\x1e\n\x1aOPEN_DP_MECHANISM_GAUSSIAN\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blomas/common/v1/query.proto\x12\x0flomas.common.v1\x1a\x1fgoogle/api/field_behavior.proto\"\x85\x02\n\x12SmartnoiseSqlQuery\x12\x11\n\x03sql\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x65psilon\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05\x64\x65lta\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12M\n\nmechanisms\x18\x04 \x03(\x0b\x32\x33.lomas.common.v1.SmartnoiseSqlQuery.MechanismsEntryB\x04\xe2\x41\x01\x01\x12\x1e\n\x0bpostprocess\x18\x05 \x01(\x08\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x1a\x31\n\x0fMechanismsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0e\n\x0c_postprocess\"\x9c\x01\n\x11OpenDpPolarsQuery\x12\x17\n\tplan_json\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x39\n\tmechanism\x18\x02 \x01(\x0e\x32 .lomas.common.v1.OpenDpMechanismB\x04\xe2\x41\x01\x01\x12\x1a\n\x0cglobal_scale\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tthreshold\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x01\"\x92\x01\n\x0bOpenDpQuery\x12 \n\x10measurement_json\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01H\x00\x12:\n\x06polars\x18\x02 \x01(\x0b\x32\".lomas.common.v1.OpenDpPolarsQueryB\x04\xe2\x41\x01\x01H\x00\x12\x19\n\x0b\x66ixed_delta\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x42\n\n\x08pipeline\"\x8a\x01\n\x05Query\x12\x43\n\x0esmartnoise_sql\x18\x01 \x01(\x0b\x32#.lomas.common.v1.SmartnoiseSqlQueryB\x04\xe2\x41\x01\x01H\x00\x12\x34\n\x06opendp\x18\x02 \x01(\x0b\x32\x1c.lomas.common.v1.OpenDpQueryB\x04\xe2\x41\x01\x01H\x00\x42\x06\n\x04kind\"\\\n\x0e\x43olumnAccuracy\x12\x14\n\x06\x63olumn\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nhalf_width\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x64istribution\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03*s\n\x0fOpenDpMechanism\x12!\n\x1dOPEN_DP_MECHANISM_UNSPECIFIED\x10\x00\x12\x1d\n\x19OPEN_DP_MECHANISM_LAPLACE\x10\x01\x12\x1e\n\x1aOPEN_DP_MECHANISM_GAUSSIAN\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -62,8 +62,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUERY'].fields_by_name['smartnoise_sql']._serialized_options = b'\342A\001\001'
   _globals['_QUERY'].fields_by_name['opendp']._loaded_options = None
   _globals['_QUERY'].fields_by_name['opendp']._serialized_options = b'\342A\001\001'
-  _globals['_OPENDPMECHANISM']._serialized_start=794
-  _globals['_OPENDPMECHANISM']._serialized_end=909
+  _globals['_COLUMNACCURACY'].fields_by_name['column']._loaded_options = None
+  _globals['_COLUMNACCURACY'].fields_by_name['column']._serialized_options = b'\342A\001\003'
+  _globals['_COLUMNACCURACY'].fields_by_name['half_width']._loaded_options = None
+  _globals['_COLUMNACCURACY'].fields_by_name['half_width']._serialized_options = b'\342A\001\003'
+  _globals['_COLUMNACCURACY'].fields_by_name['distribution']._loaded_options = None
+  _globals['_COLUMNACCURACY'].fields_by_name['distribution']._serialized_options = b'\342A\001\003'
+  _globals['_OPENDPMECHANISM']._serialized_start=888
+  _globals['_OPENDPMECHANISM']._serialized_end=1003
   _globals['_SMARTNOISESQLQUERY']._serialized_start=82
   _globals['_SMARTNOISESQLQUERY']._serialized_end=343
   _globals['_SMARTNOISESQLQUERY_MECHANISMSENTRY']._serialized_start=278
@@ -74,4 +80,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OPENDPQUERY']._serialized_end=651
   _globals['_QUERY']._serialized_start=654
   _globals['_QUERY']._serialized_end=792
+  _globals['_COLUMNACCURACY']._serialized_start=794
+  _globals['_COLUMNACCURACY']._serialized_end=886
 # @@protoc_insertion_point(module_scope)

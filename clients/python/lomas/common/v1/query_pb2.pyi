@@ -219,3 +219,36 @@ class Query(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___Query: _TypeAlias = Query  # noqa: Y015
+
+@_typing.final
+class ColumnAccuracy(_message.Message):
+    """ColumnAccuracy is how far one output column of a release may be from its value without noise."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLUMN_FIELD_NUMBER: _builtins.int
+    HALF_WIDTH_FIELD_NUMBER: _builtins.int
+    DISTRIBUTION_FIELD_NUMBER: _builtins.int
+    column: _builtins.str
+    """Output column name."""
+    half_width: _builtins.str
+    """Half-width of the (1 - alpha) interval of the noise added to this column: with probability
+    1 - alpha, a release is within this distance of the noiseless value. Decimal text; empty when
+    the engine has no closed form for the column (an average, a quantile, a grouping key...).
+    """
+    distribution: _builtins.str
+    """The noise distribution ("Laplace", "Gaussian", "Integer Laplace", ...), when known."""
+    def __init__(
+        self,
+        *,
+        column: _builtins.str = ...,
+        half_width: _builtins.str = ...,
+        distribution: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["column", b"column", "distribution", b"distribution", "half_width", b"half_width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ColumnAccuracy: _TypeAlias = ColumnAccuracy  # noqa: Y015

@@ -28,7 +28,7 @@ from lomas.common.v1 import privacy_pb2 as lomas_dot_common_dot_v1_dot_privacy__
 from lomas.common.v1 import query_pb2 as lomas_dot_common_dot_v1_dot_query__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n lomas/executor/v1/executor.proto\x12\x11lomas.executor.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1dlomas/common/v1/dataset.proto\x1a\x1dlomas/common/v1/privacy.proto\x1a\x1blomas/common/v1/query.proto\"S\n\x16ValidateDatasetRequest\x12\x39\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\".lomas.common.v1.DatasetDescriptorB\x04\xe2\x41\x01\x02\"T\n\x17ValidateDatasetResponse\x12\x39\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\".lomas.common.v1.DatasetDescriptorB\x04\xe2\x41\x01\x03\"}\n\x13\x45stimateCostRequest\x12\x39\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\".lomas.common.v1.DatasetDescriptorB\x04\xe2\x41\x01\x02\x12+\n\x05query\x18\x02 \x01(\x0b\x32\x16.lomas.common.v1.QueryB\x04\xe2\x41\x01\x02\"\x7f\n\x14\x45stimateCostResponse\x12\x30\n\x04\x63ost\x18\x01 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLossB\x04\xe2\x41\x01\x03\x12\x35\n\x0f\x63\x61nonical_query\x18\x02 \x01(\x0b\x32\x16.lomas.common.v1.QueryB\x04\xe2\x41\x01\x03\"\x80\x01\n\x16GetDummyDatasetRequest\x12\x39\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\".lomas.common.v1.DatasetDescriptorB\x04\xe2\x41\x01\x02\x12\x17\n\trow_count\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x12\n\x04seed\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x01\"2\n\x17GetDummyDatasetResponse\x12\x17\n\tarrow_ipc\x18\x01 \x01(\x0c\x42\x04\xe2\x41\x01\x03\"\xab\x01\n\x14RunDummyQueryRequest\x12\x39\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\".lomas.common.v1.DatasetDescriptorB\x04\xe2\x41\x01\x02\x12+\n\x05query\x18\x02 \x01(\x0b\x32\x16.lomas.common.v1.QueryB\x04\xe2\x41\x01\x02\x12\x17\n\trow_count\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x12\n\x04seed\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x01\"b\n\x15RunDummyQueryResponse\x12\x17\n\tarrow_ipc\x18\x01 \x01(\x0c\x42\x04\xe2\x41\x01\x03\x12\x30\n\x04\x63ost\x18\x02 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLossB\x04\xe2\x41\x01\x03\x32\xaa\x03\n\x0f\x45xecutorService\x12h\n\x0fValidateDataset\x12).lomas.executor.v1.ValidateDatasetRequest\x1a*.lomas.executor.v1.ValidateDatasetResponse\x12_\n\x0c\x45stimateCost\x12&.lomas.executor.v1.EstimateCostRequest\x1a\'.lomas.executor.v1.EstimateCostResponse\x12h\n\x0fGetDummyDataset\x12).lomas.executor.v1.GetDummyDatasetRequest\x1a*.lomas.executor.v1.GetDummyDatasetResponse\x12\x62\n\rRunDummyQuery\x12\'.lomas.executor.v1.RunDummyQueryRequest\x1a(.lomas.executor.v1.RunDummyQueryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n lomas/executor/v1/executor.proto\x12\x11lomas.executor.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1dlomas/common/v1/dataset.proto\x1a\x1dlomas/common/v1/privacy.proto\x1a\x1blomas/common/v1/query.proto\"S\n\x16ValidateDatasetRequest\x12\x39\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\".lomas.common.v1.DatasetDescriptorB\x04\xe2\x41\x01\x02\"T\n\x17ValidateDatasetResponse\x12\x39\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\".lomas.common.v1.DatasetDescriptorB\x04\xe2\x41\x01\x03\"}\n\x13\x45stimateCostRequest\x12\x39\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\".lomas.common.v1.DatasetDescriptorB\x04\xe2\x41\x01\x02\x12+\n\x05query\x18\x02 \x01(\x0b\x32\x16.lomas.common.v1.QueryB\x04\xe2\x41\x01\x02\"\x7f\n\x14\x45stimateCostResponse\x12\x30\n\x04\x63ost\x18\x01 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLossB\x04\xe2\x41\x01\x03\x12\x35\n\x0f\x63\x61nonical_query\x18\x02 \x01(\x0b\x32\x16.lomas.common.v1.QueryB\x04\xe2\x41\x01\x03\"\x96\x01\n\x17\x45stimateAccuracyRequest\x12\x39\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\".lomas.common.v1.DatasetDescriptorB\x04\xe2\x41\x01\x02\x12+\n\x05query\x18\x02 \x01(\x0b\x32\x16.lomas.common.v1.QueryB\x04\xe2\x41\x01\x02\x12\x13\n\x05\x61lpha\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\"R\n\x18\x45stimateAccuracyResponse\x12\x36\n\x07\x63olumns\x18\x01 \x03(\x0b\x32\x1f.lomas.common.v1.ColumnAccuracyB\x04\xe2\x41\x01\x03\"\x80\x01\n\x16GetDummyDatasetRequest\x12\x39\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\".lomas.common.v1.DatasetDescriptorB\x04\xe2\x41\x01\x02\x12\x17\n\trow_count\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x12\n\x04seed\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x01\"2\n\x17GetDummyDatasetResponse\x12\x17\n\tarrow_ipc\x18\x01 \x01(\x0c\x42\x04\xe2\x41\x01\x03\"\xab\x01\n\x14RunDummyQueryRequest\x12\x39\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\".lomas.common.v1.DatasetDescriptorB\x04\xe2\x41\x01\x02\x12+\n\x05query\x18\x02 \x01(\x0b\x32\x16.lomas.common.v1.QueryB\x04\xe2\x41\x01\x02\x12\x17\n\trow_count\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x12\n\x04seed\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x01\"b\n\x15RunDummyQueryResponse\x12\x17\n\tarrow_ipc\x18\x01 \x01(\x0c\x42\x04\xe2\x41\x01\x03\x12\x30\n\x04\x63ost\x18\x02 \x01(\x0b\x32\x1c.lomas.common.v1.PrivacyLossB\x04\xe2\x41\x01\x03\x32\x97\x04\n\x0f\x45xecutorService\x12h\n\x0fValidateDataset\x12).lomas.executor.v1.ValidateDatasetRequest\x1a*.lomas.executor.v1.ValidateDatasetResponse\x12_\n\x0c\x45stimateCost\x12&.lomas.executor.v1.EstimateCostRequest\x1a\'.lomas.executor.v1.EstimateCostResponse\x12k\n\x10\x45stimateAccuracy\x12*.lomas.executor.v1.EstimateAccuracyRequest\x1a+.lomas.executor.v1.EstimateAccuracyResponse\x12h\n\x0fGetDummyDataset\x12).lomas.executor.v1.GetDummyDatasetRequest\x1a*.lomas.executor.v1.GetDummyDatasetResponse\x12\x62\n\rRunDummyQuery\x12\'.lomas.executor.v1.RunDummyQueryRequest\x1a(.lomas.executor.v1.RunDummyQueryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,6 +47,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ESTIMATECOSTRESPONSE'].fields_by_name['cost']._serialized_options = b'\342A\001\003'
   _globals['_ESTIMATECOSTRESPONSE'].fields_by_name['canonical_query']._loaded_options = None
   _globals['_ESTIMATECOSTRESPONSE'].fields_by_name['canonical_query']._serialized_options = b'\342A\001\003'
+  _globals['_ESTIMATEACCURACYREQUEST'].fields_by_name['dataset']._loaded_options = None
+  _globals['_ESTIMATEACCURACYREQUEST'].fields_by_name['dataset']._serialized_options = b'\342A\001\002'
+  _globals['_ESTIMATEACCURACYREQUEST'].fields_by_name['query']._loaded_options = None
+  _globals['_ESTIMATEACCURACYREQUEST'].fields_by_name['query']._serialized_options = b'\342A\001\002'
+  _globals['_ESTIMATEACCURACYREQUEST'].fields_by_name['alpha']._loaded_options = None
+  _globals['_ESTIMATEACCURACYREQUEST'].fields_by_name['alpha']._serialized_options = b'\342A\001\002'
+  _globals['_ESTIMATEACCURACYRESPONSE'].fields_by_name['columns']._loaded_options = None
+  _globals['_ESTIMATEACCURACYRESPONSE'].fields_by_name['columns']._serialized_options = b'\342A\001\003'
   _globals['_GETDUMMYDATASETREQUEST'].fields_by_name['dataset']._loaded_options = None
   _globals['_GETDUMMYDATASETREQUEST'].fields_by_name['dataset']._serialized_options = b'\342A\001\002'
   _globals['_GETDUMMYDATASETREQUEST'].fields_by_name['row_count']._loaded_options = None
@@ -75,14 +83,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ESTIMATECOSTREQUEST']._serialized_end=475
   _globals['_ESTIMATECOSTRESPONSE']._serialized_start=477
   _globals['_ESTIMATECOSTRESPONSE']._serialized_end=604
-  _globals['_GETDUMMYDATASETREQUEST']._serialized_start=607
-  _globals['_GETDUMMYDATASETREQUEST']._serialized_end=735
-  _globals['_GETDUMMYDATASETRESPONSE']._serialized_start=737
-  _globals['_GETDUMMYDATASETRESPONSE']._serialized_end=787
-  _globals['_RUNDUMMYQUERYREQUEST']._serialized_start=790
-  _globals['_RUNDUMMYQUERYREQUEST']._serialized_end=961
-  _globals['_RUNDUMMYQUERYRESPONSE']._serialized_start=963
-  _globals['_RUNDUMMYQUERYRESPONSE']._serialized_end=1061
-  _globals['_EXECUTORSERVICE']._serialized_start=1064
-  _globals['_EXECUTORSERVICE']._serialized_end=1490
+  _globals['_ESTIMATEACCURACYREQUEST']._serialized_start=607
+  _globals['_ESTIMATEACCURACYREQUEST']._serialized_end=757
+  _globals['_ESTIMATEACCURACYRESPONSE']._serialized_start=759
+  _globals['_ESTIMATEACCURACYRESPONSE']._serialized_end=841
+  _globals['_GETDUMMYDATASETREQUEST']._serialized_start=844
+  _globals['_GETDUMMYDATASETREQUEST']._serialized_end=972
+  _globals['_GETDUMMYDATASETRESPONSE']._serialized_start=974
+  _globals['_GETDUMMYDATASETRESPONSE']._serialized_end=1024
+  _globals['_RUNDUMMYQUERYREQUEST']._serialized_start=1027
+  _globals['_RUNDUMMYQUERYREQUEST']._serialized_end=1198
+  _globals['_RUNDUMMYQUERYRESPONSE']._serialized_start=1200
+  _globals['_RUNDUMMYQUERYRESPONSE']._serialized_end=1298
+  _globals['_EXECUTORSERVICE']._serialized_start=1301
+  _globals['_EXECUTORSERVICE']._serialized_end=1836
 # @@protoc_insertion_point(module_scope)

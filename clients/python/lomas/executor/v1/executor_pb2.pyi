@@ -3,8 +3,10 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from lomas.common.v1 import dataset_pb2 as _dataset_pb2
 from lomas.common.v1 import privacy_pb2 as _privacy_pb2
 from lomas.common.v1 import query_pb2 as _query_pb2
@@ -129,6 +131,64 @@ class EstimateCostResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EstimateCostResponse: _TypeAlias = EstimateCostResponse  # noqa: Y015
+
+@_typing.final
+class EstimateAccuracyRequest(_message.Message):
+    """EstimateAccuracyRequest asks how noisy a query's release will be."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    QUERY_FIELD_NUMBER: _builtins.int
+    ALPHA_FIELD_NUMBER: _builtins.int
+    alpha: _builtins.str
+    """Significance level, a decimal in (0, 1): the intervals hold with probability 1 - alpha."""
+    @_builtins.property
+    def dataset(self) -> _dataset_pb2.DatasetDescriptor:
+        """The dataset."""
+
+    @_builtins.property
+    def query(self) -> _query_pb2.Query:
+        """The query."""
+
+    def __init__(
+        self,
+        *,
+        dataset: _dataset_pb2.DatasetDescriptor | None = ...,
+        query: _query_pb2.Query | None = ...,
+        alpha: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "query", b"query"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "dataset", b"dataset", "query", b"query"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EstimateAccuracyRequest: _TypeAlias = EstimateAccuracyRequest  # noqa: Y015
+
+@_typing.final
+class EstimateAccuracyResponse(_message.Message):
+    """EstimateAccuracyResponse carries one entry per output column, in column order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def columns(self) -> _containers.RepeatedCompositeFieldContainer[_query_pb2.ColumnAccuracy]:
+        """Accuracy per output column."""
+
+    def __init__(
+        self,
+        *,
+        columns: _abc.Iterable[_query_pb2.ColumnAccuracy] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EstimateAccuracyResponse: _TypeAlias = EstimateAccuracyResponse  # noqa: Y015
 
 @_typing.final
 class GetDummyDatasetRequest(_message.Message):

@@ -46,6 +46,11 @@ class ExecutorServiceStub:
                 request_serializer=lomas_dot_executor_dot_v1_dot_executor__pb2.EstimateCostRequest.SerializeToString,
                 response_deserializer=lomas_dot_executor_dot_v1_dot_executor__pb2.EstimateCostResponse.FromString,
                 _registered_method=True)
+        self.EstimateAccuracy = channel.unary_unary(
+                '/lomas.executor.v1.ExecutorService/EstimateAccuracy',
+                request_serializer=lomas_dot_executor_dot_v1_dot_executor__pb2.EstimateAccuracyRequest.SerializeToString,
+                response_deserializer=lomas_dot_executor_dot_v1_dot_executor__pb2.EstimateAccuracyResponse.FromString,
+                _registered_method=True)
         self.GetDummyDataset = channel.unary_unary(
                 '/lomas.executor.v1.ExecutorService/GetDummyDataset',
                 request_serializer=lomas_dot_executor_dot_v1_dot_executor__pb2.GetDummyDatasetRequest.SerializeToString,
@@ -77,6 +82,13 @@ class ExecutorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EstimateAccuracy(self, request, context):
+        """Returns the accuracy of each output column of a query's release, from the metadata alone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetDummyDataset(self, request, context):
         """Returns seeded dummy data generated from the metadata.
         """
@@ -103,6 +115,11 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
                     servicer.EstimateCost,
                     request_deserializer=lomas_dot_executor_dot_v1_dot_executor__pb2.EstimateCostRequest.FromString,
                     response_serializer=lomas_dot_executor_dot_v1_dot_executor__pb2.EstimateCostResponse.SerializeToString,
+            ),
+            'EstimateAccuracy': grpc.unary_unary_rpc_method_handler(
+                    servicer.EstimateAccuracy,
+                    request_deserializer=lomas_dot_executor_dot_v1_dot_executor__pb2.EstimateAccuracyRequest.FromString,
+                    response_serializer=lomas_dot_executor_dot_v1_dot_executor__pb2.EstimateAccuracyResponse.SerializeToString,
             ),
             'GetDummyDataset': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDummyDataset,
@@ -171,6 +188,33 @@ class ExecutorService:
             '/lomas.executor.v1.ExecutorService/EstimateCost',
             lomas_dot_executor_dot_v1_dot_executor__pb2.EstimateCostRequest.SerializeToString,
             lomas_dot_executor_dot_v1_dot_executor__pb2.EstimateCostResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EstimateAccuracy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lomas.executor.v1.ExecutorService/EstimateAccuracy',
+            lomas_dot_executor_dot_v1_dot_executor__pb2.EstimateAccuracyRequest.SerializeToString,
+            lomas_dot_executor_dot_v1_dot_executor__pb2.EstimateAccuracyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,8 @@ class ExecutorServiceStub:
     """Validates a dataset's metadata (in the SmartNoise-SQL YAML form) before registration."""
     EstimateCost: _grpc.UnaryUnaryMultiCallable[_executor_pb2.EstimateCostRequest, _executor_pb2.EstimateCostResponse]
     """Validates a query against the metadata and returns its true privacy cost."""
+    EstimateAccuracy: _grpc.UnaryUnaryMultiCallable[_executor_pb2.EstimateAccuracyRequest, _executor_pb2.EstimateAccuracyResponse]
+    """Returns the accuracy of each output column of a query's release, from the metadata alone."""
     GetDummyDataset: _grpc.UnaryUnaryMultiCallable[_executor_pb2.GetDummyDatasetRequest, _executor_pb2.GetDummyDatasetResponse]
     """Returns seeded dummy data generated from the metadata."""
     RunDummyQuery: _grpc.UnaryUnaryMultiCallable[_executor_pb2.RunDummyQueryRequest, _executor_pb2.RunDummyQueryResponse]
@@ -55,6 +57,8 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     """Validates a dataset's metadata (in the SmartNoise-SQL YAML form) before registration."""
     EstimateCost: _aio.UnaryUnaryMultiCallable[_executor_pb2.EstimateCostRequest, _executor_pb2.EstimateCostResponse]  # type: ignore[assignment]
     """Validates a query against the metadata and returns its true privacy cost."""
+    EstimateAccuracy: _aio.UnaryUnaryMultiCallable[_executor_pb2.EstimateAccuracyRequest, _executor_pb2.EstimateAccuracyResponse]  # type: ignore[assignment]
+    """Returns the accuracy of each output column of a query's release, from the metadata alone."""
     GetDummyDataset: _aio.UnaryUnaryMultiCallable[_executor_pb2.GetDummyDatasetRequest, _executor_pb2.GetDummyDatasetResponse]  # type: ignore[assignment]
     """Returns seeded dummy data generated from the metadata."""
     RunDummyQuery: _aio.UnaryUnaryMultiCallable[_executor_pb2.RunDummyQueryRequest, _executor_pb2.RunDummyQueryResponse]  # type: ignore[assignment]
@@ -80,6 +84,14 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_executor_pb2.EstimateCostResponse, _abc.Awaitable[_executor_pb2.EstimateCostResponse]]:
         """Validates a query against the metadata and returns its true privacy cost."""
+
+    @_abc_1.abstractmethod
+    def EstimateAccuracy(
+        self,
+        request: _executor_pb2.EstimateAccuracyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.EstimateAccuracyResponse, _abc.Awaitable[_executor_pb2.EstimateAccuracyResponse]]:
+        """Returns the accuracy of each output column of a query's release, from the metadata alone."""
 
     @_abc_1.abstractmethod
     def GetDummyDataset(

@@ -726,3 +726,63 @@ class CancelQueryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelQueryResponse: _TypeAlias = CancelQueryResponse  # noqa: Y015
+
+@_typing.final
+class EstimateQueryAccuracyRequest(_message.Message):
+    """EstimateQueryAccuracyRequest asks how noisy a query's release will be."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    QUERY_FIELD_NUMBER: _builtins.int
+    ALPHA_FIELD_NUMBER: _builtins.int
+    dataset: _builtins.str
+    """Dataset name."""
+    alpha: _builtins.str
+    """Significance level, a decimal in (0, 1); default 0.05 (95 % intervals)."""
+    @_builtins.property
+    def query(self) -> _query_pb2.Query:
+        """The query, as it would be sent to ExecuteQuery."""
+
+    def __init__(
+        self,
+        *,
+        dataset: _builtins.str = ...,
+        query: _query_pb2.Query | None = ...,
+        alpha: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "dataset", b"dataset", "query", b"query"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EstimateQueryAccuracyRequest: _TypeAlias = EstimateQueryAccuracyRequest  # noqa: Y015
+
+@_typing.final
+class EstimateQueryAccuracyResponse(_message.Message):
+    """EstimateQueryAccuracyResponse carries the accuracy of each output column."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    ALPHA_FIELD_NUMBER: _builtins.int
+    alpha: _builtins.str
+    """The significance level used."""
+    @_builtins.property
+    def columns(self) -> _containers.RepeatedCompositeFieldContainer[_query_pb2.ColumnAccuracy]:
+        """Accuracy per output column, in column order."""
+
+    def __init__(
+        self,
+        *,
+        columns: _abc.Iterable[_query_pb2.ColumnAccuracy] | None = ...,
+        alpha: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "columns", b"columns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EstimateQueryAccuracyResponse: _TypeAlias = EstimateQueryAccuracyResponse  # noqa: Y015

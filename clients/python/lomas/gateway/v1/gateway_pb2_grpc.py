@@ -55,6 +55,11 @@ class GatewayServiceStub:
                 request_serializer=lomas_dot_gateway_dot_v1_dot_gateway__pb2.EstimateQueryCostRequest.SerializeToString,
                 response_deserializer=lomas_dot_gateway_dot_v1_dot_gateway__pb2.EstimateQueryCostResponse.FromString,
                 _registered_method=True)
+        self.EstimateQueryAccuracy = channel.unary_unary(
+                '/lomas.gateway.v1.GatewayService/EstimateQueryAccuracy',
+                request_serializer=lomas_dot_gateway_dot_v1_dot_gateway__pb2.EstimateQueryAccuracyRequest.SerializeToString,
+                response_deserializer=lomas_dot_gateway_dot_v1_dot_gateway__pb2.EstimateQueryAccuracyResponse.FromString,
+                _registered_method=True)
         self.ExecuteQuery = channel.unary_unary(
                 '/lomas.gateway.v1.GatewayService/ExecuteQuery',
                 request_serializer=lomas_dot_gateway_dot_v1_dot_gateway__pb2.ExecuteQueryRequest.SerializeToString,
@@ -114,6 +119,14 @@ class GatewayServiceServicer:
 
     def EstimateQueryCost(self, request, context):
         """Returns the true privacy cost of a query without running it; free.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EstimateQueryAccuracy(self, request, context):
+        """Returns how noisy a query's release will be, per output column, without running it; free. From
+        SmartNoise-SQL's and OpenDP's own accuracy utilities, on the metadata alone.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -189,6 +202,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.EstimateQueryCost,
                     request_deserializer=lomas_dot_gateway_dot_v1_dot_gateway__pb2.EstimateQueryCostRequest.FromString,
                     response_serializer=lomas_dot_gateway_dot_v1_dot_gateway__pb2.EstimateQueryCostResponse.SerializeToString,
+            ),
+            'EstimateQueryAccuracy': grpc.unary_unary_rpc_method_handler(
+                    servicer.EstimateQueryAccuracy,
+                    request_deserializer=lomas_dot_gateway_dot_v1_dot_gateway__pb2.EstimateQueryAccuracyRequest.FromString,
+                    response_serializer=lomas_dot_gateway_dot_v1_dot_gateway__pb2.EstimateQueryAccuracyResponse.SerializeToString,
             ),
             'ExecuteQuery': grpc.unary_unary_rpc_method_handler(
                     servicer.ExecuteQuery,
@@ -330,6 +348,33 @@ class GatewayService:
             '/lomas.gateway.v1.GatewayService/EstimateQueryCost',
             lomas_dot_gateway_dot_v1_dot_gateway__pb2.EstimateQueryCostRequest.SerializeToString,
             lomas_dot_gateway_dot_v1_dot_gateway__pb2.EstimateQueryCostResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EstimateQueryAccuracy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lomas.gateway.v1.GatewayService/EstimateQueryAccuracy',
+            lomas_dot_gateway_dot_v1_dot_gateway__pb2.EstimateQueryAccuracyRequest.SerializeToString,
+            lomas_dot_gateway_dot_v1_dot_gateway__pb2.EstimateQueryAccuracyResponse.FromString,
             options,
             channel_credentials,
             insecure,

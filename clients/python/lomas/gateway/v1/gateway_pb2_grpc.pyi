@@ -41,6 +41,10 @@ class GatewayServiceStub:
     """Returns seeded dummy data that follows the metadata; free."""
     EstimateQueryCost: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.EstimateQueryCostRequest, _gateway_pb2.EstimateQueryCostResponse]
     """Returns the true privacy cost of a query without running it; free."""
+    EstimateQueryAccuracy: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.EstimateQueryAccuracyRequest, _gateway_pb2.EstimateQueryAccuracyResponse]
+    """Returns how noisy a query's release will be, per output column, without running it; free. From
+    SmartNoise-SQL's and OpenDP's own accuracy utilities, on the metadata alone.
+    """
     ExecuteQuery: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ExecuteQueryRequest, _gateway_pb2.ExecuteQueryResponse]
     """Runs a query on the private data (charged) or on dummy data (free) and returns the DP release."""
     GetBudget: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetBudgetRequest, _gateway_pb2.GetBudgetResponse]
@@ -76,6 +80,10 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """Returns seeded dummy data that follows the metadata; free."""
     EstimateQueryCost: _aio.UnaryUnaryMultiCallable[_gateway_pb2.EstimateQueryCostRequest, _gateway_pb2.EstimateQueryCostResponse]  # type: ignore[assignment]
     """Returns the true privacy cost of a query without running it; free."""
+    EstimateQueryAccuracy: _aio.UnaryUnaryMultiCallable[_gateway_pb2.EstimateQueryAccuracyRequest, _gateway_pb2.EstimateQueryAccuracyResponse]  # type: ignore[assignment]
+    """Returns how noisy a query's release will be, per output column, without running it; free. From
+    SmartNoise-SQL's and OpenDP's own accuracy utilities, on the metadata alone.
+    """
     ExecuteQuery: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ExecuteQueryRequest, _gateway_pb2.ExecuteQueryResponse]  # type: ignore[assignment]
     """Runs a query on the private data (charged) or on dummy data (free) and returns the DP release."""
     GetBudget: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetBudgetRequest, _gateway_pb2.GetBudgetResponse]  # type: ignore[assignment]
@@ -132,6 +140,16 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.EstimateQueryCostResponse, _abc.Awaitable[_gateway_pb2.EstimateQueryCostResponse]]:
         """Returns the true privacy cost of a query without running it; free."""
+
+    @_abc_1.abstractmethod
+    def EstimateQueryAccuracy(
+        self,
+        request: _gateway_pb2.EstimateQueryAccuracyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.EstimateQueryAccuracyResponse, _abc.Awaitable[_gateway_pb2.EstimateQueryAccuracyResponse]]:
+        """Returns how noisy a query's release will be, per output column, without running it; free. From
+        SmartNoise-SQL's and OpenDP's own accuracy utilities, on the metadata alone.
+        """
 
     @_abc_1.abstractmethod
     def ExecuteQuery(

@@ -11,7 +11,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file lomas/common/v1/query.proto.
  */
 export const file_lomas_common_v1_query: GenFile = /*@__PURE__*/
-  fileDesc("Chtsb21hcy9jb21tb24vdjEvcXVlcnkucHJvdG8SD2xvbWFzLmNvbW1vbi52MSKFAgoSU21hcnRub2lzZVNxbFF1ZXJ5EhEKA3NxbBgBIAEoCUIE4kEBAhIVCgdlcHNpbG9uGAIgASgJQgTiQQECEhMKBWRlbHRhGAMgASgJQgTiQQECEk0KCm1lY2hhbmlzbXMYBCADKAsyMy5sb21hcy5jb21tb24udjEuU21hcnRub2lzZVNxbFF1ZXJ5Lk1lY2hhbmlzbXNFbnRyeUIE4kEBARIeCgtwb3N0cHJvY2VzcxgFIAEoCEIE4kEBAUgAiAEBGjEKD01lY2hhbmlzbXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQg4KDF9wb3N0cHJvY2VzcyKcAQoRT3BlbkRwUG9sYXJzUXVlcnkSFwoJcGxhbl9qc29uGAEgASgJQgTiQQECEjkKCW1lY2hhbmlzbRgCIAEoDjIgLmxvbWFzLmNvbW1vbi52MS5PcGVuRHBNZWNoYW5pc21CBOJBAQESGgoMZ2xvYmFsX3NjYWxlGAMgASgJQgTiQQEBEhcKCXRocmVzaG9sZBgEIAEoA0IE4kEBASKSAQoLT3BlbkRwUXVlcnkSIAoQbWVhc3VyZW1lbnRfanNvbhgBIAEoCUIE4kEBAUgAEjoKBnBvbGFycxgCIAEoCzIiLmxvbWFzLmNvbW1vbi52MS5PcGVuRHBQb2xhcnNRdWVyeUIE4kEBAUgAEhkKC2ZpeGVkX2RlbHRhGAMgASgJQgTiQQEBQgoKCHBpcGVsaW5lIooBCgVRdWVyeRJDCg5zbWFydG5vaXNlX3NxbBgBIAEoCzIjLmxvbWFzLmNvbW1vbi52MS5TbWFydG5vaXNlU3FsUXVlcnlCBOJBAQFIABI0CgZvcGVuZHAYAiABKAsyHC5sb21hcy5jb21tb24udjEuT3BlbkRwUXVlcnlCBOJBAQFIAEIGCgRraW5kKnMKD09wZW5EcE1lY2hhbmlzbRIhCh1PUEVOX0RQX01FQ0hBTklTTV9VTlNQRUNJRklFRBAAEh0KGU9QRU5fRFBfTUVDSEFOSVNNX0xBUExBQ0UQARIeChpPUEVOX0RQX01FQ0hBTklTTV9HQVVTU0lBThACYgZwcm90bzM", [file_google_api_field_behavior]);
+  fileDesc("Chtsb21hcy9jb21tb24vdjEvcXVlcnkucHJvdG8SD2xvbWFzLmNvbW1vbi52MSKFAgoSU21hcnRub2lzZVNxbFF1ZXJ5EhEKA3NxbBgBIAEoCUIE4kEBAhIVCgdlcHNpbG9uGAIgASgJQgTiQQECEhMKBWRlbHRhGAMgASgJQgTiQQECEk0KCm1lY2hhbmlzbXMYBCADKAsyMy5sb21hcy5jb21tb24udjEuU21hcnRub2lzZVNxbFF1ZXJ5Lk1lY2hhbmlzbXNFbnRyeUIE4kEBARIeCgtwb3N0cHJvY2VzcxgFIAEoCEIE4kEBAUgAiAEBGjEKD01lY2hhbmlzbXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQg4KDF9wb3N0cHJvY2VzcyKcAQoRT3BlbkRwUG9sYXJzUXVlcnkSFwoJcGxhbl9qc29uGAEgASgJQgTiQQECEjkKCW1lY2hhbmlzbRgCIAEoDjIgLmxvbWFzLmNvbW1vbi52MS5PcGVuRHBNZWNoYW5pc21CBOJBAQESGgoMZ2xvYmFsX3NjYWxlGAMgASgJQgTiQQEBEhcKCXRocmVzaG9sZBgEIAEoA0IE4kEBASKSAQoLT3BlbkRwUXVlcnkSIAoQbWVhc3VyZW1lbnRfanNvbhgBIAEoCUIE4kEBAUgAEjoKBnBvbGFycxgCIAEoCzIiLmxvbWFzLmNvbW1vbi52MS5PcGVuRHBQb2xhcnNRdWVyeUIE4kEBAUgAEhkKC2ZpeGVkX2RlbHRhGAMgASgJQgTiQQEBQgoKCHBpcGVsaW5lIooBCgVRdWVyeRJDCg5zbWFydG5vaXNlX3NxbBgBIAEoCzIjLmxvbWFzLmNvbW1vbi52MS5TbWFydG5vaXNlU3FsUXVlcnlCBOJBAQFIABI0CgZvcGVuZHAYAiABKAsyHC5sb21hcy5jb21tb24udjEuT3BlbkRwUXVlcnlCBOJBAQFIAEIGCgRraW5kIlwKDkNvbHVtbkFjY3VyYWN5EhQKBmNvbHVtbhgBIAEoCUIE4kEBAxIYCgpoYWxmX3dpZHRoGAIgASgJQgTiQQEDEhoKDGRpc3RyaWJ1dGlvbhgDIAEoCUIE4kEBAypzCg9PcGVuRHBNZWNoYW5pc20SIQodT1BFTl9EUF9NRUNIQU5JU01fVU5TUEVDSUZJRUQQABIdChlPUEVOX0RQX01FQ0hBTklTTV9MQVBMQUNFEAESHgoaT1BFTl9EUF9NRUNIQU5JU01fR0FVU1NJQU4QAmIGcHJvdG8z", [file_google_api_field_behavior]);
 
 /**
  * SmartnoiseSqlQuery is a DP SQL query run by SmartNoise-SQL. The SQL names the table `df`, as in Lomas.
@@ -192,6 +192,43 @@ export type Query = Message<"lomas.common.v1.Query"> & {
  */
 export const QuerySchema: GenMessage<Query> = /*@__PURE__*/
   messageDesc(file_lomas_common_v1_query, 3);
+
+/**
+ * ColumnAccuracy is how far one output column of a release may be from its value without noise.
+ *
+ * @generated from message lomas.common.v1.ColumnAccuracy
+ */
+export type ColumnAccuracy = Message<"lomas.common.v1.ColumnAccuracy"> & {
+  /**
+   * Output column name.
+   *
+   * @generated from field: string column = 1;
+   */
+  column: string;
+
+  /**
+   * Half-width of the (1 - alpha) interval of the noise added to this column: with probability
+   * 1 - alpha, a release is within this distance of the noiseless value. Decimal text; empty when
+   * the engine has no closed form for the column (an average, a quantile, a grouping key...).
+   *
+   * @generated from field: string half_width = 2;
+   */
+  halfWidth: string;
+
+  /**
+   * The noise distribution ("Laplace", "Gaussian", "Integer Laplace", ...), when known.
+   *
+   * @generated from field: string distribution = 3;
+   */
+  distribution: string;
+};
+
+/**
+ * Describes the message lomas.common.v1.ColumnAccuracy.
+ * Use `create(ColumnAccuracySchema)` to create a new message.
+ */
+export const ColumnAccuracySchema: GenMessage<ColumnAccuracy> = /*@__PURE__*/
+  messageDesc(file_lomas_common_v1_query, 4);
 
 /**
  * OpenDpMechanism is the noise of an OpenDP Polars query, and so the privacy measure of its cost.
