@@ -68,6 +68,8 @@ def test_a_new_user_queries_with_the_printed_token(platform: RunningMesh) -> Non
         release = client.smartnoise_sql.query(COUNT, epsilon=1.0, delta=1e-5)
         assert len(release) == 1
         remaining = client.get_remaining_budget()
-    # Charged to the new user's own grant.
-    assert remaining["remaining_epsilon"] == Decimal("2")
-    assert Decimal("0") <= remaining["remaining_delta"] < Decimal("0.001")
+    # Charged to the new user's own grant, exactly what the release cost (a Laplace COUNT spends
+    # no delta).
+    cost = release.attrs["cost"]
+    assert remaining["remaining_epsilon"] == Decimal("3") - cost["epsilon"] == Decimal("2")
+    assert remaining["remaining_delta"] == Decimal("0.001") - cost["delta"]

