@@ -37,6 +37,7 @@ exactly one row, and the threshold only post-processes a pure count: no delta is
 
 from __future__ import annotations
 
+import abc
 import functools
 import math
 import numbers
@@ -111,7 +112,7 @@ class Calibration:
 CALIBRATIONS: CalibrationMemo[Calibration] = CalibrationMemo(maxsize=4096)
 
 
-class Noise:
+class Noise(abc.ABC):
     """One noisy statistic of a query, where smartnoise-sql expects a mechanism object.
 
     The library reads `epsilon`, `delta` (it sets a key count's to the query's delta: the
@@ -153,8 +154,9 @@ class Noise:
     def _rough_scale(self) -> float:
         return self._sensitivity_bound() / self.epsilon
 
+    @abc.abstractmethod
     def _noise(self, domain: Any, metric: Any, scale: float) -> dp.Measurement:
-        raise NotImplementedError
+        """OpenDP's measurement of this noise at `scale`."""
 
     def _to_approx(self, measurement: dp.Measurement) -> dp.Measurement:
         return measurement  # already (epsilon, 0)-DP; Gaussian converts its zCDP loss
@@ -162,12 +164,14 @@ class Noise:
     def _target(self) -> Any:
         return self.epsilon
 
+    @abc.abstractmethod
     def _interval(self, alpha: float) -> float:
-        raise NotImplementedError
+        """With probability 1 - alpha, |noise| <= this, before any rounding."""
 
     @property
+    @abc.abstractmethod
     def threshold(self) -> float:
-        raise NotImplementedError
+        """The release threshold of a key count that decides which groups are released."""
 
     # -- shared --
 
@@ -306,9 +310,12 @@ class DiscreteLaplace(Noise):
         sampler = self._sampler
         return [int(sampler(_exact(value, True))) for value in values]
 
+    def _interval(self, alpha: float) -> float:
+        return float(dp.discrete_laplacian_scale_to_accuracy(self.scale, alpha))
+
     def accuracy(self, alpha: float) -> float:
         # OpenDP: P(|noise| >= a) = alpha, and the floor keeps the coverage.
-        return float(math.floor(dp.discrete_laplacian_scale_to_accuracy(self.scale, alpha)))
+        return float(math.floor(self._interval(alpha)))
 
     @property
     def threshold(self) -> float:
