@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blomas/common/v1/query.proto\x12\x0flomas.common.v1\x1a\x1fgoogle/api/field_behavior.proto\"\x85\x02\n\x12SmartnoiseSqlQuery\x12\x11\n\x03sql\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x65psilon\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05\x64\x65lta\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12M\n\nmechanisms\x18\x04 \x03(\x0b\x32\x33.lomas.common.v1.SmartnoiseSqlQuery.MechanismsEntryB\x04\xe2\x41\x01\x01\x12\x1e\n\x0bpostprocess\x18\x05 \x01(\x08\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x1a\x31\n\x0fMechanismsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0e\n\x0c_postprocess\"\x9c\x01\n\x11OpenDpPolarsQuery\x12\x17\n\tplan_json\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x39\n\tmechanism\x18\x02 \x01(\x0e\x32 .lomas.common.v1.OpenDpMechanismB\x04\xe2\x41\x01\x01\x12\x1a\n\x0cglobal_scale\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tthreshold\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x01\"\x92\x01\n\x0bOpenDpQuery\x12 \n\x10measurement_json\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01H\x00\x12:\n\x06polars\x18\x02 \x01(\x0b\x32\".lomas.common.v1.OpenDpPolarsQueryB\x04\xe2\x41\x01\x01H\x00\x12\x19\n\x0b\x66ixed_delta\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x42\n\n\x08pipeline\"\x8a\x01\n\x05Query\x12\x43\n\x0esmartnoise_sql\x18\x01 \x01(\x0b\x32#.lomas.common.v1.SmartnoiseSqlQueryB\x04\xe2\x41\x01\x01H\x00\x12\x34\n\x06opendp\x18\x02 \x01(\x0b\x32\x1c.lomas.common.v1.OpenDpQueryB\x04\xe2\x41\x01\x01H\x00\x42\x06\n\x04kind\"\\\n\x0e\x43olumnAccuracy\x12\x14\n\x06\x63olumn\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nhalf_width\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x64istribution\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03*s\n\x0fOpenDpMechanism\x12!\n\x1dOPEN_DP_MECHANISM_UNSPECIFIED\x10\x00\x12\x1d\n\x19OPEN_DP_MECHANISM_LAPLACE\x10\x01\x12\x1e\n\x1aOPEN_DP_MECHANISM_GAUSSIAN\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blomas/common/v1/query.proto\x12\x0flomas.common.v1\x1a\x1fgoogle/api/field_behavior.proto\"\x85\x02\n\x12SmartnoiseSqlQuery\x12\x11\n\x03sql\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x65psilon\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05\x64\x65lta\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12M\n\nmechanisms\x18\x04 \x03(\x0b\x32\x33.lomas.common.v1.SmartnoiseSqlQuery.MechanismsEntryB\x04\xe2\x41\x01\x01\x12\x1e\n\x0bpostprocess\x18\x05 \x01(\x08\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x1a\x31\n\x0fMechanismsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0e\n\x0c_postprocess\"\x9c\x01\n\x11OpenDpPolarsQuery\x12\x17\n\tplan_json\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x39\n\tmechanism\x18\x02 \x01(\x0e\x32 .lomas.common.v1.OpenDpMechanismB\x04\xe2\x41\x01\x01\x12\x1a\n\x0cglobal_scale\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tthreshold\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x01\"\x92\x01\n\x0bOpenDpQuery\x12 \n\x10measurement_json\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01H\x00\x12:\n\x06polars\x18\x02 \x01(\x0b\x32\".lomas.common.v1.OpenDpPolarsQueryB\x04\xe2\x41\x01\x01H\x00\x12\x19\n\x0b\x66ixed_delta\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x42\n\n\x08pipeline\"\xca\x01\n\x10\x44iffPrivLibQuery\x12\x1b\n\rpipeline_json\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1d\n\x0f\x66\x65\x61ture_columns\x18\x02 \x03(\tB\x04\xe2\x41\x01\x02\x12\x1c\n\x0etarget_columns\x18\x03 \x03(\tB\x04\xe2\x41\x01\x01\x12\x17\n\ttest_size\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12#\n\x15test_train_split_seed\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x01\x12\x1e\n\x10imputer_strategy\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01\"\x9f\x02\n\x14SmartnoiseSynthQuery\x12\x18\n\nsynth_name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x65psilon\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05\x64\x65lta\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x19\n\x0bselect_cols\x18\x04 \x03(\tB\x04\xe2\x41\x01\x01\x12\x1f\n\x11synth_params_json\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08nullable\x18\x06 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x1e\n\x10\x63onstraints_json\x18\x07 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1a\n\x0creturn_model\x18\x08 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x17\n\tcondition\x18\t \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nnb_samples\x18\n \x01(\x03\x42\x04\xe2\x41\x01\x01\"\x93\x02\n\x05Query\x12\x43\n\x0esmartnoise_sql\x18\x01 \x01(\x0b\x32#.lomas.common.v1.SmartnoiseSqlQueryB\x04\xe2\x41\x01\x01H\x00\x12\x34\n\x06opendp\x18\x02 \x01(\x0b\x32\x1c.lomas.common.v1.OpenDpQueryB\x04\xe2\x41\x01\x01H\x00\x12>\n\x0b\x64iffprivlib\x18\x03 \x01(\x0b\x32!.lomas.common.v1.DiffPrivLibQueryB\x04\xe2\x41\x01\x01H\x00\x12G\n\x10smartnoise_synth\x18\x04 \x01(\x0b\x32%.lomas.common.v1.SmartnoiseSynthQueryB\x04\xe2\x41\x01\x01H\x00\x42\x06\n\x04kind\"\\\n\x0e\x43olumnAccuracy\x12\x14\n\x06\x63olumn\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nhalf_width\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x64istribution\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03*s\n\x0fOpenDpMechanism\x12!\n\x1dOPEN_DP_MECHANISM_UNSPECIFIED\x10\x00\x12\x1d\n\x19OPEN_DP_MECHANISM_LAPLACE\x10\x01\x12\x1e\n\x1aOPEN_DP_MECHANISM_GAUSSIAN\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -58,18 +58,54 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OPENDPQUERY'].fields_by_name['polars']._serialized_options = b'\342A\001\001'
   _globals['_OPENDPQUERY'].fields_by_name['fixed_delta']._loaded_options = None
   _globals['_OPENDPQUERY'].fields_by_name['fixed_delta']._serialized_options = b'\342A\001\001'
+  _globals['_DIFFPRIVLIBQUERY'].fields_by_name['pipeline_json']._loaded_options = None
+  _globals['_DIFFPRIVLIBQUERY'].fields_by_name['pipeline_json']._serialized_options = b'\342A\001\002'
+  _globals['_DIFFPRIVLIBQUERY'].fields_by_name['feature_columns']._loaded_options = None
+  _globals['_DIFFPRIVLIBQUERY'].fields_by_name['feature_columns']._serialized_options = b'\342A\001\002'
+  _globals['_DIFFPRIVLIBQUERY'].fields_by_name['target_columns']._loaded_options = None
+  _globals['_DIFFPRIVLIBQUERY'].fields_by_name['target_columns']._serialized_options = b'\342A\001\001'
+  _globals['_DIFFPRIVLIBQUERY'].fields_by_name['test_size']._loaded_options = None
+  _globals['_DIFFPRIVLIBQUERY'].fields_by_name['test_size']._serialized_options = b'\342A\001\001'
+  _globals['_DIFFPRIVLIBQUERY'].fields_by_name['test_train_split_seed']._loaded_options = None
+  _globals['_DIFFPRIVLIBQUERY'].fields_by_name['test_train_split_seed']._serialized_options = b'\342A\001\001'
+  _globals['_DIFFPRIVLIBQUERY'].fields_by_name['imputer_strategy']._loaded_options = None
+  _globals['_DIFFPRIVLIBQUERY'].fields_by_name['imputer_strategy']._serialized_options = b'\342A\001\001'
+  _globals['_SMARTNOISESYNTHQUERY'].fields_by_name['synth_name']._loaded_options = None
+  _globals['_SMARTNOISESYNTHQUERY'].fields_by_name['synth_name']._serialized_options = b'\342A\001\002'
+  _globals['_SMARTNOISESYNTHQUERY'].fields_by_name['epsilon']._loaded_options = None
+  _globals['_SMARTNOISESYNTHQUERY'].fields_by_name['epsilon']._serialized_options = b'\342A\001\002'
+  _globals['_SMARTNOISESYNTHQUERY'].fields_by_name['delta']._loaded_options = None
+  _globals['_SMARTNOISESYNTHQUERY'].fields_by_name['delta']._serialized_options = b'\342A\001\001'
+  _globals['_SMARTNOISESYNTHQUERY'].fields_by_name['select_cols']._loaded_options = None
+  _globals['_SMARTNOISESYNTHQUERY'].fields_by_name['select_cols']._serialized_options = b'\342A\001\001'
+  _globals['_SMARTNOISESYNTHQUERY'].fields_by_name['synth_params_json']._loaded_options = None
+  _globals['_SMARTNOISESYNTHQUERY'].fields_by_name['synth_params_json']._serialized_options = b'\342A\001\001'
+  _globals['_SMARTNOISESYNTHQUERY'].fields_by_name['nullable']._loaded_options = None
+  _globals['_SMARTNOISESYNTHQUERY'].fields_by_name['nullable']._serialized_options = b'\342A\001\001'
+  _globals['_SMARTNOISESYNTHQUERY'].fields_by_name['constraints_json']._loaded_options = None
+  _globals['_SMARTNOISESYNTHQUERY'].fields_by_name['constraints_json']._serialized_options = b'\342A\001\001'
+  _globals['_SMARTNOISESYNTHQUERY'].fields_by_name['return_model']._loaded_options = None
+  _globals['_SMARTNOISESYNTHQUERY'].fields_by_name['return_model']._serialized_options = b'\342A\001\001'
+  _globals['_SMARTNOISESYNTHQUERY'].fields_by_name['condition']._loaded_options = None
+  _globals['_SMARTNOISESYNTHQUERY'].fields_by_name['condition']._serialized_options = b'\342A\001\001'
+  _globals['_SMARTNOISESYNTHQUERY'].fields_by_name['nb_samples']._loaded_options = None
+  _globals['_SMARTNOISESYNTHQUERY'].fields_by_name['nb_samples']._serialized_options = b'\342A\001\001'
   _globals['_QUERY'].fields_by_name['smartnoise_sql']._loaded_options = None
   _globals['_QUERY'].fields_by_name['smartnoise_sql']._serialized_options = b'\342A\001\001'
   _globals['_QUERY'].fields_by_name['opendp']._loaded_options = None
   _globals['_QUERY'].fields_by_name['opendp']._serialized_options = b'\342A\001\001'
+  _globals['_QUERY'].fields_by_name['diffprivlib']._loaded_options = None
+  _globals['_QUERY'].fields_by_name['diffprivlib']._serialized_options = b'\342A\001\001'
+  _globals['_QUERY'].fields_by_name['smartnoise_synth']._loaded_options = None
+  _globals['_QUERY'].fields_by_name['smartnoise_synth']._serialized_options = b'\342A\001\001'
   _globals['_COLUMNACCURACY'].fields_by_name['column']._loaded_options = None
   _globals['_COLUMNACCURACY'].fields_by_name['column']._serialized_options = b'\342A\001\003'
   _globals['_COLUMNACCURACY'].fields_by_name['half_width']._loaded_options = None
   _globals['_COLUMNACCURACY'].fields_by_name['half_width']._serialized_options = b'\342A\001\003'
   _globals['_COLUMNACCURACY'].fields_by_name['distribution']._loaded_options = None
   _globals['_COLUMNACCURACY'].fields_by_name['distribution']._serialized_options = b'\342A\001\003'
-  _globals['_OPENDPMECHANISM']._serialized_start=888
-  _globals['_OPENDPMECHANISM']._serialized_end=1003
+  _globals['_OPENDPMECHANISM']._serialized_start=1520
+  _globals['_OPENDPMECHANISM']._serialized_end=1635
   _globals['_SMARTNOISESQLQUERY']._serialized_start=82
   _globals['_SMARTNOISESQLQUERY']._serialized_end=343
   _globals['_SMARTNOISESQLQUERY_MECHANISMSENTRY']._serialized_start=278
@@ -78,8 +114,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OPENDPPOLARSQUERY']._serialized_end=502
   _globals['_OPENDPQUERY']._serialized_start=505
   _globals['_OPENDPQUERY']._serialized_end=651
-  _globals['_QUERY']._serialized_start=654
-  _globals['_QUERY']._serialized_end=792
-  _globals['_COLUMNACCURACY']._serialized_start=794
-  _globals['_COLUMNACCURACY']._serialized_end=886
+  _globals['_DIFFPRIVLIBQUERY']._serialized_start=654
+  _globals['_DIFFPRIVLIBQUERY']._serialized_end=856
+  _globals['_SMARTNOISESYNTHQUERY']._serialized_start=859
+  _globals['_SMARTNOISESYNTHQUERY']._serialized_end=1146
+  _globals['_QUERY']._serialized_start=1149
+  _globals['_QUERY']._serialized_end=1424
+  _globals['_COLUMNACCURACY']._serialized_start=1426
+  _globals['_COLUMNACCURACY']._serialized_end=1518
 # @@protoc_insertion_point(module_scope)

@@ -189,6 +189,124 @@ class OpenDpQuery(_message.Message):
 Global___OpenDpQuery: _TypeAlias = OpenDpQuery  # noqa: Y015
 
 @_typing.final
+class DiffPrivLibQuery(_message.Message):
+    """DiffPrivLibQuery trains a DiffPrivLib pipeline on the dataset and releases the fitted model's
+    parameters and its score on a held-out split. The pipeline is declarative JSON, never a pickle:
+    {"steps": [{"name": "scaler", "type": "StandardScaler", "params": {"epsilon": 0.5, "bounds":
+    [[30, 13], [65, 23]]}}, {"name": "classifier", "type": "LogisticRegression", "params": {...}}]}.
+    Only allow-listed DiffPrivLib models and preprocessors are accepted; bounds and data norms must be
+    given (from the metadata or the pipeline), never inferred from the data.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PIPELINE_JSON_FIELD_NUMBER: _builtins.int
+    FEATURE_COLUMNS_FIELD_NUMBER: _builtins.int
+    TARGET_COLUMNS_FIELD_NUMBER: _builtins.int
+    TEST_SIZE_FIELD_NUMBER: _builtins.int
+    TEST_TRAIN_SPLIT_SEED_FIELD_NUMBER: _builtins.int
+    IMPUTER_STRATEGY_FIELD_NUMBER: _builtins.int
+    pipeline_json: _builtins.str
+    """The pipeline, as JSON (see above)."""
+    test_size: _builtins.str
+    """Fraction of the rows held out for the score, as a decimal string in (0, 1); empty means 0.2."""
+    test_train_split_seed: _builtins.int
+    """Seed of the train/test split."""
+    imputer_strategy: _builtins.str
+    """How missing values are handled: "drop" (the default), "mean", "median" or "most_frequent"."""
+    @_builtins.property
+    def feature_columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Feature columns, in the order the pipeline sees them."""
+
+    @_builtins.property
+    def target_columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Target columns; empty for unsupervised models (KMeans, PCA)."""
+
+    def __init__(
+        self,
+        *,
+        pipeline_json: _builtins.str = ...,
+        feature_columns: _abc.Iterable[_builtins.str] | None = ...,
+        target_columns: _abc.Iterable[_builtins.str] | None = ...,
+        test_size: _builtins.str = ...,
+        test_train_split_seed: _builtins.int = ...,
+        imputer_strategy: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_columns", b"feature_columns", "imputer_strategy", b"imputer_strategy", "pipeline_json", b"pipeline_json", "target_columns", b"target_columns", "test_size", b"test_size", "test_train_split_seed", b"test_train_split_seed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiffPrivLibQuery: _TypeAlias = DiffPrivLibQuery  # noqa: Y015
+
+@_typing.final
+class SmartnoiseSynthQuery(_message.Message):
+    """SmartnoiseSynthQuery draws DP synthetic data with a SmartNoise-Synth synthesizer and releases the
+    samples (never the fitted model).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SYNTH_NAME_FIELD_NUMBER: _builtins.int
+    EPSILON_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    SELECT_COLS_FIELD_NUMBER: _builtins.int
+    SYNTH_PARAMS_JSON_FIELD_NUMBER: _builtins.int
+    NULLABLE_FIELD_NUMBER: _builtins.int
+    CONSTRAINTS_JSON_FIELD_NUMBER: _builtins.int
+    RETURN_MODEL_FIELD_NUMBER: _builtins.int
+    CONDITION_FIELD_NUMBER: _builtins.int
+    NB_SAMPLES_FIELD_NUMBER: _builtins.int
+    synth_name: _builtins.str
+    """Synthesizer name, as SmartNoise-Synth spells it: "mwem", "aim", "mst", and on the heavy pool
+    "dpctgan", "patectgan", "pategan", "dpgan".
+    """
+    epsilon: _builtins.str
+    """Epsilon, as a decimal string."""
+    delta: _builtins.str
+    """Delta, as a decimal string, for the synthesizers that spend one; empty for none."""
+    synth_params_json: _builtins.str
+    """The synthesizer's own parameters, as a JSON object (allow-listed per synthesizer)."""
+    nullable: _builtins.bool
+    """Whether the synthesizer models missing values."""
+    constraints_json: _builtins.str
+    """Per-column transformer constraints, as a JSON object; empty for the defaults from the metadata."""
+    return_model: _builtins.bool
+    """Lomas's flag to return the fitted model: always refused here (no models of private data leave)."""
+    condition: _builtins.str
+    """A condition on the samples, as SmartNoise-Synth's `sample_conditional` takes it (SQL-like text,
+    for example "species = 'Adelie'"); empty for none.
+    """
+    nb_samples: _builtins.int
+    """Number of samples to return; 0 means as many as the dataset has rows (capped by the server)."""
+    @_builtins.property
+    def select_cols(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Columns to synthesize; empty means every column of the metadata."""
+
+    def __init__(
+        self,
+        *,
+        synth_name: _builtins.str = ...,
+        epsilon: _builtins.str = ...,
+        delta: _builtins.str = ...,
+        select_cols: _abc.Iterable[_builtins.str] | None = ...,
+        synth_params_json: _builtins.str = ...,
+        nullable: _builtins.bool = ...,
+        constraints_json: _builtins.str = ...,
+        return_model: _builtins.bool = ...,
+        condition: _builtins.str = ...,
+        nb_samples: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "constraints_json", b"constraints_json", "delta", b"delta", "epsilon", b"epsilon", "nb_samples", b"nb_samples", "nullable", b"nullable", "return_model", b"return_model", "select_cols", b"select_cols", "synth_name", b"synth_name", "synth_params_json", b"synth_params_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SmartnoiseSynthQuery: _TypeAlias = SmartnoiseSynthQuery  # noqa: Y015
+
+@_typing.final
 class Query(_message.Message):
     """Query is one statistical query; new kinds (DP ML, synthetic data) are added to the oneof."""
 
@@ -196,6 +314,8 @@ class Query(_message.Message):
 
     SMARTNOISE_SQL_FIELD_NUMBER: _builtins.int
     OPENDP_FIELD_NUMBER: _builtins.int
+    DIFFPRIVLIB_FIELD_NUMBER: _builtins.int
+    SMARTNOISE_SYNTH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def smartnoise_sql(self) -> Global___SmartnoiseSqlQuery:
         """A SmartNoise-SQL query."""
@@ -204,17 +324,27 @@ class Query(_message.Message):
     def opendp(self) -> Global___OpenDpQuery:
         """An OpenDP query."""
 
+    @_builtins.property
+    def diffprivlib(self) -> Global___DiffPrivLibQuery:
+        """A DiffPrivLib model training (runs on the heavy pool)."""
+
+    @_builtins.property
+    def smartnoise_synth(self) -> Global___SmartnoiseSynthQuery:
+        """A SmartNoise-Synth synthesis (runs on the heavy pool)."""
+
     def __init__(
         self,
         *,
         smartnoise_sql: Global___SmartnoiseSqlQuery | None = ...,
         opendp: Global___OpenDpQuery | None = ...,
+        diffprivlib: Global___DiffPrivLibQuery | None = ...,
+        smartnoise_synth: Global___SmartnoiseSynthQuery | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "opendp", b"opendp", "smartnoise_sql", b"smartnoise_sql"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["diffprivlib", b"diffprivlib", "kind", b"kind", "opendp", b"opendp", "smartnoise_sql", b"smartnoise_sql", "smartnoise_synth", b"smartnoise_synth"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "opendp", b"opendp", "smartnoise_sql", b"smartnoise_sql"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["diffprivlib", b"diffprivlib", "kind", b"kind", "opendp", b"opendp", "smartnoise_sql", b"smartnoise_sql", "smartnoise_synth", b"smartnoise_synth"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["smartnoise_sql", "opendp"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["smartnoise_sql", "opendp", "diffprivlib", "smartnoise_synth"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 

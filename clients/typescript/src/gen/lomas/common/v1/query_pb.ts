@@ -11,7 +11,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file lomas/common/v1/query.proto.
  */
 export const file_lomas_common_v1_query: GenFile = /*@__PURE__*/
-  fileDesc("Chtsb21hcy9jb21tb24vdjEvcXVlcnkucHJvdG8SD2xvbWFzLmNvbW1vbi52MSKFAgoSU21hcnRub2lzZVNxbFF1ZXJ5EhEKA3NxbBgBIAEoCUIE4kEBAhIVCgdlcHNpbG9uGAIgASgJQgTiQQECEhMKBWRlbHRhGAMgASgJQgTiQQECEk0KCm1lY2hhbmlzbXMYBCADKAsyMy5sb21hcy5jb21tb24udjEuU21hcnRub2lzZVNxbFF1ZXJ5Lk1lY2hhbmlzbXNFbnRyeUIE4kEBARIeCgtwb3N0cHJvY2VzcxgFIAEoCEIE4kEBAUgAiAEBGjEKD01lY2hhbmlzbXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQg4KDF9wb3N0cHJvY2VzcyKcAQoRT3BlbkRwUG9sYXJzUXVlcnkSFwoJcGxhbl9qc29uGAEgASgJQgTiQQECEjkKCW1lY2hhbmlzbRgCIAEoDjIgLmxvbWFzLmNvbW1vbi52MS5PcGVuRHBNZWNoYW5pc21CBOJBAQESGgoMZ2xvYmFsX3NjYWxlGAMgASgJQgTiQQEBEhcKCXRocmVzaG9sZBgEIAEoA0IE4kEBASKSAQoLT3BlbkRwUXVlcnkSIAoQbWVhc3VyZW1lbnRfanNvbhgBIAEoCUIE4kEBAUgAEjoKBnBvbGFycxgCIAEoCzIiLmxvbWFzLmNvbW1vbi52MS5PcGVuRHBQb2xhcnNRdWVyeUIE4kEBAUgAEhkKC2ZpeGVkX2RlbHRhGAMgASgJQgTiQQEBQgoKCHBpcGVsaW5lIooBCgVRdWVyeRJDCg5zbWFydG5vaXNlX3NxbBgBIAEoCzIjLmxvbWFzLmNvbW1vbi52MS5TbWFydG5vaXNlU3FsUXVlcnlCBOJBAQFIABI0CgZvcGVuZHAYAiABKAsyHC5sb21hcy5jb21tb24udjEuT3BlbkRwUXVlcnlCBOJBAQFIAEIGCgRraW5kIlwKDkNvbHVtbkFjY3VyYWN5EhQKBmNvbHVtbhgBIAEoCUIE4kEBAxIYCgpoYWxmX3dpZHRoGAIgASgJQgTiQQEDEhoKDGRpc3RyaWJ1dGlvbhgDIAEoCUIE4kEBAypzCg9PcGVuRHBNZWNoYW5pc20SIQodT1BFTl9EUF9NRUNIQU5JU01fVU5TUEVDSUZJRUQQABIdChlPUEVOX0RQX01FQ0hBTklTTV9MQVBMQUNFEAESHgoaT1BFTl9EUF9NRUNIQU5JU01fR0FVU1NJQU4QAmIGcHJvdG8z", [file_google_api_field_behavior]);
+  fileDesc("Chtsb21hcy9jb21tb24vdjEvcXVlcnkucHJvdG8SD2xvbWFzLmNvbW1vbi52MSKFAgoSU21hcnRub2lzZVNxbFF1ZXJ5EhEKA3NxbBgBIAEoCUIE4kEBAhIVCgdlcHNpbG9uGAIgASgJQgTiQQECEhMKBWRlbHRhGAMgASgJQgTiQQECEk0KCm1lY2hhbmlzbXMYBCADKAsyMy5sb21hcy5jb21tb24udjEuU21hcnRub2lzZVNxbFF1ZXJ5Lk1lY2hhbmlzbXNFbnRyeUIE4kEBARIeCgtwb3N0cHJvY2VzcxgFIAEoCEIE4kEBAUgAiAEBGjEKD01lY2hhbmlzbXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQg4KDF9wb3N0cHJvY2VzcyKcAQoRT3BlbkRwUG9sYXJzUXVlcnkSFwoJcGxhbl9qc29uGAEgASgJQgTiQQECEjkKCW1lY2hhbmlzbRgCIAEoDjIgLmxvbWFzLmNvbW1vbi52MS5PcGVuRHBNZWNoYW5pc21CBOJBAQESGgoMZ2xvYmFsX3NjYWxlGAMgASgJQgTiQQEBEhcKCXRocmVzaG9sZBgEIAEoA0IE4kEBASKSAQoLT3BlbkRwUXVlcnkSIAoQbWVhc3VyZW1lbnRfanNvbhgBIAEoCUIE4kEBAUgAEjoKBnBvbGFycxgCIAEoCzIiLmxvbWFzLmNvbW1vbi52MS5PcGVuRHBQb2xhcnNRdWVyeUIE4kEBAUgAEhkKC2ZpeGVkX2RlbHRhGAMgASgJQgTiQQEBQgoKCHBpcGVsaW5lIsoBChBEaWZmUHJpdkxpYlF1ZXJ5EhsKDXBpcGVsaW5lX2pzb24YASABKAlCBOJBAQISHQoPZmVhdHVyZV9jb2x1bW5zGAIgAygJQgTiQQECEhwKDnRhcmdldF9jb2x1bW5zGAMgAygJQgTiQQEBEhcKCXRlc3Rfc2l6ZRgEIAEoCUIE4kEBARIjChV0ZXN0X3RyYWluX3NwbGl0X3NlZWQYBSABKANCBOJBAQESHgoQaW1wdXRlcl9zdHJhdGVneRgGIAEoCUIE4kEBASKfAgoUU21hcnRub2lzZVN5bnRoUXVlcnkSGAoKc3ludGhfbmFtZRgBIAEoCUIE4kEBAhIVCgdlcHNpbG9uGAIgASgJQgTiQQECEhMKBWRlbHRhGAMgASgJQgTiQQEBEhkKC3NlbGVjdF9jb2xzGAQgAygJQgTiQQEBEh8KEXN5bnRoX3BhcmFtc19qc29uGAUgASgJQgTiQQEBEhYKCG51bGxhYmxlGAYgASgIQgTiQQEBEh4KEGNvbnN0cmFpbnRzX2pzb24YByABKAlCBOJBAQESGgoMcmV0dXJuX21vZGVsGAggASgIQgTiQQEBEhcKCWNvbmRpdGlvbhgJIAEoCUIE4kEBARIYCgpuYl9zYW1wbGVzGAogASgDQgTiQQEBIpMCCgVRdWVyeRJDCg5zbWFydG5vaXNlX3NxbBgBIAEoCzIjLmxvbWFzLmNvbW1vbi52MS5TbWFydG5vaXNlU3FsUXVlcnlCBOJBAQFIABI0CgZvcGVuZHAYAiABKAsyHC5sb21hcy5jb21tb24udjEuT3BlbkRwUXVlcnlCBOJBAQFIABI+CgtkaWZmcHJpdmxpYhgDIAEoCzIhLmxvbWFzLmNvbW1vbi52MS5EaWZmUHJpdkxpYlF1ZXJ5QgTiQQEBSAASRwoQc21hcnRub2lzZV9zeW50aBgEIAEoCzIlLmxvbWFzLmNvbW1vbi52MS5TbWFydG5vaXNlU3ludGhRdWVyeUIE4kEBAUgAQgYKBGtpbmQiXAoOQ29sdW1uQWNjdXJhY3kSFAoGY29sdW1uGAEgASgJQgTiQQEDEhgKCmhhbGZfd2lkdGgYAiABKAlCBOJBAQMSGgoMZGlzdHJpYnV0aW9uGAMgASgJQgTiQQEDKnMKD09wZW5EcE1lY2hhbmlzbRIhCh1PUEVOX0RQX01FQ0hBTklTTV9VTlNQRUNJRklFRBAAEh0KGU9QRU5fRFBfTUVDSEFOSVNNX0xBUExBQ0UQARIeChpPUEVOX0RQX01FQ0hBTklTTV9HQVVTU0lBThACYgZwcm90bzM", [file_google_api_field_behavior]);
 
 /**
  * SmartnoiseSqlQuery is a DP SQL query run by SmartNoise-SQL. The SQL names the table `df`, as in Lomas.
@@ -157,6 +157,154 @@ export const OpenDpQuerySchema: GenMessage<OpenDpQuery> = /*@__PURE__*/
   messageDesc(file_lomas_common_v1_query, 2);
 
 /**
+ * DiffPrivLibQuery trains a DiffPrivLib pipeline on the dataset and releases the fitted model's
+ * parameters and its score on a held-out split. The pipeline is declarative JSON, never a pickle:
+ * {"steps": [{"name": "scaler", "type": "StandardScaler", "params": {"epsilon": 0.5, "bounds":
+ * [[30, 13], [65, 23]]}}, {"name": "classifier", "type": "LogisticRegression", "params": {...}}]}.
+ * Only allow-listed DiffPrivLib models and preprocessors are accepted; bounds and data norms must be
+ * given (from the metadata or the pipeline), never inferred from the data.
+ *
+ * @generated from message lomas.common.v1.DiffPrivLibQuery
+ */
+export type DiffPrivLibQuery = Message<"lomas.common.v1.DiffPrivLibQuery"> & {
+  /**
+   * The pipeline, as JSON (see above).
+   *
+   * @generated from field: string pipeline_json = 1;
+   */
+  pipelineJson: string;
+
+  /**
+   * Feature columns, in the order the pipeline sees them.
+   *
+   * @generated from field: repeated string feature_columns = 2;
+   */
+  featureColumns: string[];
+
+  /**
+   * Target columns; empty for unsupervised models (KMeans, PCA).
+   *
+   * @generated from field: repeated string target_columns = 3;
+   */
+  targetColumns: string[];
+
+  /**
+   * Fraction of the rows held out for the score, as a decimal string in (0, 1); empty means 0.2.
+   *
+   * @generated from field: string test_size = 4;
+   */
+  testSize: string;
+
+  /**
+   * Seed of the train/test split.
+   *
+   * @generated from field: int64 test_train_split_seed = 5;
+   */
+  testTrainSplitSeed: bigint;
+
+  /**
+   * How missing values are handled: "drop" (the default), "mean", "median" or "most_frequent".
+   *
+   * @generated from field: string imputer_strategy = 6;
+   */
+  imputerStrategy: string;
+};
+
+/**
+ * Describes the message lomas.common.v1.DiffPrivLibQuery.
+ * Use `create(DiffPrivLibQuerySchema)` to create a new message.
+ */
+export const DiffPrivLibQuerySchema: GenMessage<DiffPrivLibQuery> = /*@__PURE__*/
+  messageDesc(file_lomas_common_v1_query, 3);
+
+/**
+ * SmartnoiseSynthQuery draws DP synthetic data with a SmartNoise-Synth synthesizer and releases the
+ * samples (never the fitted model).
+ *
+ * @generated from message lomas.common.v1.SmartnoiseSynthQuery
+ */
+export type SmartnoiseSynthQuery = Message<"lomas.common.v1.SmartnoiseSynthQuery"> & {
+  /**
+   * Synthesizer name, as SmartNoise-Synth spells it: "mwem", "aim", "mst", and on the heavy pool
+   * "dpctgan", "patectgan", "pategan", "dpgan".
+   *
+   * @generated from field: string synth_name = 1;
+   */
+  synthName: string;
+
+  /**
+   * Epsilon, as a decimal string.
+   *
+   * @generated from field: string epsilon = 2;
+   */
+  epsilon: string;
+
+  /**
+   * Delta, as a decimal string, for the synthesizers that spend one; empty for none.
+   *
+   * @generated from field: string delta = 3;
+   */
+  delta: string;
+
+  /**
+   * Columns to synthesize; empty means every column of the metadata.
+   *
+   * @generated from field: repeated string select_cols = 4;
+   */
+  selectCols: string[];
+
+  /**
+   * The synthesizer's own parameters, as a JSON object (allow-listed per synthesizer).
+   *
+   * @generated from field: string synth_params_json = 5;
+   */
+  synthParamsJson: string;
+
+  /**
+   * Whether the synthesizer models missing values.
+   *
+   * @generated from field: bool nullable = 6;
+   */
+  nullable: boolean;
+
+  /**
+   * Per-column transformer constraints, as a JSON object; empty for the defaults from the metadata.
+   *
+   * @generated from field: string constraints_json = 7;
+   */
+  constraintsJson: string;
+
+  /**
+   * Lomas's flag to return the fitted model: always refused here (no models of private data leave).
+   *
+   * @generated from field: bool return_model = 8;
+   */
+  returnModel: boolean;
+
+  /**
+   * A condition on the samples, as SmartNoise-Synth's `sample_conditional` takes it (SQL-like text,
+   * for example "species = 'Adelie'"); empty for none.
+   *
+   * @generated from field: string condition = 9;
+   */
+  condition: string;
+
+  /**
+   * Number of samples to return; 0 means as many as the dataset has rows (capped by the server).
+   *
+   * @generated from field: int64 nb_samples = 10;
+   */
+  nbSamples: bigint;
+};
+
+/**
+ * Describes the message lomas.common.v1.SmartnoiseSynthQuery.
+ * Use `create(SmartnoiseSynthQuerySchema)` to create a new message.
+ */
+export const SmartnoiseSynthQuerySchema: GenMessage<SmartnoiseSynthQuery> = /*@__PURE__*/
+  messageDesc(file_lomas_common_v1_query, 4);
+
+/**
  * Query is one statistical query; new kinds (DP ML, synthetic data) are added to the oneof.
  *
  * @generated from message lomas.common.v1.Query
@@ -183,6 +331,22 @@ export type Query = Message<"lomas.common.v1.Query"> & {
      */
     value: OpenDpQuery;
     case: "opendp";
+  } | {
+    /**
+     * A DiffPrivLib model training (runs on the heavy pool).
+     *
+     * @generated from field: lomas.common.v1.DiffPrivLibQuery diffprivlib = 3;
+     */
+    value: DiffPrivLibQuery;
+    case: "diffprivlib";
+  } | {
+    /**
+     * A SmartNoise-Synth synthesis (runs on the heavy pool).
+     *
+     * @generated from field: lomas.common.v1.SmartnoiseSynthQuery smartnoise_synth = 4;
+     */
+    value: SmartnoiseSynthQuery;
+    case: "smartnoiseSynth";
   } | { case: undefined; value?: undefined };
 };
 
@@ -191,7 +355,7 @@ export type Query = Message<"lomas.common.v1.Query"> & {
  * Use `create(QuerySchema)` to create a new message.
  */
 export const QuerySchema: GenMessage<Query> = /*@__PURE__*/
-  messageDesc(file_lomas_common_v1_query, 3);
+  messageDesc(file_lomas_common_v1_query, 5);
 
 /**
  * ColumnAccuracy is how far one output column of a release may be from its value without noise.
@@ -228,7 +392,7 @@ export type ColumnAccuracy = Message<"lomas.common.v1.ColumnAccuracy"> & {
  * Use `create(ColumnAccuracySchema)` to create a new message.
  */
 export const ColumnAccuracySchema: GenMessage<ColumnAccuracy> = /*@__PURE__*/
-  messageDesc(file_lomas_common_v1_query, 4);
+  messageDesc(file_lomas_common_v1_query, 6);
 
 /**
  * OpenDpMechanism is the noise of an OpenDP Polars query, and so the privacy measure of its cost.
