@@ -389,3 +389,14 @@ def test_dev_keeps_sqlite_files_on_the_pod_volume_its_url_names() -> None:
 
 def secret_value(secret: Doc, key: str) -> str:
     return base64.b64decode(secret["data"][key]).decode()
+
+
+def test_prod_pads_data_dependent_responses_and_dev_does_not() -> None:
+    for overlay, expected in (("overlays/prod", ("0.5", "0.25")), ("overlays/dev", None)):
+        docs = render(overlay)
+        (gateway,) = [
+            c for c in containers(workloads(docs)["lomas-gateway"]) if c["name"] == "gateway"
+        ]
+        env = env_of(gateway, docs)
+        padding = (env.get("LOMAS_RESPONSE_MIN_SECONDS"), env.get("LOMAS_RESPONSE_QUANTUM_SECONDS"))
+        assert padding == (expected or (None, None)), overlay

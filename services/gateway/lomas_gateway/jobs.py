@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import UTC
 
 from lomas.budget.v1 import budget_pb2
 from lomas.common.v1 import archive_pb2, privacy_pb2
@@ -43,6 +45,7 @@ from lomas_gateway.lifecycle import (
     StartedQuery,
     stored_answer,
 )
+from lomas_gateway.limits import ResponsePadding
 from lomas_gateway.lost_tasks import LostTaskFinder
 from lomas_gateway.settings import GatewaySettings
 
@@ -107,6 +110,9 @@ class QueryJobs:
         self._waiter = waiter
         self._queues = queues
         self._running: set[asyncio.Task[None]] = set()
+        self._padding = ResponsePadding(
+            settings.limits.response_min_seconds, settings.limits.response_quantum_seconds
+        )
 
     def finish_in_background(self, started: StartedQuery, holding: AsyncExitStack) -> None:
         """Finish a started query without a caller waiting; `holding` (the caller's query slot) is
@@ -185,7 +191,7 @@ class QueryJobs:
         if stored is not None:
             if stored.user != subject:
                 raise query_not_found(query_id)
-            return QueryStep(gateway_pb2.QUERY_STATE_DONE, outcome=stored_answer(stored))
+            return await self._done(stored)
         reservation = await self._reservation(subject, query_id)
         state = reservation.state
         if state == budget_pb2.RESERVATION_STATE_RESERVED:
@@ -197,13 +203,21 @@ class QueryJobs:
             await asyncio.sleep(WATCH_POLL_SECONDS)
             stored = await self._lifecycle.stored_outcome(query_id)
             if stored is not None:
-                return QueryStep(gateway_pb2.QUERY_STATE_DONE, outcome=stored_answer(stored))
+                return await self._done(stored)
             raise QueryCancelled(
                 "the query was cancelled before it touched the data; its reservation was "
                 "returned and nothing was released",
                 metadata={"queryId": query_id},
             )
         return QueryStep(gateway_pb2.QUERY_STATE_RUNNING)
+
+    async def _done(self, stored: archive_pb2.ArchivedQuery) -> QueryStep:
+        """The outcome, answer or stored failure, padded like `ExecuteQuery`'s from the moment the
+        gateway accepted the query: when a watch sees it says no more than a synchronous answer."""
+        await self._padding.hold(
+            time.time() - stored.submit_time.ToDatetime(tzinfo=UTC).timestamp()
+        )
+        return QueryStep(gateway_pb2.QUERY_STATE_DONE, outcome=stored_answer(stored))
 
     async def _reservation(self, subject: str, query_id: str) -> budget_pb2.Reservation:
         if not query_id:
