@@ -8,7 +8,7 @@ returned and is bound to its list (the RPC and its filters).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import grpc
 
@@ -18,35 +18,24 @@ from lomas_admin import convert
 from lomas_admin.archive import QueryArchive
 from lomas_admin.records import DatasetRecord, Listing
 from lomas_admin.store import AdminStore
-from lomas_common.convert import KeysetPage
+from lomas_common.convert import KeysetPage, PageRequest
 
 Context = grpc.ServicerContext
 R = TypeVar("R")
 M = TypeVar("M")
 
 
-class PageRequest(Protocol):
-    """The paging fields of every List request (AIP-158)."""
-
-    @property
-    def page_size(self) -> int: ...
-
-    @property
-    def page_token(self) -> str: ...
-
-
 def _list(
     request: PageRequest,
-    rpc: str,
     fetch: Callable[..., Listing[R]],
     to_proto: Callable[[R], M],
     *filters: str,
 ) -> tuple[list[M], str]:
     """One page of a list as messages, and the token of the next page ("" on the last page).
 
-    `fetch(*filters, after, limit)` reads the page; the token is bound to the RPC and to exactly
-    those filters, so a token cannot be carried over to another list."""
-    page = KeysetPage.of(request.page_size, request.page_token, rpc, *filters)
+    `fetch(*filters, after, limit)` reads the page; the token is bound to the request's RPC and to
+    exactly those filters, so a token cannot be carried over to another list."""
+    page = KeysetPage.of_request(request, *filters)
     listing = fetch(*filters, page.after, page.limit)
     messages = [to_proto(record) for record in listing.items]
     return messages, page.next_token(listing.next_after, has_more=listing.next_after is not None)
@@ -87,7 +76,7 @@ class AdminStoreServicer(admin_store_pb2_grpc.AdminStoreServiceServicer):
         return pb.DeleteUserResponse()
 
     def ListUsers(self, request: pb.ListUsersRequest, context: Context) -> pb.ListUsersResponse:
-        users, token = _list(request, "ListUsers", self._store.list_users, convert.user_to_proto)
+        users, token = _list(request, self._store.list_users, convert.user_to_proto)
         return pb.ListUsersResponse(users=users, next_page_token=token)
 
     # Datasets ----------------------------------------------------------------------------------
@@ -117,9 +106,7 @@ class AdminStoreServicer(admin_store_pb2_grpc.AdminStoreServiceServicer):
     def ListDatasets(
         self, request: pb.ListDatasetsRequest, context: Context
     ) -> pb.ListDatasetsResponse:
-        datasets, token = _list(
-            request, "ListDatasets", self._store.list_datasets, convert.dataset_to_proto
-        )
+        datasets, token = _list(request, self._store.list_datasets, convert.dataset_to_proto)
         return pb.ListDatasetsResponse(datasets=datasets, next_page_token=token)
 
     # Grants ------------------------------------------------------------------------------------
@@ -140,7 +127,7 @@ class AdminStoreServicer(admin_store_pb2_grpc.AdminStoreServiceServicer):
 
     def ListGrants(self, request: pb.ListGrantsRequest, context: Context) -> pb.ListGrantsResponse:
         grants, token = _list(
-            request, "ListGrants", self._store.list_grants, convert.grant_to_proto, request.user
+            request, self._store.list_grants, convert.grant_to_proto, request.user
         )
         return pb.ListGrantsResponse(grants=grants, next_page_token=token)
 
@@ -173,7 +160,6 @@ class AdminStoreServicer(admin_store_pb2_grpc.AdminStoreServiceServicer):
     ) -> pb.ListArchivedQueriesResponse:
         queries, token = _list(
             request,
-            "ListArchivedQueries",
             self._archive.list_archived_queries,
             convert.archive_to_proto,
             request.user,
@@ -206,10 +192,6 @@ class AdminStoreServicer(admin_store_pb2_grpc.AdminStoreServiceServicer):
         self, request: pb.ListAuditEventsRequest, context: Context
     ) -> pb.ListAuditEventsResponse:
         events, token = _list(
-            request,
-            "ListAuditEvents",
-            self._archive.list_audit_events,
-            convert.audit_to_proto,
-            request.actor,
+            request, self._archive.list_audit_events, convert.audit_to_proto, request.actor
         )
         return pb.ListAuditEventsResponse(events=events, next_page_token=token)

@@ -56,7 +56,7 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
         self, request: pb.ListLedgersRequest, context: Context
     ) -> pb.ListLedgersResponse:
         delta = delta_from_text(request.delta)
-        page = KeysetPage.of(request.page_size, request.page_token, "ListLedgers", request.user)
+        page = KeysetPage.of_request(request, request.user)
         balances, has_more = self._ledger.list_balances(
             request.user, after_dataset=after_dataset(page), limit=page.limit
         )
@@ -169,13 +169,7 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
     def ListLedgerEntries(
         self, request: pb.ListLedgerEntriesRequest, context: Context
     ) -> pb.ListLedgerEntriesResponse:
-        page = KeysetPage.of(
-            request.page_size,
-            request.page_token,
-            "ListLedgerEntries",
-            request.user,
-            request.dataset,
-        )
+        page = KeysetPage.of_request(request, request.user, request.dataset)
         balance, entries, has_more = self._ledger.list_entries(
             request.user, request.dataset, after_seq=after_seq(page), limit=page.limit
         )

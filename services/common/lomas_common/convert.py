@@ -12,9 +12,10 @@ import hashlib
 import json
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf import timestamp_pb2
+from google.protobuf.descriptor import Descriptor
 
 from lomas.common.v1 import privacy_pb2
 from lomas_common.errors import InvalidArgument
@@ -190,6 +191,19 @@ _MAX_KEY_INT = 2**63 - 1
 MAX_KEYSET_TOKEN_CHARS = 1200
 
 
+class PageRequest(Protocol):
+    """A List request (AIP-158): its paging fields, and its message type, which names its RPC."""
+
+    @property
+    def DESCRIPTOR(self) -> Descriptor: ...
+
+    @property
+    def page_size(self) -> int: ...
+
+    @property
+    def page_token(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class KeysetPage:
     """One page of a list ordered by a unique key: the rows after `after` (all rows when None)."""
@@ -197,6 +211,13 @@ class KeysetPage:
     after: tuple[KeyPart, ...] | None
     limit: int
     scope: tuple[str, ...]
+
+    @classmethod
+    def of_request(cls, request: PageRequest, *filters: str) -> KeysetPage:
+        """The page a List request asks for, of the list its RPC (`<Rpc>Request` names it, as Buf
+        names requests) gives with these `filters`."""
+        rpc = request.DESCRIPTOR.name.removesuffix("Request")
+        return cls.of(request.page_size, request.page_token, rpc, *filters)
 
     @classmethod
     def of(cls, page_size: int, page_token: str, *scope: str) -> KeysetPage:

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from functools import partial
 from typing import Any, TypeVar, cast
 
 import grpc
 
 from lomas_common import metrics
+from lomas_common.interceptors import AroundCall, AroundEachCall
 
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
-AsyncUnary = Callable[[Any, "grpc.aio.ServicerContext[Any, Any]"], Awaitable[Any]]
-AsyncStream = Callable[[Any, "grpc.aio.ServicerContext[Any, Any]"], AsyncIterator[Any]]
 SyncUnary = Callable[[Any, grpc.ServicerContext], Any]
 SyncStream = Callable[[Any, grpc.ServicerContext], Iterator[Any]]
 
@@ -47,57 +48,35 @@ def _sync_code(context: grpc.ServicerContext) -> grpc.StatusCode | None:
     return value if isinstance(value, grpc.StatusCode) else None
 
 
-class AsyncRpcMetrics(grpc.aio.ServerInterceptor):
+@contextmanager
+def _timed(method: str, code: Callable[[], grpc.StatusCode | None]) -> Iterator[None]:
+    """Record the call that runs inside: its duration, and the status it ended with (`code()`:
+    the code its handler set, if any, read once it has ended)."""
+    started, failed = time.perf_counter(), None
+    try:
+        yield
+    except BaseException as error:
+        failed = error
+        raise
+    finally:
+        metrics.rpc_served(method, _code_name(code(), failed), time.perf_counter() - started)
+
+
+class AsyncRpcMetrics(AroundEachCall):
     """Times unary and server-streaming calls on an asyncio server."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[RequestT, ResponseT] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[RequestT, ResponseT] | None:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or not measured(method):
-            return handler
-        deserializer, serializer = handler.request_deserializer, handler.response_serializer
-        # On an asyncio server a unary behaviour is a coroutine function and a server-streaming one
-        # an async generator function (grpc's stubs type them for the thread-pool server).
-        if handler.unary_unary is not None:
-            answer = cast(AsyncUnary, handler.unary_unary)
+    def around(self, method: str) -> AroundCall | None:
+        if not measured(method):
+            return None
 
-            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                started, failed = time.perf_counter(), None
-                try:
-                    return await answer(request, context)
-                except BaseException as error:
-                    failed = error
-                    raise
-                finally:
-                    code = _code_name(context.code(), failed)
-                    metrics.rpc_served(method, code, time.perf_counter() - started)
+        @asynccontextmanager
+        async def timed(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[None]:
+            with _timed(method, context.code):
+                yield
 
-            return grpc.unary_unary_rpc_method_handler(unary, deserializer, serializer)
-        if handler.unary_stream is not None:
-            events = cast(AsyncStream, handler.unary_stream)
-
-            async def streaming(
-                request: Any, context: grpc.aio.ServicerContext[Any, Any]
-            ) -> AsyncIterator[Any]:
-                started, failed = time.perf_counter(), None
-                try:
-                    async for response in events(request, context):
-                        yield response
-                except BaseException as error:
-                    failed = error
-                    raise
-                finally:
-                    code = _code_name(context.code(), failed)
-                    metrics.rpc_served(method, code, time.perf_counter() - started)
-
-            return grpc.unary_stream_rpc_method_handler(streaming, deserializer, serializer)
-        return handler  # client streams: only reflection has them
+        return timed
 
 
 class SyncRpcMetrics(grpc.ServerInterceptor):
@@ -119,30 +98,16 @@ class SyncRpcMetrics(grpc.ServerInterceptor):
             answer = cast(SyncUnary, handler.unary_unary)
 
             def unary(request: Any, context: grpc.ServicerContext) -> Any:
-                started, failed = time.perf_counter(), None
-                try:
+                with _timed(method, partial(_sync_code, context)):
                     return answer(request, context)
-                except BaseException as error:
-                    failed = error
-                    raise
-                finally:
-                    code = _code_name(_sync_code(context), failed)
-                    metrics.rpc_served(method, code, time.perf_counter() - started)
 
             return grpc.unary_unary_rpc_method_handler(unary, deserializer, serializer)
         if handler.unary_stream is not None:
             events = cast(SyncStream, handler.unary_stream)
 
             def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                started, failed = time.perf_counter(), None
-                try:
+                with _timed(method, partial(_sync_code, context)):
                     yield from events(request, context)
-                except BaseException as error:
-                    failed = error
-                    raise
-                finally:
-                    code = _code_name(_sync_code(context), failed)
-                    metrics.rpc_served(method, code, time.perf_counter() - started)
 
             return grpc.unary_stream_rpc_method_handler(streaming, deserializer, serializer)
         return handler

@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.rpc import status_pb2
@@ -37,6 +37,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from lomas_common.errors import InvalidArgument, LomasError, PermissionDenied
+from lomas_common.interceptors import AroundCall, AroundEachCall, Deserializer
 from lomas_common.reflection import add_reflection
 from lomas_common.rpc_errors import internal_status, to_status
 from lomas_common.settings import ServerSettings
@@ -50,11 +51,7 @@ SERVICE_TOKEN_HEADER = "x-lomas-service-token"  # noqa: S105 - a header name
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
-RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
-# A servicer method as an asyncio server runs it.
-AsyncBehavior = Callable[[Any, "grpc.aio.ServicerContext[Any, Any]"], Awaitable[Any]]
-StreamBehavior = Callable[[Any, "grpc.aio.ServicerContext[Any, Any]"], AsyncIterator[Any]]
 
 
 class Authenticator(abc.ABC):
@@ -212,55 +209,20 @@ def rich_status(status: status_pb2.Status) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-class _EdgeInterceptor(grpc.aio.ServerInterceptor):
+class _EdgeInterceptor(AroundEachCall):
     """Request id, authentication and error mapping around every unary handler, whether it answers
-    once or streams."""
+    once or streams; a request that does not decode reaches it as an `UndecodableRequest`. Client
+    streams (only gRPC reflection has them, and it is public) pass as they are."""
 
     def __init__(self, authenticator: Authenticator | None, observer: Observer | None) -> None:
         self._authenticator = authenticator
         self._observer = observer
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[RequestT, ResponseT] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[RequestT, ResponseT] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        edge = partial(
-            _edge,
-            handler_call_details.method,
-            authenticator=self._authenticator,
-            observer=self._observer,
-        )
-        deserializer = tolerant_deserializer(handler.request_deserializer)
-        serializer = handler.response_serializer
-        # On an asyncio server a unary behaviour is a coroutine function and a server-streaming
-        # one an async generator function (grpc's stubs type them for the thread-pool server).
-        if handler.unary_unary is not None:
-            answer = cast(AsyncBehavior, handler.unary_unary)
+    def around(self, method: str) -> AroundCall:
+        return partial(_edge, method, authenticator=self._authenticator, observer=self._observer)
 
-            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                async with edge(request, context):
-                    return await answer(request, context)
-
-            return grpc.unary_unary_rpc_method_handler(unary, deserializer, serializer)
-        if handler.unary_stream is not None:
-            events = cast(StreamBehavior, handler.unary_stream)
-
-            async def streaming(
-                request: Any, context: grpc.aio.ServicerContext[Any, Any]
-            ) -> AsyncIterator[Any]:
-                async with edge(request, context):
-                    async for response in events(request, context):
-                        yield response
-
-            return grpc.unary_stream_rpc_method_handler(streaming, deserializer, serializer)
-        # Client streams: only gRPC reflection has them, and it is public.
-        return handler
+    def request_deserializer(self, deserializer: Deserializer | None) -> Deserializer | None:
+        return tolerant_deserializer(deserializer)
 
 
 @dataclass

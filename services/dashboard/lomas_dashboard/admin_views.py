@@ -7,14 +7,15 @@ that change something post, then redirect back to their page with what happened 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 from flask import Flask, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
 from lomas.budget.v1 import budget_pb2
 from lomas.client import LomasError, Unauthenticated
-from lomas.client.admin import approx_dp, pure_dp, rho_zcdp
+from lomas.client.admin import AdminClient, approx_dp, pure_dp, rho_zcdp
 from lomas.common.v1 import privacy_pb2
 from lomas_dashboard.gateway import Gateway
 from lomas_dashboard.refusals import FormError, refusal_text
@@ -70,12 +71,27 @@ def perform(action: Callable[[], object], done: str, back: str) -> ResponseRetur
     return redirect(back)
 
 
+class NamedRow(Protocol):
+    """A row of a table of named resources (`UserRow`, `DatasetRow`)."""
+
+    @property
+    def name(self) -> str: ...
+
+
 def register(app: Flask, gateway: Gateway) -> None:
+    def page_by_name(
+        template: str, listed: str, read: Callable[[AdminClient], Iterable[NamedRow]]
+    ) -> ResponseReturnValue:
+        """A page that lists one kind of resource, sorted by name (`listed` in its template)."""
+        with gateway.admin(token()) as admin:
+            rows = sorted(read(admin), key=lambda row: row.name)
+        return render_template(template, **{listed: rows})
+
     @app.get("/users")
     def users() -> ResponseReturnValue:
-        with gateway.admin(token()) as admin:
-            rows = [UserRow.of(user) for user in admin.list_users()]
-        return render_template("users.html", users=sorted(rows, key=lambda row: row.name))
+        return page_by_name(
+            "users.html", "users", lambda admin: map(UserRow.of, admin.list_users())
+        )
 
     @app.post("/users")
     def create_user() -> ResponseReturnValue:
@@ -119,9 +135,9 @@ def register(app: Flask, gateway: Gateway) -> None:
 
     @app.get("/datasets")
     def datasets() -> ResponseReturnValue:
-        with gateway.admin(token()) as admin:
-            rows = [DatasetRow.of(dataset) for dataset in admin.list_datasets()]
-        return render_template("datasets.html", datasets=sorted(rows, key=lambda row: row.name))
+        return page_by_name(
+            "datasets.html", "datasets", lambda admin: map(DatasetRow.of, admin.list_datasets())
+        )
 
     @app.get("/grants")
     def grants() -> ResponseReturnValue:

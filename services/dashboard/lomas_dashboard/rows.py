@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import yaml
 from google.protobuf import timestamp_pb2
+from google.protobuf.descriptor import EnumDescriptor
 
 from lomas.admin.v1 import resources_pb2
 from lomas.budget.v1 import budget_pb2
@@ -15,6 +17,24 @@ from lomas.client.admin_values import source_location
 from lomas.client.client import loss_to_dict
 from lomas.common.v1 import archive_pb2, dataset_pb2, query_pb2
 from lomas_dashboard.budgets import DEFINITIONS, Budget, loss_text
+
+V = TypeVar("V")
+V_contra = TypeVar("V_contra", contravariant=True)
+
+
+class EnumType(Protocol[V_contra]):
+    """A generated protobuf enum (its `Name` and descriptor)."""
+
+    DESCRIPTOR: EnumDescriptor
+
+    def Name(self, number: V_contra) -> str: ...
+
+
+def enum_label(enum: EnumType[V], value: V) -> str:
+    """An enum value as lower-case words, without the prefix every value of a Buf-style enum has
+    (the enum's name in UPPER_SNAKE_CASE): LEDGER_ENTRY_KIND_IMPORTED_SPEND -> "imported spend"."""
+    prefix = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", enum.DESCRIPTOR.name).upper() + "_"
+    return enum.Name(value).removeprefix(prefix).lower().replace("_", " ")
 
 
 def when(timestamp: timestamp_pb2.Timestamp) -> str:
@@ -80,7 +100,7 @@ class DatasetRow:
     def of(cls, dataset: resources_pb2.Dataset) -> DatasetRow:
         return cls(
             dataset.name,
-            dataset_pb2.DataFormat.Name(dataset.format).removeprefix("DATA_FORMAT_").lower(),
+            enum_label(dataset_pb2.DataFormat, dataset.format),
             source_text(dataset.source),
             dataset.version,
             when(dataset.create_time),
@@ -150,10 +170,9 @@ class EntryRow:
 
     @classmethod
     def of(cls, entry: budget_pb2.LedgerEntry) -> EntryRow:
-        kind = budget_pb2.LedgerEntryKind.Name(entry.kind).removeprefix("LEDGER_ENTRY_KIND_")
         return cls(
             entry.seq,
-            kind.lower().replace("_", " "),
+            enum_label(budget_pb2.LedgerEntryKind, entry.kind),
             loss_text(entry.amount),
             entry.query_id,
             entry.actor,
@@ -177,7 +196,6 @@ class ArchiveRow:
 
     @classmethod
     def of(cls, archived: archive_pb2.ArchivedQuery) -> ArchiveRow:
-        status = archive_pb2.QueryStatus.Name(archived.status).removeprefix("QUERY_STATUS_")
         return cls(
             archived.query_id,
             archived.user,
@@ -185,7 +203,7 @@ class ArchiveRow:
             QUERY_KINDS.get(archived.query.WhichOneof("kind") or "", "—"),
             query_text(archived.query),
             loss_text(archived.cost),
-            status.lower(),
+            enum_label(archive_pb2.QueryStatus, archived.status),
             archived.error_reason,
             when(archived.submit_time),
         )

@@ -8,11 +8,13 @@ maps the result to its response. Who may call what is checked before any handler
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack
-from typing import Any, TypeAlias
+from types import ModuleType
+from typing import Any, Generic, Literal, Protocol, TypeAlias, TypeVar, overload
 
 import grpc
+from google.protobuf.message import Message
 
 from lomas.admin.v1 import admin_store_pb2
 from lomas.budget.v1 import budget_pb2
@@ -29,13 +31,15 @@ from lomas_gateway.administration import (
 )
 from lomas_gateway.auth import current_caller
 from lomas_gateway.jobs import QueryJobs, release_response
-from lomas_gateway.lifecycle import Peers, QueryLifecycle, query_id_for
-from lomas_gateway.limits import UserLimits
-from lomas_gateway.relay import mirror, relay, relay_page
+from lomas_gateway.lifecycle import Peers, QueryLifecycle, StartedQuery, query_id_for
+from lomas_gateway.limits import QuerySlot, UserLimits
+from lomas_gateway.relay import ResponseT, mirror, relay, relay_page
 
 # The servicers read nothing from the context (the caller is in `current_caller()`), so its
 # request and response types are left open.
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+ResponseT_co = TypeVar("ResponseT_co", covariant=True)
 
 # Accuracy intervals hold with probability 1 - alpha: 95 % unless the caller says otherwise.
 DEFAULT_ALPHA = "0.05"
@@ -124,18 +128,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     access.dataset, request.query, request.dummy_row_count, request.dummy_seed
                 )
         else:
-            # The slot is held through the padding, so padded queries count as in flight. The
-            # caller's queries already in flight set this one's queue priority (fairness).
+            # The slot is held through the padding, so padded queries count as in flight.
             async with self._limits.query_slot(subject) as slot, self._limits.padded():
-                access = await self._lifecycle.authorize(subject, request.dataset)
-                started = await self._lifecycle.start(
-                    subject,
-                    access,
-                    request.query,
-                    request.request_id,
-                    fresh=request.fresh,
-                    priority=task_priority(slot.already_in_flight),
-                )
+                started = await self._start(subject, request, slot)
                 outcome = await self._lifecycle.finish(started)
         return release_response(outcome)
 
@@ -147,21 +142,32 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         holding = AsyncExitStack()
         slot = await holding.enter_async_context(self._limits.query_slot(subject))
         try:
-            access = await self._lifecycle.authorize(subject, request.dataset)
-            started = await self._lifecycle.start(
-                subject,
-                access,
-                request.query,
-                request.request_id,
-                fresh=request.fresh,
-                priority=task_priority(slot.already_in_flight),
-            )
+            started = await self._start(subject, request, slot)
         except BaseException:
             await holding.aclose()
             raise
         self._jobs.finish_in_background(started, holding)
         return gateway_pb2.SubmitQueryResponse(
             query_id=started.query_id, done=started.answer is not None
+        )
+
+    async def _start(
+        self,
+        subject: str,
+        request: gateway_pb2.ExecuteQueryRequest | gateway_pb2.SubmitQueryRequest,
+        slot: QuerySlot,
+    ) -> StartedQuery:
+        """ExecuteQuery and SubmitQuery: authorize the caller, then start the query (or find its
+        answer) in the caller's query slot: the caller's queries already in flight set its queue
+        priority (fairness)."""
+        access = await self._lifecycle.authorize(subject, request.dataset)
+        return await self._lifecycle.start(
+            subject,
+            access,
+            request.query,
+            request.request_id,
+            fresh=request.fresh,
+            priority=task_priority(slot.already_in_flight),
         )
 
     async def WatchQuery(
@@ -236,13 +242,63 @@ def _actor() -> str:
     return current_caller().subject
 
 
+class RpcHandler(Protocol[ResponseT_co]):
+    """A servicer method as gRPC calls it (bound to its servicer)."""
+
+    def __call__(self, request: Message, context: Context) -> Coroutine[Any, Any, ResponseT_co]: ...
+
+
+# The messages of each peer an AdminService RPC can be mirrored to (`MirroredRpc`).
+_PEER_MESSAGES: dict[str, ModuleType] = {"admin": admin_store_pb2, "budget": budget_pb2}
+
+
+class MirroredRpc(Generic[ResponseT]):
+    """An AdminService method that is the RPC of the same name of the `peer` service, as it is
+    (`relay.mirror`): the admin API adds nothing to it but the admin-role check. One line in the
+    servicer's class body: `DeleteUser = MirroredRpc("admin", admin_pb2.DeleteUserResponse)`.
+
+    The internal request is the peer's `<Rpc>Request` (Buf's naming), found when the class is
+    made; the public response type is given, so that the type checker holds it to the RPC's."""
+
+    def __init__(self, peer: Literal["admin", "budget"], response_type: type[ResponseT]) -> None:
+        self._peer = peer
+        self._response_type = response_type
+        self._method = ""
+        self._internal_request_type: type[Message] = Message
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._method = name
+        self._internal_request_type = getattr(_PEER_MESSAGES[self._peer], f"{name}Request")
+
+    @overload
+    def __get__(self, servicer: None, owner: type) -> MirroredRpc[ResponseT]: ...
+
+    @overload
+    def __get__(self, servicer: AdminServicer, owner: type) -> RpcHandler[ResponseT]: ...
+
+    def __get__(
+        self, servicer: AdminServicer | None, owner: type
+    ) -> MirroredRpc[ResponseT] | RpcHandler[ResponseT]:
+        if servicer is None:
+            return self
+
+        async def handler(request: Message, context: Context) -> ResponseT:
+            peer = getattr(servicer.peers, self._peer)
+            return await mirror(
+                peer, self._method, request, self._internal_request_type, self._response_type
+            )
+
+        return handler
+
+
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     """Every RPC needs the admin role, checked by GatewayGuard (policy.py) before the handler runs.
     Operations that span services go through the administration (administration.py); a call that
-    one service answers alone is relayed to it (relay.py), most as the internal RPC they mirror."""
+    one service answers alone is relayed to it (relay.py), most as the internal RPC they mirror
+    (`MirroredRpc`: one line each)."""
 
     def __init__(self, peers: Peers) -> None:
-        self._peers = peers
+        self.peers = peers
         self._administration = Administration(peers.admin, peers.budget, peers.executor)
 
     # Users
@@ -251,28 +307,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.CreateUserRequest, context: Context
     ) -> admin_pb2.CreateUserResponse:
         return await self._administration.create_user(request, actor=_actor())
-
-    async def DeleteUser(
-        self, request: admin_pb2.DeleteUserRequest, context: Context
-    ) -> admin_pb2.DeleteUserResponse:
-        return await mirror(
-            self._peers.admin,
-            "DeleteUser",
-            request,
-            admin_store_pb2.DeleteUserRequest,
-            admin_pb2.DeleteUserResponse,
-        )
-
-    async def ListUsers(
-        self, request: admin_pb2.ListUsersRequest, context: Context
-    ) -> admin_pb2.ListUsersResponse:
-        return await mirror(
-            self._peers.admin,
-            "ListUsers",
-            request,
-            admin_store_pb2.ListUsersRequest,
-            admin_pb2.ListUsersResponse,
-        )
 
     async def FreezeUser(
         self, request: admin_pb2.FreezeUserRequest, context: Context
@@ -296,43 +330,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.UpdateDatasetResponse:
         return await self._administration.write_dataset(UPDATE_DATASET, request)
 
-    async def DeleteDataset(
-        self, request: admin_pb2.DeleteDatasetRequest, context: Context
-    ) -> admin_pb2.DeleteDatasetResponse:
-        return await mirror(
-            self._peers.admin,
-            "DeleteDataset",
-            request,
-            admin_store_pb2.DeleteDatasetRequest,
-            admin_pb2.DeleteDatasetResponse,
-        )
-
-    async def ListDatasets(
-        self, request: admin_pb2.ListDatasetsRequest, context: Context
-    ) -> admin_pb2.ListDatasetsResponse:
-        return await mirror(
-            self._peers.admin,
-            "ListDatasets",
-            request,
-            admin_store_pb2.ListDatasetsRequest,
-            admin_pb2.ListDatasetsResponse,
-        )
-
     async def SetDatasetCap(
         self, request: admin_pb2.SetDatasetCapRequest, context: Context
     ) -> admin_pb2.SetDatasetCapResponse:
         return await self._administration.set_dataset_cap(request, actor=_actor())
-
-    async def GetDatasetCap(
-        self, request: admin_pb2.GetDatasetCapRequest, context: Context
-    ) -> admin_pb2.GetDatasetCapResponse:
-        return await mirror(
-            self._peers.budget,
-            "GetDatasetCap",
-            request,
-            budget_pb2.GetDatasetCapRequest,
-            admin_pb2.GetDatasetCapResponse,
-        )
 
     # Grants
 
@@ -340,28 +341,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.CreateGrantRequest, context: Context
     ) -> admin_pb2.CreateGrantResponse:
         return await self._administration.create_grant(request, actor=_actor())
-
-    async def DeleteGrant(
-        self, request: admin_pb2.DeleteGrantRequest, context: Context
-    ) -> admin_pb2.DeleteGrantResponse:
-        return await mirror(
-            self._peers.admin,
-            "DeleteGrant",
-            request,
-            admin_store_pb2.DeleteGrantRequest,
-            admin_pb2.DeleteGrantResponse,
-        )
-
-    async def ListGrants(
-        self, request: admin_pb2.ListGrantsRequest, context: Context
-    ) -> admin_pb2.ListGrantsResponse:
-        return await mirror(
-            self._peers.admin,
-            "ListGrants",
-            request,
-            admin_store_pb2.ListGrantsRequest,
-            admin_pb2.ListGrantsResponse,
-        )
 
     # Budgets and archive
 
@@ -378,43 +357,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             request_id=request.request_id,
         )
         return await relay(
-            self._peers.budget,
+            self.peers.budget,
             "AdjustAllocation",
             ledger_request,
             admin_pb2.AdjustAllocationResponse,
-        )
-
-    async def GetLedger(
-        self, request: admin_pb2.GetLedgerRequest, context: Context
-    ) -> admin_pb2.GetLedgerResponse:
-        return await mirror(
-            self._peers.budget,
-            "GetLedger",
-            request,
-            budget_pb2.GetLedgerRequest,
-            admin_pb2.GetLedgerResponse,
-        )
-
-    async def ListLedgers(
-        self, request: admin_pb2.ListLedgersRequest, context: Context
-    ) -> admin_pb2.ListLedgersResponse:
-        return await mirror(
-            self._peers.budget,
-            "ListLedgers",
-            request,
-            budget_pb2.ListLedgersRequest,
-            admin_pb2.ListLedgersResponse,
-        )
-
-    async def ListLedgerEntries(
-        self, request: admin_pb2.ListLedgerEntriesRequest, context: Context
-    ) -> admin_pb2.ListLedgerEntriesResponse:
-        return await mirror(
-            self._peers.budget,
-            "ListLedgerEntries",
-            request,
-            budget_pb2.ListLedgerEntriesRequest,
-            admin_pb2.ListLedgerEntriesResponse,
         )
 
     async def VerifyLedgers(
@@ -422,13 +368,15 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.VerifyLedgersResponse:
         return await self._administration.verify_ledgers(request)
 
-    async def ListArchivedQueries(
-        self, request: admin_pb2.ListArchivedQueriesRequest, context: Context
-    ) -> admin_pb2.ListArchivedQueriesResponse:
-        return await mirror(
-            self._peers.admin,
-            "ListArchivedQueries",
-            request,
-            admin_store_pb2.ListArchivedQueriesRequest,
-            admin_pb2.ListArchivedQueriesResponse,
-        )
+    # Calls that one service answers alone, as they are (relay.py).
+    DeleteUser = MirroredRpc("admin", admin_pb2.DeleteUserResponse)
+    ListUsers = MirroredRpc("admin", admin_pb2.ListUsersResponse)
+    DeleteDataset = MirroredRpc("admin", admin_pb2.DeleteDatasetResponse)
+    ListDatasets = MirroredRpc("admin", admin_pb2.ListDatasetsResponse)
+    GetDatasetCap = MirroredRpc("budget", admin_pb2.GetDatasetCapResponse)
+    DeleteGrant = MirroredRpc("admin", admin_pb2.DeleteGrantResponse)
+    ListGrants = MirroredRpc("admin", admin_pb2.ListGrantsResponse)
+    GetLedger = MirroredRpc("budget", admin_pb2.GetLedgerResponse)
+    ListLedgers = MirroredRpc("budget", admin_pb2.ListLedgersResponse)
+    ListLedgerEntries = MirroredRpc("budget", admin_pb2.ListLedgerEntriesResponse)
+    ListArchivedQueries = MirroredRpc("admin", admin_pb2.ListArchivedQueriesResponse)

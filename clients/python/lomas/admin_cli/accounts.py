@@ -44,19 +44,12 @@ def users_add(admin: AdminClient, args: argparse.Namespace) -> Output:
 
 def users_remove(admin: AdminClient, args: argparse.Namespace) -> Output:
     admin.remove_user(args.name)
-    return Output(
-        f"removed user {args.name!r} and their grants (ledgers and archived queries keep their "
-        "history)",
-        {"user": args.name, "removed": True},
-    )
+    return render.removal("user", args.name, "their grants")
 
 
 def users_list(admin: AdminClient, args: argparse.Namespace) -> Output:
     users = admin.list_users()
-    return Output(
-        render.join(render.users_table(users), count(len(users), "user")),
-        [render.data(user) for user in users],
-    )
+    return render.listing(render.users_table(users), users, "user")
 
 
 def users_show(admin: AdminClient, args: argparse.Namespace) -> Output:
@@ -129,9 +122,7 @@ def grants_list(admin: AdminClient, args: argparse.Namespace) -> Output:
         for grant in grants
     ]
     table = render.table(("USER", "DATASET", "DEFINITION", "ALLOCATION", "CREATED"), rows)
-    return Output(
-        render.join(table, count(len(grants), "grant")), [render.data(grant) for grant in grants]
-    )
+    return render.listing(table, grants, "grant")
 
 
 def budgets(admin: AdminClient, args: argparse.Namespace) -> Output:
@@ -168,10 +159,7 @@ def archive(admin: AdminClient, args: argparse.Namespace) -> Output:
         for query in queries
     ]
     table = render.table(("SUBMITTED", "USER", "DATASET", "STATUS", "COST", "QUERY"), rows)
-    return Output(
-        render.join(table, count(len(queries), "archived query", "archived queries")),
-        [render.data(query) for query in queries],
-    )
+    return render.listing(table, queries, "archived query", "archived queries")
 
 
 def archive_status(status: archive_pb2.QueryStatus.ValueType) -> str:

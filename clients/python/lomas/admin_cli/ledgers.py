@@ -76,10 +76,7 @@ def history(admin: AdminClient, args: argparse.Namespace) -> Output:
         for entry in entries
     ]
     table = render.table(("SEQ", "TIME", "KIND", "AMOUNT", "ACTOR", "QUERY", "REASON"), rows)
-    return Output(
-        render.join(table, count(len(entries), "entry", "entries")),
-        [render.data(entry) for entry in entries],
-    )
+    return render.listing(table, entries, "entry", "entries")
 
 
 def adjust(admin: AdminClient, args: argparse.Namespace) -> Output:
