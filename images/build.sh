@@ -98,6 +98,9 @@ cp constraints.txt "$context/"
 pip=("$python" -m pip --disable-pip-version-check -q)
 "${pip[@]}" download --no-deps --constraint constraints.txt --dest "$context" pip
 mv "$context"/pip-*.whl "$context/pip.whl"
+# SmartNoise-Synth without the dependencies it declares (they pull PyTorch, which the images do
+# not carry): lomas-executor depends on what its marginal synthesizers import (scripts/setup.sh).
+"${pip[@]}" download --no-deps --constraint constraints.txt --dest "$context/wheels" smartnoise-synth
 "${pip[@]}" wheel --no-deps --no-build-isolation --wheel-dir "$context/wheels" "${mesh_packages[@]}"
 ca_bundle=${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 podman ${runtime:+--runtime "$runtime"} run --rm "${ulimits[@]}" --network=host \

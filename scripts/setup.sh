@@ -16,6 +16,9 @@ packages=(clients/python services/common services/testing services/admin service
 editables=()
 for p in "${packages[@]}"; do editables+=(-e "$p"); done
 "${pip[@]}" install -c constraints.txt --no-build-isolation "${editables[@]}"
+# SmartNoise-Synth without its declared dependencies: they pull PyTorch (GAN synthesizers, heavy pool
+# only: scripts/setup-heavy.sh); lomas-executor depends on what its marginal synthesizers import.
+"${pip[@]}" install -c constraints.txt --no-deps smartnoise-synth
 if [ "${1:-}" = "--dev" ]; then
   "${pip[@]}" install -c constraints.txt -r requirements-dev.txt
   scripts/setup-envoy.sh
@@ -23,6 +26,8 @@ if [ "${1:-}" = "--dev" ]; then
   scripts/setup-typescript.sh
   # The other-language clients: Go from Debian's packages, offline (GOPATH mode).
   scripts/setup-go.sh
+  # Spark datasets: Debian's OpenJDK 17 and pyspark (the workers run Spark in local mode).
+  scripts/setup-spark.sh
   # Headless Chromium (Debian) for the dashboard's browser tests.
   scripts/setup-browser.sh
   # kubectl with kustomize v5 renders k8s/ for the manifest tests (Debian 12's own kubectl is 1.20).

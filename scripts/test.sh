@@ -12,4 +12,7 @@ scripts/typecheck.sh
 clients/go/test.sh
 (cd clients/typescript && ../../node_modules/.bin/prettier --check .)
 node --test clients/typescript/dist/test/
-exec .venv/bin/pytest "$@"
+# Two pytest workers (LOMAS_TEST_WORKERS), one test file at a time each: the suite's end-to-end meshes
+# mostly wait on their processes, so both cores stay busy (every mesh picks free ports and its own
+# Redis prefix and databases, so two never meet).
+exec .venv/bin/pytest -n "${LOMAS_TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -278,9 +278,8 @@ class Load:
 def retried(error: LomasError) -> bool:
     """Whether the load sends the same request again after `error`.
 
-    A stored failure of a query that hit its time limit comes back as DEADLINE_EXCEEDED
-    QUERY_TIMEOUT, like the gateway's "not finished yet, retry to collect it"; only its `charged*`
-    metadata tells that it is the query's final outcome (sending it again returns it again)."""
+    A stored failure (a query past its time limit, QUERY_TIME_LIMIT_EXCEEDED, included) carries
+    `charged*` metadata: it is the query's final outcome (sending it again returns it again)."""
     if any(key.startswith("charged") for key in error.metadata):
         return False
     return error.code in RETRIED_CODES or error.reason in RETRIED_REASONS

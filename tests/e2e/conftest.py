@@ -17,4 +17,8 @@ from mesh_testing import RunningMesh, start_mode
 def platform(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningMesh]:
-    yield from start_mode(request.param, tmp_path_factory.mktemp(request.param))
+    # One heavy worker (DP machine learning, synthetic data) beside the light one; it starts while
+    # the services do, and nothing waits for it.
+    yield from start_mode(
+        request.param, tmp_path_factory.mktemp(request.param), heavy_worker_count=1
+    )

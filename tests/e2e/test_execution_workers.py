@@ -23,7 +23,7 @@ import pytest
 import redis
 
 from lomas.budget.v1 import budget_pb2
-from lomas.client import Client, LomasError
+from lomas.client import Client, LomasError, TimeLimitExceeded
 from lomas.client.admin import AdminClient, approx_dp, local_source
 from lomas.common.v1 import archive_pb2, dataset_pb2
 from lomas_embedded import demo
@@ -229,15 +229,17 @@ def test_time_and_memory_limits_keep_the_charge_and_workers_are_recycled(tmp_pat
         wait_for(lambda: child() != 0 and child() not in seen, 30, "a fresh worker child")
         assert len(set(seen)) == 2
 
-        # Time limit: the query fails with QUERY_TIMEOUT and its cost stays charged.
+        # Time limit: the query fails with its own reason (not "not ready yet") and its cost stays
+        # charged.
         user, client = researcher(mesh, issuer, "SLOW")
         cost = client.smartnoise_sql.cost(GROUP_COUNT, epsilon=1.0, delta=1e-8)
-        with pytest.raises(LomasError) as timed_out:
+        with pytest.raises(TimeLimitExceeded) as timed_out:
             client.smartnoise_sql.query(GROUP_COUNT, epsilon=1.0, delta=1e-8)
         assert (timed_out.value.code, timed_out.value.reason) == (
-            "DEADLINE_EXCEEDED",
-            "QUERY_TIMEOUT",
+            "RESOURCE_EXHAUSTED",
+            "QUERY_TIME_LIMIT_EXCEEDED",
         )
+        assert timed_out.value.charged == {"epsilon": cost["epsilon"], "delta": cost["delta"]}
         assert "charged" in timed_out.value.message
         assert client.get_total_spent_budget() == {
             "total_spent_epsilon": cost["epsilon"],

@@ -72,7 +72,8 @@ def json_log(mesh: LocalMesh, name: str) -> list[dict[str, Any]]:
 
 
 def metrics_port(mesh: LocalMesh, name: str) -> int:
-    for event in json_log(mesh, name):
+    """The port the process announced last (a restarted process announces a new one)."""
+    for event in reversed(json_log(mesh, name)):
         found = re.fullmatch(r"metrics for Prometheus on port (\d+) \(/metrics\)", event["message"])
         if found:
             return int(found.group(1))

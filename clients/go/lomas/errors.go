@@ -111,6 +111,7 @@ var kindsByReason = reasonKinds(map[commonv1.ErrorReason]error{
 	commonv1.ErrorReason_ERROR_REASON_DELTA_TOO_LARGE:              ErrInvalidQuery,
 	commonv1.ErrorReason_ERROR_REASON_QUERY_TIMEOUT:                ErrQueryTimeout,
 	commonv1.ErrorReason_ERROR_REASON_QUERY_EXECUTION_FAILED:       ErrExecutionFailed,
+	commonv1.ErrorReason_ERROR_REASON_QUERY_TIME_LIMIT_EXCEEDED:    ErrExecutionFailed,
 	commonv1.ErrorReason_ERROR_REASON_BACKEND_UNAVAILABLE:          ErrBackendUnavailable,
 	commonv1.ErrorReason_ERROR_REASON_RATE_LIMITED:                 ErrLimitExceeded,
 	commonv1.ErrorReason_ERROR_REASON_TOO_MANY_CONCURRENT_QUERIES:  ErrLimitExceeded,

@@ -20,7 +20,8 @@ from lomas.client.admin import (
     s3_source,
     url_source,
 )
-from lomas.client.client import SmartnoiseSqlClient, _decimal_text, frame_from_ipc, loss_to_dict
+from lomas.client.client import SmartnoiseSqlClient, frame_from_ipc, loss_to_dict
+from lomas.client.options import decimal_text as _decimal_text
 from lomas.common.v1 import dataset_pb2, privacy_pb2, query_pb2
 from lomas_embedded.ports import free_port
 
@@ -92,9 +93,10 @@ def test_a_sql_query_is_post_processed_unless_asked_otherwise() -> None:
 def test_formats_come_from_the_file_suffix() -> None:
     assert format_from_path("data/penguin.CSV") == dataset_pb2.DATA_FORMAT_CSV
     assert format_from_path("s3/key/penguin.parquet") == dataset_pb2.DATA_FORMAT_PARQUET
-    assert set(DATA_FORMATS) == {"csv", "parquet"}
-    with pytest.raises(ValueError, match="cannot tell the format"):
-        format_from_path("penguin.json")
+    assert set(DATA_FORMATS) == {"csv", "parquet", "table"}
+    for name in ("penguin.json", "penguin.table"):  # a PostgreSQL table is no file
+        with pytest.raises(ValueError, match="cannot tell the format"):
+            format_from_path(name)
 
 
 def test_sources_name_where_the_data_lives(tmp_path: Path) -> None:

@@ -18,6 +18,8 @@ import {
 } from "@connectrpc/connect";
 import { Table, tableFromIPC } from "apache-arrow";
 import { decimalText, type DecimalText } from "./decimal.js";
+import { DiffPrivLibClient } from "./diffprivlib.js";
+import { SmartnoiseSynthClient } from "./smartnoise-synth.js";
 import { fromConnectError, InvalidArgument } from "./errors.js";
 import type { PrivacyLoss } from "./gen/lomas/common/v1/privacy_pb.js";
 import { OpenDpMechanism, QuerySchema, type Query } from "./gen/lomas/common/v1/query_pb.js";
@@ -184,6 +186,10 @@ export class LomasClient {
   readonly smartnoiseSql: SmartnoiseSqlClient;
   /** OpenDP pipelines (a measurement's JSON, or a Polars plan's JSON). */
   readonly opendp: OpenDpClient;
+  /** DP machine learning with DiffPrivLib (a declarative pipeline). */
+  readonly diffprivlib: DiffPrivLibClient;
+  /** DP synthetic data with SmartNoise-Synth (samples, never a model). */
+  readonly smartnoiseSynth: SmartnoiseSynthClient;
   private readonly gateway: Client<typeof GatewayService>;
   private readonly callOptions: CallOptions;
 
@@ -199,6 +205,8 @@ export class LomasClient {
     };
     this.smartnoiseSql = new SmartnoiseSqlClient(this);
     this.opendp = new OpenDpClient(this);
+    this.diffprivlib = new DiffPrivLibClient(this);
+    this.smartnoiseSynth = new SmartnoiseSynthClient(this);
   }
 
   // Every unary call goes through here, so every refusal is a typed LomasError (the server stream,

@@ -78,6 +78,14 @@ export class ExecutionFailed extends LomasError {
   }
 }
 
+/** The query ran past its worker's time limit after touching data; its cost is charged (see
+ * `charged`). Not `QueryTimeout`: there is nothing left to collect. */
+export class TimeLimitExceeded extends ExecutionFailed {}
+
+/** The query needs a worker pool this platform has not installed (the GAN synthesizers need the
+ * heavy pool, `metadata.pool`); nothing was charged. */
+export class PoolUnavailable extends LomasError {}
+
 /** The dataset's data cannot be read; nothing touched data, so nothing is charged. An administrator
  * must fix the source. */
 export class SourceUnavailable extends LomasError {}
@@ -113,10 +121,15 @@ const BY_REGISTRY: [ErrorReason, ErrorClass][] = [
   [ErrorReason.GROUP_KEYS_NOT_PUBLIC, InvalidQuery],
   [ErrorReason.OPENDP_PIPELINE_REFUSED, InvalidQuery],
   [ErrorReason.OPENDP_INPUT_DOMAIN_MISMATCH, InvalidQuery],
+  [ErrorReason.DIFFPRIVLIB_PIPELINE_REFUSED, InvalidQuery],
+  [ErrorReason.DIFFPRIVLIB_PRIVACY_LEAK, InvalidQuery],
+  [ErrorReason.SYNTHESIZER_REFUSED, InvalidQuery],
+  [ErrorReason.HEAVY_POOL_UNAVAILABLE, PoolUnavailable],
   [ErrorReason.DELTA_REQUIRED, InvalidQuery],
   [ErrorReason.DELTA_TOO_LARGE, InvalidQuery],
   [ErrorReason.QUERY_TIMEOUT, QueryTimeout],
   [ErrorReason.QUERY_EXECUTION_FAILED, ExecutionFailed],
+  [ErrorReason.QUERY_TIME_LIMIT_EXCEEDED, TimeLimitExceeded],
   [ErrorReason.BACKEND_UNAVAILABLE, BackendUnavailable],
   [ErrorReason.RATE_LIMITED, LimitExceeded],
   [ErrorReason.TOO_MANY_CONCURRENT_QUERIES, LimitExceeded],

@@ -8,8 +8,10 @@ import { createGrpcWebTransport } from "@connectrpc/connect-web";
 
 export * from "./client.js";
 export * from "./decimal.js";
+export * from "./diffprivlib.js";
 export * from "./errors.js";
 export * from "./jobs.js";
+export * from "./smartnoise-synth.js";
 
 /**
  * A gRPC-web transport to Envoy at `baseUrl`, e.g. "https://lomas.example.org" (or

@@ -21,7 +21,11 @@ from lomas_common.errors import InvalidArgument
 
 _ROLES = {resources_pb2.ROLE_ADMIN: "admin", resources_pb2.ROLE_RESEARCHER: "researcher"}
 _ROLES_BACK = {v: k for k, v in _ROLES.items()}
-_FORMATS = {dataset_pb2.DATA_FORMAT_CSV: "csv", dataset_pb2.DATA_FORMAT_PARQUET: "parquet"}
+_FORMATS = {
+    dataset_pb2.DATA_FORMAT_CSV: "csv",
+    dataset_pb2.DATA_FORMAT_PARQUET: "parquet",
+    dataset_pb2.DATA_FORMAT_TABLE: "table",  # a PostgreSQL source
+}
 _FORMATS_BACK = {v: k for k, v in _FORMATS.items()}
 
 
@@ -45,7 +49,7 @@ def user_to_proto(user: UserRecord) -> resources_pb2.User:
 def dataset_from_proto(dataset: resources_pb2.Dataset) -> DatasetRecord:
     if dataset.format not in _FORMATS:
         raise InvalidArgument(
-            "dataset format must be CSV or PARQUET", reason="DATASET_FORMAT_INVALID"
+            "dataset format must be CSV, PARQUET or TABLE", reason="DATASET_FORMAT_INVALID"
         )
     if dataset.source.WhichOneof("location") is None:
         raise InvalidArgument("dataset source must be set", reason="DATASET_SOURCE_INVALID")

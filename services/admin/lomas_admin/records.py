@@ -63,7 +63,7 @@ class UserRecord(CatalogueEntry):
 class DatasetRecord(CatalogueEntry):
     name: str
     source: Mapping[str, Any]  # {"local": {"path": ...}} | {"s3": {...}} | {"url": {"url": ...}}
-    format: str  # "csv" | "parquet"
+    format: str  # "csv" | "parquet" | "table"
     metadata: Mapping[str, Any]  # Lomas metadata (validated by an executor before it gets here)
     version: int = 1
 

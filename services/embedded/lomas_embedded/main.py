@@ -1,6 +1,7 @@
-"""`lomas-mesh run`: the embedded default. Every service, one Celery worker and a private Redis on this
-machine, SQLite stores in a data directory, a development issuer, demo content, and the web dashboard
-(http://127.0.0.1:8080/ unless --dashboard-port says otherwise; 0 for none). Ctrl-C stops it.
+"""`lomas-mesh run`: the embedded default. Every service, a light and a heavy Celery worker and a
+private Redis on this machine, SQLite stores in a data directory, a development issuer, demo
+content, and the web dashboard (http://127.0.0.1:8080/ unless --dashboard-port says otherwise; 0
+for none). Ctrl-C stops it.
 
 `lomas-mesh token USER`: a token for USER signed by the development issuer of a data directory, for
 users an administrator adds (`lomas-admin users add`)."""
@@ -75,6 +76,8 @@ def run(data_dir: Path, port: int, dashboard_port: int = 0) -> None:
         gateway_listen=f"127.0.0.1:{port}",
         extra_env=settings,
         worker_concurrency=concurrency,
+        # DiffPrivLib and SmartNoise-Synth queries run on the heavy queue: one worker serves it.
+        heavy_worker_count=1,
     ) as running:
         admin_token = running.token(demo.ADMIN)
         researcher_token = running.token(demo.RESEARCHER)

@@ -7,6 +7,11 @@ smartnoise-sql queries (the expensive part, ~6.5 s per million rows), the Polars
 text that OpenDP reads. A preparation grows its entry: the cache re-measures it (`refresh`) and
 evicts others to stay under its byte budget.
 
+Only tables held in memory are cached, and the byte budget is theirs: datasets that stay where they
+are (PostgreSQL tables and Spark folders, whose queries run in the database or in Spark, and large
+Parquet files that OpenDP Polars plans scan lazily) never enter this cache (`QueryEngine.prepared`
+gives their engines a reader or a scan instead: `lomas_executor.pushdown`).
+
 Concurrent misses for the same key load once: the first caller loads (outside the cache lock, so
 other keys stay served), the others wait for its result or its exception. Failed loads are not
 cached. Evicted values are only dropped: callers still using one keep it alive until they finish.

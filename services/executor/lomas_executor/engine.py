@@ -24,24 +24,43 @@ from typing import cast
 
 import pandas as pd
 import polars as pl
+import pyarrow as pa
 
 from lomas_common.errors import InvalidQuery
 from lomas_common.privacy import PrivacyLoss, format_decimal
-from lomas_executor import accuracy, opendp_queries, smartnoise_sql
+from lomas_executor import (
+    accuracy,
+    diffprivlib_model,
+    diffprivlib_queries,
+    opendp_queries,
+    smartnoise_sql,
+    smartnoise_synth,
+)
 from lomas_executor.accuracy import ColumnAccuracy
 from lomas_executor.cache import SQL_READER, DatasetCache, LoadedDataset
+from lomas_executor.diffprivlib_model import DiffPrivLibQuery
 from lomas_executor.dummy import make_dummy_frame
 from lomas_executor.metadata import DatasetMetadata
 from lomas_executor.opendp_model import OpenDpMeasurementQuery, OpenDpPolarsQuery
-from lomas_executor.settings import QueryLimits
+from lomas_executor.pushdown import DEFAULT_LAZY_PARQUET_BYTES, DataPlaces
+from lomas_executor.settings import QueryLimits, SparkSettings
 from lomas_executor.smartnoise_sql import SmartnoiseSqlQuery
+from lomas_executor.smartnoise_synth import SmartnoiseSynthQuery
 from lomas_executor.sources import DataFormat, DataSource, S3Secrets, check_source, load_table
 
 # Every query kind the engine runs. Add new dataclasses here and a `case` in each dispatch below.
-Query = SmartnoiseSqlQuery | OpenDpMeasurementQuery | OpenDpPolarsQuery
+Query = (
+    SmartnoiseSqlQuery
+    | OpenDpMeasurementQuery
+    | OpenDpPolarsQuery
+    | DiffPrivLibQuery
+    | SmartnoiseSynthQuery
+)
 
 OPENDP_CSV = "opendp_csv"
 OPENDP_POLARS = "opendp_polars"
+# The loaded Arrow table itself, without preparation (DiffPrivLib selects its columns per query).
+ARROW_TABLE = "arrow_table"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,13 +82,17 @@ class QueryEngine:
         limits: QueryLimits | None = None,
         *,
         sql_dry_run: bool = True,
+        spark: SparkSettings | None = None,
+        lazy_parquet_bytes: int = DEFAULT_LAZY_PARQUET_BYTES,
     ) -> None:
         """`sql_dry_run=False` (the worker's engine) prices SmartNoise-SQL queries without the dry
-        run on an empty table (see `smartnoise_sql.estimate_cost`)."""
+        run on an empty table (see `smartnoise_sql.estimate_cost`). `spark` and
+        `lazy_parquet_bytes`: datasets queried where they are (`lomas_executor.pushdown`)."""
         self._cache = cache
         self._s3_secrets = s3_secrets or S3Secrets()
         self._limits = limits or QueryLimits()
         self._sql_dry_run = sql_dry_run
+        self._places = DataPlaces(self._s3_secrets, spark, lazy_parquet_bytes)
 
     @property
     def cache(self) -> DatasetCache:
@@ -85,9 +108,17 @@ class QueryEngine:
                 )
             case OpenDpMeasurementQuery() | OpenDpPolarsQuery():
                 cost = opendp_queries.estimate_cost(query, dataset.metadata, self._limits).as_cost()
+            case DiffPrivLibQuery():
+                cost = diffprivlib_model.parse_pipeline(query, dataset.metadata).cost
+            case SmartnoiseSynthQuery():
+                cost = smartnoise_synth.estimate_cost(
+                    query, dataset.metadata, self._limits.synth, self._limits.sql
+                )
             case _:
                 raise _unsupported(query)
         _check_delta(cost, dataset.metadata)
+        # Where the dataset stays in its database or folder: only what can run there, checked.
+        self._places.check_query(query, dataset.source, dataset.metadata, self._limits)
         return cost
 
     def estimate_accuracy(
@@ -102,6 +133,18 @@ class QueryEngine:
                 return accuracy.sql_accuracy(query, dataset.metadata, self._limits.sql, alpha)
             case OpenDpMeasurementQuery() | OpenDpPolarsQuery():
                 return accuracy.opendp_accuracy(query, dataset.metadata, self._limits, alpha)
+            case DiffPrivLibQuery():
+                # A trained model has no output columns with a noise interval: refused, free.
+                raise InvalidQuery(
+                    "DiffPrivLib queries have no accuracy estimate: their release is a trained "
+                    "model (try a dummy run to see its parameters and score)"
+                )
+            case SmartnoiseSynthQuery():
+                # Samples have no per-column noise interval in closed form: refused, free.
+                raise InvalidQuery(
+                    "SmartNoise-Synth queries have no accuracy estimate: their release is "
+                    "synthetic samples (try a dummy run to see their shape)"
+                )
             case _:
                 raise _unsupported(query)
 
@@ -124,12 +167,16 @@ class QueryEngine:
             frame = self._dummy(metadata, rows, seed)
             if engine == SQL_READER:
                 return smartnoise_sql.prepare_reader(frame, metadata)
+            if engine == ARROW_TABLE:
+                return pa.Table.from_pandas(
+                    frame, schema=metadata.arrow_schema(), preserve_index=False
+                )
             table = opendp_queries.dummy_table(frame, metadata)
             if engine == OPENDP_CSV:
                 return opendp_queries.prepare_csv(table, metadata)
             return opendp_queries.prepare_polars(table, metadata)
 
-        return self._validate_then_run(query, metadata, dummy_input)
+        return self._validate_then_run(query, metadata, dummy_input, dummy=True)
 
     def _dummy(self, metadata: DatasetMetadata, rows: int, seed: int) -> pd.DataFrame:
         return make_dummy_frame(metadata, rows, seed, max_cells=self._limits.max_dummy_cells)
@@ -141,10 +188,16 @@ class QueryEngine:
         )
 
     def _validate_then_run(
-        self, query: Query, metadata: DatasetMetadata, engine_input: Callable[[str], object]
+        self,
+        query: Query,
+        metadata: DatasetMetadata,
+        engine_input: Callable[[str], object],
+        *,
+        dummy: bool = False,
     ) -> pd.DataFrame:
         """Validate `query` (limits included), then run it on `engine_input(engine)`: the input its
-        engine needs, built (dummy data) or loaded (real data) only once the query has passed."""
+        engine needs, built (dummy data) or loaded (real data) only once the query has passed.
+        `dummy`: the input is public dummy data (DiffPrivLib then releases its exact score)."""
         match query:
             case SmartnoiseSqlQuery():
                 smartnoise_sql.estimate_cost(
@@ -162,13 +215,27 @@ class QueryEngine:
                 measurement = opendp_queries.build_measurement(query, metadata, self._limits)
                 frame = cast(pl.DataFrame, engine_input(OPENDP_POLARS))
                 return opendp_queries.execute(query, frame, metadata, measurement)
+            case DiffPrivLibQuery():
+                pipeline = diffprivlib_model.parse_pipeline(query, metadata)
+                table = cast(pa.Table, engine_input(ARROW_TABLE))
+                return diffprivlib_queries.execute(pipeline, table, dummy=dummy)
+            case SmartnoiseSynthQuery():
+                plan = smartnoise_synth.plan(query, metadata, self._limits.synth, self._limits.sql)
+                # Imported here: it loads JAX, which only syntheses need.
+                from lomas_executor import smartnoise_synth_run
+
+                table = cast(pa.Table, engine_input(ARROW_TABLE))
+                return smartnoise_synth_run.execute(plan, table)
             case _:
                 raise _unsupported(query)
 
-    def preflight(self, dataset: DatasetRef) -> None:
+    def preflight(self, dataset: DatasetRef, query: Query | None = None) -> None:
         """Before any data access: refuse a dataset whose source certainly cannot be read (so its
-        reservation can still be refunded). A cached dataset needs no source at all."""
-        if self._cache.get((dataset.name, dataset.version)) is None:
+        reservation can still be refunded). A cached dataset needs no source at all; a database
+        must answer; what `query` (None: any query) runs on must be up (a Spark session)."""
+        if dataset.source.kind.pushdown:
+            self._places.preflight(dataset.source, query)
+        elif self._cache.get((dataset.name, dataset.version)) is None:
             check_source(dataset.source, self._s3_secrets)
 
     def load(self, dataset: DatasetRef) -> LoadedDataset:
@@ -189,8 +256,13 @@ class QueryEngine:
         return self._cache.get_or_load(key, load)
 
     def prepared(self, dataset: DatasetRef, engine: str) -> object:
-        """What `engine` needs from the dataset, prepared once per dataset version and cached."""
+        """What `engine` needs from the dataset, prepared once per dataset version and cached;
+        for a dataset that stays where it is, a reader or a lazy scan, never cached."""
+        if self._places.stays_in_place(dataset.source, dataset.fmt, engine):
+            return self._places.engine_input(dataset.source, dataset.metadata, engine)
         loaded = self.load(dataset)
+        if engine == ARROW_TABLE:
+            return loaded.table
         metadata = dataset.metadata
         fresh = not loaded.has(engine)
         if engine == SQL_READER:

@@ -15,7 +15,7 @@ Only then does Celery acknowledge the task (acks_late), so a worker killed at an
 that is redelivered and finishes the same steps without drawing new noise for a stored release.
 
 Deliveries are counted in Redis: a query whose earlier delivery hit the hard time limit is recorded
-as QUERY_TIMEOUT, and one that has already killed its worker `max_attempts` times (a crash, the
+as QUERY_TIME_LIMIT_EXCEEDED, and one that has already killed its worker `max_attempts` times (a crash, the
 memory limit) as QUERY_EXECUTION_FAILED, without running it again. Both keep the charge: the data
 was accessed. Their messages carry no data values.
 """
@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 # are read from the archive by the gateway.
 ANNOUNCED_OUTCOME_MAX_BYTES = 1024 * 1024
 TIMEOUT_MESSAGE = "the query exceeded its time limit; its cost is charged"
+# A final outcome, not "not ready yet" (the gateway's QUERY_TIMEOUT): the charge stands.
+TIME_LIMIT_EXCEEDED = "QUERY_TIME_LIMIT_EXCEEDED"
 COST_MISMATCH = "COST_MISMATCH"
 COST_MISMATCH_MESSAGE = (
     "the cost of this query differs from the cost reserved for it; nothing was run and the "
@@ -81,6 +83,8 @@ class QueryRunner:
             limits=settings.limits,
             # The executor dry-ran every query before it was priced for its reservation.
             sql_dry_run=False,
+            spark=settings.spark,
+            lazy_parquet_bytes=settings.lazy_parquet_bytes,
         )
         self._admin = SyncPeer(
             settings.admin_target, admin_store_pb2_grpc.AdminStoreServiceStub, settings.peers
@@ -192,8 +196,9 @@ class QueryRunner:
         """
         try:
             dataset = convert.dataset_from_proto(task.dataset)
-            self._engine.preflight(dataset)
-            cost = self._engine.estimate_cost(convert.query_from_proto(task.query), dataset)
+            query = convert.query_from_proto(task.query)
+            self._engine.preflight(dataset, query)
+            cost = self._engine.estimate_cost(query, dataset)
         except LomasError as error:
             return _Check(refunded=self._refund_and_record(task, error.reason, error.message))
         except SoftTimeLimitExceeded:
@@ -251,7 +256,7 @@ class QueryRunner:
         if timed_out:
             log.warning("query %s hit the hard time limit; recorded as timed out", task.query_id)
             outcome = self._new_outcome(task)
-            self._fail(outcome, "QUERY_TIMEOUT", TIMEOUT_MESSAGE)
+            self._fail(outcome, TIME_LIMIT_EXCEEDED, TIMEOUT_MESSAGE)
         elif int(attempt) > self._settings.max_attempts:
             log.warning(
                 "query %s stopped its worker %d times; recorded as failed",
@@ -347,7 +352,7 @@ class QueryRunner:
 
     def _timed_out(self, query_id: str, outcome: archive_pb2.ArchivedQuery) -> None:
         log.warning("query %s exceeded its time limit", query_id)
-        self._fail(outcome, "QUERY_TIMEOUT", TIMEOUT_MESSAGE)
+        self._fail(outcome, TIME_LIMIT_EXCEEDED, TIMEOUT_MESSAGE)
 
     @staticmethod
     def _fail(outcome: archive_pb2.ArchivedQuery, reason: str, message: str) -> None:

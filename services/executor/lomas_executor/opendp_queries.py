@@ -137,11 +137,12 @@ def dummy_table(frame: pd.DataFrame, metadata: DatasetMetadata) -> pa.Table:
 
 def execute(
     query: OpenDpQuery,
-    data: str | pl.DataFrame,
+    data: str | pl.DataFrame | pl.LazyFrame,
     metadata: DatasetMetadata,
     measurement: dp.Measurement | None = None,
 ) -> pd.DataFrame:
-    """Run the query on prepared data (CSV text or a Polars frame) and return the DP release.
+    """Run the query on prepared data (CSV text, a Polars frame, or a lazy scan of a dataset that
+    is not loaded: `lomas_executor.pushdown`) and return the DP release.
 
     Validates first (InvalidQuery, nothing read) unless given the `measurement` that
     `build_measurement` returned for this query and metadata. Once data is read, any failure is
@@ -153,6 +154,8 @@ def execute(
     argument = (
         data.select(measurement.input_domain.columns).lazy()
         if isinstance(data, pl.DataFrame)
+        else data.select(measurement.input_domain.columns)
+        if isinstance(data, pl.LazyFrame)
         else data
     )
     try:

@@ -12,6 +12,12 @@ from lomas_common.settings import ServerSettings, env_float, env_int, env_requir
 from lomas_executor.sources import S3Secrets
 
 DEFAULT_PORT = 50054
+# A heavy worker child's default address-space limit: DiffPrivLib's logistic regression on 1,000,000
+# rows peaks at about 2.4 GB of address space (0.5 GB resident; bench/diffprivlib_bench.py), and the
+# heavy pods' memory limit is 8 GiB (k8s/base/worker/heavy.yaml).
+HEAVY_TASK_MEMORY_LIMIT_MB = 6144
+# Local Parquet files from this size on are scanned lazily by OpenDP Polars plans.
+DEFAULT_LAZY_PARQUET_BYTES = 512 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,34 @@ class SqlLimits:
 
 
 @dataclass(frozen=True)
+class SynthLimits:
+    """SmartNoise-Synth queries (`lomas_executor.smartnoise_synth`).
+
+    * `max_samples` (LOMAS_SYNTH_MAX_SAMPLES): samples one query may ask for.
+    * `gan` (LOMAS_SYNTH_GAN): whether the GAN synthesizers (PyTorch, on the heavy pool) can run:
+      `auto` looks for PyTorch and Opacus in this process, `on` says the heavy pool has them (an
+      executor service without them prices GAN queries for heavy workers that have them), `off`
+      refuses them.
+    """
+
+    max_samples: int = 100_000
+    gan: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.max_samples < 1:
+            raise SystemExit("LOMAS_SYNTH_MAX_SAMPLES must be at least 1")
+        if self.gan not in ("auto", "on", "off"):
+            raise SystemExit("LOMAS_SYNTH_GAN must be auto, on or off")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> SynthLimits:
+        return cls(
+            max_samples=env_int(env, "SYNTH_MAX_SAMPLES", cls.max_samples),
+            gan=env_str(env, "SYNTH_GAN", cls.gan).strip().lower(),
+        )
+
+
+@dataclass(frozen=True)
 class QueryLimits:
     """Ceilings on the sizes one query may ask for, checked before anything is allocated (the
     executor service and the workers alike, so a refusal comes before any charge).
@@ -64,6 +98,7 @@ class QueryLimits:
       b-ary tree leaves and branching, rows of a Polars key set.
     * `max_dummy_cells` (LOMAS_MAX_DUMMY_CELLS): rows x columns of one dummy frame.
     * `sql` (`SqlLimits`, LOMAS_SQL_*): the SmartNoise-SQL ceilings.
+    * `synth` (`SynthLimits`, LOMAS_SYNTH_*): SmartNoise-Synth's ceilings and GAN availability.
     """
 
     opendp_max_rows: int = 10_000_000
@@ -71,6 +106,7 @@ class QueryLimits:
     opendp_max_elements: int = 100_000
     max_dummy_cells: int = 5_000_000
     sql: SqlLimits = field(default_factory=SqlLimits)
+    synth: SynthLimits = field(default_factory=SynthLimits)
 
     def __post_init__(self) -> None:
         for name in ("opendp_max_rows", "opendp_rows_factor", "opendp_max_elements"):
@@ -92,6 +128,7 @@ class QueryLimits:
             opendp_max_elements=env_int(env, "OPENDP_MAX_ELEMENTS", default.opendp_max_elements),
             max_dummy_cells=env_int(env, "MAX_DUMMY_CELLS", default.max_dummy_cells),
             sql=SqlLimits.from_env(env),
+            synth=SynthLimits.from_env(env),
         )
 
 
@@ -162,9 +199,43 @@ class FreeCallSettings:
 
 
 def s3_secrets_from_env(env: Mapping[str, str]) -> S3Secrets:
-    """The named S3 credentials of LOMAS_S3_CREDENTIALS_FILE (none when it is unset)."""
+    """The named S3 credentials of LOMAS_S3_CREDENTIALS_FILE and PostgreSQL credentials of
+    LOMAS_POSTGRES_CREDENTIALS_FILE (none when unset; see `lomas_executor.sources`)."""
     credentials_file = env_str(env, "S3_CREDENTIALS_FILE", "")
-    return S3Secrets.from_file(credentials_file) if credentials_file else S3Secrets()
+    secrets = S3Secrets.from_file(credentials_file) if credentials_file else S3Secrets()
+    postgres_file = env_str(env, "POSTGRES_CREDENTIALS_FILE", "")
+    return secrets.with_postgres_file(postgres_file) if postgres_file else secrets
+
+
+@dataclass(frozen=True)
+class SparkSettings:
+    """Where a worker's Spark session runs (see `lomas_executor.pushdown_spark`).
+
+    * `master` (LOMAS_SPARK_MASTER, default `local[2]`): Spark's master URL.
+    * `driver_memory` (LOMAS_SPARK_DRIVER_MEMORY, default `1g`): the driver JVM's heap.
+    * `conf` (LOMAS_SPARK_CONF, `key=value,key=value`): more Spark settings.
+    """
+
+    master: str = "local[2]"
+    driver_memory: str = "1g"
+    conf: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> SparkSettings:
+        default = cls()
+        conf: dict[str, str] = {}
+        for item in env_str(env, "SPARK_CONF", "").split(","):
+            if not item.strip():
+                continue
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise SystemExit("LOMAS_SPARK_CONF must be key=value pairs separated by commas")
+            conf[key.strip()] = value.strip()
+        return cls(
+            master=env_str(env, "SPARK_MASTER", default.master),
+            driver_memory=env_str(env, "SPARK_DRIVER_MEMORY", default.driver_memory),
+            conf=conf,
+        )
 
 
 @dataclass(frozen=True)
@@ -207,7 +278,13 @@ class WorkerSettings:
       resident memory exceeds it is replaced after its current task.
     * `task_memory_limit_mb` (LOMAS_TASK_MEMORY_LIMIT_MB, 0 = off): the address-space limit
       (RLIMIT_AS) of each child, so one query cannot take the machine's memory: allocations beyond
-      it fail inside the task, which records a failure (the charge is kept).
+      it fail inside the task, which records a failure (the charge is kept). Off by default for
+      light workers; `HEAVY_TASK_MEMORY_LIMIT_MB` by default for a worker that consumes the heavy
+      queue (DP machine learning and synthetic data train on whole tables).
+    * Time: every task, heavy ones included, has the queue's soft and hard time limits
+      (LOMAS_TASK_TIME_LIMIT_SECONDS, default 300 s; `QueueSettings`). One limit serves every queue
+      on purpose: the Redis visibility timeout follows it, and any worker restores any queue's
+      unacknowledged tasks past it, so a longer heavy limit would have heavy tasks run twice.
     * `max_attempts` (LOMAS_TASK_MAX_ATTEMPTS): deliveries of one query before a query that keeps
       killing its worker is recorded as failed (charge kept) instead of being run again.
     * `s3_secrets` (LOMAS_S3_CREDENTIALS_FILE): named S3 credentials, kept out of the admin store.
@@ -215,6 +292,10 @@ class WorkerSettings:
       it consumes its queues, for probes (`lomas_executor.health_file`).
     * `limits` (`QueryLimits`, the same LOMAS_ variables as the executor service): a worker
       refuses what the service refused, before it loads data.
+    * `spark` (LOMAS_SPARK_*: `SparkSettings`): the Spark session that runs queries on Spark
+      datasets (local by default, or a cluster).
+    * `lazy_parquet_bytes` (LOMAS_LAZY_PARQUET_BYTES): local Parquet files from this size on are
+      scanned lazily by OpenDP Polars plans, never loaded nor cached (`lomas_executor.pushdown`).
     """
 
     queue: QueueSettings
@@ -232,6 +313,8 @@ class WorkerSettings:
     s3_secrets: S3Secrets = field(default_factory=S3Secrets)
     health_file: str = ""
     limits: QueryLimits = field(default_factory=QueryLimits)
+    spark: SparkSettings = field(default_factory=SparkSettings)
+    lazy_parquet_bytes: int = DEFAULT_LAZY_PARQUET_BYTES
 
     def __post_init__(self) -> None:
         if self.max_tasks_per_child < 1:
@@ -269,9 +352,15 @@ class WorkerSettings:
             workloads=workloads,
             max_tasks_per_child=env_int(env, "WORKER_MAX_TASKS_PER_CHILD", 500),
             max_memory_per_child_kb=env_int(env, "WORKER_MAX_MEMORY_PER_CHILD_KB", 0),
-            task_memory_limit_mb=env_int(env, "TASK_MEMORY_LIMIT_MB", 0),
+            task_memory_limit_mb=env_int(
+                env,
+                "TASK_MEMORY_LIMIT_MB",
+                HEAVY_TASK_MEMORY_LIMIT_MB if WorkloadClass.HEAVY in workloads else 0,
+            ),
             max_attempts=env_int(env, "TASK_MAX_ATTEMPTS", 3),
             s3_secrets=secrets,
             health_file=env_str(env, "WORKER_HEALTH_FILE", ""),
             limits=QueryLimits.from_env(env),
+            spark=SparkSettings.from_env(env),
+            lazy_parquet_bytes=env_int(env, "LAZY_PARQUET_BYTES", DEFAULT_LAZY_PARQUET_BYTES),
         )

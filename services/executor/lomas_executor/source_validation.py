@@ -10,6 +10,13 @@ columns in the data are fine: the engines select the metadata's columns.
 
 A CSV's column types can only be learnt by reading values, which this check never does; a CSV value
 that does not parse as its metadata type fails when a worker loads the data.
+
+Sources that stay where they are: a PostgreSQL table is checked in the database's catalog (it exists,
+the credentials' role may read it, its columns and their types: `pushdown_postgres`); a Spark
+folder on the executors' file system must hold Parquet files, whose schema (from one file's footer)
+is compared as a Parquet file's is. A Spark folder given as a URI that only the Spark cluster reads
+(hdfs://, s3a://...) cannot be checked here: it is accepted as it is, and a mismatch shows when a
+worker first queries it.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import pyarrow.parquet as pq
 
 from lomas_common.errors import FailedPrecondition, InvalidArgument, InvalidMetadata
 from lomas_executor.metadata import ColumnType, DatasetMetadata
+from lomas_executor.pushdown_postgres import check_postgres_source
 from lomas_executor.sources import (
     HTTP_TIMEOUT_SECONDS,
     DataFormat,
@@ -36,6 +44,8 @@ from lomas_executor.sources import (
     S3Secrets,
     SourceKind,
     check_source,
+    is_local_path,
+    local_path,
     s3_client,
 )
 
@@ -62,6 +72,19 @@ def check_dataset_source(
     the read, InvalidArgument (DATASET_FORMAT_INVALID) when it is not in `fmt`, and InvalidMetadata
     (METADATA_INVALID) when its columns do not match the metadata's.
     """
+    if source.kind is SourceKind.POSTGRES:
+        check_postgres_source(source, metadata, s3_secrets)
+        return
+    if source.kind is SourceKind.SPARK:
+        if is_local_path(source.path):
+            schema = _parquet_folder_schema(source)
+            _compare_names(schema.names, metadata)
+            _compare_types(schema, metadata)
+        else:
+            _log.warning(
+                "Spark source %s accepted unchecked (not on this file system)", source.path
+            )
+        return
     if source.kind is SourceKind.S3:
         check_source(source, s3_secrets)  # credentials this executor does not hold
     reader = _ByteReader(source, s3_secrets)
@@ -166,6 +189,27 @@ def _parquet_schema(reader: _ByteReader) -> pa.Schema:
         return pq.read_schema(pa.BufferReader(footer))
     except (pa.ArrowException, OSError, ValueError):
         raise _format_invalid(reader, "PARQUET", "its footer cannot be read") from None
+
+
+def _parquet_folder_schema(source: DataSource) -> pa.Schema:
+    """The schema of a local folder of Parquet files (one file's footer; no row is read)."""
+    import pyarrow.dataset as pads
+
+    folder = local_path(source.path)
+    where = f"the folder {source.path}"
+    if not folder.is_dir():
+        raise _unavailable(f"{where} does not exist")
+    try:
+        dataset = pads.dataset(str(folder), format="parquet")
+        schema, files = dataset.schema, dataset.files
+    except (pa.ArrowException, OSError, ValueError):
+        raise InvalidArgument(
+            f"{where} cannot be read as PARQUET: a file's footer cannot be read",
+            reason="DATASET_FORMAT_INVALID",
+        ) from None
+    if not files:
+        raise InvalidArgument(f"{where} holds no Parquet file", reason="DATASET_FORMAT_INVALID")
+    return schema
 
 
 def _format_invalid(reader: _ByteReader, fmt: str, why: str) -> InvalidArgument:

@@ -1,11 +1,19 @@
 """Where a dataset's data lives and how to read it into an Arrow table.
 
-A `DataSource` is one of: a local path, an HTTP(S) URL, or an S3 object (bucket, key, endpoint URL
-and the *name* of credentials). The admin store keeps only that name; the workers resolve it in
-their own secrets (`S3Secrets`, read from the file that LOMAS_S3_CREDENTIALS_FILE names: a JSON or
-YAML mapping of credentials name to `access_key_id`, `secret_access_key`, and optionally
-`session_token` and `region`). An S3 source without a credentials name uses the standard AWS chain
-of the worker (environment, instance role).
+A `DataSource` is one of: a local path, an HTTP(S) URL, an S3 object (bucket, key, endpoint URL
+and the *name* of credentials), a PostgreSQL table (the *name* of connection credentials, a schema
+and a table) or a folder of Parquet files read by Spark. The admin store keeps only names; the
+workers resolve them in their own secrets (`SourceSecrets`):
+
+* S3: the file that LOMAS_S3_CREDENTIALS_FILE names, a JSON or YAML mapping of credentials name to
+  `access_key_id`, `secret_access_key`, and optionally `session_token` and `region`. An S3 source
+  without a credentials name uses the standard AWS chain of the worker (environment, instance role).
+* PostgreSQL: the file that LOMAS_POSTGRES_CREDENTIALS_FILE names, a mapping of credentials name to
+  `host`, `dbname`, `user`, and optionally `port` (5432), `password` and `sslmode`. The role should
+  be one that may SELECT on the registered table only (see `lomas_executor.pushdown_postgres`).
+
+File sources (local, HTTP, S3) are loaded whole into memory (`load_table`); PostgreSQL and Spark
+sources never are: queries run where the data is (`SourceKind.pushdown`).
 
 Errors never carry data values nor server paths: a parse error of a CSV may quote a cell, so the
 message names only the format and the cause class.
@@ -15,6 +23,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -43,24 +52,40 @@ class SourceKind(enum.Enum):
     LOCAL = "local"
     HTTP = "http"
     S3 = "s3"
+    POSTGRES = "postgres"
+    SPARK = "spark"
+
+    @property
+    def pushdown(self) -> bool:
+        """Whether queries run where the data is (never loaded into, nor cached by, a worker)."""
+        return self in (SourceKind.POSTGRES, SourceKind.SPARK)
 
 
 class DataFormat(enum.Enum):
     CSV = "csv"
     PARQUET = "parquet"
+    TABLE = "table"  # the rows of a database table: a PostgreSQL source
+
+
+# A PostgreSQL schema or table name a source may name: a plain lower-case identifier, which means
+# the same quoted or not (PostgreSQL folds unquoted names to lower case).
+_SQL_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 @dataclass(frozen=True, slots=True)
 class DataSource:
-    """The location of a dataset's data. Build it with `local`, `http` or `s3`."""
+    """The location of a dataset's data. Build it with `local`, `http`, `s3`, `postgres` or
+    `spark`."""
 
     kind: SourceKind
-    path: str = ""  # LOCAL
+    path: str = ""  # LOCAL (a file), SPARK (a folder, or a URI the Spark cluster reads)
     url: str = ""  # HTTP
     bucket: str = ""  # S3
     key: str = ""  # S3
     endpoint_url: str = ""  # S3 (empty: the provider's default endpoint)
-    credentials_name: str = ""  # S3: name of credentials in the server's secrets
+    credentials_name: str = ""  # S3, POSTGRES: name of credentials in the server's secrets
+    schema: str = ""  # POSTGRES
+    table: str = ""  # POSTGRES
 
     def __post_init__(self) -> None:
         if self.kind is SourceKind.LOCAL and not self.path:
@@ -71,6 +96,23 @@ class DataSource:
                 raise InvalidArgument("an HTTP data source needs an http:// or https:// URL")
         if self.kind is SourceKind.S3 and not (self.bucket and self.key):
             raise InvalidArgument("an S3 data source needs a bucket and a key")
+        if self.kind is SourceKind.POSTGRES:
+            if not self.credentials_name:
+                raise InvalidArgument(
+                    "a PostgreSQL data source needs the name of its credentials",
+                    reason="DATASET_SOURCE_INVALID",
+                )
+            for what, name in (("schema", self.schema), ("table", self.table)):
+                if not _SQL_NAME.fullmatch(name):
+                    raise InvalidArgument(
+                        f"a PostgreSQL data source's {what} must be a lower-case name of letters, "
+                        "digits and underscores (at most 63, not starting with a digit)",
+                        reason="DATASET_SOURCE_INVALID",
+                    )
+        if self.kind is SourceKind.SPARK and not self.path:
+            raise InvalidArgument(
+                "a Spark data source needs the path of its folder", reason="DATASET_SOURCE_INVALID"
+            )
 
     @classmethod
     def local(cls, path: str | Path) -> DataSource:
@@ -97,6 +139,16 @@ class DataSource:
             credentials_name=credentials_name,
         )
 
+    @classmethod
+    def postgres(cls, credentials_name: str, schema: str, table: str) -> DataSource:
+        return cls(
+            SourceKind.POSTGRES, credentials_name=credentials_name, schema=schema, table=table
+        )
+
+    @classmethod
+    def spark(cls, path: str | Path) -> DataSource:
+        return cls(SourceKind.SPARK, path=str(path))
+
 
 @dataclass(frozen=True)
 class S3Credentials:
@@ -109,22 +161,56 @@ class S3Credentials:
 
 
 @dataclass(frozen=True)
-class S3Secrets:
-    """The S3 credentials a worker may use, by name."""
+class PostgresCredentials:
+    """One named PostgreSQL connection from the server's secrets (never stored in the admin
+    store): the role should be allowed to SELECT on the registered tables only."""
 
-    credentials: Mapping[str, S3Credentials] = field(default_factory=dict)
+    host: str
+    dbname: str
+    user: str
+    password: str = field(default="", repr=False)
+    port: int = 5432
+    sslmode: str = "prefer"
 
     @classmethod
-    def from_file(cls, path: str | Path) -> S3Secrets:
-        """Read a JSON or YAML mapping `{name: {access_key_id, secret_access_key, ...}}`."""
+    def from_mapping(cls, name: str, entry: Mapping[str, Any]) -> PostgresCredentials:
         try:
-            raw: Any = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise ValueError(f"cannot read the S3 credentials file {path}: {exc}") from None
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, dict):
-            raise ValueError("the S3 credentials file must map credentials names to credentials")
+            return cls(
+                host=str(entry["host"]),
+                dbname=str(entry["dbname"]),
+                user=str(entry["user"]),
+                password=str(entry.get("password") or ""),
+                port=int(entry.get("port") or 5432),
+                sslmode=str(entry.get("sslmode") or "prefer"),
+            )
+        except KeyError as missing:
+            raise ValueError(f"PostgreSQL credentials {name!r} lack {missing}") from None
+        except (TypeError, ValueError):
+            raise ValueError(f"PostgreSQL credentials {name!r}: port must be a number") from None
+
+
+@dataclass(frozen=True)
+class SourceSecrets:
+    """The credentials a worker may use, by name: S3 (`credentials`) and PostgreSQL (`postgres`)."""
+
+    credentials: Mapping[str, S3Credentials] = field(default_factory=dict)
+    postgres: Mapping[str, PostgresCredentials] = field(default_factory=dict)
+
+    def with_postgres_file(self, path: str | Path) -> SourceSecrets:
+        """These secrets plus the PostgreSQL credentials of a JSON or YAML file mapping names to
+        `{host, dbname, user, port, password, sslmode}`."""
+        raw = _read_mapping(path, "PostgreSQL credentials")
+        postgres: dict[str, PostgresCredentials] = {}
+        for name, entry in raw.items():
+            if not isinstance(entry, dict):
+                raise ValueError(f"PostgreSQL credentials {name!r} must be a mapping")
+            postgres[str(name)] = PostgresCredentials.from_mapping(str(name), entry)
+        return SourceSecrets(self.credentials, postgres)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> SourceSecrets:
+        """Read a JSON or YAML mapping `{name: {access_key_id, secret_access_key, ...}}`."""
+        raw = _read_mapping(path, "S3 credentials")
         credentials: dict[str, S3Credentials] = {}
         for name, entry in raw.items():
             if not isinstance(entry, dict):
@@ -141,10 +227,39 @@ class S3Secrets:
         return cls(credentials)
 
 
+# The name of `SourceSecrets` when it held S3 credentials only.
+S3Secrets = SourceSecrets
+
+
+def _read_mapping(path: str | Path, what: str) -> dict[Any, Any]:
+    try:
+        raw: Any = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read the {what} file {path}: {exc}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"the {what} file must map credentials names to credentials")
+    return raw
+
+
 def check_source(source: DataSource, s3_secrets: S3Secrets | None = None) -> None:
     """Refuse a source that certainly cannot be read, without reading any of its data: a missing
-    local file, or S3 credentials this worker does not hold. (HTTP and S3 reachability can only be
-    learnt by reading; failures there come after data access.)"""
+    local file or Spark folder on this machine, or S3 or PostgreSQL credentials this worker does
+    not hold. (HTTP, S3 and PostgreSQL reachability can only be learnt by connecting; failures
+    there come after data access.)"""
+    secrets = s3_secrets or SourceSecrets()
+    if source.kind is SourceKind.POSTGRES and source.credentials_name not in secrets.postgres:
+        raise FailedPrecondition(
+            f"the executor has no PostgreSQL credentials named {source.credentials_name!r}",
+            reason="DATASET_SOURCE_UNAVAILABLE",
+        )
+    if source.kind is SourceKind.SPARK and is_local_path(source.path):
+        if not Path(source.path).is_dir():
+            _log.warning("Spark data folder not found: %s", source.path)
+            raise FailedPrecondition(
+                "the dataset's data folder was not found", reason="DATASET_SOURCE_UNAVAILABLE"
+            )
     if source.kind is SourceKind.LOCAL and not Path(source.path).is_file():
         _log.warning("local data source not found: %s", source.path)
         raise FailedPrecondition(
@@ -161,6 +276,18 @@ def check_source(source: DataSource, s3_secrets: S3Secrets | None = None) -> Non
         )
 
 
+def is_local_path(path: str) -> bool:
+    """Whether a Spark source's path is on this machine (not a URI such as hdfs:// or s3a://)."""
+    scheme = urllib.parse.urlsplit(path).scheme
+    return scheme in ("", "file") or len(scheme) == 1  # "C:" is a drive, not a scheme
+
+
+def local_path(path: str) -> Path:
+    """The file-system path of a local Spark source's path (`file://` URIs included)."""
+    split = urllib.parse.urlsplit(path)
+    return Path(split.path) if split.scheme == "file" else Path(path)
+
+
 def load_table(
     source: DataSource,
     fmt: DataFormat,
@@ -172,8 +299,10 @@ def load_table(
 
     `schema` (optional, see `DatasetMetadata.arrow_schema`) fixes the CSV column types instead of
     letting Arrow guess them; Parquet files carry their own types. `s3_secrets` resolves the
-    credentials name of an S3 source.
+    credentials name of an S3 source. PostgreSQL and Spark sources are never loaded whole.
     """
+    if source.kind.pushdown:
+        raise ValueError(f"a {source.kind.value} source is queried where it is, never loaded")
     if source.kind is SourceKind.LOCAL:
         path = Path(source.path)
         if not path.is_file():

@@ -6,7 +6,10 @@ charge), and the second one again where the query runs:
 1. **Size ceilings, before parsing** (`check_sql_text`). smartnoise-sql's ANTLR parser and SQLite
    fail, or take seconds, on some texts that are short enough to pass the length limit: 10,000
    nested parentheses take 26 s before a RecursionError, 200 make SQLite's parser overflow, a NUL
-   byte or a 400-digit number fails in the engine only after the data has been read. One scan of
+   byte or a 400-digit number fails in the engine only after the data has been read. A backslash
+   in a quoted literal or name is refused too (QUERY_INVALID): smartnoise-sql's lexer reads `\\'` as an escaped
+   quote, SQLite and PostgreSQL as the end of the string, so text the parser took for a literal
+   would reach the engine as SQL that was never parsed nor rewritten. One scan of
    the text, following smartnoise-sql's lexer (string literals with backslash escapes, double-quoted
    identifiers, `--` and `/* */` comments), refuses them with QUERY_LIMIT_EXCEEDED, metadata
    `limit` naming the ceiling and `maximum` its value. The ceilings are the fields of `SqlLimits`.
@@ -99,6 +102,14 @@ def check_sql_text(sql: str, limits: SqlLimits = DEFAULT_LIMITS) -> None:
             if end < 0:
                 i += 1  # unterminated: the lexer takes the quote alone
                 continue
+            if "\\" in sql[i:end]:
+                # smartnoise-sql's lexer reads \' as a quote inside the literal, SQLite and
+                # PostgreSQL as the literal's end: the rest would reach the engine unparsed.
+                raise InvalidQuery(
+                    f"the SQL query has a backslash in a quoted literal or name (at position "
+                    f"{i + sql[i:end].index(chr(92))}): engines read it differently, so it is "
+                    "not allowed"
+                )
             if c == "'":
                 _check_ceiling(
                     end - i - 1,

@@ -6,7 +6,7 @@ imports the engines (Polars, via OpenDP and smartnoise-sql): each child imports 
 before it takes a task, so Polars' threads belong to the child that uses them.
 
 Safety limits, from `WorkerSettings`: each task has a soft and a hard time limit (the soft one lets
-the runner record QUERY_TIMEOUT; the hard one kills the child, flags the query in Redis and requeues
+the runner record QUERY_TIME_LIMIT_EXCEEDED; the hard one kills the child, flags the query in Redis and requeues
 the task, whose redelivery records the timeout), each child has an optional address-space limit
 (RLIMIT_AS) and is replaced after a bounded number of tasks or when its memory grows past a bound.
 A child that dies mid-task (crash, out of memory) has its task redelivered; after
@@ -101,7 +101,7 @@ class QueryTask(Task[[str], None]):
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
         # Runs in the main process for hard time limits (the child was killed): flag the query, so
-        # the redelivery (the task is requeued) records QUERY_TIMEOUT instead of running it again.
+        # the redelivery (the task is requeued) records QUERY_TIME_LIMIT_EXCEEDED instead of running it again.
         if isinstance(exc, TimeLimitExceeded):
             settings: WorkerSettings = self.app.conf.lomas_settings
             try:
@@ -156,7 +156,7 @@ def create_app(settings: WorkerSettings) -> Celery:
             first = attempt == 1 and not self.request.retries
             self.runner.execute(task_json, attempt=attempt, first_delivery=first)
         except SoftTimeLimitExceeded:
-            # The soft limit fell outside the query's run (which records it as QUERY_TIMEOUT),
+            # The soft limit fell outside the query's run (which records it as QUERY_TIME_LIMIT_EXCEEDED),
             # in a call to a peer, say. A new delivery, with a new time limit, finishes the steps.
             log.warning("query %s: time limit outside the run; retrying", self.request.id)
             raise self.retry(countdown=1, max_retries=30) from None

@@ -174,14 +174,14 @@ def test_deliveries_are_counted_and_bound_crash_loops_and_timeouts(
         monkeypatch.setattr(runner.engine, "run", lost_the_cause)
         soft_limit = settings.queue.soft_time_limit_seconds
         late = runner._attempt(task, attempt=1, started=time.monotonic() - soft_limit)
-        assert late.error_reason == "QUERY_TIMEOUT"
+        assert late.error_reason == "QUERY_TIME_LIMIT_EXCEEDED"
         early = runner._attempt(task, attempt=1, started=time.monotonic())
         assert early.error_reason == "QUERY_EXECUTION_FAILED"
         monkeypatch.undo()
         client.set(queue_settings.timed_out_key("q-1"), b"1")
         timed_out = runner._attempt(task, attempt=1, started=time.monotonic())
         assert (timed_out.error_reason, timed_out.status) == (
-            "QUERY_TIMEOUT",
+            "QUERY_TIME_LIMIT_EXCEEDED",
             archive_pb2.QUERY_STATUS_FAILED,
         )
     finally:

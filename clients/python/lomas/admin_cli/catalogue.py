@@ -17,7 +17,9 @@ from lomas.client.admin import (
     AdminClient,
     format_from_path,
     local_source,
+    postgres_source,
     s3_source,
+    spark_source,
     url_source,
 )
 from lomas.client.lomas_formats import metadata_from_json
@@ -28,8 +30,11 @@ def datasets_write(admin: AdminClient, args: argparse.Namespace) -> Output:
     """Lomas add_dataset (`add`), and a new version of a dataset (`update`). The platform reads
     the source's header or schema first: nothing is registered that workers could not load."""
     source, location = _source(args)
+    kind = source.WhichOneof("location")
     if args.format:
         fmt = DATA_FORMATS[args.format]
+    elif kind in _SOURCE_FORMATS:
+        fmt = DATA_FORMATS[_SOURCE_FORMATS[kind]]
     else:
         try:
             fmt = format_from_path(location)
@@ -51,11 +56,32 @@ def datasets_write(admin: AdminClient, args: argparse.Namespace) -> Output:
     )
 
 
+# The format of sources that are not files.
+_SOURCE_FORMATS = {"postgres": "table", "spark": "parquet"}
+
+
 def _source(args: argparse.Namespace) -> tuple[dataset_pb2.DataSource, str]:
+    if args.postgres_credentials and not args.postgres_table:
+        raise UsageError("--postgres-credentials goes with --postgres-table")
     if args.path:
         return local_source(args.path), args.path
     if args.url:
         return url_source(args.url), args.url
+    if args.postgres_table:
+        schema, dot, table = args.postgres_table.partition(".")
+        if not (dot and schema and table):
+            raise UsageError(
+                "--postgres-table takes SCHEMA.TABLE (split at the first dot), for example "
+                "public.penguins"
+            )
+        if not args.postgres_credentials:
+            raise UsageError(
+                "--postgres-table needs --postgres-credentials (the name of the connection in "
+                "the workers' secrets)"
+            )
+        return postgres_source(args.postgres_credentials, schema, table), args.postgres_table
+    if args.spark_folder:
+        return spark_source(args.spark_folder), args.spark_folder
     if not args.s3_key:
         raise UsageError("--s3-bucket needs --s3-key (the object's key in the bucket)")
     source = s3_source(args.s3_bucket, args.s3_key, args.s3_endpoint, args.s3_credentials)
@@ -77,20 +103,13 @@ def _metadata_file(path: Path) -> dict[str, Any]:
 def datasets_remove(admin: AdminClient, args: argparse.Namespace) -> Output:
     """Lomas del_dataset."""
     admin.remove_dataset(args.name)
-    return Output(
-        f"removed dataset {args.name!r} and the grants on it (ledgers and archived queries keep "
-        "their history)",
-        {"dataset": args.name, "removed": True},
-    )
+    return render.removal("dataset", args.name, "the grants on it")
 
 
 def datasets_list(admin: AdminClient, args: argparse.Namespace) -> Output:
     """Lomas get_list_of_datasets."""
     datasets = admin.list_datasets()
-    return Output(
-        render.join(render.datasets_table(datasets), count(len(datasets), "dataset")),
-        [render.data(dataset) for dataset in datasets],
-    )
+    return render.listing(render.datasets_table(datasets), datasets, "dataset")
 
 
 def datasets_show(admin: AdminClient, args: argparse.Namespace) -> Output:

@@ -87,12 +87,49 @@ def _group(nouns: _Subparsers, name: str, help_text: str) -> _Subparsers:
     return group.add_subparsers(dest="action", required=True, metavar="ACTION")
 
 
-def _command(verbs: _Subparsers, name: str, help_text: str, run: Run) -> argparse.ArgumentParser:
+def _command(
+    verbs: _Subparsers, name: str, help_text: str, run: Run, *, description: str = ""
+) -> argparse.ArgumentParser:
+    """A command that runs `run`; its --help says `description` (by default, `help_text`)."""
     command: argparse.ArgumentParser = verbs.add_parser(
-        name, help=help_text, description=help_text, parents=[_common()]
+        name, help=help_text, description=description or help_text, parents=[_common()]
     )
     command.set_defaults(run=run)
     return command
+
+
+def _named_command(
+    verbs: _Subparsers, name: str, help_text: str, run: Run, what: str
+) -> argparse.ArgumentParser:
+    """A command on one user or dataset, named by its NAME argument (`what`: "the user's name")."""
+    command = _command(verbs, name, help_text, run)
+    command.add_argument("name", help=what)
+    return command
+
+
+def _grant_command(
+    verbs: _Subparsers, name: str, help_text: str, run: Run
+) -> argparse.ArgumentParser:
+    """A command on one grant and its ledger, named by their USER and DATASET arguments."""
+    command = _command(verbs, name, help_text, run)
+    _user(command)
+    _dataset(command)
+    return command
+
+
+def _users_import(verbs: _Subparsers, name: str, help_text: str) -> None:
+    """`users import`, and `load users` the same."""
+    command = _command(verbs, name, help_text, bulk.users_import)
+    command.add_argument("file", type=Path, help="a Lomas user_collection.yaml")
+
+
+def _datasets_import(verbs: _Subparsers, name: str, help_text: str) -> None:
+    """`datasets import`, and `load datasets` the same."""
+    command = _command(verbs, name, help_text, bulk.datasets_import)
+    command.add_argument("file", type=Path, help="a Lomas dataset_collection.yaml")
+    command.add_argument(
+        "--update", action="store_true", help="replace existing datasets that differ from the file"
+    )
 
 
 def _user(command: argparse.ArgumentParser, help_text: str = "the user's name") -> None:
@@ -105,6 +142,15 @@ def _dataset(command: argparse.ArgumentParser, help_text: str = "the dataset's n
 
 def _reason(command: argparse.ArgumentParser, where: str) -> None:
     command.add_argument("--reason", default="", help=f"why (recorded in {where})")
+
+
+def _only(command: argparse.ArgumentParser, noun: str, help_text: str) -> None:
+    """--user or --dataset: what a listing shows of one user or dataset only."""
+    command.add_argument(f"--{noun}", default="", help=help_text)
+
+
+def _delta_view(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--delta", default="", help=DELTA_VIEW_HELP)
 
 
 # -- nouns -----------------------------------------------------------------------------------------
@@ -123,30 +169,24 @@ def _users(nouns: _Subparsers) -> None:
     add.add_argument("--no-query", action="store_true", help="the user may not run queries yet")
     add.add_argument("--dataset", help="also grant this dataset, with the budget below")
     add_loss_options(add, "budget", required=False)
-    remove = _command(
-        verbs, "remove", "remove a user and their grants (Lomas del_user)", accounts.users_remove
-    )
-    remove.add_argument("name", help="the user's name")
+    user = "the user's name"
+    remove_help = "remove a user and their grants (Lomas del_user)"
+    _named_command(verbs, "remove", remove_help, accounts.users_remove, user)
     _command(verbs, "list", "list users (Lomas get_list_of_users)", accounts.users_list)
-    show = _command(
-        verbs, "show", "a user and their budgets (Lomas show_user)", accounts.users_show
-    )
-    show.add_argument("name", help="the user's name")
+    show_help = "a user and their budgets (Lomas show_user)"
+    _named_command(verbs, "show", show_help, accounts.users_show, user)
     for verb, what in (
         ("freeze", "stop a user from starting queries (Lomas set_may_query False)"),
         ("unfreeze", "let a frozen user start queries again (Lomas set_may_query True)"),
     ):
-        toggle = _command(verbs, verb, what, accounts.users_freeze)
-        toggle.add_argument("name", help="the user's name")
+        toggle = _named_command(verbs, verb, what, accounts.users_freeze, user)
         _reason(toggle, "each of the user's ledgers")
-    imported = _command(
+    _users_import(
         verbs,
         "import",
         "add users and their budgets from a Lomas user_collection.yaml (Lomas add_users_via_yaml);"
         " existing ones are kept",
-        bulk.users_import,
     )
-    imported.add_argument("file", type=Path, help="a Lomas user_collection.yaml")
 
 
 def _datasets(nouns: _Subparsers) -> None:
@@ -155,19 +195,31 @@ def _datasets(nouns: _Subparsers) -> None:
         ("add", "register a dataset", " (Lomas add_dataset)"),
         ("update", "replace a dataset's source, format and metadata (a new version)", ""),
     ):
-        write = _command(
+        write = _named_command(
             verbs,
             verb,
             f"{what}{lomas}; the platform first checks that the source can be read and has the "
             "metadata's columns",
             catalogue.datasets_write,
+            "the dataset's name, for example PENGUIN",
         )
-        write.add_argument("name", help="the dataset's name, for example PENGUIN")
         where = write.add_argument_group("where the data lives (one of)")
         location = where.add_mutually_exclusive_group(required=True)
         location.add_argument("--path", help="a file on the executors' and workers' file system")
         location.add_argument("--url", help="an HTTP(S) URL")
         location.add_argument("--s3-bucket", help="an S3 bucket (with --s3-key)")
+        location.add_argument(
+            "--postgres-table",
+            metavar="SCHEMA.TABLE",
+            help="a PostgreSQL table or view (with --postgres-credentials): SmartNoise-SQL "
+            "queries run in the database",
+        )
+        location.add_argument(
+            "--spark-folder",
+            metavar="FOLDER",
+            help="a folder of Parquet files that the workers' Spark reads (a local folder, or a "
+            "URI such as hdfs:// or s3a:// for a Spark cluster)",
+        )
         where.add_argument("--s3-key", help="the S3 object's key")
         where.add_argument("--s3-endpoint", default="", help="the S3 endpoint URL (default: AWS)")
         where.add_argument(
@@ -175,88 +227,67 @@ def _datasets(nouns: _Subparsers) -> None:
             default="",
             help="the name of S3 credentials in the platform's secrets (never the keys)",
         )
+        where.add_argument(
+            "--postgres-credentials",
+            default="",
+            help="the name of PostgreSQL credentials in the workers' secrets (never the password)",
+        )
         write.add_argument(
             "--metadata", type=Path, required=True, help="the SmartNoise-SQL YAML metadata file"
         )
         write.add_argument(
             "--format",
             choices=sorted(DATA_FORMATS),
-            help="the data's format (default: from the file's extension)",
+            help="the data's format (default: from the file's extension; table for "
+            "--postgres-table, parquet for --spark-folder)",
         )
-    remove = _command(
-        verbs,
-        "remove",
-        "remove a dataset and the grants on it (Lomas del_dataset)",
-        catalogue.datasets_remove,
-    )
-    remove.add_argument("name", help="the dataset's name")
+    dataset = "the dataset's name"
+    remove_help = "remove a dataset and the grants on it (Lomas del_dataset)"
+    _named_command(verbs, "remove", remove_help, catalogue.datasets_remove, dataset)
     _command(verbs, "list", "list datasets (Lomas get_list_of_datasets)", catalogue.datasets_list)
-    show = _command(
-        verbs,
-        "show",
-        "a dataset: source, format, version, columns (Lomas show_dataset)",
-        catalogue.datasets_show,
-    )
-    show.add_argument("name", help="the dataset's name")
-    shown = _command(
-        verbs,
-        "metadata",
-        "a dataset's metadata as YAML (Lomas show_metadata)",
-        catalogue.datasets_metadata,
-    )
-    shown.add_argument("name", help="the dataset's name")
-    imported = _command(
+    show_help = "a dataset: source, format, version, columns (Lomas show_dataset)"
+    _named_command(verbs, "show", show_help, catalogue.datasets_show, dataset)
+    metadata_help = "a dataset's metadata as YAML (Lomas show_metadata)"
+    _named_command(verbs, "metadata", metadata_help, catalogue.datasets_metadata, dataset)
+    _datasets_import(
         verbs,
         "import",
         "register datasets from a Lomas dataset_collection.yaml (Lomas add_datasets_via_yaml); "
         "existing ones are kept unless --update",
-        bulk.datasets_import,
-    )
-    imported.add_argument("file", type=Path, help="a Lomas dataset_collection.yaml")
-    imported.add_argument(
-        "--update", action="store_true", help="replace existing datasets that differ from the file"
     )
 
 
 def _grants(nouns: _Subparsers) -> None:
     verbs = _group(nouns, "grants", "grant, revoke or list access to datasets")
-    add = _command(
+    add = _grant_command(
         verbs,
         "add",
         "grant a user a dataset with a budget (Lomas add_dataset_to_user)",
         accounts.grants_add,
     )
-    _user(add)
-    _dataset(add)
     add_loss_options(add, "budget")
-    remove = _command(
-        verbs,
-        "remove",
-        "revoke a user's grant on a dataset (Lomas del_dataset_to_user)",
-        accounts.grants_remove,
-    )
-    _user(remove)
-    _dataset(remove)
+    revoke_help = "revoke a user's grant on a dataset (Lomas del_dataset_to_user)"
+    _grant_command(verbs, "remove", revoke_help, accounts.grants_remove)
     listed = _command(
         verbs,
         "list",
         "list grants (Lomas get_list_of_datasets_from_user with --user)",
         accounts.grants_list,
     )
-    listed.add_argument("--user", default="", help="only this user's grants")
+    _only(listed, "user", "only this user's grants")
 
 
 def _budgets(nouns: _Subparsers) -> None:
-    budgets = nouns.add_parser(
+    budgets = _command(
+        nouns,
         "budgets",
-        help="a user's budgets: initial, spent, reserved, remaining",
+        "a user's budgets: initial, spent, reserved, remaining",
+        accounts.budgets,
         description="a user's budgets: initial, spent, reserved and remaining, as exact decimals",
-        parents=[_common()],
     )
-    budgets.set_defaults(run=accounts.budgets)
     _user(budgets)
-    budgets.add_argument("--dataset", default="", help="only the budget on this dataset")
-    budgets.add_argument("--delta", default="", help=DELTA_VIEW_HELP)
+    _only(budgets, "dataset", "only the budget on this dataset")
+    _delta_view(budgets)
 
 
 def _ledger(nouns: _Subparsers) -> None:
@@ -268,14 +299,9 @@ def _ledger(nouns: _Subparsers) -> None:
         "ledger with the query archive (exit 1 on a problem)",
         ledgers.verify,
     )
-    show = _command(verbs, "show", "one ledger", ledgers.show)
-    _user(show)
-    _dataset(show)
-    show.add_argument("--delta", default="", help=DELTA_VIEW_HELP)
-    history = _command(verbs, "history", "a ledger's entries, oldest first", ledgers.history)
-    _user(history)
-    _dataset(history)
-    adjust = _command(
+    _delta_view(_grant_command(verbs, "show", "one ledger", ledgers.show))
+    _grant_command(verbs, "history", "a ledger's entries, oldest first", ledgers.history)
+    adjust = _grant_command(
         verbs,
         "adjust",
         "set a ledger's allocation, never below what is spent or held (Lomas set_budget_field "
@@ -283,8 +309,6 @@ def _ledger(nouns: _Subparsers) -> None:
         "keeps the other)",
         ledgers.adjust,
     )
-    _user(adjust)
-    _dataset(adjust)
     add_loss_options(adjust, "allocation")
     _reason(adjust, "the ledger's history")
 
@@ -302,15 +326,14 @@ def _caps(nouns: _Subparsers) -> None:
 
 
 def _archive(nouns: _Subparsers) -> None:
-    archive = nouns.add_parser(
+    archive = _command(
+        nouns,
         "archive",
-        help="archived queries, newest first (Lomas show_archives_of_user with --user)",
-        description="archived queries, newest first (Lomas show_archives_of_user with --user)",
-        parents=[_common()],
+        "archived queries, newest first (Lomas show_archives_of_user with --user)",
+        accounts.archive,
     )
-    archive.set_defaults(run=accounts.archive)
-    archive.add_argument("--user", default="", help="only this user's queries")
-    archive.add_argument("--dataset", default="", help="only queries on this dataset")
+    _only(archive, "user", "only this user's queries")
+    _only(archive, "dataset", "only queries on this dataset")
 
 
 def _collections(nouns: _Subparsers) -> None:
@@ -352,20 +375,7 @@ def _load(nouns: _Subparsers) -> None:
     verbs = _group(
         nouns, "load", "bulk-load Lomas collection files (the same as `users/datasets import`)"
     )
-    users = _command(
-        verbs,
-        "users",
-        "the same as `users import`: a Lomas user_collection.yaml",
-        bulk.users_import,
-    )
-    users.add_argument("file", type=Path, help="a Lomas user_collection.yaml")
-    datasets = _command(
-        verbs,
-        "datasets",
-        "the same as `datasets import`: a Lomas dataset_collection.yaml",
-        bulk.datasets_import,
-    )
-    datasets.add_argument("file", type=Path, help="a Lomas dataset_collection.yaml")
-    datasets.add_argument(
-        "--update", action="store_true", help="replace existing datasets that differ from the file"
+    _users_import(verbs, "users", "the same as `users import`: a Lomas user_collection.yaml")
+    _datasets_import(
+        verbs, "datasets", "the same as `datasets import`: a Lomas dataset_collection.yaml"
     )

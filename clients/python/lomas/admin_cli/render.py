@@ -27,7 +27,11 @@ _DEFINITIONS = {
     privacy_pb2.PRIVACY_DEFINITION_RHO_ZCDP: "zCDP",
 }
 _LOSS_DEFINITIONS = {"approx_dp": "approx-DP", "pure_dp": "pure-DP", "rho_zcdp": "zCDP"}
-_FORMATS = {dataset_pb2.DATA_FORMAT_CSV: "csv", dataset_pb2.DATA_FORMAT_PARQUET: "parquet"}
+_FORMATS = {
+    dataset_pb2.DATA_FORMAT_CSV: "csv",
+    dataset_pb2.DATA_FORMAT_PARQUET: "parquet",
+    dataset_pb2.DATA_FORMAT_TABLE: "table",
+}
 # Characters of a query shown in a table (the whole query is in --json).
 QUERY_WIDTH = 60
 
@@ -222,6 +226,21 @@ def metadata_yaml(metadata_json: str) -> str:
 def join(*parts: str) -> str:
     """Non-empty parts, a blank line between them."""
     return "\n\n".join(part for part in parts if part)
+
+
+def listing(table_text: str, items: Sequence[Message], noun: str, plural: str = "") -> Output:
+    """What a list command prints: its table and how many rows it has ("2 users"); --json, the
+    items."""
+    return Output(join(table_text, count(len(items), noun, plural)), [data(item) for item in items])
+
+
+def removal(kind: str, name: str, with_it: str) -> Output:
+    """What removing a user or a dataset prints: what went with it (its grants), and that
+    ledgers and archived queries keep their history."""
+    return Output(
+        f"removed {kind} {name!r} and {with_it} (ledgers and archived queries keep their history)",
+        {kind: name, "removed": True},
+    )
 
 
 def mapping_lines(values: Mapping[str, list[str]]) -> str:

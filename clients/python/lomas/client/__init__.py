@@ -14,9 +14,11 @@ from lomas.client.errors import (
     LimitExceeded,
     LomasError,
     NotFound,
+    PoolUnavailable,
     QueryCancelled,
     QueryTimeout,
     SourceUnavailable,
+    TimeLimitExceeded,
     Unauthenticated,
 )
 from lomas.client.jobs import QueryJob, QueryStatus
@@ -35,10 +37,12 @@ __all__ = [
     "LimitExceeded",
     "LomasError",
     "NotFound",
+    "PoolUnavailable",
     "QueryCancelled",
     "QueryJob",
     "QueryStatus",
     "QueryTimeout",
     "SourceUnavailable",
+    "TimeLimitExceeded",
     "Unauthenticated",
 ]

@@ -6,7 +6,7 @@ Also reads the Lomas bulk-registration files (user and dataset collections) unch
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,9 +21,11 @@ from lomas.client.admin_values import (
     decimal_text,
     format_from_path,
     local_source,
+    postgres_source,
     pure_dp,
     rho_zcdp,
     s3_source,
+    spark_source,
     url_source,
 )
 from lomas.client.errors import AlreadyExists, NotFound, from_rpc_error
@@ -38,13 +40,16 @@ __all__ = [
     "approx_dp",
     "format_from_path",
     "local_source",
+    "postgres_source",
     "pure_dp",
     "rho_zcdp",
     "s3_source",
+    "spark_source",
     "url_source",
 ]
 
 T = TypeVar("T")
+NamedT = TypeVar("NamedT", resources_pb2.User, resources_pb2.Dataset)
 
 
 def _dataset(
@@ -57,6 +62,15 @@ def _dataset(
     return resources_pb2.Dataset(
         name=name, source=source, format=data_format, metadata_json=json.dumps(dict(metadata))
     )
+
+
+def _by_name(items: Iterable[NamedT], name: str, kind: str, reason: str) -> NamedT:
+    """The one of `items` called `name`, or NotFound with `reason`, naming it, when there is none
+    (the admin API lists users and datasets; it has no call that gets one)."""
+    for item in items:
+        if item.name == name:
+            return item
+    raise NotFound("NOT_FOUND", reason, f"{kind} {name!r} does not exist", {})
 
 
 class AdminClient:
@@ -114,10 +128,7 @@ class AdminClient:
 
     def get_user(self, name: str) -> resources_pb2.User:
         """One user (NotFound, USER_NOT_FOUND, naming it, when there is none)."""
-        for user in self.list_users():
-            if user.name == name:
-                return user
-        raise NotFound("NOT_FOUND", "USER_NOT_FOUND", f"user {name!r} does not exist", {})
+        return _by_name(self.list_users(), name, "user", "USER_NOT_FOUND")
 
     # Datasets
     def add_dataset(
@@ -169,10 +180,7 @@ class AdminClient:
 
     def get_dataset(self, name: str) -> resources_pb2.Dataset:
         """One dataset (NotFound, DATASET_NOT_FOUND, naming it, when there is none)."""
-        for dataset in self.list_datasets():
-            if dataset.name == name:
-                return dataset
-        raise NotFound("NOT_FOUND", "DATASET_NOT_FOUND", f"dataset {name!r} does not exist", {})
+        return _by_name(self.list_datasets(), name, "dataset", "DATASET_NOT_FOUND")
 
     # Grants and budgets
     def grant(

@@ -15,7 +15,10 @@ from lomas.common.v1 import dataset_pb2, privacy_pb2
 DATA_FORMATS: dict[str, dataset_pb2.DataFormat.ValueType] = {
     "csv": dataset_pb2.DATA_FORMAT_CSV,
     "parquet": dataset_pb2.DATA_FORMAT_PARQUET,
+    "table": dataset_pb2.DATA_FORMAT_TABLE,  # a PostgreSQL table (`postgres_source`)
 }
+# The formats a file's name tells (a table has no file).
+FILE_SUFFIXES = ("csv", "parquet")
 
 
 def decimal_text(value: float | int | str | Decimal) -> str:
@@ -46,7 +49,7 @@ def rho_zcdp(rho: float | str | Decimal) -> privacy_pb2.PrivacyLoss:
 
 def format_from_path(path: str) -> dataset_pb2.DataFormat.ValueType:
     suffix = path.rsplit(".", 1)[-1].lower()
-    if suffix not in DATA_FORMATS:
+    if suffix not in FILE_SUFFIXES:
         raise ValueError(
             f"cannot tell the format of {path!r}: use .csv or .parquet, or pass a format"
         )
@@ -71,6 +74,25 @@ def s3_source(
     )
 
 
+def postgres_source(credentials_name: str, schema: str, table: str) -> dataset_pb2.DataSource:
+    """A PostgreSQL table or view (register it with format "table"): `credentials_name` names the
+    connection in the workers' secrets (LOMAS_POSTGRES_CREDENTIALS_FILE), never the password."""
+    return dataset_pb2.DataSource(
+        postgres=dataset_pb2.PostgresSource(
+            credentials_name=credentials_name, schema=schema, table=table
+        )
+    )
+
+
+def spark_source(path: str | Path) -> dataset_pb2.DataSource:
+    """A folder of Parquet files read by Spark (format "parquet"): a local folder (made absolute)
+    or a URI the Spark cluster reads (hdfs://, s3a://...)."""
+    text = str(path)
+    if "://" not in text:
+        text = str(Path(text).resolve())
+    return dataset_pb2.DataSource(spark=dataset_pb2.SparkSource(path=text))
+
+
 def source_location(source: dataset_pb2.DataSource) -> str:
     """Where a source points, as an administrator writes it (a path, a URL, s3://bucket/key)."""
     kind = source.WhichOneof("location")
@@ -80,6 +102,11 @@ def source_location(source: dataset_pb2.DataSource) -> str:
         return source.url.url
     if kind == "s3":
         return f"s3://{source.s3.bucket}/{source.s3.key}"
+    if kind == "postgres":
+        postgres = source.postgres
+        return f"postgres://{postgres.credentials_name}/{postgres.schema}.{postgres.table}"
+    if kind == "spark":
+        return f"spark:{source.spark.path}"
     return ""
 
 

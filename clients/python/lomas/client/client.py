@@ -20,8 +20,12 @@ import pandas as pd
 import pyarrow as pa
 from google.protobuf import json_format
 
+from lomas.client.diffprivlib_client import DiffPrivLibClient
 from lomas.client.errors import InvalidArgument, from_rpc_error
 from lomas.client.jobs import QueryJob, progress_wanted, watch_events, with_progress
+from lomas.client.options import RunOptions, SubmitOptions
+from lomas.client.options import decimal_text as _decimal_text
+from lomas.client.smartnoise_synth_client import SmartnoiseSynthClient
 from lomas.common.v1 import privacy_pb2, query_pb2
 from lomas.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -34,13 +38,6 @@ def frame_from_ipc(data: bytes) -> pd.DataFrame:
         return pd.DataFrame()
     with pa.ipc.open_stream(data) as reader:
         return reader.read_all().to_pandas()
-
-
-def _decimal_text(value: float | int | str | Decimal, name: str) -> str:
-    """Parameters travel as exact decimal strings; floats go through their shortest repr."""
-    if isinstance(value, bool) or not isinstance(value, float | int | str | Decimal):
-        raise TypeError(f"{name} must be a number")
-    return repr(value) if isinstance(value, float) else str(value)
 
 
 def loss_to_dict(loss: privacy_pb2.PrivacyLoss, prefix: str = "") -> dict[str, Decimal]:
@@ -56,34 +53,6 @@ def loss_to_dict(loss: privacy_pb2.PrivacyLoss, prefix: str = "") -> dict[str, D
     if kind == "rho_zcdp":
         return {f"{prefix}rho": Decimal(loss.rho_zcdp.rho)}
     return {}
-
-
-class RunOptions(TypedDict, total=False):
-    """How a query runs: the keyword arguments every `query` method takes after its own.
-
-    - `dummy` (default False): run on seeded dummy data instead, free;
-    - `nb_rows` (default 100, at least 1) and `seed` (default 42): the dummy data;
-    - `request_id`: names this query, so a retry with it returns the first answer and is never
-      charged twice (a new one is made when none is given);
-    - `fresh` (default False): pay for a new draw of noise instead of a free replay of your earlier
-      release of the same query;
-    - `progress` (default: only when standard error is a terminal): show a progress bar (queued,
-      with the place in the queue, then running) when the query takes more than about a second.
-    """
-
-    dummy: bool
-    nb_rows: int
-    seed: int
-    request_id: str | None
-    fresh: bool
-    progress: bool | None
-
-
-class SubmitOptions(TypedDict, total=False):
-    """How a query is submitted: `request_id` and `fresh`, as for `query` (see RunOptions)."""
-
-    request_id: str | None
-    fresh: bool
 
 
 class Client:
@@ -122,6 +91,8 @@ class Client:
         self.dataset: str = chosen
         self.smartnoise_sql = SmartnoiseSqlClient(self)
         self.opendp = OpenDpClient(self)
+        self.diffprivlib = DiffPrivLibClient(self)
+        self.smartnoise_synth = SmartnoiseSynthClient(self)
 
     def close(self) -> None:
         self._channel.close()

@@ -78,6 +78,17 @@ class ExecutionFailed(LomasError):
         }
 
 
+class TimeLimitExceeded(ExecutionFailed):
+    """The query ran past its worker's time limit after touching data; its cost is charged (see
+    `charged`). Not `QueryTimeout`: there is nothing left to collect."""
+
+
+class PoolUnavailable(LomasError):
+    """The query needs a worker pool this platform has not installed (the GAN synthesizers need
+    the heavy pool, `metadata["pool"]`); nothing was charged. Use another synthesizer, or ask the
+    operator for the pool."""
+
+
 class SourceUnavailable(LomasError):
     """The dataset's data cannot be read (a missing file or object, credentials the workers do not
     hold); nothing touched data, so nothing is charged. An administrator must fix the source."""
@@ -110,10 +121,15 @@ _BY_REGISTRY: dict[error_reason_pb2.ErrorReason.ValueType, type[LomasError]] = {
     _R.ERROR_REASON_GROUP_KEYS_NOT_PUBLIC: InvalidQuery,
     _R.ERROR_REASON_OPENDP_PIPELINE_REFUSED: InvalidQuery,
     _R.ERROR_REASON_OPENDP_INPUT_DOMAIN_MISMATCH: InvalidQuery,
+    _R.ERROR_REASON_DIFFPRIVLIB_PIPELINE_REFUSED: InvalidQuery,
+    _R.ERROR_REASON_DIFFPRIVLIB_PRIVACY_LEAK: InvalidQuery,
     _R.ERROR_REASON_DELTA_REQUIRED: InvalidQuery,
+    _R.ERROR_REASON_SYNTHESIZER_REFUSED: InvalidQuery,
+    _R.ERROR_REASON_HEAVY_POOL_UNAVAILABLE: PoolUnavailable,
     _R.ERROR_REASON_DELTA_TOO_LARGE: InvalidQuery,
     _R.ERROR_REASON_QUERY_TIMEOUT: QueryTimeout,
     _R.ERROR_REASON_QUERY_EXECUTION_FAILED: ExecutionFailed,
+    _R.ERROR_REASON_QUERY_TIME_LIMIT_EXCEEDED: TimeLimitExceeded,
     _R.ERROR_REASON_BACKEND_UNAVAILABLE: BackendUnavailable,
     _R.ERROR_REASON_RATE_LIMITED: LimitExceeded,
     _R.ERROR_REASON_TOO_MANY_CONCURRENT_QUERIES: LimitExceeded,

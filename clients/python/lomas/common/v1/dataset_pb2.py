@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dlomas/common/v1/dataset.proto\x12\x0flomas.common.v1\x1a\x1fgoogle/api/field_behavior.proto\"!\n\x0bLocalSource\x12\x12\n\x04path\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"o\n\x08S3Source\x12\x14\n\x06\x62ucket\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\x03key\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0c\x65ndpoint_url\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1e\n\x10\x63redentials_name\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"\x1e\n\tUrlSource\x12\x11\n\x03url\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xad\x01\n\nDataSource\x12\x33\n\x05local\x18\x01 \x01(\x0b\x32\x1c.lomas.common.v1.LocalSourceB\x04\xe2\x41\x01\x01H\x00\x12-\n\x02s3\x18\x02 \x01(\x0b\x32\x19.lomas.common.v1.S3SourceB\x04\xe2\x41\x01\x01H\x00\x12/\n\x03url\x18\x03 \x01(\x0b\x32\x1a.lomas.common.v1.UrlSourceB\x04\xe2\x41\x01\x01H\x00\x42\n\n\x08location\"\xd1\x01\n\x11\x44\x61tasetDescriptor\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07version\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x31\n\x06source\x18\x03 \x01(\x0b\x32\x1b.lomas.common.v1.DataSourceB\x04\xe2\x41\x01\x02\x12\x31\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x1b.lomas.common.v1.DataFormatB\x04\xe2\x41\x01\x02\x12\x1b\n\rmetadata_json\x18\x06 \x01(\tB\x04\xe2\x41\x01\x02J\x04\x08\x05\x10\x06R\x08metadata*W\n\nDataFormat\x12\x1b\n\x17\x44\x41TA_FORMAT_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44\x41TA_FORMAT_CSV\x10\x01\x12\x17\n\x13\x44\x41TA_FORMAT_PARQUET\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dlomas/common/v1/dataset.proto\x12\x0flomas.common.v1\x1a\x1fgoogle/api/field_behavior.proto\"!\n\x0bLocalSource\x12\x12\n\x04path\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"o\n\x08S3Source\x12\x14\n\x06\x62ucket\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\x03key\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0c\x65ndpoint_url\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1e\n\x10\x63redentials_name\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"\x1e\n\tUrlSource\x12\x11\n\x03url\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"[\n\x0ePostgresSource\x12\x1e\n\x10\x63redentials_name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06schema\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05table\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\"!\n\x0bSparkSource\x12\x12\n\x04path\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x9d\x02\n\nDataSource\x12\x33\n\x05local\x18\x01 \x01(\x0b\x32\x1c.lomas.common.v1.LocalSourceB\x04\xe2\x41\x01\x01H\x00\x12-\n\x02s3\x18\x02 \x01(\x0b\x32\x19.lomas.common.v1.S3SourceB\x04\xe2\x41\x01\x01H\x00\x12/\n\x03url\x18\x03 \x01(\x0b\x32\x1a.lomas.common.v1.UrlSourceB\x04\xe2\x41\x01\x01H\x00\x12\x39\n\x08postgres\x18\x04 \x01(\x0b\x32\x1f.lomas.common.v1.PostgresSourceB\x04\xe2\x41\x01\x01H\x00\x12\x33\n\x05spark\x18\x05 \x01(\x0b\x32\x1c.lomas.common.v1.SparkSourceB\x04\xe2\x41\x01\x01H\x00\x42\n\n\x08location\"\xd1\x01\n\x11\x44\x61tasetDescriptor\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07version\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x31\n\x06source\x18\x03 \x01(\x0b\x32\x1b.lomas.common.v1.DataSourceB\x04\xe2\x41\x01\x02\x12\x31\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x1b.lomas.common.v1.DataFormatB\x04\xe2\x41\x01\x02\x12\x1b\n\rmetadata_json\x18\x06 \x01(\tB\x04\xe2\x41\x01\x02J\x04\x08\x05\x10\x06R\x08metadata*n\n\nDataFormat\x12\x1b\n\x17\x44\x41TA_FORMAT_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44\x41TA_FORMAT_CSV\x10\x01\x12\x17\n\x13\x44\x41TA_FORMAT_PARQUET\x10\x02\x12\x15\n\x11\x44\x41TA_FORMAT_TABLE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,12 +44,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_S3SOURCE'].fields_by_name['credentials_name']._serialized_options = b'\342A\001\001'
   _globals['_URLSOURCE'].fields_by_name['url']._loaded_options = None
   _globals['_URLSOURCE'].fields_by_name['url']._serialized_options = b'\342A\001\002'
+  _globals['_POSTGRESSOURCE'].fields_by_name['credentials_name']._loaded_options = None
+  _globals['_POSTGRESSOURCE'].fields_by_name['credentials_name']._serialized_options = b'\342A\001\002'
+  _globals['_POSTGRESSOURCE'].fields_by_name['schema']._loaded_options = None
+  _globals['_POSTGRESSOURCE'].fields_by_name['schema']._serialized_options = b'\342A\001\002'
+  _globals['_POSTGRESSOURCE'].fields_by_name['table']._loaded_options = None
+  _globals['_POSTGRESSOURCE'].fields_by_name['table']._serialized_options = b'\342A\001\002'
+  _globals['_SPARKSOURCE'].fields_by_name['path']._loaded_options = None
+  _globals['_SPARKSOURCE'].fields_by_name['path']._serialized_options = b'\342A\001\002'
   _globals['_DATASOURCE'].fields_by_name['local']._loaded_options = None
   _globals['_DATASOURCE'].fields_by_name['local']._serialized_options = b'\342A\001\001'
   _globals['_DATASOURCE'].fields_by_name['s3']._loaded_options = None
   _globals['_DATASOURCE'].fields_by_name['s3']._serialized_options = b'\342A\001\001'
   _globals['_DATASOURCE'].fields_by_name['url']._loaded_options = None
   _globals['_DATASOURCE'].fields_by_name['url']._serialized_options = b'\342A\001\001'
+  _globals['_DATASOURCE'].fields_by_name['postgres']._loaded_options = None
+  _globals['_DATASOURCE'].fields_by_name['postgres']._serialized_options = b'\342A\001\001'
+  _globals['_DATASOURCE'].fields_by_name['spark']._loaded_options = None
+  _globals['_DATASOURCE'].fields_by_name['spark']._serialized_options = b'\342A\001\001'
   _globals['_DATASETDESCRIPTOR'].fields_by_name['name']._loaded_options = None
   _globals['_DATASETDESCRIPTOR'].fields_by_name['name']._serialized_options = b'\342A\001\002'
   _globals['_DATASETDESCRIPTOR'].fields_by_name['version']._loaded_options = None
@@ -60,16 +72,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DATASETDESCRIPTOR'].fields_by_name['format']._serialized_options = b'\342A\001\002'
   _globals['_DATASETDESCRIPTOR'].fields_by_name['metadata_json']._loaded_options = None
   _globals['_DATASETDESCRIPTOR'].fields_by_name['metadata_json']._serialized_options = b'\342A\001\002'
-  _globals['_DATAFORMAT']._serialized_start=651
-  _globals['_DATAFORMAT']._serialized_end=738
+  _globals['_DATAFORMAT']._serialized_start=891
+  _globals['_DATAFORMAT']._serialized_end=1001
   _globals['_LOCALSOURCE']._serialized_start=83
   _globals['_LOCALSOURCE']._serialized_end=116
   _globals['_S3SOURCE']._serialized_start=118
   _globals['_S3SOURCE']._serialized_end=229
   _globals['_URLSOURCE']._serialized_start=231
   _globals['_URLSOURCE']._serialized_end=261
-  _globals['_DATASOURCE']._serialized_start=264
-  _globals['_DATASOURCE']._serialized_end=437
-  _globals['_DATASETDESCRIPTOR']._serialized_start=440
-  _globals['_DATASETDESCRIPTOR']._serialized_end=649
+  _globals['_POSTGRESSOURCE']._serialized_start=263
+  _globals['_POSTGRESSOURCE']._serialized_end=354
+  _globals['_SPARKSOURCE']._serialized_start=356
+  _globals['_SPARKSOURCE']._serialized_end=389
+  _globals['_DATASOURCE']._serialized_start=392
+  _globals['_DATASOURCE']._serialized_end=677
+  _globals['_DATASETDESCRIPTOR']._serialized_start=680
+  _globals['_DATASETDESCRIPTOR']._serialized_end=889
 # @@protoc_insertion_point(module_scope)

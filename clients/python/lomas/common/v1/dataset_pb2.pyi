@@ -28,7 +28,9 @@ class _DataFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DataFormat
     DATA_FORMAT_CSV: _DataFormat.ValueType  # 1
     """Comma-separated values with a header line."""
     DATA_FORMAT_PARQUET: _DataFormat.ValueType  # 2
-    """Apache Parquet."""
+    """Apache Parquet (one file, or for a Spark source a folder of files)."""
+    DATA_FORMAT_TABLE: _DataFormat.ValueType  # 3
+    """The rows of a database table or view (a PostgreSQL source): no file format."""
 
 class DataFormat(_DataFormat, metaclass=_DataFormatEnumTypeWrapper):
     """DataFormat is the file format of a dataset."""
@@ -38,7 +40,9 @@ DATA_FORMAT_UNSPECIFIED: DataFormat.ValueType  # 0
 DATA_FORMAT_CSV: DataFormat.ValueType  # 1
 """Comma-separated values with a header line."""
 DATA_FORMAT_PARQUET: DataFormat.ValueType  # 2
-"""Apache Parquet."""
+"""Apache Parquet (one file, or for a Spark source a folder of files)."""
+DATA_FORMAT_TABLE: DataFormat.ValueType  # 3
+"""The rows of a database table or view (a PostgreSQL source): no file format."""
 Global___DataFormat: _TypeAlias = DataFormat  # noqa: Y015
 
 @_typing.final
@@ -120,6 +124,67 @@ class UrlSource(_message.Message):
 Global___UrlSource: _TypeAlias = UrlSource  # noqa: Y015
 
 @_typing.final
+class PostgresSource(_message.Message):
+    """PostgresSource is a table or view in a PostgreSQL database. Queries run in the database: only
+    aggregates come back to the workers.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREDENTIALS_NAME_FIELD_NUMBER: _builtins.int
+    SCHEMA_FIELD_NUMBER: _builtins.int
+    TABLE_FIELD_NUMBER: _builtins.int
+    credentials_name: _builtins.str
+    """Name of the connection credentials (host, port, database, role, password) in the workers'
+    secrets; the connection details themselves are never stored here. The role should be allowed
+    to SELECT on this table only.
+    """
+    schema: _builtins.str
+    """Schema of the table, for example "public"."""
+    table: _builtins.str
+    """Name of the table or view."""
+    def __init__(
+        self,
+        *,
+        credentials_name: _builtins.str = ...,
+        schema: _builtins.str = ...,
+        table: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credentials_name", b"credentials_name", "schema", b"schema", "table", b"table"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PostgresSource: _TypeAlias = PostgresSource  # noqa: Y015
+
+@_typing.final
+class SparkSource(_message.Message):
+    """SparkSource is a folder of Parquet files that the workers read with Apache Spark (a local Spark
+    on each worker, or the cluster that the workers' Spark settings name).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """The folder: a path on the workers' file system, or a URI that the Spark cluster reads
+    (hdfs://, s3a://...).
+    """
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SparkSource: _TypeAlias = SparkSource  # noqa: Y015
+
+@_typing.final
 class DataSource(_message.Message):
     """DataSource says where a dataset lives."""
 
@@ -128,6 +193,8 @@ class DataSource(_message.Message):
     LOCAL_FIELD_NUMBER: _builtins.int
     S3_FIELD_NUMBER: _builtins.int
     URL_FIELD_NUMBER: _builtins.int
+    POSTGRES_FIELD_NUMBER: _builtins.int
+    SPARK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def local(self) -> Global___LocalSource:
         """A local file."""
@@ -140,18 +207,28 @@ class DataSource(_message.Message):
     def url(self) -> Global___UrlSource:
         """An HTTP(S) URL."""
 
+    @_builtins.property
+    def postgres(self) -> Global___PostgresSource:
+        """A PostgreSQL table or view (format DATA_FORMAT_TABLE)."""
+
+    @_builtins.property
+    def spark(self) -> Global___SparkSource:
+        """A folder of Parquet files read by Spark (format DATA_FORMAT_PARQUET)."""
+
     def __init__(
         self,
         *,
         local: Global___LocalSource | None = ...,
         s3: Global___S3Source | None = ...,
         url: Global___UrlSource | None = ...,
+        postgres: Global___PostgresSource | None = ...,
+        spark: Global___SparkSource | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["local", b"local", "location", b"location", "s3", b"s3", "url", b"url"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["local", b"local", "location", b"location", "postgres", b"postgres", "s3", b"s3", "spark", b"spark", "url", b"url"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["local", b"local", "location", b"location", "s3", b"s3", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["local", b"local", "location", b"location", "postgres", b"postgres", "s3", b"s3", "spark", b"spark", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_location: _TypeAlias = _typing.Literal["local", "s3", "url"]  # noqa: Y015
+    _WhichOneofReturnType_location: _TypeAlias = _typing.Literal["local", "s3", "url", "postgres", "spark"]  # noqa: Y015
     _WhichOneofArgType_location: _TypeAlias = _typing.Literal["location", b"location"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_location) -> _WhichOneofReturnType_location | None: ...
 
@@ -173,7 +250,7 @@ class DatasetDescriptor(_message.Message):
     version: _builtins.int
     """Version, bumped whenever the source or metadata changes (caches are keyed on it)."""
     format: Global___DataFormat.ValueType
-    """File format."""
+    """File format (DATA_FORMAT_TABLE for a PostgreSQL source)."""
     metadata_json: _builtins.str
     """Metadata in the SmartNoise-SQL YAML form used by Lomas, as JSON text (text keeps the column order,
     which a protobuf Struct does not).

@@ -349,6 +349,40 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     returned in full and nothing was released.
     Example: { "reason": "QUERY_CANCELLED", "domain": "lomas.mesh", "metadata": { "queryId": "..." } }
     """
+    ERROR_REASON_QUERY_KIND_UNSUPPORTED_BY_SOURCE: _ErrorReason.ValueType  # 76
+    """FAILED_PRECONDITION: The dataset's source cannot run this kind of query (an OpenDP query on a
+    PostgreSQL table, say); nothing was accessed and nothing charged.
+    Example: { "reason": "QUERY_KIND_UNSUPPORTED_BY_SOURCE", "domain": "lomas.mesh", "metadata": { "source": "postgres" } }
+    """
+    ERROR_REASON_DIFFPRIVLIB_PIPELINE_REFUSED: _ErrorReason.ValueType  # 77
+    """INVALID_ARGUMENT: The DiffPrivLib pipeline names a model, preprocessor or parameter the executor
+    never runs (not on its allow-list, a random_state, a data-dependent number of components...);
+    checked before any data access, nothing charged.
+    Example: { "reason": "DIFFPRIVLIB_PIPELINE_REFUSED", "domain": "lomas.mesh", "metadata": { "step": "...", "parameter": "..." } }
+    """
+    ERROR_REASON_DIFFPRIVLIB_PRIVACY_LEAK: _ErrorReason.ValueType  # 78
+    """INVALID_ARGUMENT: The DiffPrivLib pipeline would make DiffPrivLib infer bounds, a data norm or
+    the classes from the data (a privacy leak: DiffPrivLib's PrivacyLeakWarning); give them in the
+    pipeline. Checked before any data access (nothing charged); if DiffPrivLib still warns while it
+    trains, the run stops and the charge is kept.
+    Example: { "reason": "DIFFPRIVLIB_PRIVACY_LEAK", "domain": "lomas.mesh", "metadata": { "step": "...", "parameter": "..." } }
+    """
+    ERROR_REASON_SYNTHESIZER_REFUSED: _ErrorReason.ValueType  # 79
+    """INVALID_ARGUMENT: The SmartNoise-Synth synthesizer is unknown, not offered, or unreliable on
+    this dataset (too few rows for it, say); checked on the metadata alone, nothing charged.
+    Example: { "reason": "SYNTHESIZER_REFUSED", "domain": "lomas.mesh", "metadata": { "synthesizer": "..." } }
+    """
+    ERROR_REASON_HEAVY_POOL_UNAVAILABLE: _ErrorReason.ValueType  # 80
+    """FAILED_PRECONDITION: The query needs the heavy worker pool's optional dependencies (the GAN
+    synthesizers need PyTorch), which this platform does not have installed; nothing charged.
+    Example: { "reason": "HEAVY_POOL_UNAVAILABLE", "domain": "lomas.mesh", "metadata": { "pool": "heavy", "synthesizer": "..." } }
+    """
+    ERROR_REASON_QUERY_TIME_LIMIT_EXCEEDED: _ErrorReason.ValueType  # 81
+    """RESOURCE_EXHAUSTED: The query ran past its worker's time limit after touching the data; its cost
+    is charged, and sending it again with the same request id returns this same failure. (Unlike
+    QUERY_TIMEOUT, which says a release is not ready yet.)
+    Example: { "reason": "QUERY_TIME_LIMIT_EXCEEDED", "domain": "lomas.mesh", "metadata": { "queryId": "...", "chargedEpsilon": "1" } }
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the registry of every reason a Lomas mesh caller can receive in the
@@ -683,5 +717,39 @@ ERROR_REASON_QUERY_CANCELLED: ErrorReason.ValueType  # 75
 """CANCELLED: The caller cancelled the query before it touched the data; its reservation was
 returned in full and nothing was released.
 Example: { "reason": "QUERY_CANCELLED", "domain": "lomas.mesh", "metadata": { "queryId": "..." } }
+"""
+ERROR_REASON_QUERY_KIND_UNSUPPORTED_BY_SOURCE: ErrorReason.ValueType  # 76
+"""FAILED_PRECONDITION: The dataset's source cannot run this kind of query (an OpenDP query on a
+PostgreSQL table, say); nothing was accessed and nothing charged.
+Example: { "reason": "QUERY_KIND_UNSUPPORTED_BY_SOURCE", "domain": "lomas.mesh", "metadata": { "source": "postgres" } }
+"""
+ERROR_REASON_DIFFPRIVLIB_PIPELINE_REFUSED: ErrorReason.ValueType  # 77
+"""INVALID_ARGUMENT: The DiffPrivLib pipeline names a model, preprocessor or parameter the executor
+never runs (not on its allow-list, a random_state, a data-dependent number of components...);
+checked before any data access, nothing charged.
+Example: { "reason": "DIFFPRIVLIB_PIPELINE_REFUSED", "domain": "lomas.mesh", "metadata": { "step": "...", "parameter": "..." } }
+"""
+ERROR_REASON_DIFFPRIVLIB_PRIVACY_LEAK: ErrorReason.ValueType  # 78
+"""INVALID_ARGUMENT: The DiffPrivLib pipeline would make DiffPrivLib infer bounds, a data norm or
+the classes from the data (a privacy leak: DiffPrivLib's PrivacyLeakWarning); give them in the
+pipeline. Checked before any data access (nothing charged); if DiffPrivLib still warns while it
+trains, the run stops and the charge is kept.
+Example: { "reason": "DIFFPRIVLIB_PRIVACY_LEAK", "domain": "lomas.mesh", "metadata": { "step": "...", "parameter": "..." } }
+"""
+ERROR_REASON_SYNTHESIZER_REFUSED: ErrorReason.ValueType  # 79
+"""INVALID_ARGUMENT: The SmartNoise-Synth synthesizer is unknown, not offered, or unreliable on
+this dataset (too few rows for it, say); checked on the metadata alone, nothing charged.
+Example: { "reason": "SYNTHESIZER_REFUSED", "domain": "lomas.mesh", "metadata": { "synthesizer": "..." } }
+"""
+ERROR_REASON_HEAVY_POOL_UNAVAILABLE: ErrorReason.ValueType  # 80
+"""FAILED_PRECONDITION: The query needs the heavy worker pool's optional dependencies (the GAN
+synthesizers need PyTorch), which this platform does not have installed; nothing charged.
+Example: { "reason": "HEAVY_POOL_UNAVAILABLE", "domain": "lomas.mesh", "metadata": { "pool": "heavy", "synthesizer": "..." } }
+"""
+ERROR_REASON_QUERY_TIME_LIMIT_EXCEEDED: ErrorReason.ValueType  # 81
+"""RESOURCE_EXHAUSTED: The query ran past its worker's time limit after touching the data; its cost
+is charged, and sending it again with the same request id returns this same failure. (Unlike
+QUERY_TIMEOUT, which says a release is not ready yet.)
+Example: { "reason": "QUERY_TIME_LIMIT_EXCEEDED", "domain": "lomas.mesh", "metadata": { "queryId": "...", "chargedEpsilon": "1" } }
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

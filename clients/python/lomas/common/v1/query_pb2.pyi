@@ -191,7 +191,9 @@ Global___OpenDpQuery: _TypeAlias = OpenDpQuery  # noqa: Y015
 @_typing.final
 class DiffPrivLibQuery(_message.Message):
     """DiffPrivLibQuery trains a DiffPrivLib pipeline on the dataset and releases the fitted model's
-    parameters and its score on a held-out split. The pipeline is declarative JSON, never a pickle:
+    parameters (and, when `score_epsilon` pays for it, a DP score on a held-out split; a dummy run
+    releases the exact score of the public dummy data). The pipeline is declarative JSON, never a
+    pickle:
     {"steps": [{"name": "scaler", "type": "StandardScaler", "params": {"epsilon": 0.5, "bounds":
     [[30, 13], [65, 23]]}}, {"name": "classifier", "type": "LogisticRegression", "params": {...}}]}.
     Only allow-listed DiffPrivLib models and preprocessors are accepted; bounds and data norms must be
@@ -206,6 +208,7 @@ class DiffPrivLibQuery(_message.Message):
     TEST_SIZE_FIELD_NUMBER: _builtins.int
     TEST_TRAIN_SPLIT_SEED_FIELD_NUMBER: _builtins.int
     IMPUTER_STRATEGY_FIELD_NUMBER: _builtins.int
+    SCORE_EPSILON_FIELD_NUMBER: _builtins.int
     pipeline_json: _builtins.str
     """The pipeline, as JSON (see above)."""
     test_size: _builtins.str
@@ -214,6 +217,13 @@ class DiffPrivLibQuery(_message.Message):
     """Seed of the train/test split."""
     imputer_strategy: _builtins.str
     """How missing values are handled: "drop" (the default), "mean", "median" or "most_frequent"."""
+    score_epsilon: _builtins.str
+    """The epsilon spent on a DP score of the trained model on the held-out rows, as a decimal string;
+    empty or "0" releases no score (the score of private test rows without noise is not DP). It is
+    charged on top of the steps' epsilon (pure DP). Classifiers only: their accuracy, a noisy count
+    of correct predictions over a noisy count of test rows (integer Laplace noise, each with half of
+    this epsilon), clipped to [0, 1]; for other models a positive value is INVALID_ARGUMENT.
+    """
     @_builtins.property
     def feature_columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Feature columns, in the order the pipeline sees them."""
@@ -231,10 +241,11 @@ class DiffPrivLibQuery(_message.Message):
         test_size: _builtins.str = ...,
         test_train_split_seed: _builtins.int = ...,
         imputer_strategy: _builtins.str = ...,
+        score_epsilon: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_columns", b"feature_columns", "imputer_strategy", b"imputer_strategy", "pipeline_json", b"pipeline_json", "target_columns", b"target_columns", "test_size", b"test_size", "test_train_split_seed", b"test_train_split_seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_columns", b"feature_columns", "imputer_strategy", b"imputer_strategy", "pipeline_json", b"pipeline_json", "score_epsilon", b"score_epsilon", "target_columns", b"target_columns", "test_size", b"test_size", "test_train_split_seed", b"test_train_split_seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -260,7 +271,8 @@ class SmartnoiseSynthQuery(_message.Message):
     NB_SAMPLES_FIELD_NUMBER: _builtins.int
     synth_name: _builtins.str
     """Synthesizer name, as SmartNoise-Synth spells it: "mwem", "aim", "mst", and on the heavy pool
-    "dpctgan", "patectgan", "pategan", "dpgan".
+    "patectgan", "pategan" ("dpctgan" and "dpgan" are refused: their accountant misreports the
+    privacy spent).
     """
     epsilon: _builtins.str
     """Epsilon, as a decimal string."""

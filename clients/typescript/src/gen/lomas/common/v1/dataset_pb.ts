@@ -11,7 +11,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file lomas/common/v1/dataset.proto.
  */
 export const file_lomas_common_v1_dataset: GenFile = /*@__PURE__*/
-  fileDesc("Ch1sb21hcy9jb21tb24vdjEvZGF0YXNldC5wcm90bxIPbG9tYXMuY29tbW9uLnYxIiEKC0xvY2FsU291cmNlEhIKBHBhdGgYASABKAlCBOJBAQIibwoIUzNTb3VyY2USFAoGYnVja2V0GAEgASgJQgTiQQECEhEKA2tleRgCIAEoCUIE4kEBAhIaCgxlbmRwb2ludF91cmwYAyABKAlCBOJBAQESHgoQY3JlZGVudGlhbHNfbmFtZRgEIAEoCUIE4kEBASIeCglVcmxTb3VyY2USEQoDdXJsGAEgASgJQgTiQQECIq0BCgpEYXRhU291cmNlEjMKBWxvY2FsGAEgASgLMhwubG9tYXMuY29tbW9uLnYxLkxvY2FsU291cmNlQgTiQQEBSAASLQoCczMYAiABKAsyGS5sb21hcy5jb21tb24udjEuUzNTb3VyY2VCBOJBAQFIABIvCgN1cmwYAyABKAsyGi5sb21hcy5jb21tb24udjEuVXJsU291cmNlQgTiQQEBSABCCgoIbG9jYXRpb24i0QEKEURhdGFzZXREZXNjcmlwdG9yEhIKBG5hbWUYASABKAlCBOJBAQISFQoHdmVyc2lvbhgCIAEoA0IE4kEBAxIxCgZzb3VyY2UYAyABKAsyGy5sb21hcy5jb21tb24udjEuRGF0YVNvdXJjZUIE4kEBAhIxCgZmb3JtYXQYBCABKA4yGy5sb21hcy5jb21tb24udjEuRGF0YUZvcm1hdEIE4kEBAhIbCg1tZXRhZGF0YV9qc29uGAYgASgJQgTiQQECSgQIBRAGUghtZXRhZGF0YSpXCgpEYXRhRm9ybWF0EhsKF0RBVEFfRk9STUFUX1VOU1BFQ0lGSUVEEAASEwoPREFUQV9GT1JNQVRfQ1NWEAESFwoTREFUQV9GT1JNQVRfUEFSUVVFVBACYgZwcm90bzM", [file_google_api_field_behavior]);
+  fileDesc("Ch1sb21hcy9jb21tb24vdjEvZGF0YXNldC5wcm90bxIPbG9tYXMuY29tbW9uLnYxIiEKC0xvY2FsU291cmNlEhIKBHBhdGgYASABKAlCBOJBAQIibwoIUzNTb3VyY2USFAoGYnVja2V0GAEgASgJQgTiQQECEhEKA2tleRgCIAEoCUIE4kEBAhIaCgxlbmRwb2ludF91cmwYAyABKAlCBOJBAQESHgoQY3JlZGVudGlhbHNfbmFtZRgEIAEoCUIE4kEBASIeCglVcmxTb3VyY2USEQoDdXJsGAEgASgJQgTiQQECIlsKDlBvc3RncmVzU291cmNlEh4KEGNyZWRlbnRpYWxzX25hbWUYASABKAlCBOJBAQISFAoGc2NoZW1hGAIgASgJQgTiQQECEhMKBXRhYmxlGAMgASgJQgTiQQECIiEKC1NwYXJrU291cmNlEhIKBHBhdGgYASABKAlCBOJBAQIinQIKCkRhdGFTb3VyY2USMwoFbG9jYWwYASABKAsyHC5sb21hcy5jb21tb24udjEuTG9jYWxTb3VyY2VCBOJBAQFIABItCgJzMxgCIAEoCzIZLmxvbWFzLmNvbW1vbi52MS5TM1NvdXJjZUIE4kEBAUgAEi8KA3VybBgDIAEoCzIaLmxvbWFzLmNvbW1vbi52MS5VcmxTb3VyY2VCBOJBAQFIABI5Cghwb3N0Z3JlcxgEIAEoCzIfLmxvbWFzLmNvbW1vbi52MS5Qb3N0Z3Jlc1NvdXJjZUIE4kEBAUgAEjMKBXNwYXJrGAUgASgLMhwubG9tYXMuY29tbW9uLnYxLlNwYXJrU291cmNlQgTiQQEBSABCCgoIbG9jYXRpb24i0QEKEURhdGFzZXREZXNjcmlwdG9yEhIKBG5hbWUYASABKAlCBOJBAQISFQoHdmVyc2lvbhgCIAEoA0IE4kEBAxIxCgZzb3VyY2UYAyABKAsyGy5sb21hcy5jb21tb24udjEuRGF0YVNvdXJjZUIE4kEBAhIxCgZmb3JtYXQYBCABKA4yGy5sb21hcy5jb21tb24udjEuRGF0YUZvcm1hdEIE4kEBAhIbCg1tZXRhZGF0YV9qc29uGAYgASgJQgTiQQECSgQIBRAGUghtZXRhZGF0YSpuCgpEYXRhRm9ybWF0EhsKF0RBVEFfRk9STUFUX1VOU1BFQ0lGSUVEEAASEwoPREFUQV9GT1JNQVRfQ1NWEAESFwoTREFUQV9GT1JNQVRfUEFSUVVFVBACEhUKEURBVEFfRk9STUFUX1RBQkxFEANiBnByb3RvMw", [file_google_api_field_behavior]);
 
 /**
  * LocalSource is a file on the executor workers' file system.
@@ -98,6 +98,67 @@ export const UrlSourceSchema: GenMessage<UrlSource> = /*@__PURE__*/
   messageDesc(file_lomas_common_v1_dataset, 2);
 
 /**
+ * PostgresSource is a table or view in a PostgreSQL database. Queries run in the database: only
+ * aggregates come back to the workers.
+ *
+ * @generated from message lomas.common.v1.PostgresSource
+ */
+export type PostgresSource = Message<"lomas.common.v1.PostgresSource"> & {
+  /**
+   * Name of the connection credentials (host, port, database, role, password) in the workers'
+   * secrets; the connection details themselves are never stored here. The role should be allowed
+   * to SELECT on this table only.
+   *
+   * @generated from field: string credentials_name = 1;
+   */
+  credentialsName: string;
+
+  /**
+   * Schema of the table, for example "public".
+   *
+   * @generated from field: string schema = 2;
+   */
+  schema: string;
+
+  /**
+   * Name of the table or view.
+   *
+   * @generated from field: string table = 3;
+   */
+  table: string;
+};
+
+/**
+ * Describes the message lomas.common.v1.PostgresSource.
+ * Use `create(PostgresSourceSchema)` to create a new message.
+ */
+export const PostgresSourceSchema: GenMessage<PostgresSource> = /*@__PURE__*/
+  messageDesc(file_lomas_common_v1_dataset, 3);
+
+/**
+ * SparkSource is a folder of Parquet files that the workers read with Apache Spark (a local Spark
+ * on each worker, or the cluster that the workers' Spark settings name).
+ *
+ * @generated from message lomas.common.v1.SparkSource
+ */
+export type SparkSource = Message<"lomas.common.v1.SparkSource"> & {
+  /**
+   * The folder: a path on the workers' file system, or a URI that the Spark cluster reads
+   * (hdfs://, s3a://...).
+   *
+   * @generated from field: string path = 1;
+   */
+  path: string;
+};
+
+/**
+ * Describes the message lomas.common.v1.SparkSource.
+ * Use `create(SparkSourceSchema)` to create a new message.
+ */
+export const SparkSourceSchema: GenMessage<SparkSource> = /*@__PURE__*/
+  messageDesc(file_lomas_common_v1_dataset, 4);
+
+/**
  * DataSource says where a dataset lives.
  *
  * @generated from message lomas.common.v1.DataSource
@@ -132,6 +193,22 @@ export type DataSource = Message<"lomas.common.v1.DataSource"> & {
      */
     value: UrlSource;
     case: "url";
+  } | {
+    /**
+     * A PostgreSQL table or view (format DATA_FORMAT_TABLE).
+     *
+     * @generated from field: lomas.common.v1.PostgresSource postgres = 4;
+     */
+    value: PostgresSource;
+    case: "postgres";
+  } | {
+    /**
+     * A folder of Parquet files read by Spark (format DATA_FORMAT_PARQUET).
+     *
+     * @generated from field: lomas.common.v1.SparkSource spark = 5;
+     */
+    value: SparkSource;
+    case: "spark";
   } | { case: undefined; value?: undefined };
 };
 
@@ -140,7 +217,7 @@ export type DataSource = Message<"lomas.common.v1.DataSource"> & {
  * Use `create(DataSourceSchema)` to create a new message.
  */
 export const DataSourceSchema: GenMessage<DataSource> = /*@__PURE__*/
-  messageDesc(file_lomas_common_v1_dataset, 3);
+  messageDesc(file_lomas_common_v1_dataset, 5);
 
 /**
  * DatasetDescriptor is what an executor needs to run queries on a dataset.
@@ -170,7 +247,7 @@ export type DatasetDescriptor = Message<"lomas.common.v1.DatasetDescriptor"> & {
   source?: DataSource | undefined;
 
   /**
-   * File format.
+   * File format (DATA_FORMAT_TABLE for a PostgreSQL source).
    *
    * @generated from field: lomas.common.v1.DataFormat format = 4;
    */
@@ -190,7 +267,7 @@ export type DatasetDescriptor = Message<"lomas.common.v1.DatasetDescriptor"> & {
  * Use `create(DatasetDescriptorSchema)` to create a new message.
  */
 export const DatasetDescriptorSchema: GenMessage<DatasetDescriptor> = /*@__PURE__*/
-  messageDesc(file_lomas_common_v1_dataset, 4);
+  messageDesc(file_lomas_common_v1_dataset, 6);
 
 /**
  * DataFormat is the file format of a dataset.
@@ -213,11 +290,18 @@ export enum DataFormat {
   CSV = 1,
 
   /**
-   * Apache Parquet.
+   * Apache Parquet (one file, or for a Spark source a folder of files).
    *
    * @generated from enum value: DATA_FORMAT_PARQUET = 2;
    */
   PARQUET = 2,
+
+  /**
+   * The rows of a database table or view (a PostgreSQL source): no file format.
+   *
+   * @generated from enum value: DATA_FORMAT_TABLE = 3;
+   */
+  TABLE = 3,
 }
 
 /**

@@ -11,7 +11,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file lomas/common/v1/query.proto.
  */
 export const file_lomas_common_v1_query: GenFile = /*@__PURE__*/
-  fileDesc("Chtsb21hcy9jb21tb24vdjEvcXVlcnkucHJvdG8SD2xvbWFzLmNvbW1vbi52MSKFAgoSU21hcnRub2lzZVNxbFF1ZXJ5EhEKA3NxbBgBIAEoCUIE4kEBAhIVCgdlcHNpbG9uGAIgASgJQgTiQQECEhMKBWRlbHRhGAMgASgJQgTiQQECEk0KCm1lY2hhbmlzbXMYBCADKAsyMy5sb21hcy5jb21tb24udjEuU21hcnRub2lzZVNxbFF1ZXJ5Lk1lY2hhbmlzbXNFbnRyeUIE4kEBARIeCgtwb3N0cHJvY2VzcxgFIAEoCEIE4kEBAUgAiAEBGjEKD01lY2hhbmlzbXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQg4KDF9wb3N0cHJvY2VzcyKcAQoRT3BlbkRwUG9sYXJzUXVlcnkSFwoJcGxhbl9qc29uGAEgASgJQgTiQQECEjkKCW1lY2hhbmlzbRgCIAEoDjIgLmxvbWFzLmNvbW1vbi52MS5PcGVuRHBNZWNoYW5pc21CBOJBAQESGgoMZ2xvYmFsX3NjYWxlGAMgASgJQgTiQQEBEhcKCXRocmVzaG9sZBgEIAEoA0IE4kEBASKSAQoLT3BlbkRwUXVlcnkSIAoQbWVhc3VyZW1lbnRfanNvbhgBIAEoCUIE4kEBAUgAEjoKBnBvbGFycxgCIAEoCzIiLmxvbWFzLmNvbW1vbi52MS5PcGVuRHBQb2xhcnNRdWVyeUIE4kEBAUgAEhkKC2ZpeGVkX2RlbHRhGAMgASgJQgTiQQEBQgoKCHBpcGVsaW5lIsoBChBEaWZmUHJpdkxpYlF1ZXJ5EhsKDXBpcGVsaW5lX2pzb24YASABKAlCBOJBAQISHQoPZmVhdHVyZV9jb2x1bW5zGAIgAygJQgTiQQECEhwKDnRhcmdldF9jb2x1bW5zGAMgAygJQgTiQQEBEhcKCXRlc3Rfc2l6ZRgEIAEoCUIE4kEBARIjChV0ZXN0X3RyYWluX3NwbGl0X3NlZWQYBSABKANCBOJBAQESHgoQaW1wdXRlcl9zdHJhdGVneRgGIAEoCUIE4kEBASKfAgoUU21hcnRub2lzZVN5bnRoUXVlcnkSGAoKc3ludGhfbmFtZRgBIAEoCUIE4kEBAhIVCgdlcHNpbG9uGAIgASgJQgTiQQECEhMKBWRlbHRhGAMgASgJQgTiQQEBEhkKC3NlbGVjdF9jb2xzGAQgAygJQgTiQQEBEh8KEXN5bnRoX3BhcmFtc19qc29uGAUgASgJQgTiQQEBEhYKCG51bGxhYmxlGAYgASgIQgTiQQEBEh4KEGNvbnN0cmFpbnRzX2pzb24YByABKAlCBOJBAQESGgoMcmV0dXJuX21vZGVsGAggASgIQgTiQQEBEhcKCWNvbmRpdGlvbhgJIAEoCUIE4kEBARIYCgpuYl9zYW1wbGVzGAogASgDQgTiQQEBIpMCCgVRdWVyeRJDCg5zbWFydG5vaXNlX3NxbBgBIAEoCzIjLmxvbWFzLmNvbW1vbi52MS5TbWFydG5vaXNlU3FsUXVlcnlCBOJBAQFIABI0CgZvcGVuZHAYAiABKAsyHC5sb21hcy5jb21tb24udjEuT3BlbkRwUXVlcnlCBOJBAQFIABI+CgtkaWZmcHJpdmxpYhgDIAEoCzIhLmxvbWFzLmNvbW1vbi52MS5EaWZmUHJpdkxpYlF1ZXJ5QgTiQQEBSAASRwoQc21hcnRub2lzZV9zeW50aBgEIAEoCzIlLmxvbWFzLmNvbW1vbi52MS5TbWFydG5vaXNlU3ludGhRdWVyeUIE4kEBAUgAQgYKBGtpbmQiXAoOQ29sdW1uQWNjdXJhY3kSFAoGY29sdW1uGAEgASgJQgTiQQEDEhgKCmhhbGZfd2lkdGgYAiABKAlCBOJBAQMSGgoMZGlzdHJpYnV0aW9uGAMgASgJQgTiQQEDKnMKD09wZW5EcE1lY2hhbmlzbRIhCh1PUEVOX0RQX01FQ0hBTklTTV9VTlNQRUNJRklFRBAAEh0KGU9QRU5fRFBfTUVDSEFOSVNNX0xBUExBQ0UQARIeChpPUEVOX0RQX01FQ0hBTklTTV9HQVVTU0lBThACYgZwcm90bzM", [file_google_api_field_behavior]);
+  fileDesc("Chtsb21hcy9jb21tb24vdjEvcXVlcnkucHJvdG8SD2xvbWFzLmNvbW1vbi52MSKFAgoSU21hcnRub2lzZVNxbFF1ZXJ5EhEKA3NxbBgBIAEoCUIE4kEBAhIVCgdlcHNpbG9uGAIgASgJQgTiQQECEhMKBWRlbHRhGAMgASgJQgTiQQECEk0KCm1lY2hhbmlzbXMYBCADKAsyMy5sb21hcy5jb21tb24udjEuU21hcnRub2lzZVNxbFF1ZXJ5Lk1lY2hhbmlzbXNFbnRyeUIE4kEBARIeCgtwb3N0cHJvY2VzcxgFIAEoCEIE4kEBAUgAiAEBGjEKD01lY2hhbmlzbXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQg4KDF9wb3N0cHJvY2VzcyKcAQoRT3BlbkRwUG9sYXJzUXVlcnkSFwoJcGxhbl9qc29uGAEgASgJQgTiQQECEjkKCW1lY2hhbmlzbRgCIAEoDjIgLmxvbWFzLmNvbW1vbi52MS5PcGVuRHBNZWNoYW5pc21CBOJBAQESGgoMZ2xvYmFsX3NjYWxlGAMgASgJQgTiQQEBEhcKCXRocmVzaG9sZBgEIAEoA0IE4kEBASKSAQoLT3BlbkRwUXVlcnkSIAoQbWVhc3VyZW1lbnRfanNvbhgBIAEoCUIE4kEBAUgAEjoKBnBvbGFycxgCIAEoCzIiLmxvbWFzLmNvbW1vbi52MS5PcGVuRHBQb2xhcnNRdWVyeUIE4kEBAUgAEhkKC2ZpeGVkX2RlbHRhGAMgASgJQgTiQQEBQgoKCHBpcGVsaW5lIucBChBEaWZmUHJpdkxpYlF1ZXJ5EhsKDXBpcGVsaW5lX2pzb24YASABKAlCBOJBAQISHQoPZmVhdHVyZV9jb2x1bW5zGAIgAygJQgTiQQECEhwKDnRhcmdldF9jb2x1bW5zGAMgAygJQgTiQQEBEhcKCXRlc3Rfc2l6ZRgEIAEoCUIE4kEBARIjChV0ZXN0X3RyYWluX3NwbGl0X3NlZWQYBSABKANCBOJBAQESHgoQaW1wdXRlcl9zdHJhdGVneRgGIAEoCUIE4kEBARIbCg1zY29yZV9lcHNpbG9uGAcgASgJQgTiQQEBIp8CChRTbWFydG5vaXNlU3ludGhRdWVyeRIYCgpzeW50aF9uYW1lGAEgASgJQgTiQQECEhUKB2Vwc2lsb24YAiABKAlCBOJBAQISEwoFZGVsdGEYAyABKAlCBOJBAQESGQoLc2VsZWN0X2NvbHMYBCADKAlCBOJBAQESHwoRc3ludGhfcGFyYW1zX2pzb24YBSABKAlCBOJBAQESFgoIbnVsbGFibGUYBiABKAhCBOJBAQESHgoQY29uc3RyYWludHNfanNvbhgHIAEoCUIE4kEBARIaCgxyZXR1cm5fbW9kZWwYCCABKAhCBOJBAQESFwoJY29uZGl0aW9uGAkgASgJQgTiQQEBEhgKCm5iX3NhbXBsZXMYCiABKANCBOJBAQEikwIKBVF1ZXJ5EkMKDnNtYXJ0bm9pc2Vfc3FsGAEgASgLMiMubG9tYXMuY29tbW9uLnYxLlNtYXJ0bm9pc2VTcWxRdWVyeUIE4kEBAUgAEjQKBm9wZW5kcBgCIAEoCzIcLmxvbWFzLmNvbW1vbi52MS5PcGVuRHBRdWVyeUIE4kEBAUgAEj4KC2RpZmZwcml2bGliGAMgASgLMiEubG9tYXMuY29tbW9uLnYxLkRpZmZQcml2TGliUXVlcnlCBOJBAQFIABJHChBzbWFydG5vaXNlX3N5bnRoGAQgASgLMiUubG9tYXMuY29tbW9uLnYxLlNtYXJ0bm9pc2VTeW50aFF1ZXJ5QgTiQQEBSABCBgoEa2luZCJcCg5Db2x1bW5BY2N1cmFjeRIUCgZjb2x1bW4YASABKAlCBOJBAQMSGAoKaGFsZl93aWR0aBgCIAEoCUIE4kEBAxIaCgxkaXN0cmlidXRpb24YAyABKAlCBOJBAQMqcwoPT3BlbkRwTWVjaGFuaXNtEiEKHU9QRU5fRFBfTUVDSEFOSVNNX1VOU1BFQ0lGSUVEEAASHQoZT1BFTl9EUF9NRUNIQU5JU01fTEFQTEFDRRABEh4KGk9QRU5fRFBfTUVDSEFOSVNNX0dBVVNTSUFOEAJiBnByb3RvMw", [file_google_api_field_behavior]);
 
 /**
  * SmartnoiseSqlQuery is a DP SQL query run by SmartNoise-SQL. The SQL names the table `df`, as in Lomas.
@@ -158,7 +158,9 @@ export const OpenDpQuerySchema: GenMessage<OpenDpQuery> = /*@__PURE__*/
 
 /**
  * DiffPrivLibQuery trains a DiffPrivLib pipeline on the dataset and releases the fitted model's
- * parameters and its score on a held-out split. The pipeline is declarative JSON, never a pickle:
+ * parameters (and, when `score_epsilon` pays for it, a DP score on a held-out split; a dummy run
+ * releases the exact score of the public dummy data). The pipeline is declarative JSON, never a
+ * pickle:
  * {"steps": [{"name": "scaler", "type": "StandardScaler", "params": {"epsilon": 0.5, "bounds":
  * [[30, 13], [65, 23]]}}, {"name": "classifier", "type": "LogisticRegression", "params": {...}}]}.
  * Only allow-listed DiffPrivLib models and preprocessors are accepted; bounds and data norms must be
@@ -208,6 +210,17 @@ export type DiffPrivLibQuery = Message<"lomas.common.v1.DiffPrivLibQuery"> & {
    * @generated from field: string imputer_strategy = 6;
    */
   imputerStrategy: string;
+
+  /**
+   * The epsilon spent on a DP score of the trained model on the held-out rows, as a decimal string;
+   * empty or "0" releases no score (the score of private test rows without noise is not DP). It is
+   * charged on top of the steps' epsilon (pure DP). Classifiers only: their accuracy, a noisy count
+   * of correct predictions over a noisy count of test rows (integer Laplace noise, each with half of
+   * this epsilon), clipped to [0, 1]; for other models a positive value is INVALID_ARGUMENT.
+   *
+   * @generated from field: string score_epsilon = 7;
+   */
+  scoreEpsilon: string;
 };
 
 /**
@@ -226,7 +239,8 @@ export const DiffPrivLibQuerySchema: GenMessage<DiffPrivLibQuery> = /*@__PURE__*
 export type SmartnoiseSynthQuery = Message<"lomas.common.v1.SmartnoiseSynthQuery"> & {
   /**
    * Synthesizer name, as SmartNoise-Synth spells it: "mwem", "aim", "mst", and on the heavy pool
-   * "dpctgan", "patectgan", "pategan", "dpgan".
+   * "patectgan", "pategan" ("dpctgan" and "dpgan" are refused: their accountant misreports the
+   * privacy spent).
    *
    * @generated from field: string synth_name = 1;
    */
