@@ -201,9 +201,10 @@ def test_a_task_the_queue_lost_is_sent_again_and_the_query_completes_once(
 
 
 def test_time_and_memory_limits_keep_the_charge_and_workers_are_recycled(tmp_path: Path) -> None:
-    slow = write_slow_dataset(tmp_path / "slow.csv", 1_000_000)
+    slow = write_slow_dataset(tmp_path / "slow.csv", 2_000_000)
     env = {
-        # Soft limit 2 s: loading and preparing a million rows takes longer.
+        # Soft limit 2 s: loading and preparing two million rows takes longer (one million once
+        # finished in time on a quiet machine).
         "LOMAS_TASK_TIME_LIMIT_SECONDS": "7",
         "LOMAS_QUEUE_VISIBILITY_TIMEOUT_SECONDS": "10",
         "LOMAS_WORKER_MAX_TASKS_PER_CHILD": "1",
