@@ -260,6 +260,30 @@ def test_asking_the_same_query_again_is_a_free_replay_and_fresh_pays_for_new_noi
     assert len(client.get_previous_queries()) == 3
 
 
+def test_an_administrators_change_holds_from_the_next_call(platform: RunningMesh) -> None:
+    """The gateway keeps grants it read (access.py) only until an administrator writes: a revoked
+    grant is refused, and a cached cost estimate with it, on the very next call."""
+    name = f"revoked-{uuid.uuid4().hex[:8]}"
+    with platform.admin() as admin:
+        admin.add_user(name)
+        admin.grant(name, demo.DATASET, approx_dp("3", "0.001"))
+    with platform.client(name) as client:
+        for _ in range(3):  # read once, then kept
+            client.get_dataset_metadata()
+            client.smartnoise_sql.cost(COUNT, epsilon=0.5, delta=0)
+        with platform.admin() as admin:
+            admin.revoke(name, demo.DATASET)
+        with pytest.raises(AccessDenied) as metadata:
+            client.get_dataset_metadata()
+        assert_refused(metadata.value, "PERMISSION_DENIED", "DATASET_ACCESS_DENIED")
+        with pytest.raises(AccessDenied) as estimate:
+            client.smartnoise_sql.cost(COUNT, epsilon=0.5, delta=0)
+        assert_refused(estimate.value, "PERMISSION_DENIED", "DATASET_ACCESS_DENIED")
+        with platform.admin() as admin:
+            admin.grant(name, demo.DATASET, approx_dp("3", "0.001"))
+        client.smartnoise_sql.cost(COUNT, epsilon=0.5, delta=0)
+
+
 def test_may_query_and_the_ledger_freeze_are_one_switch(platform: RunningMesh) -> None:
     """A user created unable to query (Lomas `may_query: false`) is frozen in the ledger too;
     unfreezing lets them query, freezing stops them again, and the user record follows."""

@@ -94,6 +94,20 @@ class CallOutcome:
 
 Observer = Callable[[CallOutcome], Awaitable[None]]
 
+
+def observe_all(*observers: Observer) -> Observer:
+    """One observer that runs `observers` in order, each even when one before it failed."""
+
+    async def observe(outcome: CallOutcome) -> None:
+        for observer in observers:
+            try:
+                await observer(outcome)
+            except Exception:
+                log.exception("observer failed for %s", outcome.method)
+
+    return observe
+
+
 UNDECODABLE_REASON = "REQUEST_UNDECODABLE"
 
 

@@ -75,7 +75,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         return gateway_pb2.GetDatasetMetadataResponse(metadata_json=access.dataset.metadata_json)
 
     # Free calls (dummy dataset, cost estimate, dummy query) are rate-limited like every call
-    # (GatewayGuard) and hold one of the caller's free-call slots while they run.
+    # (GatewayGuard) and hold one of the caller's free-call slots while they run (a cost the
+    # gateway already knows is no work: it needs no slot).
 
     async def GetDummyDataset(
         self, request: gateway_pb2.GetDummyDatasetRequest, context: Context
@@ -96,9 +97,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.EstimateQueryCostRequest, context: Context
     ) -> gateway_pb2.EstimateQueryCostResponse:
         subject = current_caller().subject
-        async with self._limits.free_call_slot(subject):
-            access = await self._lifecycle.authorize(subject, request.dataset)
-            cost = await self._lifecycle.estimate_cost(subject, access.dataset, request.query)
+        access = await self._lifecycle.authorize(subject, request.dataset)
+        cost = self._lifecycle.known_cost(subject, access.dataset, request.query)
+        if cost is None:
+            async with self._limits.free_call_slot(subject):
+                cost = await self._lifecycle.estimate_cost(subject, access.dataset, request.query)
         return gateway_pb2.EstimateQueryCostResponse(cost=cost)
 
     async def EstimateQueryAccuracy(

@@ -70,6 +70,7 @@ from lomas_common.privacy import format_decimal
 from lomas_common.queue import EXECUTE_QUERY_TASK
 from lomas_common.rpc_errors import RemoteError
 from lomas_common.telemetry import publishing
+from lomas_gateway.access import AccessCache
 from lomas_gateway.claims import LANDED, QueryFlights, RequestClaims, request_id_reused
 from lomas_gateway.completion import Completion, CompletionWaiter
 from lomas_gateway.lost_tasks import LostTaskFinder
@@ -169,8 +170,10 @@ class QueryLifecycle:
         lost_tasks: LostTaskFinder,
         claims: RequestClaims,
         flights: QueryFlights,
+        access: AccessCache,
     ) -> None:
         self._settings = settings
+        self._access = access
         self._peers = peers
         self._celery = celery
         self._waiter = waiter
@@ -184,21 +187,30 @@ class QueryLifecycle:
     async def authorize(
         self, subject: str, dataset: str
     ) -> admin_store_pb2.AuthorizeDatasetAccessResponse:
-        """The caller's grant on the dataset, or DATASET_ACCESS_DENIED (also for unknown datasets)."""
+        """The caller's grant on the dataset, or DATASET_ACCESS_DENIED (also for unknown datasets);
+        read again only after an administrator changed something (`access.AccessCache`)."""
         if not dataset:
             raise InvalidArgument("dataset must be set", reason="DATASET_REQUIRED")
-        try:
-            access: admin_store_pb2.AuthorizeDatasetAccessResponse = await self._peers.admin.call(
-                "AuthorizeDatasetAccess",
-                admin_store_pb2.AuthorizeDatasetAccessRequest(user=subject, dataset=dataset),
-            )
-        except RemoteError as error:
-            if error.code in (Code.NOT_FOUND, Code.PERMISSION_DENIED):
-                raise DatasetAccessDenied(
-                    f"no access to dataset {dataset!r}", metadata={"dataset": dataset}
-                ) from None
-            raise
-        return access
+
+        async def read() -> admin_store_pb2.AuthorizeDatasetAccessResponse:
+            try:
+                access: admin_store_pb2.AuthorizeDatasetAccessResponse = (
+                    await self._peers.admin.call(
+                        "AuthorizeDatasetAccess",
+                        admin_store_pb2.AuthorizeDatasetAccessRequest(
+                            user=subject, dataset=dataset
+                        ),
+                    )
+                )
+            except RemoteError as error:
+                if error.code in (Code.NOT_FOUND, Code.PERMISSION_DENIED):
+                    raise DatasetAccessDenied(
+                        f"no access to dataset {dataset!r}", metadata={"dataset": dataset}
+                    ) from None
+                raise
+            return access
+
+        return await self._access.authorize(subject, dataset, read)
 
     def check_query(self, query: query_pb2.Query) -> None:
         kind = query.WhichOneof("kind")
@@ -221,6 +233,15 @@ class QueryLifecycle:
                 reason="DUMMY_ROWS_OUT_OF_RANGE",
             )
         return rows
+
+    def known_cost(
+        self, subject: str, descriptor: dataset_pb2.DatasetDescriptor, query: query_pb2.Query
+    ) -> privacy_pb2.PrivacyLoss | None:
+        """The cost of a query this caller had priced on this dataset version before, if any (no
+        work: a repeated estimate needs no free-call slot)."""
+        self.check_query(query)
+        priced = self._pricer.known(subject, descriptor, query)
+        return None if priced is None else priced.cost
 
     async def estimate_cost(
         self, subject: str, descriptor: dataset_pb2.DatasetDescriptor, query: query_pb2.Query

@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
 from lomas_common.errors import BackendUnavailable, RateLimited, TooManyConcurrentQueries
+from lomas_gateway.access import generation_key, new_generation
 
 # How long a free call may hold its slot if its gateway dies (the counter's safety expiry).
 FREE_CALL_SLOT_TTL_SECONDS = 600
@@ -101,23 +102,28 @@ class UserLimits:
     def __init__(self, redis_url: str, prefix: str, settings: LimitSettings) -> None:
         self._redis = aioredis.Redis.from_url(redis_url)
         self._prefix = prefix
+        self._generation_key = generation_key(prefix)
         self._settings = settings
         self._padding = ResponsePadding(
             settings.response_min_seconds, settings.response_quantum_seconds
         )
 
-    async def check_rate(self, subject: str) -> None:
+    async def admit(self, subject: str) -> str:
+        """Count one call of the subject against its request rate (RATE_LIMITED past it) and
+        read the access generation (`access.py`) in the same round trip; returns the generation
+        (set to a new one first if Redis has none)."""
         limit = self._settings.requests_per_second
-        if limit <= 0:
-            return
-        key = f"{self._prefix}:rate:{subject}:{int(time.time())}"
+        rate_key = f"{self._prefix}:rate:{subject}:{int(time.time())}"
         with _redis_unavailable():
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.incr(key)
-                pipe.expire(key, 2)
-                count, _ = await pipe.execute()
-        if int(count) > limit:
+                pipe.incr(rate_key)
+                pipe.expire(rate_key, 2)
+                pipe.set(self._generation_key, new_generation(), nx=True)
+                pipe.get(self._generation_key)
+                count, _, _, generation = await pipe.execute()
+        if 0 < limit < int(count):
             raise RateLimited(f"more than {limit} requests per second", retry_after_seconds=1.0)
+        return generation.decode() if isinstance(generation, bytes) else str(generation)
 
     def _inflight_key(self, subject: str) -> str:
         return f"{self._prefix}:inflight:{subject}"

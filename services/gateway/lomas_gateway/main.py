@@ -11,9 +11,11 @@ from lomas_common.server import (
     RunningServer,
     Service,
     configure_logging,
+    observe_all,
     serve_until_signalled,
     start_server,
 )
+from lomas_gateway.access import AccessCache
 from lomas_gateway.api import AdminServicer, GatewayServicer
 from lomas_gateway.audit import AuditTrail
 from lomas_gateway.auth import make_authenticator
@@ -44,6 +46,11 @@ class Gateway:
         )
         self.celery = make_celery_app(settings.queue)
         self.limits = UserLimits(settings.queue.broker_url, settings.queue.prefix, settings.limits)
+        self.access = AccessCache(
+            settings.queue.broker_url,
+            settings.queue.prefix,
+            max_age_seconds=settings.access_cache_seconds,
+        )
         self.audit = AuditTrail(self.peers.admin)
         self.server: RunningServer | None = None
         self.jobs: QueryJobs | None = None
@@ -58,6 +65,7 @@ class Gateway:
             self.lost_tasks,
             self.claims,
             self.flights,
+            self.access,
         )
         self.jobs = QueryJobs(self.settings, lifecycle, self.peers, self.waiter, self.lost_tasks)
         log.info("authentication: %s", self.settings.auth.describe())
@@ -78,7 +86,7 @@ class Gateway:
             authenticator=GatewayGuard(
                 make_authenticator(self.settings.auth), Authorizer(self.peers.admin), self.limits
             ),
-            observer=self.audit.observe,
+            observer=observe_all(self.audit.observe, self.access.observe),
             # The public services report NOT_SERVING while a peer they need is down.
             dependencies=[self.peers.admin, self.peers.budget, self.peers.executor],
         )
@@ -93,6 +101,7 @@ class Gateway:
         await self.claims.close()
         await self.flights.close()
         await self.limits.close()
+        await self.access.close()
         await self.peers.close()
         self.celery.close()
 

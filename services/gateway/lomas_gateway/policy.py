@@ -13,6 +13,7 @@ from lomas_common.errors import AdminRoleRequired, PermissionDenied
 from lomas_common.peers import AsyncPeer
 from lomas_common.rpc_errors import RemoteError
 from lomas_common.server import Authenticator
+from lomas_gateway.access import admitted_generation
 from lomas_gateway.auth import current_caller
 from lomas_gateway.limits import UserLimits
 
@@ -81,7 +82,8 @@ class Authorizer:
 
 class GatewayGuard(Authenticator):
     """Runs before every public handler: who is calling (the identity authenticator), whether they are
-    within their request rate, and whether the method's rule lets them in."""
+    within their request rate (which also reads the access generation the call runs under, see
+    `access.py`), and whether the method's rule lets them in."""
 
     def __init__(self, identity: Authenticator, authorizer: Authorizer, limits: UserLimits) -> None:
         self._identity = identity
@@ -93,5 +95,5 @@ class GatewayGuard(Authenticator):
         if method.startswith(("/grpc.health.", "/grpc.reflection.")):
             return
         subject = current_caller().subject
-        await self._limits.check_rate(subject)
+        admitted_generation.set(await self._limits.admit(subject))
         await self._authorizer.check(method, subject)

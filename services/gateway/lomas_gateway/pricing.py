@@ -95,6 +95,12 @@ class Pricer:
         self._cache = CostCache()
         self._pending: dict[bytes, asyncio.Future[Priced]] = {}
 
+    def known(
+        self, subject: str, descriptor: dataset_pb2.DatasetDescriptor, query: query_pb2.Query
+    ) -> Priced | None:
+        """The price if an executor already gave it (no call made)."""
+        return self._cache.get(CostCache.key(subject, descriptor, query))
+
     async def price(
         self, subject: str, descriptor: dataset_pb2.DatasetDescriptor, query: query_pb2.Query
     ) -> Priced:

@@ -145,6 +145,9 @@ class GatewaySettings:
     max_dummy_rows: int
     max_query_chars: int
     limits: LimitSettings
+    # How long a grant read under an unchanged access generation is trusted at most (access.py);
+    # 0 reads every grant from the admin store.
+    access_cache_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         self.auth.check(self.server.listen)
@@ -181,4 +184,5 @@ class GatewaySettings:
                 # Cost estimates, dummy queries and dummy datasets in flight per user (0: no cap).
                 concurrent_free_calls=env_int(env, "MAX_CONCURRENT_FREE_CALLS_PER_USER", 4),
             ),
+            access_cache_seconds=env_float(env, "ACCESS_CACHE_SECONDS", 30.0),
         )
