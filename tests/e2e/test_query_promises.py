@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import redis
 import yaml
 from mesh_testing import RunningMesh
 
@@ -135,6 +136,40 @@ def test_a_request_id_names_one_query(platform: RunningMesh) -> None:
     assert client.get_total_spent_budget() == spent
     retried = client.smartnoise_sql.query(GROUP_COUNT, epsilon=0.5, delta=0, request_id=request_id)
     assert retried.attrs["query_id"] == first.attrs["query_id"]
+    assert client.get_total_spent_budget() == spent
+
+
+def test_a_request_id_still_names_its_query_after_its_claim_expired(
+    platform: RunningMesh,
+) -> None:
+    """The gateway skips the archive for a request id's first use (claims.py, releases.py): an id
+    whose Redis claim expired (deleted here) is still answered by the archive, not run again."""
+    client = new_researcher(platform)
+    request_id = str(uuid.uuid4())
+    first = client.smartnoise_sql.query(
+        GROUP_COUNT, epsilon=0.5, delta=0, request_id=request_id, fresh=True
+    )
+    spent = client.get_total_spent_budget()
+    config = platform.mesh.config
+    with redis.Redis.from_url(config.redis_url) as store:
+        assert store.delete(*store.keys(f"{config.queue_prefix}:request-claim:*")) > 0
+        with pytest.raises(InvalidArgument) as reused:
+            client.smartnoise_sql.query(
+                "SELECT COUNT(*) AS n FROM df",
+                epsilon=0.5,
+                delta=0,
+                request_id=request_id,
+                fresh=True,
+            )
+        assert reused.value.reason == "REQUEST_ID_REUSED"
+        assert client.get_total_spent_budget() == spent
+        store.delete(*store.keys(f"{config.queue_prefix}:request-claim:*"))
+        for fresh in (True, False):
+            retried = client.smartnoise_sql.query(
+                GROUP_COUNT, epsilon=0.5, delta=0, request_id=request_id, fresh=fresh
+            )
+            assert retried.attrs["query_id"] == first.attrs["query_id"]
+            pd.testing.assert_frame_equal(retried, first)
     assert client.get_total_spent_budget() == spent
 
 

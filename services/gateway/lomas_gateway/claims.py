@@ -83,15 +83,17 @@ class RequestClaims:
     def _key(self, query_id: str) -> str:
         return f"{self._prefix}:request-claim:{query_id}"
 
-    async def bind(self, query_id: str, fingerprint: str) -> None:
-        """Bind `query_id` to `fingerprint`, or refuse if it is bound to another query."""
+    async def bind(self, query_id: str, fingerprint: str) -> bool:
+        """Bind `query_id` to `fingerprint`, or refuse if it is bound to another query. True when
+        this is the id's first use (no request with it came within `CLAIM_SECONDS`)."""
         key = self._key(query_id)
         with redis_unavailable_as_backend_error("request store"):
             if await self._redis.set(key, fingerprint, nx=True, ex=CLAIM_SECONDS):
-                return
+                return True
             bound = _text(await self._redis.get(key))
         if bound is not None and bound != fingerprint:
             raise request_id_reused(query_id)
+        return False
 
     async def close(self) -> None:
         await self._redis.aclose()

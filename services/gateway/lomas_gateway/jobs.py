@@ -38,15 +38,10 @@ from lomas_common.errors import (
 from lomas_common.queue import WorkloadClass
 from lomas_common.rpc_errors import RemoteError
 from lomas_gateway.completion import CompletionWaiter
-from lomas_gateway.lifecycle import (
-    Peers,
-    QueryLifecycle,
-    QueryOutcome,
-    StartedQuery,
-    stored_answer,
-)
+from lomas_gateway.lifecycle import Peers, QueryLifecycle, StartedQuery
 from lomas_gateway.limits import ResponsePadding
 from lomas_gateway.lost_tasks import LostTaskFinder
+from lomas_gateway.outcomes import QueryOutcome, stored_answer
 from lomas_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)

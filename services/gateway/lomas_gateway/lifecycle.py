@@ -4,9 +4,9 @@ The grant check (permission before existence) is `authorize`, called by the serv
 anything else. `QueryLifecycle.start` and `finish` then take a real query through named steps:
 
 1. the price: an executor prices the query on the metadata alone (no data) and returns its
-   canonical form, over which the fingerprint is taken (`pricing.py`); then `_earlier_answer` (the
-   look back): a retry gets the first answer of its request id, a query the caller already had
-   released gets a free replay; an identical query already in flight is waited for, and its
+   canonical form, over which the fingerprint is taken (`pricing.py`); then `_look_back`: a retry
+   gets the first answer of its request id, a query the caller already had released gets a free
+   replay (from the releases this gateway knows when the request id is new, `releases.py`); an identical query already in flight is waited for, and its
    release is the answer (`_follow_identical`: single flight across replicas,
    `claims.QueryFlights`);
 2. `_reserve`: the ledger holds the cost atomically, keyed by the query id (no reservation, no run);
@@ -15,9 +15,11 @@ anything else. `QueryLifecycle.start` and `finish` then take a real query throug
 4. `_await_completion`: the gateway waits for the worker to announce the outcome;
 5. `_outcome_of`: the stored outcome is the answer.
 
-Reads before the reservation: the admin store answers `authorize` and the look back (one call that
-reads the request id's stored outcome and the earlier release together); the user's may-query flag
-and the dataset's descriptor come with the grant, so nothing else is read. A query that leads its
+Reads before the reservation: the admin store answers `authorize` (kept until an administrator
+writes, `access.py`) and the look back (one call that reads the request id's stored outcome and the
+earlier release together; none for a new request id whose release this gateway knows, or a new
+`fresh` one); the user's may-query flag and the dataset's descriptor come with the grant, so
+nothing else is read. A query that leads its
 flight looks back once more (see `_follow_identical`).
 
 Completion: the normal road is the worker's announcement on Redis pub/sub, which carries the
@@ -53,7 +55,7 @@ from lomas.budget.v1 import budget_pb2, budget_pb2_grpc
 from lomas.common.v1 import archive_pb2, dataset_pb2, privacy_pb2, query_pb2
 from lomas.executor.v1 import executor_pb2, executor_pb2_grpc, task_pb2
 from lomas_common import metrics
-from lomas_common.convert import now_timestamp, privacy_loss_from_proto, zero_cost
+from lomas_common.convert import now_timestamp
 from lomas_common.errors import (
     BackendUnavailable,
     Code,
@@ -66,7 +68,6 @@ from lomas_common.errors import (
     QueryTimeout,
 )
 from lomas_common.peers import AsyncPeer
-from lomas_common.privacy import format_decimal
 from lomas_common.queue import EXECUTE_QUERY_TASK
 from lomas_common.rpc_errors import RemoteError
 from lomas_common.telemetry import publishing
@@ -74,7 +75,15 @@ from lomas_gateway.access import AccessCache
 from lomas_gateway.claims import LANDED, QueryFlights, RequestClaims, request_id_reused
 from lomas_gateway.completion import Completion, CompletionWaiter
 from lomas_gateway.lost_tasks import LostTaskFinder
+from lomas_gateway.outcomes import (
+    QueryOutcome,
+    RemoteErrorFromArchive,
+    known_release,
+    replay_of,
+    stored_answer,
+)
 from lomas_gateway.pricing import Pricer, query_fingerprint
+from lomas_gateway.releases import KnownRelease, KnownReleases
 from lomas_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -82,15 +91,6 @@ log = logging.getLogger(__name__)
 # Query ids derived from (subject, request id) so a retry maps to the same reservation and release.
 _QUERY_ID_NAMESPACE = uuid.UUID("5b0e6c53-7f8e-4d55-9a3b-2f0a5a1d6c11")
 DEFAULT_DUMMY_ROWS = 100
-
-
-@dataclass(frozen=True)
-class QueryOutcome:
-    query_id: str
-    release: bytes
-    cost: privacy_pb2.PrivacyLoss
-    dummy: bool
-    replay: bool = False
 
 
 @dataclass(frozen=True)
@@ -181,6 +181,7 @@ class QueryLifecycle:
         self._claims = claims
         self._flights = flights
         self._pricer = Pricer(peers.executor)
+        self._releases = KnownReleases()
         # Names this gateway process as the owner of the reservations it makes (for operators).
         self._owner = f"gateway:{socket.gethostname()}:{os.getpid()}"
 
@@ -298,12 +299,7 @@ class QueryLifecycle:
             fingerprint=query_fingerprint(subject, access.dataset, priced.canonical),
             cost=priced.cost,
         )
-        # The look back, and the binding of the request id to this query (even when a replay
-        # answers it), run together: a retry bound to another query is refused by either.
-        earlier, _ = await asyncio.gather(
-            self._earlier_answer(task, retry=bool(request_id), fresh=fresh),
-            self._claims.bind(task.query_id, task.fingerprint) if request_id else _no_claim(),
-        )
+        looked_back, earlier = await self._look_back(task, request_id, fresh=fresh)
         if earlier is None and not fresh:
             earlier = await self._follow_identical(task)
         if earlier is not None:
@@ -311,6 +307,12 @@ class QueryLifecycle:
         try:
             task.submit_time.CopyFrom(now_timestamp())
             state = await self._reserve(task)
+            if not looked_back and state != budget_pb2.RESERVATION_STATE_RESERVED:
+                # The id's claim had expired, yet its query was reserved long ago: the archive
+                # answers (its first outcome, or REQUEST_ID_REUSED for another query).
+                earlier = await self._earlier_answer(task, retry=True, fresh=fresh)
+                if earlier is not None:
+                    return StartedQuery(earlier.query_id, task, priority, fresh, answer=earlier)
             await self._dispatch(task, state, priority)
         except BaseException:
             if not fresh:
@@ -330,6 +332,7 @@ class QueryLifecycle:
             completion = await self._await_completion(task, started.priority)
             outcome = await self._outcome_of(completion, task.query_id)
             released = True
+            self._releases.remember(task.fingerprint, known_release(outcome))
             return outcome
         finally:
             if not started.fresh:
@@ -358,6 +361,30 @@ class QueryLifecycle:
                 return None
         return None
 
+    async def _look_back(
+        self, task: task_pb2.ExecuteQueryTask, request_id: str, *, fresh: bool
+    ) -> tuple[bool, QueryOutcome | None]:
+        """Step 1's look back, with the binding of the request id to this query (even when a
+        replay answers it): a retry bound to another query is refused by either. Returns whether
+        the archive was asked for the request id's first outcome, and the earlier answer if any.
+
+        The first use of a request id has no first outcome to find, so a release this gateway
+        already knows (`releases.py`), or no release for a `fresh` query, needs no archive read;
+        otherwise the archive read and the binding run together."""
+        known = None if fresh else self._releases.find(task.fingerprint)
+        if known is None and not fresh:
+            earlier, _ = await asyncio.gather(
+                self._earlier_answer(task, retry=bool(request_id), fresh=False),
+                self._claims.bind(task.query_id, task.fingerprint) if request_id else _no_claim(),
+            )
+            return True, earlier
+        if request_id and not await self._claims.bind(task.query_id, task.fingerprint):
+            return True, await self._earlier_answer(task, retry=True, fresh=fresh)
+        if known is None:
+            return False, None
+        metrics.replayed("release")
+        return False, replay_of(known)
+
     async def _earlier_answer(
         self, task: task_pb2.ExecuteQueryTask, *, retry: bool, fresh: bool
     ) -> QueryOutcome | None:
@@ -383,13 +410,9 @@ class QueryLifecycle:
             return stored_answer(retried)
         if earlier is not None:
             metrics.replayed("release")
-            return QueryOutcome(
-                query_id=earlier.query_id,
-                release=earlier.release,
-                cost=zero_cost(earlier.cost),  # a replay costs nothing
-                dummy=False,
-                replay=True,
-            )
+            known = KnownRelease(earlier.query_id, earlier.release, earlier.cost)
+            self._releases.remember(task.fingerprint, known)
+            return replay_of(known)
         return None
 
     async def _reserve(
@@ -500,59 +523,11 @@ class QueryLifecycle:
         return response.query
 
 
-async def _no_claim() -> None:
-    return None
+async def _no_claim() -> bool:
+    return True
 
 
 def _check_may_query(access: admin_store_pb2.AuthorizeDatasetAccessResponse) -> None:
     """A frozen user starts no query (the ledger checks its own copy of the freeze too)."""
     if not access.user.may_query:
         raise PermissionDenied("querying is suspended for this user", reason="USER_MAY_NOT_QUERY")
-
-
-def stored_answer(stored: archive_pb2.ArchivedQuery) -> QueryOutcome:
-    """A stored outcome as the caller's answer; a stored failure is raised with its reason."""
-    if stored.status != archive_pb2.QUERY_STATUS_SUCCEEDED:
-        raise RemoteErrorFromArchive(stored)
-    return QueryOutcome(
-        query_id=stored.query_id, release=stored.release, cost=stored.cost, dummy=False
-    )
-
-
-# The code a stored failure is reported with; other reasons (a source that cannot be read, say)
-# describe a state of the platform, hence FAILED_PRECONDITION. COST_MISMATCH: the worker's own cost
-# of the query differed from the reservation, so it refunded and did not run (send it again).
-_STORED_FAILURE_CODES = {
-    "QUERY_INVALID": Code.INVALID_ARGUMENT,
-    "QUERY_LIMIT_EXCEEDED": Code.INVALID_ARGUMENT,
-    "GROUP_KEYS_NOT_PUBLIC": Code.INVALID_ARGUMENT,
-    "COST_MISMATCH": Code.FAILED_PRECONDITION,
-    "QUERY_TIMEOUT": Code.DEADLINE_EXCEEDED,
-    "QUERY_TIME_LIMIT_EXCEEDED": Code.RESOURCE_EXHAUSTED,
-    "QUERY_EXECUTION_FAILED": Code.INTERNAL,
-    "QUERY_CANCELLED": Code.CANCELLED,
-}
-
-
-class RemoteErrorFromArchive(LomasError):
-    """A stored failure, reported again with its original reason (its charge is kept)."""
-
-    def __init__(self, stored: archive_pb2.ArchivedQuery) -> None:
-        self.code = _STORED_FAILURE_CODES.get(stored.error_reason, Code.FAILED_PRECONDITION)
-        super().__init__(
-            stored.error_message or "the query failed after data access; its cost is charged",
-            reason=stored.error_reason or "QUERY_EXECUTION_FAILED",
-            metadata={"queryId": stored.query_id, **_charged(stored.cost)},
-        )
-
-
-def _charged(cost: privacy_pb2.PrivacyLoss) -> dict[str, str]:
-    """What a stored failure was charged, one value per key (`chargedEpsilon`, `chargedDelta` or
-    `chargedRho`): zero for a failure refunded before data access."""
-    if cost.WhichOneof("loss") is None:
-        return {}
-    loss = privacy_loss_from_proto(cost, field="cost")
-    return {
-        f"charged{name.capitalize()}": format_decimal(value)
-        for name, value in loss.components().items()
-    }

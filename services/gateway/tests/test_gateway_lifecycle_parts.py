@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from lomas.common.v1 import archive_pb2, dataset_pb2, privacy_pb2, query_pb2
 from lomas_common.errors import Code
-from lomas_gateway.lifecycle import RemoteErrorFromArchive, _announced_outcome
+from lomas_gateway.lifecycle import _announced_outcome
+from lomas_gateway.outcomes import RemoteErrorFromArchive
 from lomas_gateway.pricing import CostCache, Priced, query_fingerprint
+from lomas_gateway.releases import KnownRelease, KnownReleases
 
 
 def descriptor(
@@ -113,3 +115,17 @@ def test_a_stored_failure_names_what_it_charged() -> None:
     }
     refunded = archive_pb2.ArchivedQuery(query_id="q-10", error_reason="COST_MISMATCH")
     assert RemoteErrorFromArchive(refunded).metadata == {"queryId": "q-10"}
+
+
+def test_known_releases_keep_the_latest_within_their_byte_budget() -> None:
+    releases = KnownReleases(max_total_bytes=10, max_release_bytes=6)
+    releases.remember("a", KnownRelease("q1", b"1111", cost("1")))
+    releases.remember("a", KnownRelease("q2", b"2222", cost("1")))  # a fresh draw replaces it
+    releases.remember("b", KnownRelease("q3", b"3333", cost("1")))
+    found = releases.find("a")
+    assert found is not None and found.query_id == "q2"
+    releases.remember("c", KnownRelease("q4", b"4444", cost("1")))  # over 10 bytes: b goes
+    assert releases.find("b") is None
+    assert releases.find("a") is not None and releases.find("c") is not None
+    releases.remember("d", KnownRelease("q5", b"5555555", cost("1")))  # too large to keep
+    assert releases.find("d") is None
