@@ -4,6 +4,8 @@
 # code is checked in (clients/go/generate.sh). Idempotent; quick when everything is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/apt.sh
+source scripts/lib/apt.sh
 
 packages=(
   golang-go                            # Go 1.19
@@ -14,16 +16,5 @@ packages=(
   protobuf-compiler libprotobuf-dev    # protoc and the well-known .proto files (generate.sh)
   protoc-gen-go protoc-gen-go-grpc     # the code generators (generate.sh)
 )
-missing=()
-for package in "${packages[@]}"; do
-  if [ "$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null)" != "install ok installed" ]; then
-    missing+=("$package")
-  fi
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo=sudo
-  $sudo apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
+apt_install_missing "${packages[@]}"
 clients/go/build.sh

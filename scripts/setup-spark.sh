@@ -4,18 +4,8 @@
 # pushdown_spark.py). Idempotent; quick when everything is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/apt.sh
+source scripts/lib/apt.sh
 
-packages=(openjdk-17-jdk-headless)
-missing=()
-for package in "${packages[@]}"; do
-  if [ "$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null)" != "install ok installed" ]; then
-    missing+=("$package")
-  fi
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo=sudo
-  $sudo apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
+apt_install_missing openjdk-17-jdk-headless
 .venv/bin/python -m pip --disable-pip-version-check -q install -c constraints.txt pyspark

@@ -5,23 +5,17 @@ that never read the data."""
 
 from __future__ import annotations
 
-import shutil
-import uuid
 from decimal import Decimal
 from typing import Any
 
 import pytest
-import yaml
 from diffprivlib import models
-from mesh_testing import RunningMesh
+from mesh_testing import RunningMesh, dataset_without_its_file, new_researcher
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 
 from lomas.client import Client, InvalidQuery, LomasError
-from lomas.client.admin import approx_dp, local_source
-from lomas.common.v1 import dataset_pb2
 from lomas_embedded import demo
-from lomas_executor.demo import penguin_metadata_text
 
 FEATURES = ["bill_length_mm", "bill_depth_mm"]
 TARGET = ["species"]
@@ -52,11 +46,7 @@ def unbounded_pipeline() -> dict[str, Any]:
 
 
 def researcher(platform: RunningMesh, dataset: str = demo.DATASET) -> Client:
-    name = f"researcher-{uuid.uuid4().hex[:8]}"
-    with platform.admin() as admin:
-        admin.add_user(name)
-        admin.grant(name, dataset, approx_dp("10", "0.005"))
-    return platform.client(name, dataset)
+    return new_researcher(platform, "researcher", dataset)
 
 
 def budget(client: Client) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
@@ -176,18 +166,7 @@ def test_a_dummy_model_rebuilt_in_the_client_scores_as_the_server_did(
 
 
 def test_costs_and_dummy_runs_never_read_the_data(platform: RunningMesh) -> None:
-    name = f"PENGUIN_GONE_{uuid.uuid4().hex[:6].upper()}"
-    path = platform.data_dir / f"{name}.csv"
-    shutil.copy(platform.data_dir / "datasets" / "penguin.csv", path)
-    with platform.admin() as admin:
-        admin.add_dataset(
-            name,
-            local_source(path),
-            yaml.safe_load(penguin_metadata_text()),
-            dataset_pb2.DATA_FORMAT_CSV,
-        )
-    path.unlink()  # registered, then gone: only a real run would notice
-    client = researcher(platform, name)
+    client = researcher(platform, dataset_without_its_file(platform, "PENGUIN_GONE"))
     cost = client.diffprivlib.cost(lomas_pipeline(), FEATURES, TARGET)
     assert cost == {"epsilon": Decimal("1.5"), "delta": Decimal(0)}
     dummy = client.diffprivlib.query(lomas_pipeline(), FEATURES, TARGET, dummy=True, nb_rows=50)

@@ -5,20 +5,14 @@ without the heavy pool's dependencies, and costs that never read the data."""
 from __future__ import annotations
 
 import importlib.util
-import shutil
-import uuid
 from decimal import Decimal
 from typing import Any
 
 import pytest
-import yaml
-from mesh_testing import RunningMesh
+from mesh_testing import RunningMesh, dataset_without_its_file, new_researcher
 
 from lomas.client import Client, InvalidQuery, LomasError, PoolUnavailable
-from lomas.client.admin import approx_dp, local_source
-from lomas.common.v1 import dataset_pb2
 from lomas_embedded import demo
-from lomas_executor.demo import penguin_metadata_text
 
 COLUMNS = ["species", "island"]
 # Few columns keep mst fast (it estimates every pair of them).
@@ -26,11 +20,7 @@ MST: dict[str, Any] = {"synth_name": "mst", "epsilon": "1", "select_cols": COLUM
 
 
 def researcher(platform: RunningMesh, dataset: str = demo.DATASET) -> Client:
-    name = f"synth-{uuid.uuid4().hex[:8]}"
-    with platform.admin() as admin:
-        admin.add_user(name)
-        admin.grant(name, dataset, approx_dp("10", "0.005"))
-    return platform.client(name, dataset)
+    return new_researcher(platform, "synth", dataset)
 
 
 def spent(client: Client) -> dict[str, Decimal]:
@@ -91,18 +81,7 @@ def test_samples_have_the_selected_columns_and_rows_and_cost_exactly_the_estimat
 
 
 def test_costs_and_dummy_runs_never_read_the_data(platform: RunningMesh) -> None:
-    name = f"PENGUIN_SYNTH_GONE_{uuid.uuid4().hex[:6].upper()}"
-    path = platform.data_dir / f"{name}.csv"
-    shutil.copy(platform.data_dir / "datasets" / "penguin.csv", path)
-    with platform.admin() as admin:
-        admin.add_dataset(
-            name,
-            local_source(path),
-            yaml.safe_load(penguin_metadata_text()),
-            dataset_pb2.DATA_FORMAT_CSV,
-        )
-    path.unlink()  # registered, then gone: only a real run would notice
-    client = researcher(platform, name)
+    client = researcher(platform, dataset_without_its_file(platform, "PENGUIN_SYNTH_GONE"))
     cost = client.smartnoise_synth.cost("mwem", "0.5", select_cols=COLUMNS)
     assert cost == {"epsilon": Decimal("0.5"), "delta": Decimal(0)}
     dummy = client.smartnoise_synth.query(**MST, nb_samples=7, dummy=True, nb_rows=60)

@@ -17,16 +17,10 @@
 // floating_point_noise: see lomas_executor.diffprivlib_queries).
 
 import type { Table } from "apache-arrow";
-import type {
-  LomasClient,
-  PrivacyLossValues,
-  QueryInit,
-  Release,
-  RunOptions,
-  SubmitOptions,
-} from "./client.js";
+import type { PrivacyLossValues, QueryInit, Release, RunOptions, SubmitOptions } from "./client.js";
 import { decimalText, type DecimalText } from "./decimal.js";
 import type { QueryJob } from "./jobs.js";
+import { optionalDecimalText, type QueryRunner } from "./query-family.js";
 
 /** One step of a DiffPrivLib pipeline: its name, its DiffPrivLib class and its parameters. */
 export interface DiffPrivLibStep {
@@ -137,7 +131,7 @@ export class DiffPrivLibRelease {
 /** DiffPrivLib training queries. The cost is the sum of the steps' epsilon (pure DP) plus
  * `scoreEpsilon`, computed without data; bounds and norms must be in the pipeline. */
 export class DiffPrivLibClient {
-  constructor(private readonly client: LomasClient) {}
+  constructor(private readonly client: QueryRunner) {}
 
   private static build(
     pipeline: DiffPrivLibPipeline,
@@ -154,10 +148,7 @@ export class DiffPrivLibClient {
           testSize: decimalText(options.testSize ?? "0.2", "testSize"),
           testTrainSplitSeed: BigInt(options.testTrainSplitSeed ?? 1),
           imputerStrategy: options.imputerStrategy ?? "drop",
-          scoreEpsilon:
-            options.scoreEpsilon === undefined
-              ? ""
-              : decimalText(options.scoreEpsilon, "scoreEpsilon"),
+          scoreEpsilon: optionalDecimalText(options.scoreEpsilon, "scoreEpsilon"),
         },
       },
     };

@@ -13,16 +13,10 @@
 // "dpgan" are refused (their accountant, Opacus 0.14, warns that its budget is incorrect).
 // returnModel is refused: no model of private data leaves the platform.
 
-import type {
-  LomasClient,
-  PrivacyLossValues,
-  QueryInit,
-  Release,
-  RunOptions,
-  SubmitOptions,
-} from "./client.js";
+import type { PrivacyLossValues, QueryInit, Release, RunOptions, SubmitOptions } from "./client.js";
 import { decimalText, type DecimalText } from "./decimal.js";
 import type { QueryJob } from "./jobs.js";
+import { optionalDecimalText, type QueryRunner } from "./query-family.js";
 
 /** Lomas's default number of samples. */
 export const DEFAULT_SYNTH_SAMPLES = 200;
@@ -60,7 +54,7 @@ function constraintsJson(constraints: SmartnoiseSynthOptions["constraints"]): st
 /** SmartNoise-Synth syntheses. The cost is exactly the epsilon asked for (and the delta for the
  * synthesizers that spend one), computed without data; the release is samples, never a model. */
 export class SmartnoiseSynthClient {
-  constructor(private readonly client: LomasClient) {}
+  constructor(private readonly client: QueryRunner) {}
 
   private static build(
     synthName: string,
@@ -78,7 +72,7 @@ export class SmartnoiseSynthClient {
         value: {
           synthName,
           epsilon: decimalText(epsilon, "epsilon"),
-          delta: options.delta === undefined ? "" : decimalText(options.delta, "delta"),
+          delta: optionalDecimalText(options.delta, "delta"),
           selectCols: options.selectCols ?? [],
           synthParamsJson: Object.keys(params).length === 0 ? "" : JSON.stringify(params),
           nullable: options.nullable ?? true,

@@ -8,9 +8,11 @@ import lomas.admin_cli.render as render
 from lomas.admin_cli.common import (
     UsageError,
     exists_or_error,
+    listing_command,
     loss_from_options,
     naming,
     refusal_text,
+    removal_command,
 )
 from lomas.admin_cli.render import Output, count
 from lomas.client.admin import AdminClient
@@ -42,14 +44,9 @@ def users_add(admin: AdminClient, args: argparse.Namespace) -> Output:
     return Output(text, document)
 
 
-def users_remove(admin: AdminClient, args: argparse.Namespace) -> Output:
-    admin.remove_user(args.name)
-    return render.removal("user", args.name, "their grants")
-
-
-def users_list(admin: AdminClient, args: argparse.Namespace) -> Output:
-    users = admin.list_users()
-    return render.listing(render.users_table(users), users, "user")
+# Lomas del_user and get_list_of_users.
+users_remove = removal_command(AdminClient.remove_user, "user", "their grants")
+users_list = listing_command(AdminClient.list_users, render.users_table, "user")
 
 
 def users_show(admin: AdminClient, args: argparse.Namespace) -> Output:

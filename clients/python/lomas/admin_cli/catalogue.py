@@ -9,7 +9,13 @@ from typing import Any
 import yaml
 
 import lomas.admin_cli.render as render
-from lomas.admin_cli.common import UsageError, exists_or_error, loss_from_options
+from lomas.admin_cli.common import (
+    UsageError,
+    exists_or_error,
+    listing_command,
+    loss_from_options,
+    removal_command,
+)
 from lomas.admin_cli.render import Output, count
 from lomas.budget.v1 import budget_pb2
 from lomas.client.admin import (
@@ -100,16 +106,9 @@ def _metadata_file(path: Path) -> dict[str, Any]:
     return document
 
 
-def datasets_remove(admin: AdminClient, args: argparse.Namespace) -> Output:
-    """Lomas del_dataset."""
-    admin.remove_dataset(args.name)
-    return render.removal("dataset", args.name, "the grants on it")
-
-
-def datasets_list(admin: AdminClient, args: argparse.Namespace) -> Output:
-    """Lomas get_list_of_datasets."""
-    datasets = admin.list_datasets()
-    return render.listing(render.datasets_table(datasets), datasets, "dataset")
+# Lomas del_dataset and get_list_of_datasets.
+datasets_remove = removal_command(AdminClient.remove_dataset, "dataset", "the grants on it")
+datasets_list = listing_command(AdminClient.list_datasets, render.datasets_table, "dataset")
 
 
 def datasets_show(admin: AdminClient, args: argparse.Namespace) -> Output:

@@ -1,17 +1,26 @@
-"""What the command modules share: usage errors, privacy-loss options, names that must exist."""
+"""What the command modules share: usage errors, privacy-loss options, names that must exist, and
+the commands that remove or list users and datasets alike."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import TypeVar
 
+from google.protobuf.message import Message
+
+import lomas.admin_cli.render as render
+from lomas.admin_cli.render import Output
 from lomas.client.admin import AdminClient, approx_dp, pure_dp, rho_zcdp
 from lomas.client.errors import LomasError, NotFound
 from lomas.common.v1 import privacy_pb2
 
 T = TypeVar("T")
+ItemT = TypeVar("ItemT", bound=Message)
+
+# What a command runs: the parsed command line in, what to print out.
+Run = Callable[[AdminClient, argparse.Namespace], Output]
 
 DELTA_VIEW_HELP = (
     "also show what is left of zCDP and pure-DP budgets as (epsilon, delta) at this delta"
@@ -97,3 +106,27 @@ def refusal_text(error: LomasError) -> str:
     """ "NOT_FOUND USER_NOT_FOUND: user 'x' not found", with the error's metadata if any."""
     details = ", ".join(f"{key}={value}" for key, value in sorted(error.metadata.items()))
     return f"{error.code} {error.reason}: {error.message}" + (f" ({details})" if details else "")
+
+
+def removal_command(remove: Callable[[AdminClient, str], None], kind: str, with_it: str) -> Run:
+    """`KIND remove NAME`: `remove(admin, NAME)`, then say that `with_it` went too (its grants)."""
+
+    def run(admin: AdminClient, args: argparse.Namespace) -> Output:
+        remove(admin, args.name)
+        return render.removal(kind, args.name, with_it)
+
+    return run
+
+
+def listing_command(
+    items: Callable[[AdminClient], Sequence[ItemT]],
+    table: Callable[[Sequence[ItemT]], str],
+    noun: str,
+) -> Run:
+    """`NOUNs list`: every one of `items` in `table`, and how many there are."""
+
+    def run(admin: AdminClient, args: argparse.Namespace) -> Output:
+        listed = items(admin)
+        return render.listing(table(listed), listed, noun)
+
+    return run

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -13,11 +12,8 @@ import lomas.admin_cli.accounts as accounts
 import lomas.admin_cli.bulk as bulk
 import lomas.admin_cli.catalogue as catalogue
 import lomas.admin_cli.ledgers as ledgers
-from lomas.admin_cli.common import DELTA_VIEW_HELP, add_loss_options
-from lomas.admin_cli.render import Output
-from lomas.client.admin import DATA_FORMATS, AdminClient
-
-Run = Callable[[AdminClient, argparse.Namespace], Output]
+from lomas.admin_cli.common import DELTA_VIEW_HELP, Run, add_loss_options
+from lomas.client.admin import DATA_FORMATS
 
 DESCRIPTION = """\
 Administer a Lomas mesh through its gateway: users, datasets, grants and budgets, the query
@@ -107,6 +103,12 @@ def _named_command(
     return command
 
 
+def _named_commands(verbs: _Subparsers, what: str, *commands: tuple[str, str, Run]) -> None:
+    """Commands (name, help, run) on one user or dataset, each named by its NAME argument."""
+    for name, help_text, run in commands:
+        _named_command(verbs, name, help_text, run, what)
+
+
 def _grant_command(
     verbs: _Subparsers, name: str, help_text: str, run: Run
 ) -> argparse.ArgumentParser:
@@ -129,6 +131,57 @@ def _datasets_import(verbs: _Subparsers, name: str, help_text: str) -> None:
     command.add_argument("file", type=Path, help="a Lomas dataset_collection.yaml")
     command.add_argument(
         "--update", action="store_true", help="replace existing datasets that differ from the file"
+    )
+
+
+def _dataset_write(verbs: _Subparsers, name: str, what: str) -> None:
+    """`datasets add` and `datasets update`: the same arguments (where the data lives, its metadata
+    and format); `what` says what the command does."""
+    write = _named_command(
+        verbs,
+        name,
+        f"{what}; the platform first checks that the source can be read and has the metadata's "
+        "columns",
+        catalogue.datasets_write,
+        "the dataset's name, for example PENGUIN",
+    )
+    where = write.add_argument_group("where the data lives (one of)")
+    location = where.add_mutually_exclusive_group(required=True)
+    location.add_argument("--path", help="a file on the executors' and workers' file system")
+    location.add_argument("--url", help="an HTTP(S) URL")
+    location.add_argument("--s3-bucket", help="an S3 bucket (with --s3-key)")
+    location.add_argument(
+        "--postgres-table",
+        metavar="SCHEMA.TABLE",
+        help="a PostgreSQL table or view (with --postgres-credentials): SmartNoise-SQL "
+        "queries run in the database",
+    )
+    location.add_argument(
+        "--spark-folder",
+        metavar="FOLDER",
+        help="a folder of Parquet files that the workers' Spark reads (a local folder, or a "
+        "URI such as hdfs:// or s3a:// for a Spark cluster)",
+    )
+    where.add_argument("--s3-key", help="the S3 object's key")
+    where.add_argument("--s3-endpoint", default="", help="the S3 endpoint URL (default: AWS)")
+    where.add_argument(
+        "--s3-credentials",
+        default="",
+        help="the name of S3 credentials in the platform's secrets (never the keys)",
+    )
+    where.add_argument(
+        "--postgres-credentials",
+        default="",
+        help="the name of PostgreSQL credentials in the workers' secrets (never the password)",
+    )
+    write.add_argument(
+        "--metadata", type=Path, required=True, help="the SmartNoise-SQL YAML metadata file"
+    )
+    write.add_argument(
+        "--format",
+        choices=sorted(DATA_FORMATS),
+        help="the data's format (default: from the file's extension; table for "
+        "--postgres-table, parquet for --spark-folder)",
     )
 
 
@@ -169,17 +222,18 @@ def _users(nouns: _Subparsers) -> None:
     add.add_argument("--no-query", action="store_true", help="the user may not run queries yet")
     add.add_argument("--dataset", help="also grant this dataset, with the budget below")
     add_loss_options(add, "budget", required=False)
-    user = "the user's name"
-    remove_help = "remove a user and their grants (Lomas del_user)"
-    _named_command(verbs, "remove", remove_help, accounts.users_remove, user)
+    _named_commands(
+        verbs,
+        "the user's name",
+        ("remove", "remove a user and their grants (Lomas del_user)", accounts.users_remove),
+        ("show", "a user and their budgets (Lomas show_user)", accounts.users_show),
+    )
     _command(verbs, "list", "list users (Lomas get_list_of_users)", accounts.users_list)
-    show_help = "a user and their budgets (Lomas show_user)"
-    _named_command(verbs, "show", show_help, accounts.users_show, user)
     for verb, what in (
         ("freeze", "stop a user from starting queries (Lomas set_may_query False)"),
         ("unfreeze", "let a frozen user start queries again (Lomas set_may_query True)"),
     ):
-        toggle = _named_command(verbs, verb, what, accounts.users_freeze, user)
+        toggle = _named_command(verbs, verb, what, accounts.users_freeze, "the user's name")
         _reason(toggle, "each of the user's ledgers")
     _users_import(
         verbs,
@@ -191,64 +245,30 @@ def _users(nouns: _Subparsers) -> None:
 
 def _datasets(nouns: _Subparsers) -> None:
     verbs = _group(nouns, "datasets", "add, update, remove, show, list or import datasets")
-    for verb, what, lomas in (
-        ("add", "register a dataset", " (Lomas add_dataset)"),
-        ("update", "replace a dataset's source, format and metadata (a new version)", ""),
-    ):
-        write = _named_command(
-            verbs,
-            verb,
-            f"{what}{lomas}; the platform first checks that the source can be read and has the "
-            "metadata's columns",
-            catalogue.datasets_write,
-            "the dataset's name, for example PENGUIN",
-        )
-        where = write.add_argument_group("where the data lives (one of)")
-        location = where.add_mutually_exclusive_group(required=True)
-        location.add_argument("--path", help="a file on the executors' and workers' file system")
-        location.add_argument("--url", help="an HTTP(S) URL")
-        location.add_argument("--s3-bucket", help="an S3 bucket (with --s3-key)")
-        location.add_argument(
-            "--postgres-table",
-            metavar="SCHEMA.TABLE",
-            help="a PostgreSQL table or view (with --postgres-credentials): SmartNoise-SQL "
-            "queries run in the database",
-        )
-        location.add_argument(
-            "--spark-folder",
-            metavar="FOLDER",
-            help="a folder of Parquet files that the workers' Spark reads (a local folder, or a "
-            "URI such as hdfs:// or s3a:// for a Spark cluster)",
-        )
-        where.add_argument("--s3-key", help="the S3 object's key")
-        where.add_argument("--s3-endpoint", default="", help="the S3 endpoint URL (default: AWS)")
-        where.add_argument(
-            "--s3-credentials",
-            default="",
-            help="the name of S3 credentials in the platform's secrets (never the keys)",
-        )
-        where.add_argument(
-            "--postgres-credentials",
-            default="",
-            help="the name of PostgreSQL credentials in the workers' secrets (never the password)",
-        )
-        write.add_argument(
-            "--metadata", type=Path, required=True, help="the SmartNoise-SQL YAML metadata file"
-        )
-        write.add_argument(
-            "--format",
-            choices=sorted(DATA_FORMATS),
-            help="the data's format (default: from the file's extension; table for "
-            "--postgres-table, parquet for --spark-folder)",
-        )
-    dataset = "the dataset's name"
-    remove_help = "remove a dataset and the grants on it (Lomas del_dataset)"
-    _named_command(verbs, "remove", remove_help, catalogue.datasets_remove, dataset)
+    _dataset_write(verbs, "add", "register a dataset (Lomas add_dataset)")
+    _dataset_write(
+        verbs, "update", "replace a dataset's source, format and metadata (a new version)"
+    )
+    _named_commands(
+        verbs,
+        "the dataset's name",
+        (
+            "remove",
+            "remove a dataset and the grants on it (Lomas del_dataset)",
+            catalogue.datasets_remove,
+        ),
+        (
+            "show",
+            "a dataset: source, format, version, columns (Lomas show_dataset)",
+            catalogue.datasets_show,
+        ),
+        (
+            "metadata",
+            "a dataset's metadata as YAML (Lomas show_metadata)",
+            catalogue.datasets_metadata,
+        ),
+    )
     _command(verbs, "list", "list datasets (Lomas get_list_of_datasets)", catalogue.datasets_list)
-    show_help = "a dataset: source, format, version, columns (Lomas show_dataset)"
-    _named_command(verbs, "show", show_help, catalogue.datasets_show, dataset)
-    metadata_help = "a dataset's metadata as YAML (Lomas show_metadata)"
-    _named_command(verbs, "metadata", metadata_help, catalogue.datasets_metadata, dataset)
     _datasets_import(
         verbs,
         "import",

@@ -26,11 +26,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import Any, Protocol, TypedDict, Unpack
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 import pandas as pd
 
+from lomas.client.family import QueryRunner, refuse_unknown, submit_options
 from lomas.client.jobs import QueryJob
 from lomas.client.options import RunOptions, SubmitOptions, decimal_text
 from lomas.common.v1 import query_pb2
@@ -181,16 +182,6 @@ class TrainingSubmitOptions(TrainingOptions, SubmitOptions, total=False):
     """The keyword arguments of `DiffPrivLibClient.submit`: the training's, then the submit's."""
 
 
-class QueryRunner(Protocol):
-    """What `DiffPrivLibClient` needs of `lomas.client.Client` (which builds it)."""
-
-    def _estimate(self, query: query_pb2.Query) -> dict[str, Decimal]: ...
-
-    def _execute(self, query: query_pb2.Query, run: RunOptions) -> pd.DataFrame: ...
-
-    def submit(self, query: query_pb2.Query, **options: Unpack[SubmitOptions]) -> QueryJob: ...
-
-
 class DiffPrivLibClient:
     """DiffPrivLib training queries, with Lomas's parameter names. The cost is the sum of the
     steps' epsilon (pure DP) plus `score_epsilon`, computed without data; bounds and norms must be
@@ -209,9 +200,7 @@ class DiffPrivLibClient:
     ) -> query_pb2.Query:
         if isinstance(feature_columns, str) or isinstance(target_columns, str):
             raise TypeError("feature_columns and target_columns are lists of column names")
-        unknown = sorted(set(options) - accepted)
-        if unknown:
-            raise TypeError(f"unexpected keyword arguments: {', '.join(unknown)}")
+        refuse_unknown(options, accepted)
         score_epsilon = options.get("score_epsilon")
         return query_pb2.Query(
             diffprivlib=query_pb2.DiffPrivLibQuery(
@@ -266,9 +255,4 @@ class DiffPrivLibClient:
         job.result())` is the release."""
         accepted = TrainingSubmitOptions.__optional_keys__
         query = self._query(pipeline, feature_columns, target_columns, options, accepted)
-        submit: SubmitOptions = {}
-        if "request_id" in options:
-            submit["request_id"] = options["request_id"]
-        if "fresh" in options:
-            submit["fresh"] = options["fresh"]
-        return self._client.submit(query, **submit)
+        return self._client.submit(query, **submit_options(options))

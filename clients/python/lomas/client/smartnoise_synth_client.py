@@ -24,10 +24,11 @@ import inspect
 import json
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import Any, Protocol, Unpack
+from typing import Any, TypedDict, Unpack
 
 import pandas as pd
 
+from lomas.client.family import QueryRunner, refuse_unknown, submit_options
 from lomas.client.jobs import QueryJob
 from lomas.client.options import RunOptions, SubmitOptions, decimal_text
 from lomas.common.v1 import query_pb2
@@ -35,16 +36,6 @@ from lomas.common.v1 import query_pb2
 # Lomas's default number of samples.
 DEFAULT_SAMPLES = 200
 _TYPE_PREFIX = "_ssynth_type:"
-
-
-class QueryRunner(Protocol):
-    """What this namespace needs of `lomas.client.Client`."""
-
-    def _estimate(self, query: query_pb2.Query) -> dict[str, Decimal]: ...
-
-    def _execute(self, query: query_pb2.Query, run: RunOptions) -> pd.DataFrame: ...
-
-    def submit(self, query: query_pb2.Query, **options: Unpack[SubmitOptions]) -> QueryJob: ...
 
 
 def constraints_json(constraints: Mapping[str, Any] | str | None) -> str:
@@ -83,8 +74,42 @@ def _plain(value: Any) -> bool:
     return value is None or isinstance(value, str | int | float | bool)
 
 
+class SynthesisOptions(TypedDict, total=False):
+    """How the synthesizer is fitted (keyword arguments, with Lomas's names):
+
+    - `synth_params` (default none): the synthesizer's own parameters (JSON values only);
+    - `nullable` (default True): whether the selected columns may hold missing values;
+    - `constraints` (default none): SmartNoise-Synth transformers per column (see this module).
+    """
+
+    synth_params: Mapping[str, Any] | None
+    nullable: bool
+    constraints: Mapping[str, Any] | str | None
+
+
+class SamplingOptions(TypedDict, total=False):
+    """What a synthesis that runs adds to `SynthesisOptions`: `nb_samples` (default 200) samples,
+    filtered by `condition` (a SQL WHERE clause; default none)."""
+
+    condition: str
+    nb_samples: int
+
+
+class SynthesisQueryOptions(SynthesisOptions, SamplingOptions, RunOptions, total=False):
+    """The keyword arguments of `SmartnoiseSynthClient.query`: the synthesis's, `return_model` (as
+    in Lomas, and refused: no model of private data leaves the platform), then the run's."""
+
+    return_model: bool
+
+
+class SynthesisSubmitOptions(SynthesisOptions, SamplingOptions, SubmitOptions, total=False):
+    """The keyword arguments of `SmartnoiseSynthClient.submit`: the synthesis's, then the submit's."""
+
+
 class SmartnoiseSynthClient:
-    """DP synthetic data: the release is a DataFrame of samples (never a model)."""
+    """DP synthetic data: the release is a DataFrame of samples (never a model). The synthesizer,
+    its budget (epsilon, delta) and the columns may be given by position; the rest are keywords:
+    `SynthesisOptions`, and what `query` and `submit` add to them."""
 
     def __init__(self, client: QueryRunner) -> None:
         self._client = client
@@ -95,15 +120,19 @@ class SmartnoiseSynthClient:
         epsilon: float | str | Decimal,
         delta: float | str | Decimal | None,
         select_cols: Sequence[str] | None,
-        synth_params: Mapping[str, Any] | None,
-        nullable: bool,
-        constraints: Mapping[str, Any] | str | None,
+        options: SynthesisOptions,
+        accepted: frozenset[str],
+        *,
+        sampling: SamplingOptions | None = None,
         return_model: bool = False,
-        condition: str = "",
-        nb_samples: int = DEFAULT_SAMPLES,
     ) -> query_pb2.Query:
+        """The query; `sampling` and `return_model` are what a run adds (a cost needs neither)."""
+        refuse_unknown(options, accepted)
+        sampling = sampling or {}
+        nb_samples = sampling.get("nb_samples", DEFAULT_SAMPLES)
         if isinstance(nb_samples, bool) or not isinstance(nb_samples, int) or nb_samples < 0:
             raise TypeError("nb_samples must be a non-negative integer")
+        synth_params = options.get("synth_params")
         return query_pb2.Query(
             smartnoise_synth=query_pb2.SmartnoiseSynthQuery(
                 synth_name=synth_name,
@@ -111,10 +140,10 @@ class SmartnoiseSynthClient:
                 delta="" if delta is None else decimal_text(delta, "delta"),
                 select_cols=list(select_cols or []),
                 synth_params_json=json.dumps(dict(synth_params)) if synth_params else "",
-                nullable=nullable,
-                constraints_json=constraints_json(constraints),
+                nullable=options.get("nullable", True),
+                constraints_json=constraints_json(options.get("constraints")),
                 return_model=return_model,
-                condition=condition,
+                condition=sampling.get("condition", ""),
                 nb_samples=nb_samples,
             )
         )
@@ -125,16 +154,12 @@ class SmartnoiseSynthClient:
         epsilon: float | str | Decimal,
         delta: float | str | Decimal | None = None,
         select_cols: Sequence[str] | None = None,
-        synth_params: Mapping[str, Any] | None = None,
-        nullable: bool = True,
-        constraints: Mapping[str, Any] | str | None = None,
+        **options: Unpack[SynthesisOptions],
     ) -> dict[str, Decimal]:
         """The exact cost the synthesis would be charged (free; the data is never read)."""
-        return self._client._estimate(
-            self._query(
-                synth_name, epsilon, delta, select_cols, synth_params, nullable, constraints
-            )
-        )
+        accepted = SynthesisOptions.__optional_keys__
+        query = self._query(synth_name, epsilon, delta, select_cols, options, accepted)
+        return self._client._estimate(query)
 
     def query(
         self,
@@ -142,33 +167,25 @@ class SmartnoiseSynthClient:
         epsilon: float | str | Decimal,
         delta: float | str | Decimal | None = None,
         select_cols: Sequence[str] | None = None,
-        synth_params: Mapping[str, Any] | None = None,
-        nullable: bool = True,
-        constraints: Mapping[str, Any] | str | None = None,
-        return_model: bool = False,
-        condition: str = "",
-        nb_samples: int = DEFAULT_SAMPLES,
-        **run: Unpack[RunOptions],
+        **options: Unpack[SynthesisQueryOptions],
     ) -> pd.DataFrame:
         """Fit the synthesizer on the dataset and return `nb_samples` samples of `select_cols`
         (every column when empty; `condition`, a SQL WHERE clause, filters them). `dummy=True`
         fits on seeded dummy data instead, free (`nb_rows`, `seed`). `frame.attrs` holds
         query_id, cost and replay, as for the other query kinds."""
-        return self._client._execute(
-            self._query(
-                synth_name,
-                epsilon,
-                delta,
-                select_cols,
-                synth_params,
-                nullable,
-                constraints,
-                return_model,
-                condition,
-                nb_samples,
-            ),
-            run,
+        accepted = SynthesisQueryOptions.__optional_keys__
+        return_model = options.get("return_model", False)
+        query = self._query(
+            synth_name,
+            epsilon,
+            delta,
+            select_cols,
+            options,
+            accepted,
+            sampling=options,
+            return_model=return_model,
         )
+        return self._client._execute(query, options)
 
     def submit(
         self,
@@ -176,26 +193,11 @@ class SmartnoiseSynthClient:
         epsilon: float | str | Decimal,
         delta: float | str | Decimal | None = None,
         select_cols: Sequence[str] | None = None,
-        synth_params: Mapping[str, Any] | None = None,
-        nullable: bool = True,
-        constraints: Mapping[str, Any] | str | None = None,
-        condition: str = "",
-        nb_samples: int = DEFAULT_SAMPLES,
-        **options: Unpack[SubmitOptions],
+        **options: Unpack[SynthesisSubmitOptions],
     ) -> QueryJob:
         """Start the synthesis and return its job at once (`job.result()` waits for the samples)."""
-        return self._client.submit(
-            self._query(
-                synth_name,
-                epsilon,
-                delta,
-                select_cols,
-                synth_params,
-                nullable,
-                constraints,
-                False,
-                condition,
-                nb_samples,
-            ),
-            **options,
+        accepted = SynthesisSubmitOptions.__optional_keys__
+        query = self._query(
+            synth_name, epsilon, delta, select_cols, options, accepted, sampling=options
         )
+        return self._client.submit(query, **submit_options(options))
