@@ -131,9 +131,17 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     access.dataset, request.query, request.dummy_row_count, request.dummy_seed
                 )
         else:
+            access = await self._lifecycle.authorize(subject, request.dataset)
+            # A replay the gateway can answer alone does no work and reads no data: no slot, and
+            # nothing in its time to pad.
+            known = await self._lifecycle.known_replay(
+                subject, access, request.query, request.request_id, fresh=request.fresh
+            )
+            if known is not None:
+                return release_response(known)
             # The slot is held through the padding, so padded queries count as in flight.
             async with self._limits.query_slot(subject) as slot, self._limits.padded():
-                started = await self._start(subject, request, slot)
+                started = await self._start(subject, access, request, slot)
                 outcome = await self._lifecycle.finish(started)
         return release_response(outcome)
 
@@ -145,7 +153,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         holding = AsyncExitStack()
         slot = await holding.enter_async_context(self._limits.query_slot(subject))
         try:
-            started = await self._start(subject, request, slot)
+            access = await self._lifecycle.authorize(subject, request.dataset)
+            started = await self._start(subject, access, request, slot)
         except BaseException:
             await holding.aclose()
             raise
@@ -157,13 +166,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def _start(
         self,
         subject: str,
+        access: admin_store_pb2.AuthorizeDatasetAccessResponse,
         request: gateway_pb2.ExecuteQueryRequest | gateway_pb2.SubmitQueryRequest,
         slot: QuerySlot,
     ) -> StartedQuery:
-        """ExecuteQuery and SubmitQuery: authorize the caller, then start the query (or find its
+        """ExecuteQuery and SubmitQuery: start the query of an authorized caller (or find its
         answer) in the caller's query slot: the caller's queries already in flight set its queue
         priority (fairness)."""
-        access = await self._lifecycle.authorize(subject, request.dataset)
         return await self._lifecycle.start(
             subject,
             access,

@@ -268,6 +268,29 @@ class QueryLifecycle:
         )
         return QueryOutcome(query_id="", release=response.arrow_ipc, cost=response.cost, dummy=True)
 
+    @metrics.counts_refusals(lambda error: True)
+    async def known_replay(
+        self,
+        subject: str,
+        access: admin_store_pb2.AuthorizeDatasetAccessResponse,
+        query: query_pb2.Query,
+        request_id: str,
+        *,
+        fresh: bool = False,
+    ) -> QueryOutcome | None:
+        """A real query answered from what this gateway knows, with no work (so no query slot is
+        needed): a free replay of a release it has seen, of a query it has priced, under a new
+        request id. None when anything is not known: then `start`."""
+        if fresh:
+            return None
+        _check_may_query(access)
+        self.check_query(query)
+        priced = self._pricer.known(subject, access.dataset, query)
+        if priced is None:
+            return None
+        fingerprint = query_fingerprint(subject, access.dataset, priced.canonical)
+        return await self._known_release(fingerprint, query_id_for(subject, request_id), request_id)
+
     @metrics.counts_refusals(lambda error: not isinstance(error, RemoteErrorFromArchive))
     async def start(
         self,
@@ -366,24 +389,36 @@ class QueryLifecycle:
     ) -> tuple[bool, QueryOutcome | None]:
         """Step 1's look back, with the binding of the request id to this query (even when a
         replay answers it): a retry bound to another query is refused by either. Returns whether
-        the archive was asked for the request id's first outcome, and the earlier answer if any.
+        the request id's first outcome was looked for (or cannot exist), and the earlier answer.
 
-        The first use of a request id has no first outcome to find, so a release this gateway
-        already knows (`releases.py`), or no release for a `fresh` query, needs no archive read;
-        otherwise the archive read and the binding run together."""
-        known = None if fresh else self._releases.find(task.fingerprint)
-        if known is None and not fresh:
+        A new request id has no first outcome, so a release this gateway knows needs no archive
+        read, nor does a new `fresh` query; otherwise the archive read and the binding run
+        together."""
+        if not fresh:
+            known = await self._known_release(task.fingerprint, task.query_id, request_id)
+            if known is not None:
+                return True, known
             earlier, _ = await asyncio.gather(
                 self._earlier_answer(task, retry=bool(request_id), fresh=False),
                 self._claims.bind(task.query_id, task.fingerprint) if request_id else _no_claim(),
             )
             return True, earlier
         if request_id and not await self._claims.bind(task.query_id, task.fingerprint):
-            return True, await self._earlier_answer(task, retry=True, fresh=fresh)
+            return True, await self._earlier_answer(task, retry=True, fresh=True)
+        return False, None
+
+    async def _known_release(
+        self, fingerprint: str, query_id: str, request_id: str
+    ) -> QueryOutcome | None:
+        """A release of `fingerprint` this gateway knows (`releases.py`), as a free replay, when
+        the request id is new (bound here for the first time); else None: the archive answers."""
+        known = self._releases.find(fingerprint)
         if known is None:
-            return False, None
+            return None
+        if request_id and not await self._claims.bind(query_id, fingerprint):
+            return None
         metrics.replayed("release")
-        return False, replay_of(known)
+        return replay_of(known)
 
     async def _earlier_answer(
         self, task: task_pb2.ExecuteQueryTask, *, retry: bool, fresh: bool
