@@ -21,6 +21,7 @@ import logging
 import time
 import urllib.error
 import urllib.request
+from collections import OrderedDict
 from dataclasses import dataclass
 from http.client import HTTPMessage
 from pathlib import Path
@@ -235,8 +236,48 @@ class JwksKeys:
         return jwks_uri
 
 
+# How long a verified token is taken as verified without checking its signature again (never past
+# its expiry, and only while its signing key is still the issuer's).
+VERIFIED_TOKEN_SECONDS = 60.0
+MAX_VERIFIED_TOKENS = 10_000
+
+
+@dataclass(frozen=True)
+class VerifiedToken:
+    caller: Caller
+    kid: str
+    key: SigningKey  # the key that verified it: a token whose key left the JWKS is not trusted
+    until: float
+
+
+class VerifiedTokens:
+    """Tokens this gateway verified, by their exact text, each until its expiry or for
+    `VERIFIED_TOKEN_SECONDS`, whichever comes first (most recently used kept)."""
+
+    def __init__(self, max_entries: int = MAX_VERIFIED_TOKENS) -> None:
+        self._max_entries = max_entries
+        self._tokens: OrderedDict[str, VerifiedToken] = OrderedDict()
+
+    def get(self, token: str) -> VerifiedToken | None:
+        verified = self._tokens.get(token)
+        if verified is None:
+            return None
+        if time.time() >= verified.until:
+            del self._tokens[token]
+            return None
+        self._tokens.move_to_end(token)
+        return verified
+
+    def put(self, token: str, verified: VerifiedToken) -> None:
+        self._tokens[token] = verified
+        self._tokens.move_to_end(token)
+        while len(self._tokens) > self._max_entries:
+            self._tokens.popitem(last=False)
+
+
 class JwtVerifier:
-    """Verifies signature, algorithm, expiry, not-before, issuer and audience; returns the caller."""
+    """Verifies signature, algorithm, expiry, not-before, issuer and audience; returns the caller.
+    A token verified once is not verified again while its key is the issuer's (`VerifiedTokens`)."""
 
     def __init__(
         self,
@@ -252,8 +293,18 @@ class JwtVerifier:
         self._audiences = [audiences] if isinstance(audiences, str) else list(audiences)
         self._algorithms = list(algorithms)
         self._leeway = leeway_seconds
+        self._verified = VerifiedTokens()
 
     async def verify(self, token: str) -> Caller:
+        known = self._verified.get(token)
+        if known is not None and await self._keys.get(known.kid) is known.key:
+            return known.caller
+        verified = await self._verify_signed(token)
+        self._verified.put(token, verified)
+        return verified.caller
+
+    async def _verify_signed(self, token: str) -> VerifiedToken:
+        """A token whose signature and claims hold: its caller, key, and how long it is trusted."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -287,7 +338,8 @@ class JwtVerifier:
             raise Unauthenticated("token audience not accepted") from None
         except (jwt.PyJWTError, ValueError, TypeError):
             raise Unauthenticated("token rejected") from None
-        return Caller(subject=_subject(claims))
+        until = min(float(claims["exp"]) + self._leeway, time.time() + VERIFIED_TOKEN_SECONDS)
+        return VerifiedToken(Caller(subject=_subject(claims)), kid, key, until)
 
 
 def _subject(claims: dict[str, Any]) -> str:

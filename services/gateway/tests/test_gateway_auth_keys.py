@@ -324,3 +324,26 @@ def test_jwt_mode_builds_a_bearer_authenticator(tmp_path: Path) -> None:
     with pytest.raises(Unauthenticated) as missing:
         authenticate(auth, {"x-lomas-jwt-payload": payload({"iss": "dev", "sub": "ada"})})
     assert missing.value.reason == "TOKEN_MISSING"
+
+
+def test_a_verified_token_is_trusted_without_a_new_signature_check_until_it_expires(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = Key()
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [key.jwk()]}))
+    v = JwtVerifier(JwksKeys(jwks=str(path)), issuer="dev", audiences="lomas", leeway_seconds=0)
+    decoded: list[str] = []
+    real_decode = jwt.decode
+
+    def counted_decode(token: str, **options: Any) -> Any:
+        decoded.append(token)
+        return real_decode(token, **options)
+
+    monkeypatch.setattr(jwt, "decode", counted_decode)
+    expiry = int(time.time()) + 2
+    token = key.token("dev", exp=expiry)
+    assert [verify(v, token) for _ in range(3)] == ["ada"] * 3
+    assert len(decoded) == 1
+    time.sleep(max(0.0, expiry - time.time()) + 0.1)
+    assert refusal(v, token).message == "token expired"
