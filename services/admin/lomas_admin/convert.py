@@ -10,11 +10,13 @@ from google.protobuf import json_format
 from lomas.admin.v1 import admin_store_pb2, resources_pb2
 from lomas.common.v1 import archive_pb2, dataset_pb2, query_pb2
 from lomas_admin.records import ArchiveRecord, AuditRecord, DatasetRecord, GrantRecord, UserRecord
+from lomas_admin.schema import AUDIT_AS_IS
 from lomas_common.convert import (
     DEFINITION_TO_PROTO,
     metadata_from_json,
     privacy_loss_from_proto,
     privacy_loss_to_proto,
+    same_named,
     timestamp_from_datetime,
 )
 from lomas_common.errors import InvalidArgument
@@ -143,22 +145,10 @@ def archive_to_proto(record: ArchiveRecord) -> archive_pb2.ArchivedQuery:
 
 
 def audit_from_proto(event: admin_store_pb2.AuditEvent) -> AuditRecord:
-    return AuditRecord(
-        time=event.time.ToDatetime(tzinfo=dt.UTC),
-        actor=event.actor,
-        method=event.method,
-        request_json=event.request_json,
-        code=event.code,
-        reason=event.reason,
-    )
+    return AuditRecord(time=event.time.ToDatetime(tzinfo=dt.UTC), **same_named(event, *AUDIT_AS_IS))
 
 
 def audit_to_proto(record: AuditRecord) -> admin_store_pb2.AuditEvent:
     return admin_store_pb2.AuditEvent(
-        time=timestamp_from_datetime(record.time),
-        actor=record.actor,
-        method=record.method,
-        request_json=record.request_json,
-        code=record.code,
-        reason=record.reason,
+        time=timestamp_from_datetime(record.time), **same_named(record, *AUDIT_AS_IS)
     )

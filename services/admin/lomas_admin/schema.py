@@ -124,12 +124,10 @@ def archive_from_row(row: Mapping[str, Any]) -> ArchiveRecord:
     )
 
 
+# The fields of an audit event that its record, its row and its message hold alike, under the same
+# names: all but its time (a datetime, text in the table, a Timestamp in the message).
+AUDIT_AS_IS = ("actor", "method", "request_json", "code", "reason")
+
+
 def audit_from_row(row: Mapping[str, Any]) -> AuditRecord:
-    return AuditRecord(
-        time=parse_stamp(row["time"]),
-        actor=row["actor"],
-        method=row["method"],
-        request_json=row["request_json"],
-        code=row["code"],
-        reason=row["reason"],
-    )
+    return AuditRecord(time=parse_stamp(row["time"]), **{name: row[name] for name in AUDIT_AS_IS})

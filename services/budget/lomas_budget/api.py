@@ -76,7 +76,7 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
             request.dataset,
             cost,
             request.actor,
-            owner=request.owner,
+            owner=request.owner or None,
             ttl_seconds=request.ttl_seconds or None,
             request_id=request.request_id or None,
         )

@@ -78,7 +78,7 @@ class Reservations(LedgerOperations):
         cost: PrivacyLoss,
         actor: str,
         *,
-        owner: str = "",
+        owner: str | None = None,
         ttl_seconds: int | None = None,
         request_id: str | None = None,
     ) -> Reservation:

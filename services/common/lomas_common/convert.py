@@ -105,6 +105,12 @@ def metadata_from_json(text: str) -> dict[str, Any]:
     return value
 
 
+def same_named(source: object, *names: str) -> dict[str, Any]:
+    """The fields `names` of `source` as keyword arguments, for a message or record that takes them
+    as they are and under the same names: `AuditEvent(time=..., **same_named(record, "actor"))`."""
+    return {name: getattr(source, name) for name in names}
+
+
 def timestamp_from_datetime(value: dt.datetime) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(value.astimezone(dt.UTC))

@@ -6,7 +6,7 @@ import json
 from decimal import Decimal
 
 from lomas.common.v1 import dataset_pb2, query_pb2
-from lomas_common.convert import metadata_from_json
+from lomas_common.convert import metadata_from_json, same_named
 from lomas_common.errors import InvalidArgument, InvalidQuery
 from lomas_common.privacy import PrivacyValueError, parse_decimal
 from lomas_executor.accuracy import ColumnAccuracy
@@ -139,18 +139,24 @@ def _diffprivlib_from_proto(query: query_pb2.DiffPrivLibQuery) -> DiffPrivLibQue
     )
 
 
+# The fields of a SmartNoise-Synth query that the message and the domain value share as they are.
+_SYNTH_AS_IS = (
+    "synth_name",
+    "synth_params_json",
+    "nullable",
+    "constraints_json",
+    "return_model",
+    "condition",
+    "nb_samples",
+)
+
+
 def _smartnoise_synth_from_proto(query: query_pb2.SmartnoiseSynthQuery) -> SmartnoiseSynthQuery:
     return SmartnoiseSynthQuery(
-        synth_name=query.synth_name,
         epsilon=_query_decimal(query.epsilon or "0", "epsilon"),
         delta=_query_decimal(query.delta, "delta") if query.delta else None,
         select_cols=tuple(query.select_cols),
-        synth_params_json=query.synth_params_json,
-        nullable=query.nullable,
-        constraints_json=query.constraints_json,
-        return_model=query.return_model,
-        condition=query.condition,
-        nb_samples=query.nb_samples,
+        **same_named(query, *_SYNTH_AS_IS),
     )
 
 

@@ -170,17 +170,20 @@ def _discard(session: Any) -> None:
         _log.debug("stopping a dead Spark context failed", exc_info=True)
     gateway = SparkContext._gateway
     with SparkContext._lock:
-        SparkContext._active_spark_context = None
-        SparkContext._gateway = None
-        SparkContext._jvm = None
-    SparkSession._instantiatedSession = None
-    SparkSession._activeSession = None
-    SQLContext._instantiatedContext = None
+        _forget(SparkContext, "_active_spark_context", "_gateway", "_jvm")
+    _forget(SparkSession, "_instantiatedSession", "_activeSession")
+    _forget(SQLContext, "_instantiatedContext")
     if gateway is not None:
         try:
             gateway.shutdown()  # the Python side's sockets and callback server
         except Exception:
             _log.debug("closing a dead Spark gateway failed", exc_info=True)
+
+
+def _forget(owner: type, *names: str) -> None:
+    """Set the class attributes `names` of `owner` (where PySpark keeps its singletons) to None."""
+    for name in names:
+        setattr(owner, name, None)
 
 
 def _plain(value: Any) -> Any:

@@ -134,9 +134,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             access = await self._lifecycle.authorize(subject, request.dataset)
             # A replay the gateway can answer alone does no work and reads no data: no slot, and
             # nothing in its time to pad.
-            known = await self._lifecycle.known_replay(
-                subject, access, request.query, request.request_id, fresh=request.fresh
-            )
+            known = await self._lifecycle.known_replay(subject, access, request)
             if known is not None:
                 return release_response(known)
             # The slot is held through the padding, so padded queries count as in flight.

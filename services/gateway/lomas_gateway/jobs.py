@@ -26,7 +26,7 @@ from datetime import UTC
 from lomas.budget.v1 import budget_pb2
 from lomas.common.v1 import archive_pb2, privacy_pb2
 from lomas.gateway.v1 import gateway_pb2
-from lomas_common.convert import now_timestamp, zero_cost
+from lomas_common.convert import now_timestamp, same_named, zero_cost
 from lomas_common.errors import (
     Code,
     FailedPrecondition,
@@ -79,13 +79,9 @@ class QueryStep:
 
 
 def release_response(outcome: QueryOutcome) -> gateway_pb2.ExecuteQueryResponse:
-    return gateway_pb2.ExecuteQueryResponse(
-        query_id=outcome.query_id,
-        release=outcome.release,
-        cost=outcome.cost,
-        dummy=outcome.dummy,
-        replay=outcome.replay,
-    )
+    """The ExecuteQuery answer that carries `outcome` (its fields are the answer's)."""
+    fields = same_named(outcome, "query_id", "release", "cost", "dummy", "replay")
+    return gateway_pb2.ExecuteQueryResponse(**fields)
 
 
 class QueryJobs:

@@ -54,6 +54,7 @@ from lomas.admin.v1 import admin_store_pb2, admin_store_pb2_grpc
 from lomas.budget.v1 import budget_pb2, budget_pb2_grpc
 from lomas.common.v1 import archive_pb2, dataset_pb2, privacy_pb2, query_pb2
 from lomas.executor.v1 import executor_pb2, executor_pb2_grpc, task_pb2
+from lomas.gateway.v1 import gateway_pb2
 from lomas_common import metrics
 from lomas_common.convert import now_timestamp
 from lomas_common.errors import (
@@ -273,23 +274,21 @@ class QueryLifecycle:
         self,
         subject: str,
         access: admin_store_pb2.AuthorizeDatasetAccessResponse,
-        query: query_pb2.Query,
-        request_id: str,
-        *,
-        fresh: bool = False,
+        request: gateway_pb2.ExecuteQueryRequest,
     ) -> QueryOutcome | None:
         """A real query answered from what this gateway knows, with no work (so no query slot is
         needed): a free replay of a release it has seen, of a query it has priced, under a new
         request id. None when anything is not known: then `start`."""
-        if fresh:
+        if request.fresh:
             return None
         _check_may_query(access)
-        self.check_query(query)
-        priced = self._pricer.known(subject, access.dataset, query)
+        self.check_query(request.query)
+        priced = self._pricer.known(subject, access.dataset, request.query)
         if priced is None:
             return None
         fingerprint = query_fingerprint(subject, access.dataset, priced.canonical)
-        return await self._known_release(fingerprint, query_id_for(subject, request_id), request_id)
+        query_id = query_id_for(subject, request.request_id)
+        return await self._known_release(fingerprint, query_id, request.request_id)
 
     @metrics.counts_refusals(lambda error: not isinstance(error, RemoteErrorFromArchive))
     async def start(

@@ -77,7 +77,7 @@ class Charge:
 class ReconciliationReport:
     """What reconciliation checked (query ids by how they ended) and every mismatch it found."""
 
-    queries: int = 0
+    queries: int  # every query id of the ledger and the archive, known before any is checked
     releases: int = 0
     charged_failures: int = 0
     refunds: int = 0
