@@ -17,7 +17,6 @@ Callers validate the query first (its cost), so what is read here is already che
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -77,7 +76,7 @@ def opendp_accuracy(
     """Per released column of an OpenDP query (a measurement releases one column, `value`)."""
     measurement = build_measurement(query, metadata, limits)
     if isinstance(query, OpenDpMeasurementQuery):
-        return [_measurement_accuracy(json.loads(query.measurement_json), alpha)]
+        return [_measurement_accuracy(measurement, alpha)]
     summary = dp.summarize_polars_measurement(measurement, alpha)
     rows: list[dict[str, Any]] = summary.to_dicts()
     by_column: dict[str, list[dict[str, Any]]] = {}
@@ -110,31 +109,38 @@ _NOISE = {
 }
 
 
-def _measurement_accuracy(node: Any, alpha: float) -> ColumnAccuracy:
-    noise = _final_noise(node)
+def _measurement_accuracy(measurement: dp.Measurement, alpha: float) -> ColumnAccuracy:
+    noise = _final_noise(measurement)
     if noise is None:
         return ColumnAccuracy(MEASUREMENT_COLUMN, None)
-    arguments = noise["__kwargs__"]
-    scale = float(arguments["scale"])
-    # The input domain says whether the noise is added to floats or integers. This subtree passed
-    # the allow-list with the whole measurement.
-    domain = str(dp.deserialize(json.dumps(arguments["input_domain"])))
+    described = _described(noise)
+    assert described is not None  # `_final_noise` found it by its description
+    scale = float(described["__kwargs__"]["scale"])
+    # The input domain says whether the noise is added to floats or integers.
+    domain = str(noise.input_domain)
     floating = "f32" in domain or "f64" in domain
-    (float_name, float_accuracy), (int_name, int_accuracy) = _NOISE[noise["__function__"]]
+    (float_name, float_accuracy), (int_name, int_accuracy) = _NOISE[described["__function__"]]
     name, to_accuracy = (float_name, float_accuracy) if floating else (int_name, int_accuracy)
     return ColumnAccuracy(MEASUREMENT_COLUMN, _finite(to_accuracy(scale, alpha)), name)
 
 
-def _final_noise(node: Any) -> dict[str, Any] | None:
-    """The noise constructor the measurement ends with (through `make_chain_mt`), if any."""
-    while isinstance(node, dict):
-        function = node.get("__function__")
+def _final_noise(measurement: dp.Measurement) -> dp.Measurement | None:
+    """The noise measurement the measurement ends with (through `make_chain_mt`), if any, read from
+    the constructor calls OpenDP records on what they build (`__opendp_dict__`, what it serializes)."""
+    node: object = measurement
+    while (described := _described(node)) is not None:
+        function = described.get("__function__")
         if function in _NOISE:
-            return node
+            return node if isinstance(node, dp.Measurement) else None
         if function != "make_chain_mt":
             return None
-        node = node.get("__kwargs__", {}).get("measurement1")
+        node = described.get("__kwargs__", {}).get("measurement1")
     return None
+
+
+def _described(node: object) -> dict[str, Any] | None:
+    described = getattr(node, "__opendp_dict__", None)
+    return described if isinstance(described, dict) else None
 
 
 def _finite(value: Any) -> float | None:

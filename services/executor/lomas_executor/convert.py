@@ -22,6 +22,7 @@ from lomas_executor.diffprivlib_model import (
 )
 from lomas_executor.engine import DatasetRef, Query
 from lomas_executor.metadata import DatasetMetadata
+from lomas_executor.opendp_json import canonical_measurement_json
 from lomas_executor.opendp_model import Mechanism, OpenDpMeasurementQuery, OpenDpPolarsQuery
 from lomas_executor.smartnoise_sql import SmartnoiseSqlQuery
 from lomas_executor.smartnoise_synth import SmartnoiseSynthQuery
@@ -204,7 +205,7 @@ def canonical_query(query: query_pb2.Query, sql: str | None = None) -> query_pb2
         opendp = canonical.opendp
         opendp.fixed_delta = canonical_decimal(opendp.fixed_delta) if opendp.fixed_delta else ""
         if opendp.WhichOneof("pipeline") == "measurement_json":
-            opendp.measurement_json = canonical_json(opendp.measurement_json)
+            opendp.measurement_json = canonical_measurement_json(opendp.measurement_json)
         elif opendp.WhichOneof("pipeline") == "polars":
             opendp.polars.plan_json = canonical_json(opendp.polars.plan_json)
             if opendp.polars.global_scale:

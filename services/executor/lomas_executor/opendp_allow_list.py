@@ -1,7 +1,8 @@
 """The allow-list of OpenDP constructors, and the walk of a measurement's JSON against it.
 
-A measurement arrives in OpenDP's JSON form (`dp.serialize`); deserializing it runs the
-constructors it names, so the JSON is walked first: every `__function__`/`__module__` pair must be
+A measurement arrives in OpenDP's JSON form (`dp.serialize`) or in the parts form (`opendp_json`,
+each distinct constructor once, walked part by part); deserializing it runs the constructors it
+names, so the JSON is walked first: every `__function__`/`__module__` pair must be
 on `ALLOWED_CONSTRUCTORS`, user-defined functions and feature-gated constructors are refused by
 name, Polars objects are refused here, and every size the pipeline chooses is checked against the
 executor's ceilings (`QueryLimits`) before anything is allocated. Only then is it deserialized, and
@@ -21,7 +22,12 @@ from opendp.mod import OpenDPException
 from lomas_common.errors import InvalidQuery
 from lomas_executor import opendp_model as model
 from lomas_executor.metadata import DatasetMetadata
-from lomas_executor.opendp_json import deserialize_shared
+from lomas_executor.opendp_json import (
+    build_parts,
+    deserialize_shared,
+    is_part_reference,
+    measurement_parts,
+)
 from lomas_executor.opendp_model import InputDomainMismatch, PipelineRefused, QueryLimitExceeded
 from lomas_executor.settings import QueryLimits
 
@@ -191,19 +197,38 @@ _NODE_KEYS = frozenset({"__function__", "__module__", "__kwargs__", "__version__
 
 def check_measurement_json(
     tree: Any, metadata: DatasetMetadata, limits: QueryLimits | None = None
-) -> None:
+) -> list[dict[str, Any]] | None:
     """Refuse anything but allow-listed OpenDP constructors, before deserializing anything.
 
     Also checks that every `make_split_dataframe`/`make_create_dataframe` names the metadata's
     columns in order (the measurement reads the dataset as CSV text), and that every size the
-    pipeline chooses is within `limits`.
+    pipeline chooses is within `limits`. `tree` is OpenDP's JSON or the parts form
+    (`opendp_json`), whose parts are each checked as OpenDP's JSON: a reference stands for a whole
+    constructor node, and every check reads only a node and its own arguments, so checking each
+    part once checks every node of the measurement. Returns the parts (None for OpenDP's form).
     """
     limits = limits or QueryLimits()
-    if not isinstance(tree, dict) or "__function__" not in tree:
-        raise InvalidQuery("the OpenDP measurement JSON must be one serialized OpenDP measurement")
+    parts = measurement_parts(tree)
+    if parts is None:
+        if not isinstance(tree, dict) or "__function__" not in tree:
+            raise InvalidQuery(
+                "the OpenDP measurement JSON must be one serialized OpenDP measurement"
+            )
+        _check_tree(tree, metadata, limits, references=False)
+    else:
+        for part in parts:
+            _check_tree(part, metadata, limits, references=True)
+    return parts
+
+
+def _check_tree(
+    tree: Any, metadata: DatasetMetadata, limits: QueryLimits, *, references: bool
+) -> None:
     for _, node in model.walk(tree):
         if not isinstance(node, dict):
             continue
+        if references and is_part_reference(node):
+            continue  # its shape was checked with the parts (`measurement_parts`)
         flags = [key for key in node if isinstance(key, str) and key.startswith("__")]
         if any(flag in POLARS_FLAGS for flag in flags):
             raise PipelineRefused(
@@ -300,17 +325,25 @@ def _check_count(function: str, name: str, value: object, maximum: int, limit: s
 def measurement_from_json(
     text: str, metadata: DatasetMetadata, limits: QueryLimits
 ) -> dp.Measurement:
-    """The checked measurement of `text`. Memoised per process (refusals are not): OpenDP takes
-    about 0.2 s to deserialize a measurement, and the worker builds it to price the query and
-    again to run it; a Measurement is never changed by use, so one object serves every run."""
+    """The checked measurement of `text` (OpenDP's JSON or the parts form, `opendp_json`).
+    Memoised per process (refusals are not): OpenDP's form of a `then_` chain takes tens of
+    milliseconds to parse, check and build, and the worker builds it to price the query and again
+    to run it; a Measurement is never changed by use, so one object serves every run."""
     tree = model.parse_json(text, "OpenDP measurement JSON")
-    check_measurement_json(tree, metadata, limits)
+    parts = check_measurement_json(tree, metadata, limits)
     # Every constructor named in the JSON is allow-listed: deserializing runs only those.
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            measurement = deserialize_shared(text)
-    except (OpenDPException, TypeError, ValueError, KeyError, AttributeError) as exc:
+            measurement = deserialize_shared(text) if parts is None else build_parts(parts)
+    except (
+        OpenDPException,
+        TypeError,
+        ValueError,
+        KeyError,
+        AttributeError,
+        RecursionError,
+    ) as exc:
         raise InvalidQuery(
             f"OpenDP could not rebuild the measurement: {model.clean_message(exc)}"
         ) from None

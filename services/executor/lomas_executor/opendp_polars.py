@@ -315,9 +315,13 @@ def lazyframe_domain(
     return domain
 
 
+@functools.lru_cache(maxsize=64)
 def measurement_from_plan(
     query: OpenDpPolarsQuery, metadata: DatasetMetadata, limits: QueryLimits
 ) -> dp.Measurement:
+    """The checked measurement of a Polars query. Memoised per process (refusals are not), as
+    `measurement_from_json` is: the worker builds it to check the cost and again to run it (a few
+    milliseconds each), and a Measurement is never changed by use (each run has its own frame)."""
     tree = parse_json(query.plan_json, "Polars plan")
     facts = check_polars_plan(tree, metadata, limits)
     measure = (

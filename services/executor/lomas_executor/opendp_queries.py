@@ -4,7 +4,8 @@ This module is the entry point (the engine calls it); the query types live in `o
 checks in `opendp_allow_list` and `opendp_polars`, the charge in `opendp_cost`.
 
 * **Measurement** (`OpenDpMeasurementQuery`): a measurement built with OpenDP's Python API and sent in
-  OpenDP's own JSON form (`dp.serialize`). Its input is the dataset as CSV text without a header line,
+  OpenDP's own JSON form (`dp.serialize`) or in the parts form, each distinct constructor once
+  (`opendp_json`; what the Python client sends). Its input is the dataset as CSV text without a header line,
   columns in metadata order, as Lomas feeds "legacy" pipelines (`make_split_dataframe` first).
 * **Polars** (`OpenDpPolarsQuery`): a Polars LazyFrame plan using OpenDP's `dp` expressions, serialized
   with `LazyFrame.serialize(format="json")` (as Lomas 0.5 does). The server builds the input domain

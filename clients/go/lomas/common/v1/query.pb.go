@@ -326,6 +326,10 @@ type isOpenDpQuery_Pipeline interface {
 type OpenDpQuery_MeasurementJson struct {
 	// A measurement built with OpenDP's Python API, in OpenDP's JSON form (`dp.serialize`). Its input is
 	// the dataset as CSV text without a header line, columns in metadata order (as in Lomas).
+	// Also accepted, and sent by the Python client: the parts form, OpenDP's JSON with each distinct
+	// constructor written once, `{"__parts__": [part_0, ..., part_n]}`, where each part is one
+	// constructor node as OpenDP writes it in which `{"__part__": j}` stands for an earlier part j, and
+	// the measurement is the last part (a `then_` chain that OpenDP writes in 0.6 MB takes a few kB).
 	MeasurementJson string `protobuf:"bytes,1,opt,name=measurement_json,json=measurementJson,proto3,oneof"`
 }
 
