@@ -90,6 +90,41 @@ def test_a_sql_query_is_post_processed_unless_asked_otherwise() -> None:
     assert isinstance(raw, query_pb2.Query)
 
 
+class RecordingClient:
+    """Stands for `Client` under a SmartNoise-SQL client: records what `submit` is given."""
+
+    def __init__(self) -> None:
+        self.submitted: list[tuple[query_pb2.Query, dict[str, Any]]] = []
+
+    def submit(self, query: query_pb2.Query, **options: Any) -> None:
+        self.submitted.append((query, options))
+
+
+def test_a_sql_submit_takes_its_query_options_by_keyword() -> None:
+    recorder = RecordingClient()
+    sql = SmartnoiseSqlClient(cast(Client, recorder))
+    sql.submit(
+        "SELECT COUNT(*) AS n FROM df",
+        1.0,
+        1e-5,
+        mechanisms={"count": "gaussian"},
+        postprocess=False,
+        request_id="r-1",
+        fresh=True,
+    )
+    sql.submit("SELECT 1 FROM df", "1", "0")
+    (tuned, tuned_options), (plain, plain_options) = recorder.submitted
+    assert dict(tuned.smartnoise_sql.mechanisms) == {"count": "gaussian"}
+    assert tuned.smartnoise_sql.postprocess is False
+    assert tuned_options == {"request_id": "r-1", "fresh": True}  # only the submit's own
+    assert dict(plain.smartnoise_sql.mechanisms) == {}
+    assert plain.smartnoise_sql.postprocess is True
+    assert plain_options == {}
+    # A misspelled keyword is refused, not silently dropped.
+    with pytest.raises(TypeError, match="postproces"):
+        sql.submit("SELECT 1 FROM df", "1", "0", **cast(Any, {"postproces": False}))
+
+
 def test_formats_come_from_the_file_suffix() -> None:
     assert format_from_path("data/penguin.CSV") == dataset_pb2.DATA_FORMAT_CSV
     assert format_from_path("s3/key/penguin.parquet") == dataset_pb2.DATA_FORMAT_PARQUET

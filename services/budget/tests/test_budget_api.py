@@ -74,6 +74,19 @@ def test_reservations_carry_owner_expiry_and_typed_refusals(budget: Peer, user: 
     )
 
 
+def test_a_reservation_is_read_back_by_its_query_id(budget: Peer, user: str) -> None:
+    held = reserve(budget, f"{user}-read", user, approx("1", "0"), owner="gw-1")
+    lookup = budget_pb2.GetReservationRequest(query_id=f"{user}-read")
+    assert budget.call("GetReservation", lookup).reservation == held
+    refused(
+        lambda: budget.call(
+            "GetReservation", budget_pb2.GetReservationRequest(query_id=f"{user}-none")
+        ),
+        Code.NOT_FOUND,
+        "RESERVATION_NOT_FOUND",
+    )
+
+
 def test_replays_with_a_request_id_return_the_first_response(budget: Peer, user: str) -> None:
     first = reserve(budget, f"{user}-q1", user, approx("1", "0"), request_id=f"{user}-r1")
     mark = budget_pb2.MarkReservationAccessedRequest(

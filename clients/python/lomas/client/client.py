@@ -22,7 +22,9 @@ from google.protobuf import json_format
 
 from lomas.client.diffprivlib_client import DiffPrivLibClient
 from lomas.client.errors import InvalidArgument, from_rpc_error
+from lomas.client.family import refuse_unknown, submit_options
 from lomas.client.jobs import QueryJob, progress_wanted, watch_events, with_progress
+from lomas.client.opendp_parts import NotInPartsForm, parts_json
 from lomas.client.options import RunOptions, SubmitOptions
 from lomas.client.options import decimal_text as _decimal_text
 from lomas.client.smartnoise_synth_client import SmartnoiseSynthClient
@@ -303,6 +305,15 @@ class Client:
         return loss_to_dict(response.refunded)
 
 
+class SmartnoiseSqlSubmitOptions(SubmitOptions, total=False):
+    """The keyword arguments of `SmartnoiseSqlClient.submit` (our own call, not Lomas's): the
+    query's `mechanisms` (default: SmartNoise-SQL's own) and `postprocess` (default True), as
+    `query` takes them, then the submit's."""
+
+    mechanisms: Mapping[str, str] | None
+    postprocess: bool
+
+
 class SmartnoiseSqlClient:
     """DP SQL with SmartNoise-SQL. The SQL names the table `df`, as in Lomas."""
 
@@ -375,15 +386,16 @@ class SmartnoiseSqlClient:
         query: str,
         epsilon: float | str | Decimal,
         delta: float | str | Decimal,
-        mechanisms: Mapping[str, str] | None = None,
-        postprocess: bool = True,
-        **options: Unpack[SubmitOptions],
+        **options: Unpack[SmartnoiseSqlSubmitOptions],
     ) -> QueryJob:
         """Start the query and return its job at once: `job.result()` waits for the release,
-        `job.status()` tells where it stands, `job.cancel()` stops it before it touches data."""
-        return self._client.submit(
-            self._query(query, epsilon, delta, mechanisms, postprocess), **options
+        `job.status()` tells where it stands, `job.cancel()` stops it before it touches data.
+        `mechanisms` and `postprocess` are keywords here (see `SmartnoiseSqlSubmitOptions`)."""
+        refuse_unknown(options, SmartnoiseSqlSubmitOptions.__optional_keys__)
+        sql = self._query(
+            query, epsilon, delta, options.get("mechanisms"), options.get("postprocess", True)
         )
+        return self._client.submit(sql, **submit_options(options))
 
 
 _MECHANISMS = {
@@ -496,16 +508,23 @@ class OpenDpClient:
 
 
 def _measurement_json(pipeline: Any) -> str | None:
-    """OpenDP's JSON form of a Measurement (None if `pipeline` is not one)."""
+    """A Measurement as OpenDP JSON, in the parts form (`lomas.client.opendp_parts`) or OpenDP's
+    own (None if `pipeline` is not a Measurement)."""
     try:
         import opendp.prelude as dp
+        from opendp import mod as opendp_mod
     except ImportError:  # pragma: no cover - the client's opendp extra is not installed
         raise ImportError(
             "OpenDP pipelines need the opendp package (pip install opendp[polars])"
         ) from None
     if isinstance(pipeline, dp.Measurement):
-        serialize: Callable[[Any], object] = dp.serialize  # OpenDP leaves it unannotated
-        return str(serialize(pipeline))
+        # Each distinct constructor once (a few kB where OpenDP's form of a `then_` chain is
+        # 0.6 MB); what the parts form cannot hold goes in OpenDP's own form.
+        try:
+            return parts_json(pipeline, str(opendp_mod.__version__))
+        except NotInPartsForm:
+            serialize: Callable[[Any], object] = dp.serialize  # OpenDP leaves it unannotated
+            return str(serialize(pipeline))
     if isinstance(pipeline, dp.Transformation):
         raise TypeError("the pipeline must be a Measurement (end it with a noise mechanism)")
     return None
