@@ -37,7 +37,7 @@ from lomas.budget.v1 import budget_pb2, budget_pb2_grpc
 from lomas.common.v1 import archive_pb2, privacy_pb2
 from lomas.executor.v1 import task_pb2
 from lomas_common import metrics
-from lomas_common.convert import now_timestamp, privacy_loss_to_proto, zero_cost
+from lomas_common.convert import now_timestamp, privacy_loss_to_proto, same_named, zero_cost
 from lomas_common.errors import Code, LomasError
 from lomas_common.peers import SyncPeer
 from lomas_common.rpc_errors import RemoteError
@@ -48,6 +48,7 @@ from lomas_executor.deliveries import count_delivery
 from lomas_executor.engine import QueryEngine
 from lomas_executor.failures import caused_by, chain_names
 from lomas_executor.settings import WorkerSettings
+from lomas_executor.task_inputs import dataset_of
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class QueryRunner:
                 return
             if attempt is None:
                 attempt = count_delivery(self._redis, self._settings.queue, task.query_id)
-            outcome = self._attempt(task, attempt, started)
+            outcome = self._attempt(task, attempt, started, first_delivery=first_delivery)
             # The data was accessed: the charge stands whatever happens to the outcome, so the
             # commit need not wait for the archive. Both are idempotent; a failure of either
             # fails the delivery, and a redelivery finishes both.
@@ -195,7 +196,7 @@ class QueryRunner:
         Otherwise the cost is that of exactly `task.query` on `task.dataset`, by this worker's engine.
         """
         try:
-            dataset = convert.dataset_from_proto(task.dataset)
+            dataset = dataset_of(task.dataset)
             query = convert.query_from_proto(task.query)
             self._engine.preflight(dataset, query)
             cost = self._engine.estimate_cost(query, dataset)
@@ -249,10 +250,18 @@ class QueryRunner:
         return self._engine
 
     def _attempt(
-        self, task: task_pb2.ExecuteQueryTask, attempt: int, started: float
+        self,
+        task: task_pb2.ExecuteQueryTask,
+        attempt: int,
+        started: float,
+        *,
+        first_delivery: bool = False,
     ) -> archive_pb2.ArchivedQuery:
-        """Run the query, unless earlier deliveries show it cannot finish (then record why)."""
-        timed_out = self._redis.exists(self._settings.queue.timed_out_key(task.query_id))
+        """Run the query, unless earlier deliveries show it cannot finish (then record why).
+        A first delivery has no earlier one that could have hit the hard time limit."""
+        timed_out = not first_delivery and self._redis.exists(
+            self._settings.queue.timed_out_key(task.query_id)
+        )
         if timed_out:
             log.warning("query %s hit the hard time limit; recorded as timed out", task.query_id)
             outcome = self._new_outcome(task)
@@ -277,21 +286,17 @@ class QueryRunner:
 
     @staticmethod
     def _new_outcome(task: task_pb2.ExecuteQueryTask) -> archive_pb2.ArchivedQuery:
+        """The outcome of `task` before it has one: what the task says of the query."""
         return archive_pb2.ArchivedQuery(
-            query_id=task.query_id,
-            user=task.user,
             dataset=task.dataset.name,
-            query=task.query,
-            cost=task.cost,
-            submit_time=task.submit_time,
-            fingerprint=task.fingerprint,
+            **same_named(task, "query_id", "user", "query", "cost", "submit_time", "fingerprint"),
         )
 
     def _run(self, task: task_pb2.ExecuteQueryTask, started: float) -> archive_pb2.ArchivedQuery:
         """Run the query; any failure becomes a stored outcome that carries no data values."""
         outcome = self._new_outcome(task)
         try:
-            dataset = convert.dataset_from_proto(task.dataset)
+            dataset = dataset_of(task.dataset)
             query = convert.query_from_proto(task.query)
             outcome.release = frame_to_ipc(self._engine.run(query, dataset))
             outcome.status = archive_pb2.QUERY_STATUS_SUCCEEDED

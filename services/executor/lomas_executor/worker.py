@@ -215,6 +215,7 @@ def main() -> None:
     _, relay = telemetry.setup_worker(observed)
     metrics.observe_queue_depth(waiting_tasks(settings))
     logging.getLogger("celery").setLevel(settings.log_level.upper())
+    quiet_task_receipts()
     app = create_app(settings)
 
     @signals.worker_process_init.connect(weak=False)
@@ -240,6 +241,14 @@ def preload_engines() -> None:
 
     del execution  # imported for its engines
     smartnoise_sql.warm_up()
+
+
+def quiet_task_receipts() -> None:
+    """Log each task's receipt at DEBUG only: Celery logs it at INFO in the main process, between
+    taking the message from Redis and handing it to a child, on the path of every query. Its
+    outcome ("succeeded", "retry", failures) is still logged, by the child, after the task."""
+    if not logging.getLogger("celery").isEnabledFor(logging.DEBUG):
+        logging.getLogger("celery.worker.strategy").setLevel(logging.WARNING)
 
 
 def worker_argv(settings: WorkerSettings) -> list[str]:

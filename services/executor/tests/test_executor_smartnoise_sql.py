@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import snsql
 from snsql.sql._mechanisms.gaussian import Gaussian as LibraryGaussian
+from snsql.sql.parse import QueryParser
 from snsql.sql.private_reader import PrivateReader
 
 from lomas_common.errors import ExecutionFailed, InvalidQuery
@@ -18,6 +19,7 @@ from lomas_executor import smartnoise_sql as sn
 from lomas_executor.metadata import DatasetMetadata
 from lomas_executor.smartnoise_mechanisms import CALIBRATIONS, Gaussian, Laplace, Noise
 from lomas_executor.smartnoise_sql import SmartnoiseSqlQuery
+from lomas_executor.sql_limits import DEFAULT_LIMITS
 
 AVG_BY_SPECIES = "SELECT species, AVG(bill_length_mm) AS avg_bill FROM df GROUP BY species"
 QUERIES = [
@@ -348,8 +350,8 @@ def test_costs_are_memoised_by_query_and_metadata(
     monkeypatch.setattr(PrivateReader, "parse_query_string", counted)
     sql = f"SELECT COUNT(*) AS n_{uuid.uuid4().hex[:8]} FROM df"  # not asked by another test
     first = sn.estimate_cost(_query(sql, epsilon="0.3"), penguin_md)
-    per_cost = len(asked)  # the price, then the dry run on an empty table
-    assert per_cost == 2
+    per_cost = len(asked)  # the price; the dry run on an empty table runs its rewrite
+    assert per_cost == 1
     assert sn.estimate_cost(_query(sql, epsilon="0.3"), penguin_md) == first
     assert len(asked) == per_cost
     sn.estimate_cost(_query(sql, epsilon="0.3", mechanisms={"count": "gaussian"}), penguin_md)
@@ -361,3 +363,74 @@ def test_costs_are_memoised_by_query_and_metadata(
         with pytest.raises(InvalidQuery):
             sn.estimate_cost(_query("SELECT COUNT(*) FROM nowhere"), penguin_md)
     assert len(asked) == 4 * per_cost + 2
+
+
+def _counting_parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every SQL text the library parses from now on (its rewrite parses its own too)."""
+    asked: list[str] = []
+    library = QueryParser.queries
+
+    def counted(self: object, sql: str, *args: object, **kwargs: object) -> object:
+        asked.append(sql)
+        return library(self, sql, *args, **kwargs)
+
+    monkeypatch.setattr(QueryParser, "queries", counted)
+    return asked
+
+
+def test_runs_execute_the_priced_rewrite_without_parsing_again(
+    penguin_reader: sn.SqliteTableReader,
+    penguin_md: DatasetMetadata,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker prices, then runs the query it priced: parsed and rewritten once in all."""
+    asked = _counting_parses(monkeypatch)
+    query = _query(f"SELECT COUNT(*) AS n_{uuid.uuid4().hex[:8]} FROM df")
+    sn.estimate_cost(query, penguin_md, dry_run=False)
+    parsed = len(asked)
+    assert parsed >= 1
+    counts = {int(sn.execute(query, penguin_reader, penguin_md, validated=True).iloc[0, 0])}
+    assert len(asked) == parsed  # no parse, no rewrite: the rewritten query of the price runs
+    for _ in range(20):
+        counts.add(int(sn.execute(query, penguin_reader, penguin_md, validated=True).iloc[0, 0]))
+    assert len(asked) == parsed
+    assert len(counts) > 1  # each run draws fresh noise (20 equal draws: p < 1e-10)
+
+
+def test_a_run_that_finds_the_rewrite_taken_parses_its_own(
+    penguin_reader: sn.SqliteTableReader,
+    penguin_md: DatasetMetadata,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One run at a time uses a shared rewrite; a concurrent one parses and rewrites its own."""
+    query = _query(AVG_BY_SPECIES.replace("avg_bill", f"a_{uuid.uuid4().hex[:8]}"))
+    sn.estimate_cost(query, penguin_md, dry_run=False)
+    analysis = sn._priced(query, penguin_md, DEFAULT_LIMITS, dry_run=False)
+    asked = _counting_parses(monkeypatch)
+    with analysis.lock:
+        result = sn.execute(query, penguin_reader, penguin_md, validated=True)
+    assert asked  # parsed again
+    assert sorted(result["species"]) == ["Adelie", "Chinstrap", "Gentoo"]
+    parsed = len(asked)
+    again = sn.execute(query, penguin_reader, penguin_md, validated=True)
+    assert len(asked) == parsed and list(again.columns) == list(result.columns)
+
+
+def test_the_priced_rewrite_is_the_one_the_library_runs(penguin_md: DatasetMetadata) -> None:
+    """The stored rewrite is the library's own for the query, and so are its mechanisms."""
+    for sql in QUERIES:
+        query = _query(sql, epsilon="0.7", delta="0.0001")
+        analysis = sn._priced(query, penguin_md, DEFAULT_LIMITS, dry_run=False)
+        private = sn.metadata_only_reader(query, penguin_md)
+        subquery, rewritten = private._rewrite_ast(private.parse_query_string(sql))
+        assert str(analysis.rewritten) == str(rewritten)
+        assert str(analysis.subquery) == str(subquery)
+        stored = [
+            (type(m), m.epsilon, m.delta, m.scale) if m else None
+            for m in private._get_mechanisms(analysis.subquery)
+        ]
+        fresh = [
+            (type(m), m.epsilon, m.delta, m.scale) if m else None
+            for m in private._get_mechanisms(subquery)
+        ]
+        assert stored == fresh

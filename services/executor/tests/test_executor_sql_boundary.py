@@ -372,8 +372,12 @@ def test_literals_and_comments_do_not_count_towards_the_ceilings(md: DatasetMeta
         ("SELECT COUNT(*) AS n FROM df WHERE CHAR_LENGTH(species) > 3", "no such function"),
         (f"{COUNT_BY_SPECIES} HAVING SUM(x) > 0", "cannot be executed"),
         (f"{COUNT_BY_SPECIES} ORDER BY x", "sort expression"),
-        # Beyond the text ceilings (lifted here), the dry run still refuses what SQLite cannot run.
-        ("SELECT COUNT(*) AS n FROM df WHERE " + "(" * 200 + "x > 1" + ")" * 200, "stack overflow"),
+        # Beyond the text ceilings (lifted here), the dry run still refuses what SQLite cannot run
+        # (nested conditions: doubled parentheses go from the canonical form that runs).
+        (
+            "SELECT COUNT(*) AS n FROM df WHERE " + "(x > 0 AND " * 50 + "x > 1" + ")" * 50,
+            "stack overflow",
+        ),
         ("SELECT COUNT(*) AS n FROM df WHERE x > " + "9" * 400 + ".5", "no such column: inf"),
     ],
 )
