@@ -30,6 +30,9 @@ def schema(db: Database) -> list[str]:
         """CREATE TABLE IF NOT EXISTS datasets (
             name TEXT PRIMARY KEY, source TEXT NOT NULL, format TEXT NOT NULL, metadata TEXT NOT NULL,
             version INTEGER NOT NULL, created_at TEXT NOT NULL)""",
+        # The last version each dataset name had, kept when the dataset is deleted (store.py).
+        """CREATE TABLE IF NOT EXISTS dataset_versions (
+            name TEXT PRIMARY KEY, last_version INTEGER NOT NULL)""",
         f"""CREATE TABLE IF NOT EXISTS grants (
             user_name TEXT NOT NULL, dataset TEXT NOT NULL, definition TEXT NOT NULL,
             epsilon {dec} NOT NULL, delta {dec} NOT NULL, rho {dec} NOT NULL, created_at TEXT NOT NULL,

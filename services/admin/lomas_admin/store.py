@@ -153,6 +153,7 @@ class AdminStore:
                         f"dataset {dataset.name!r} already exists", reason="DATASET_EXISTS"
                     )
                 return existing
+            version = _next_version(tx, dataset.name, 0)
             tx.execute(
                 "INSERT INTO datasets (name, source, format, metadata, version, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
@@ -161,11 +162,11 @@ class AdminStore:
                     source_json,
                     dataset.format,
                     metadata_json,
-                    1,
+                    version,
                     stamp(dataset.created_at),
                 ),
             )
-            return dataclasses.replace(dataset, version=1)
+            return dataclasses.replace(dataset, version=version)
 
         return self._requests.run(
             "CreateDataset", request_id, _dataset_params(dataset), work, idempotency.DATASET
@@ -182,7 +183,7 @@ class AdminStore:
             if row is None:
                 raise _dataset_not_found(dataset.name)
             existing = dataset_from_row(row)
-            version = existing.version + 1
+            version = _next_version(tx, dataset.name, existing.version)
             tx.execute(
                 "UPDATE datasets SET source = ?, format = ?, metadata = ?, version = ?"
                 " WHERE name = ?",
@@ -211,8 +212,13 @@ class AdminStore:
         """Delete a dataset and the grants on it."""
 
         def work(tx: Transaction) -> None:
-            if tx.execute("DELETE FROM datasets WHERE name = ?", (name,)).rowcount == 0:
+            row = tx.fetchone(
+                "SELECT version FROM datasets WHERE name = ?" + tx.lock_suffix, (name,)
+            )
+            if row is None:
                 raise _dataset_not_found(name)
+            _remember_version(tx, name, int(row["version"]))
+            tx.execute("DELETE FROM datasets WHERE name = ?", (name,))
             tx.execute("DELETE FROM grants WHERE dataset = ?", (name,))
 
         self._requests.run("DeleteDataset", request_id, {"name": name}, work, idempotency.NOTHING)
@@ -304,6 +310,24 @@ class AdminStore:
             grant=grant_from_row(row),
             dataset=dataset_from_row(row, prefix="d_"),
         )
+
+
+def _next_version(tx: Transaction, name: str, current: int) -> int:
+    """The version a dataset named `name` takes now, never one the name had before: a dataset
+    deleted and registered again must not meet the free replays of the old one (they are keyed on
+    name and version). Remembered in `dataset_versions`, which deletions leave alone."""
+    row = tx.fetchone("SELECT last_version FROM dataset_versions WHERE name = ?", (name,))
+    version = max(current, int(row["last_version"]) if row is not None else 0) + 1
+    _remember_version(tx, name, version)
+    return version
+
+
+def _remember_version(tx: Transaction, name: str, version: int) -> None:
+    tx.execute(
+        "INSERT INTO dataset_versions (name, last_version) VALUES (?, ?)"
+        " ON CONFLICT (name) DO UPDATE SET last_version = excluded.last_version",
+        (name, version),
+    )
 
 
 def _dataset_params(dataset: DatasetRecord) -> dict[str, object]:

@@ -121,6 +121,18 @@ def test_a_dataset_keeps_its_metadata_order_and_versions_on_update(stub: Stub) -
     )
 
 
+def test_a_dataset_registered_again_after_its_deletion_takes_a_new_version(stub: Stub) -> None:
+    """Free replays are keyed on (name, version): a new dataset under an old name must not meet
+    the releases of the old one."""
+    assert create_dataset(stub, "reused").version == 1
+    stub.UpdateDataset(pb.UpdateDatasetRequest(dataset=dataset("reused", path="/data/v2.csv")))
+    stub.DeleteDataset(pb.DeleteDatasetRequest(name="reused"))
+    assert create_dataset(stub, "reused").version == 3
+    stub.DeleteDataset(pb.DeleteDatasetRequest(name="reused"))
+    assert create_dataset(stub, "reused").version == 4
+    assert create_dataset(stub, "fresh-name").version == 1
+
+
 def test_bad_datasets_are_refused_and_nothing_is_stored(stub: Stub) -> None:
     no_format = dataset("a")
     no_format.format = dataset_pb2.DATA_FORMAT_UNSPECIFIED

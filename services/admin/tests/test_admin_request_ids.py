@@ -75,7 +75,8 @@ def test_dataset_calls_are_answered_once(stub: Stub) -> None:
     stub.DeleteDataset(delete)
     stub.CreateDataset(pb.CreateDatasetRequest(dataset=dataset("penguins")))
     stub.DeleteDataset(delete)  # the retry: no NOT_FOUND, and the new dataset stays
-    assert stub.GetDataset(pb.GetDatasetRequest(name="penguins")).dataset.version == 1
+    # The new dataset stays, with a version the name never had (2 was the deleted one's).
+    assert stub.GetDataset(pb.GetDatasetRequest(name="penguins")).dataset.version == 3
     refused(
         lambda: stub.DeleteDataset(pb.DeleteDatasetRequest(name="iris", request_id="d1")), *REUSED
     )
