@@ -151,10 +151,12 @@ class FreeCallSettings:
       backstop to the wall-clock limit: a call's threads may use more CPU than wall time).
     * `timeout_seconds` (LOMAS_FREE_CALL_TIMEOUT_SECONDS): wall-clock limit of one call, waiting
       included, never beyond the caller's own gRPC deadline.
-    * `max_calls_per_child` (LOMAS_FREE_CALL_MAX_CALLS_PER_CHILD): a child is replaced after that
-      many calls (the memory it kept goes with it). A replacement imports the engines again (about
-      2 CPU-seconds), and every real query is priced here, so the default is high: memory a child
-      keeps is bounded anyway (it is replaced when it keeps half its limit resident).
+    * `max_calls_per_child` (LOMAS_FREE_CALL_MAX_CALLS_PER_CHILD, default 10,000): a child is
+      replaced after that many calls (the memory it kept goes with it). A replacement imports the
+      engines again (about 2 CPU-seconds), and every real query is priced here, so the default is
+      high: with 1,000, replacements took a third of the executor's CPU in a 20-second burst of
+      distinct queries. Memory a child keeps is bounded anyway (it is replaced when it keeps half
+      its limit resident).
     * `niceness` (LOMAS_FREE_CALL_NICENESS): how much lower the children's CPU priority is than the
       service's (0 to 19): under a flood of free work, real queries keep the CPU they need.
     """
@@ -165,7 +167,7 @@ class FreeCallSettings:
     memory_mb: int = 2048
     cpu_seconds: int = 60
     timeout_seconds: float = 20.0
-    max_calls_per_child: int = 1000
+    max_calls_per_child: int = 10_000
     niceness: int = 10
 
     def __post_init__(self) -> None:
