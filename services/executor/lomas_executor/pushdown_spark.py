@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -51,6 +52,11 @@ _DEFAULT_CONF = {
 }
 
 
+# A failed JVM launch is tried once more, after a pause that lets a saturated machine settle.
+_START_ATTEMPTS = 2
+_RETRY_PAUSE_SECONDS = 2.0
+
+
 class SparkSessions:
     """This process's Spark session, started on first use, and the views it has registered."""
 
@@ -70,15 +76,31 @@ class SparkSessions:
         a machine too loaded for the JVM to come up in time)."""
         with self._lock:
             if self._session is None:
-                try:
-                    self._session = self._start()
-                except Exception as exc:
-                    _log.warning("the Spark session could not start", exc_info=True)
+                self._session = self._start_with_retry()
+            return self._session
+
+    def _start_with_retry(self) -> Any:
+        """Start the session, trying once more after a failed start: a JVM launched while the
+        machine is saturated (other JVMs starting, every core busy) can exit before it hands
+        PySpark its port, and a second launch then succeeds. A second failure is the answer."""
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            try:
+                return self._start()
+            except Exception as exc:
+                _log.warning(
+                    "the Spark session could not start (attempt %d of %d)",
+                    attempt,
+                    _START_ATTEMPTS,
+                    exc_info=True,
+                )
+                _reset_pyspark()
+                if attempt == _START_ATTEMPTS:
                     raise FailedPrecondition(
                         f"the worker's Spark session could not start ({type(exc).__name__})",
                         reason="DATASET_SOURCE_UNAVAILABLE",
                     ) from None
-            return self._session
+                time.sleep(_RETRY_PAUSE_SECONDS)
+        raise AssertionError("unreachable")
 
     def ensure_live(self) -> None:
         """Before any data access (a worker's preflight): the session is started, and started
@@ -161,13 +183,19 @@ def _discard(session: Any) -> None:
     """Forget a session whose JVM is gone, so that the next start launches a new JVM: PySpark
     keeps the JVM's gateway and the active context and session in class attributes, which
     `SparkSession.stop` cannot reset once the JVM is gone (it calls into it)."""
-    from pyspark import SparkContext
-    from pyspark.sql import SparkSession, SQLContext
-
     try:
         session.sparkContext.stop()  # tolerates a dead JVM (a warning)
     except Exception:
         _log.debug("stopping a dead Spark context failed", exc_info=True)
+    _reset_pyspark()
+
+
+def _reset_pyspark() -> None:
+    """Clear PySpark's singletons (after a dead JVM or a failed start), so that the next start
+    launches a new JVM instead of reusing a gateway or context that will never answer."""
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession, SQLContext
+
     gateway = SparkContext._gateway
     with SparkContext._lock:
         _forget(SparkContext, "_active_spark_context", "_gateway", "_jvm")

@@ -407,6 +407,33 @@ def test_a_spark_session_that_cannot_start_is_refused_before_any_data_access(
         check=True,
     )
     assert done.stdout.split() == ["FAILED_PRECONDITION", "DATASET_SOURCE_UNAVAILABLE"]
+    assert "could not start (attempt 2 of 2)" in done.stderr  # tried twice, then refused
+
+
+def test_a_failed_spark_start_is_tried_once_more_with_pyspark_reset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A JVM launched on a saturated machine can exit before handing PySpark its port; the second
+    # launch must not find the first one's half-made gateway.
+    from lomas_executor import pushdown_spark
+
+    starts: list[str] = []
+    resets: list[str] = []
+
+    def start(self: pushdown_spark.SparkSessions) -> object:
+        starts.append("start")
+        if len(starts) == 1:
+            raise RuntimeError("Java gateway process exited before sending its port number")
+        return "the session"
+
+    monkeypatch.setattr(pushdown_spark.SparkSessions, "_start", start)
+    monkeypatch.setattr(pushdown_spark, "_reset_pyspark", lambda: resets.append("reset"))
+    monkeypatch.setattr(pushdown_spark, "_RETRY_PAUSE_SECONDS", 0.0)
+    sessions = pushdown_spark.SparkSessions(SparkSettings("local[1]"))
+    assert sessions.session() == "the session"
+    assert sessions.session() == "the session"  # kept: started once
+    assert starts == ["start", "start"]
+    assert resets == ["reset"]
 
 
 def test_opendp_polars_scans_large_parquet_lazily(
