@@ -124,11 +124,11 @@ def test_one_trace_from_the_gateway_to_the_archive_write(observed: tuple[LocalMe
     assert service_of(producer) == "lomas-gateway"
     assert service_of(consumer) == "lomas-worker"
     assert consumer["parent_id"] == producer["context"]["span_id"]
-    # The worker's peer calls join the trace: the reservation, the archive write, the commit.
+    # The worker's peer calls join the trace: the charge (made with the access mark), the archive
+    # write.
     for server, method in [
         ("lomas-budget", f"{budget}MarkReservationAccessed"),
         ("lomas-admin", f"{admin}RecordQueryResult"),
-        ("lomas-budget", f"{budget}CommitReservation"),
     ]:
         assert ("lomas-worker", method) in seen
         assert (server, method) in seen

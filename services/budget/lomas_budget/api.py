@@ -145,6 +145,7 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
             actor=request.actor or "worker",
             request_id=request.request_id or None,
             expected_cost=optional_loss_from_proto(request, "expected_cost"),
+            charge=request.charge,
         )
         return pb.MarkReservationAccessedResponse(reservation=reservation_to_proto(reservation))
 

@@ -168,11 +168,16 @@ class Reservations(LedgerOperations):
         actor: str = "worker",
         request_id: str | None = None,
         expected_cost: PrivacyLoss | None = None,
+        charge: bool = False,
     ) -> Reservation:
         """Record that a worker is about to touch the data (RESERVED -> ACCESSED; idempotent).
 
         From now on the reservation can only be committed. FailedPrecondition (RESERVATION_RELEASED)
         if it was released; NotFound (RESERVATION_NOT_FOUND) if unknown.
+
+        `charge` commits at once (RESERVED or ACCESSED -> COMMITTED), the ACCESS entry and the
+        COMMIT entry in one transaction: there is no refund after data access, so a worker that
+        keeps the charge whatever happens next saves the later `commit` call.
 
         `expected_cost` is the worker's own cost of what it is about to run. When given, it must
         equal the reserved cost once expressed in the ledger's unit (as `reserve` expressed it);
@@ -185,17 +190,22 @@ class Reservations(LedgerOperations):
                 raise reservation_released(query_id)
             if expected_cost is not None:
                 check_expected_cost(reservation, expected_cost, balance.definition)
+            if charge:
+                return reservation.state is not ReservationState.COMMITTED
             return reservation.state is ReservationState.RESERVED
 
         params: dict[str, Any] = {"query_id": query_id}
         if expected_cost is not None:
             params["expected_cost"] = loss_params(expected_cost)
+        if charge:
+            params["charge"] = True
         return self._move(
             "mark_accessed",
             params,
             query_id,
-            ReservationState.ACCESSED,
+            ReservationState.COMMITTED if charge else ReservationState.ACCESSED,
             must_move,
+            access_first=True,
             actor=actor,
             request_id=request_id,
         )
@@ -308,11 +318,14 @@ class Reservations(LedgerOperations):
         query_id: str,
         state: ReservationState,
         must_move: Callable[[LedgerBalance, Reservation], bool],
+        *,
+        access_first: bool = False,
         **options: Unpack[SettleOptions],
     ) -> Reservation:
         """Move reservation `query_id` to `state` in one transaction that locks it and its ledger,
         unless `must_move` finds it there already (False: the move is idempotent) or refuses to
-        move it (raises). A request id is bound to `method` and `params`."""
+        move it (raises). A request id is bound to `method` and `params`. `access_first`: a
+        RESERVED reservation gets its ACCESS entry before the entry of `state`."""
 
         def work(session: LedgerSession) -> Reservation:
             require(query_id=query_id)
@@ -324,7 +337,10 @@ class Reservations(LedgerOperations):
                 return reservation
             actor = options.get("actor") or "worker"
             reason = options.get("reason", "")
-            return self._transition(session, balance, reservation, state, actor, reason)
+            accessing = access_first and reservation.state is ReservationState.RESERVED
+            return self._transition(
+                session, balance, reservation, state, actor, reason, access_first=accessing
+            )
 
         return self._once(options.get("request_id"), method, params, work, RESERVATION)
 
@@ -336,13 +352,18 @@ class Reservations(LedgerOperations):
         state: ReservationState,
         actor: str,
         reason: str,
+        *,
+        access_first: bool = False,
     ) -> Reservation:
-        """Move `reservation` to `state`, with the journal entry that records it."""
+        """Move `reservation` to `state`, with the journal entry that records it (after an ACCESS
+        entry when `access_first`: data access and the charge recorded together)."""
         now = self._now()
         updated = replace(reservation, state=state, updated_at=now)
         kind = _ENTRY_KINDS[state]
         amount = ZERO_AMOUNT if kind is EntryKind.ACCESS else Amount.of(reservation.cost)
         pending = Pending(balance)
+        if access_first and kind is not EntryKind.ACCESS:
+            pending.append(EntryKind.ACCESS, ZERO_AMOUNT, reservation.query_id, actor, reason, now)
         pending.append(kind, amount, reservation.query_id, actor, reason, now)
         cap = None
         if kind is EntryKind.RELEASE and balance.capped:

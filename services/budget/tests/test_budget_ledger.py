@@ -7,7 +7,7 @@ from decimal import Decimal as D
 import pytest
 
 from lomas_budget.ledger import BudgetLedger
-from lomas_budget.model import LedgerBalance, ReservationState
+from lomas_budget.model import EntryKind, LedgerBalance, ReservationState
 from lomas_common.errors import (
     AlreadyExists,
     BudgetExhausted,
@@ -327,6 +327,52 @@ def test_commit_charges_once(ledger: BudgetLedger, access_first: bool) -> None:
         reserved=approx("2", "0"),
         remaining=approx("6.75", "0.0009"),
     )
+
+
+@pytest.mark.parametrize("accessed_before", [False, True])
+def test_mark_accessed_with_charge_commits_in_one_step(
+    ledger: BudgetLedger, accessed_before: bool
+) -> None:
+    open_default(ledger)
+    ledger.reserve("q1", ALICE, PENGUINS, approx("1.25", "0.0001"), actor="gateway")
+    if accessed_before:  # marked by a worker that did not charge, then redelivered
+        ledger.mark_accessed("q1")
+    charged = ledger.mark_accessed("q1", charge=True, expected_cost=approx("1.25", "0.0001"))
+    assert charged.state is ReservationState.COMMITTED
+    # Idempotent, whatever comes next: the same call, a plain mark, a commit.
+    assert ledger.mark_accessed("q1", charge=True) == charged
+    assert ledger.mark_accessed("q1") == charged
+    assert ledger.commit("q1") == charged
+    assert_balance(
+        ledger.get_balance(ALICE, PENGUINS),
+        spent=approx("1.25", "0.0001"),
+        reserved=approx("0", "0"),
+        remaining=approx("8.75", "0.0009"),
+    )
+    balance, entries, _ = ledger.list_entries(ALICE, PENGUINS)
+    # The journal says what happened, in order: the data access, then the charge.
+    assert [e.kind for e in entries if e.query_id == "q1"] == [
+        EntryKind.RESERVATION,
+        EntryKind.ACCESS,
+        EntryKind.COMMIT,
+    ]
+    assert ledger.verify_ledger(balance.ledger_id) == []
+    with pytest.raises(FailedPrecondition) as error:
+        ledger.release("q1")
+    assert_error(error, FailedPrecondition, "DATA_ACCESSED")
+
+
+def test_mark_accessed_with_charge_refuses_another_cost_and_writes_nothing(
+    ledger: BudgetLedger,
+) -> None:
+    open_default(ledger)
+    ledger.reserve("q1", ALICE, PENGUINS, approx("1", "0"), actor="gateway")
+    before = ledger.get_balance(ALICE, PENGUINS)
+    with pytest.raises(FailedPrecondition) as error:
+        ledger.mark_accessed("q1", charge=True, expected_cost=approx("2", "0"))
+    assert_error(error, FailedPrecondition, "COST_MISMATCH")
+    assert ledger.get_balance(ALICE, PENGUINS) == before
+    assert ledger.get_reservation("q1").state is ReservationState.RESERVED
 
 
 def test_commit_after_release_or_unknown(ledger: BudgetLedger) -> None:

@@ -2,14 +2,14 @@
 
 1. If the archive already holds an outcome for the query id (a redelivery, a duplicate), reuse it.
 2. Otherwise compute, with this worker's own engine, the cost of exactly the query it will run, and
-   mark the reservation ACCESSED with that cost: the ledger refuses (COST_MISMATCH) unless it is the
-   reserved cost, so whatever the gateway sent, nothing runs that costs more than its charge. A
-   refused or invalid query is refunded (no data was touched) and stored as failed at zero cost.
-   From ACCESSED on the reservation can never be refunded: load the data, run the query, and store
-   the outcome under the query id: the first stored outcome wins.
-3. Commit the charge (idempotent; while the outcome is being stored, as the charge stands either
-   way) and announce completion on Redis, with the stored outcome when it is small (the archive's
-   copy, so every delivery announces the same release).
+   mark the reservation accessed with that cost, charged at once (ACCESS and COMMIT entries in one
+   ledger transaction): the ledger refuses (COST_MISMATCH) unless it is the reserved cost, so
+   whatever the gateway sent, nothing runs that costs more than its charge. A refused or invalid
+   query is refunded (no data was touched) and stored as failed at zero cost. From then on the
+   charge stands whatever happens (there is no refund after data access): load the data, run the
+   query, and store the outcome under the query id: the first stored outcome wins.
+3. Announce completion on Redis, with the stored outcome when it is small (the archive's copy, so
+   every delivery announces the same release).
 
 Only then does Celery acknowledge the task (acks_late), so a worker killed at any point leaves a task
 that is redelivered and finishes the same steps without drawing new noise for a stored release.
@@ -22,10 +22,8 @@ was accessed. Their messages carry no data values.
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import redis
@@ -94,7 +92,6 @@ class QueryRunner:
             settings.budget_target, budget_pb2_grpc.BudgetServiceStub, settings.peers
         )
         self._redis = redis.Redis.from_url(settings.queue.broker_url)
-        self._background = ThreadPoolExecutor(1, thread_name_prefix="commit")
 
     def execute(
         self, task_json: str, *, attempt: int | None = None, first_delivery: bool = False
@@ -112,7 +109,8 @@ class QueryRunner:
             checked = self._checked_before_access(task)
             if checked.refunded:
                 return
-            request = budget_pb2.MarkReservationAccessedRequest(query_id=task.query_id)
+            # Charged at once: one ledger call and transaction, not a mark now and a commit later.
+            request = budget_pb2.MarkReservationAccessedRequest(query_id=task.query_id, charge=True)
             if checked.cost is not None:
                 request.expected_cost.CopyFrom(checked.cost)
             try:
@@ -149,19 +147,13 @@ class QueryRunner:
             if attempt is None:
                 attempt = count_delivery(self._redis, self._settings.queue, task.query_id)
             outcome = self._attempt(task, attempt, started, first_delivery=first_delivery)
-            # The data was accessed: the charge stands whatever happens to the outcome, so the
-            # commit need not wait for the archive. Both are idempotent; a failure of either
-            # fails the delivery, and a redelivery finishes both.
-            committed = self._background.submit(
-                contextvars.copy_context().run, self._commit, task.query_id
-            )
             stored = self._record(outcome)
-            committed.result()
             metrics.budget_committed(task.dataset.name, task.cost)
             metrics.query_stored(
                 stored.status == archive_pb2.QUERY_STATUS_SUCCEEDED, stored.error_reason
             )
         else:
+            # Idempotent; commits a reservation an earlier worker marked accessed without charging.
             self._commit(task.query_id)
             metrics.replayed("redelivery")
         self._announce(stored)
@@ -366,7 +358,6 @@ class QueryRunner:
         outcome.error_message = message
 
     def close(self) -> None:
-        self._background.shutdown()
         self._admin.close()
         self._budget.close()
         self._redis.close()

@@ -687,6 +687,7 @@ class MarkReservationAccessedRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
     EXPECTED_COST_FIELD_NUMBER: _builtins.int
+    CHARGE_FIELD_NUMBER: _builtins.int
     query_id: _builtins.str
     """Query id; it plays the idempotency key's role: marking an accessed (or committed) reservation
     again changes nothing and returns it as it is now.
@@ -695,6 +696,11 @@ class MarkReservationAccessedRequest(_message.Message):
     """Optional idempotency key on top of the query id: a replay returns the first response."""
     actor: _builtins.str
     """Who asked (recorded in the entry); defaults to "worker"."""
+    charge: _builtins.bool
+    """Charge at once: the reservation moves to COMMITTED, its ACCESS and COMMIT entries written in one
+    transaction. A worker that keeps the charge whatever happens after data access (the Lomas
+    worker) then needs no CommitReservation call. Unset: ACCESSED, committed later.
+    """
     @_builtins.property
     def expected_cost(self) -> _privacy_pb2.PrivacyLoss:
         """The cost of exactly what the worker is about to run, by its own engine. When set, the ledger
@@ -709,10 +715,11 @@ class MarkReservationAccessedRequest(_message.Message):
         request_id: _builtins.str = ...,
         actor: _builtins.str = ...,
         expected_cost: _privacy_pb2.PrivacyLoss | None = ...,
+        charge: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expected_cost", b"expected_cost"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "expected_cost", b"expected_cost", "query_id", b"query_id", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "charge", b"charge", "expected_cost", b"expected_cost", "query_id", b"query_id", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
