@@ -188,6 +188,13 @@ class AdminStoreServicer(admin_store_pb2_grpc.AdminStoreServiceServicer):
         )
         return pb.RecordAuditEventResponse()
 
+    def BatchRecordAuditEvents(
+        self, request: pb.BatchRecordAuditEventsRequest, context: Context
+    ) -> pb.BatchRecordAuditEventsResponse:
+        events = [(convert.audit_from_proto(one.event), one.request_id) for one in request.requests]
+        self._archive.record_audit_events(events, request.request_id)
+        return pb.BatchRecordAuditEventsResponse()
+
     def ListAuditEvents(
         self, request: pb.ListAuditEventsRequest, context: Context
     ) -> pb.ListAuditEventsResponse:

@@ -5,6 +5,8 @@ Domain code: plain records in, plain records out; no gRPC, no generated messages
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from lomas_admin import idempotency
 from lomas_admin.idempotency import RequestLog, record_fields
 from lomas_admin.keyset import Keyset
@@ -18,12 +20,15 @@ from lomas_admin.records import (
 )
 from lomas_admin.schema import archive_from_row, audit_from_row, loss_params, schema
 from lomas_common.db import Database, Transaction, UniqueViolation
-from lomas_common.errors import NotFound
+from lomas_common.errors import InvalidArgument, NotFound
 
 # Newest first. Submit times are ISO text in UTC, which sorts in time order; the query id breaks ties.
 ARCHIVE = Keyset("archive", ("submitted_at", "query_id"), (str, str), descending=True)
 # Newest first, in the order events were appended.
 AUDIT = Keyset("audit_log", ("id",), (int,), descending=True)
+# The most events one BatchRecordAuditEvents call appends: one transaction holds the write lock
+# that every other writer waits for, so it stays short.
+MAX_AUDIT_BATCH = 500
 
 
 class QueryArchive:
@@ -118,23 +123,32 @@ class QueryArchive:
     def record_audit_event(self, event: AuditRecord, request_id: str = "") -> None:
         """Append one event; the trail is append-only (no update or delete path exists). A retry
         with the same request id appends nothing."""
+        _append_audit_event(self._requests, event, request_id)
 
-        def work(tx: Transaction) -> None:
-            tx.execute(
-                "INSERT INTO audit_log (time, actor, method, request_json, code, reason)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    stamp(event.time),
-                    event.actor,
-                    event.method,
-                    event.request_json,
-                    event.code,
-                    event.reason,
-                ),
+    def record_audit_events(
+        self, events: Sequence[tuple[AuditRecord, str]], request_id: str = ""
+    ) -> None:
+        """Append (event, request id) pairs in one transaction, in order: each exactly as
+        `record_audit_event` appends it, and all of them or none. `request_id`, when set, makes
+        the whole batch's retry append nothing."""
+        if not events:
+            raise InvalidArgument(
+                "a batch needs at least one event",
+                reason="FIELD_REQUIRED",
+                metadata={"field": "requests"},
+            )
+        if len(events) > MAX_AUDIT_BATCH:
+            raise InvalidArgument(
+                f"a batch holds at most {MAX_AUDIT_BATCH} events",
+                metadata={"field": "requests", "maximum": str(MAX_AUDIT_BATCH)},
             )
 
-        params = record_fields(event)
-        self._requests.run("RecordAuditEvent", request_id, params, work, idempotency.NOTHING)
+        def work(tx: Transaction) -> None:
+            for event, event_request_id in events:
+                _append_audit_event(self._requests, event, event_request_id, tx)
+
+        params = {"events": [[rid, record_fields(event)] for event, rid in events]}
+        self._requests.run("BatchRecordAuditEvents", request_id, params, work, idempotency.NOTHING)
 
     def list_audit_events(
         self, actor: str, after: SortKey | None, limit: int
@@ -143,3 +157,31 @@ class QueryArchive:
         with self._db.transaction(readonly=True) as tx:
             rows, next_after = AUDIT.fetch(tx, {"actor": actor}, after, limit)
         return Listing([audit_from_row(r) for r in rows], next_after)
+
+
+def _append_audit_event(
+    requests: RequestLog, event: AuditRecord, request_id: str, tx: Transaction | None = None
+) -> None:
+    """Append one event through `requests`, in its own transaction or in the batch's `tx`
+    (RecordAuditEvent's key either way: a request id used there or in a batch is one and the
+    same)."""
+
+    def work(tx: Transaction) -> None:
+        tx.execute(
+            "INSERT INTO audit_log (time, actor, method, request_json, code, reason)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                stamp(event.time),
+                event.actor,
+                event.method,
+                event.request_json,
+                event.code,
+                event.reason,
+            ),
+        )
+
+    params = record_fields(event)
+    if tx is None:
+        requests.run("RecordAuditEvent", request_id, params, work, idempotency.NOTHING)
+    else:
+        requests.run_in(tx, "RecordAuditEvent", request_id, params, work, idempotency.NOTHING)

@@ -1,7 +1,14 @@
 """The audit trail: every admin action and every query call, with the caller's verified subject.
 
 Admin actions are recorded before the caller gets the answer (a refused one right after it: the
-refusal's status reaches the caller first; an admin action that cannot be audited is logged loudly); researcher query calls are recorded in the background so they add no latency.
+refusal's status reaches the caller first; an admin action that cannot be audited is logged loudly).
+Researcher query calls are recorded in the background so they add no latency: their events join a
+queue that one flusher task drains, sending everything queued so far (up to MAX_BATCH_EVENTS) in one
+BatchRecordAuditEvents call, then looking again. There is no timer: a lone event leaves at once, and
+batches grow by themselves while a call is in flight, so under load the admin store spends one call
+and one transaction on many events. One flusher sending in queue order keeps each caller's events in
+order. The queue is bounded: when the admin store cannot keep up, further events are dropped,
+counted in `dropped_events` and logged, and never hold a query back.
 Real queries are also in the query archive, with their release.
 
 Calls refused by a per-user limit (rate, concurrency) reached no service and are not recorded one by
@@ -12,13 +19,16 @@ queries (the refusal is in the gateway's log). Their count per caller is kept in
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
-from collections import Counter
+import uuid
+from collections import Counter, deque
 
 from google.protobuf import json_format
 
 from lomas.admin.v1 import admin_store_pb2, admin_store_pb2_grpc
 from lomas_common.convert import now_timestamp
+from lomas_common.errors import LomasError
 from lomas_common.peers import AsyncPeer
 from lomas_common.server import CallOutcome
 from lomas_gateway.auth import caller_var
@@ -26,6 +36,14 @@ from lomas_gateway.auth import caller_var
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_JSON_CHARS = 8192
+# The admin store's limit on one BatchRecordAuditEvents call.
+MAX_BATCH_EVENTS = 500
+# Query-call events waiting for the admin store (a few MB): beyond it they are dropped, never waited
+# for, so a slow or absent admin store cannot slow queries or fill the gateway's memory.
+MAX_QUEUED_EVENTS = 10_000
+# A failed batch is tried once more after the peer's retry advice, at most this long: meanwhile new
+# events queue up behind it.
+MAX_RETRY_PAUSE_SECONDS = 1.0
 _QUERY_CALLS = {
     "/lomas.gateway.v1.GatewayService/ExecuteQuery",
     "/lomas.gateway.v1.GatewayService/EstimateQueryCost",
@@ -39,10 +57,22 @@ _LIMIT_REASONS = frozenset(
 
 
 class AuditTrail:
-    def __init__(self, admin: AsyncPeer[admin_store_pb2_grpc.AdminStoreServiceStub]) -> None:
+    def __init__(
+        self,
+        admin: AsyncPeer[admin_store_pb2_grpc.AdminStoreServiceStub],
+        *,
+        max_queued_events: int = MAX_QUEUED_EVENTS,
+    ) -> None:
         self._admin = admin
-        self._background: set[asyncio.Task[None]] = set()
+        self._max_queued = max_queued_events
+        self._queue: deque[admin_store_pb2.AuditEvent] = deque()
+        self._wake = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._closing = False
+        # Events dropped since the queue last had room (0: it has room).
+        self._dropped_since_room = 0
         self.refused_by_limits: Counter[str] = Counter()
+        self.dropped_events: Counter[str] = Counter()
 
     async def observe(self, outcome: CallOutcome) -> None:
         is_admin = outcome.method.startswith(_ADMIN_PREFIX)
@@ -63,19 +93,81 @@ class AuditTrail:
             code=outcome.code,
             reason=outcome.reason,
         )
-        request = admin_store_pb2.RecordAuditEventRequest(event=event)
         if is_admin:
+            request = admin_store_pb2.RecordAuditEventRequest(event=event)
             await self._admin.call("RecordAuditEvent", request)
             return
-        task = asyncio.create_task(self._admin.call("RecordAuditEvent", request))
-        self._background.add(task)
-        task.add_done_callback(self._done)
+        self._enqueue(event)
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("audit event lost: %s", task.exception())
+    def _enqueue(self, event: admin_store_pb2.AuditEvent) -> None:
+        if len(self._queue) >= self._max_queued:
+            self.dropped_events[event.actor] += 1
+            if not self._dropped_since_room:
+                log.error(
+                    "audit queue full (%d events): query-call events are dropped until the admin"
+                    " store catches up",
+                    len(self._queue),
+                )
+            self._dropped_since_room += 1
+            return
+        self._queue.append(event)
+        self._wake.set()
+        if self._flusher is None or self._flusher.done():
+            # A context of its own: the flusher works for every caller, not for the one whose
+            # event happened to start it (its subject and request id must not label the batches).
+            self._flusher = asyncio.create_task(self._flush(), context=contextvars.Context())
+
+    async def _flush(self) -> None:
+        """Send what is queued, batch after batch, until closed with an empty queue."""
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_BATCH_EVENTS))]
+            await self._send(batch)
+            # Half empty, not merely below the bound: under steady overload the queue hovers at
+            # the bound, and this line would otherwise alternate with the one above on every batch.
+            if self._dropped_since_room and len(self._queue) <= self._max_queued // 2:
+                log.error(
+                    "audit queue has room again: %d query-call events were dropped",
+                    self._dropped_since_room,
+                )
+                self._dropped_since_room = 0
+
+    async def _send(self, batch: list[admin_store_pb2.AuditEvent]) -> None:
+        """One BatchRecordAuditEvents call, tried twice. The batch's request id makes the second
+        try append nothing if the first was written but its answer lost (a timeout, say)."""
+        request = admin_store_pb2.BatchRecordAuditEventsRequest(
+            requests=[admin_store_pb2.RecordAuditEventRequest(event=event) for event in batch],
+            request_id=uuid.uuid4().hex,
+        )
+        try:
+            await self._admin.call("BatchRecordAuditEvents", request)
+            return
+        except Exception as error:  # whatever it was, the flusher lives on for the next events
+            # No pause once closing: shutdown should not wait on a peer that is gone.
+            pause = 0.0 if self._closing else min(_retry_after(error), MAX_RETRY_PAUSE_SECONDS)
+            log.warning(
+                "audit batch of %d events failed (%s); retrying in %.1f s", len(batch), error, pause
+            )
+        await asyncio.sleep(pause)
+        try:
+            await self._admin.call("BatchRecordAuditEvents", request)
+        except Exception as error:
+            log.error("%d audit events lost: %s", len(batch), error)
 
     async def close(self) -> None:
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        """Send what is queued, then stop the flusher."""
+        self._closing = True
+        self._wake.set()
+        if self._flusher is not None:
+            await self._flusher
+
+
+def _retry_after(error: Exception) -> float:
+    if isinstance(error, LomasError) and error.retry_after_seconds is not None:
+        return error.retry_after_seconds
+    return 0.0

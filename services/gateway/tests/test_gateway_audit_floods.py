@@ -15,10 +15,11 @@ from lomas_gateway.audit import AuditTrail
 
 class RecordingAdmin:
     def __init__(self) -> None:
-        self.calls: list[str] = []
+        self.calls: list[tuple[str, list[str]]] = []
 
     async def call(self, method: str, request: Any) -> None:
-        self.calls.append(method)
+        events = [one.event for one in request.requests] if method.startswith("Batch") else []
+        self.calls.append((method, [event.reason for event in events]))
 
 
 def test_limit_refusals_are_counted_and_other_calls_recorded() -> None:
@@ -36,5 +37,5 @@ def test_limit_refusals_are_counted_and_other_calls_recorded() -> None:
         await trail.close()
 
     asyncio.run(scenario())
-    assert admin.calls == ["RecordAuditEvent", "RecordAuditEvent"]
+    assert admin.calls == [("BatchRecordAuditEvents", ["QUERY_INVALID", ""])]
     assert sum(trail.refused_by_limits.values()) == 3

@@ -59,6 +59,10 @@ type AdminStoreServiceClient interface {
 	FindReleasedQuery(ctx context.Context, in *FindReleasedQueryRequest, opts ...grpc.CallOption) (*FindReleasedQueryResponse, error)
 	// Appends an event to the audit trail of admin actions and query calls.
 	RecordAuditEvent(ctx context.Context, in *RecordAuditEventRequest, opts ...grpc.CallOption) (*RecordAuditEventResponse, error)
+	// Appends several audit events in one transaction, in order: all of them or none (AIP-233). The
+	// gateway sends the query calls it records in the background this way, so that under load the
+	// store spends one call and one transaction on many events rather than one on each.
+	BatchRecordAuditEvents(ctx context.Context, in *BatchRecordAuditEventsRequest, opts ...grpc.CallOption) (*BatchRecordAuditEventsResponse, error)
 	// Lists audit events, newest first, optionally of one actor.
 	ListAuditEvents(ctx context.Context, in *ListAuditEventsRequest, opts ...grpc.CallOption) (*ListAuditEventsResponse, error)
 }
@@ -242,6 +246,15 @@ func (c *adminStoreServiceClient) RecordAuditEvent(ctx context.Context, in *Reco
 	return out, nil
 }
 
+func (c *adminStoreServiceClient) BatchRecordAuditEvents(ctx context.Context, in *BatchRecordAuditEventsRequest, opts ...grpc.CallOption) (*BatchRecordAuditEventsResponse, error) {
+	out := new(BatchRecordAuditEventsResponse)
+	err := c.cc.Invoke(ctx, "/lomas.admin.v1.AdminStoreService/BatchRecordAuditEvents", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminStoreServiceClient) ListAuditEvents(ctx context.Context, in *ListAuditEventsRequest, opts ...grpc.CallOption) (*ListAuditEventsResponse, error) {
 	out := new(ListAuditEventsResponse)
 	err := c.cc.Invoke(ctx, "/lomas.admin.v1.AdminStoreService/ListAuditEvents", in, out, opts...)
@@ -297,6 +310,10 @@ type AdminStoreServiceServer interface {
 	FindReleasedQuery(context.Context, *FindReleasedQueryRequest) (*FindReleasedQueryResponse, error)
 	// Appends an event to the audit trail of admin actions and query calls.
 	RecordAuditEvent(context.Context, *RecordAuditEventRequest) (*RecordAuditEventResponse, error)
+	// Appends several audit events in one transaction, in order: all of them or none (AIP-233). The
+	// gateway sends the query calls it records in the background this way, so that under load the
+	// store spends one call and one transaction on many events rather than one on each.
+	BatchRecordAuditEvents(context.Context, *BatchRecordAuditEventsRequest) (*BatchRecordAuditEventsResponse, error)
 	// Lists audit events, newest first, optionally of one actor.
 	ListAuditEvents(context.Context, *ListAuditEventsRequest) (*ListAuditEventsResponse, error)
 	mustEmbedUnimplementedAdminStoreServiceServer()
@@ -362,6 +379,9 @@ func (UnimplementedAdminStoreServiceServer) FindReleasedQuery(context.Context, *
 }
 func (UnimplementedAdminStoreServiceServer) RecordAuditEvent(context.Context, *RecordAuditEventRequest) (*RecordAuditEventResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RecordAuditEvent not implemented")
+}
+func (UnimplementedAdminStoreServiceServer) BatchRecordAuditEvents(context.Context, *BatchRecordAuditEventsRequest) (*BatchRecordAuditEventsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method BatchRecordAuditEvents not implemented")
 }
 func (UnimplementedAdminStoreServiceServer) ListAuditEvents(context.Context, *ListAuditEventsRequest) (*ListAuditEventsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListAuditEvents not implemented")
@@ -721,6 +741,24 @@ func _AdminStoreService_RecordAuditEvent_Handler(srv interface{}, ctx context.Co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminStoreService_BatchRecordAuditEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BatchRecordAuditEventsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminStoreServiceServer).BatchRecordAuditEvents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/lomas.admin.v1.AdminStoreService/BatchRecordAuditEvents",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminStoreServiceServer).BatchRecordAuditEvents(ctx, req.(*BatchRecordAuditEventsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AdminStoreService_ListAuditEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListAuditEventsRequest)
 	if err := dec(in); err != nil {
@@ -818,6 +856,10 @@ var _AdminStoreService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RecordAuditEvent",
 			Handler:    _AdminStoreService_RecordAuditEvent_Handler,
+		},
+		{
+			MethodName: "BatchRecordAuditEvents",
+			Handler:    _AdminStoreService_BatchRecordAuditEvents_Handler,
 		},
 		{
 			MethodName: "ListAuditEvents",

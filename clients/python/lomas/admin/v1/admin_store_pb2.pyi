@@ -1079,6 +1079,57 @@ class RecordAuditEventResponse(_message.Message):
 Global___RecordAuditEventResponse: _TypeAlias = RecordAuditEventResponse  # noqa: Y015
 
 @_typing.final
+class BatchRecordAuditEventsRequest(_message.Message):
+    """BatchRecordAuditEventsRequest appends several audit events at once."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Optional idempotency key of the whole batch (AIP-155): a retry with the same id appends nothing;
+    the same id with other events is INVALID_ARGUMENT REQUEST_ID_REUSED. At most 256 printable
+    characters; answers are kept for the store's retention period.
+    """
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecordAuditEventRequest]:
+        """The events, appended in this order; at least one and at most 500 (more is INVALID_ARGUMENT).
+        Each one's request_id is honoured as RecordAuditEvent honours it (a replay appends nothing); if
+        one is refused, the whole batch is, and nothing is appended.
+        """
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___RecordAuditEventRequest] | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchRecordAuditEventsRequest: _TypeAlias = BatchRecordAuditEventsRequest  # noqa: Y015
+
+@_typing.final
+class BatchRecordAuditEventsResponse(_message.Message):
+    """BatchRecordAuditEventsResponse is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchRecordAuditEventsResponse: _TypeAlias = BatchRecordAuditEventsResponse  # noqa: Y015
+
+@_typing.final
 class ListAuditEventsRequest(_message.Message):
     """ListAuditEventsRequest pages through the audit trail."""
 

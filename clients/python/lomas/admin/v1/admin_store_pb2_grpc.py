@@ -133,6 +133,11 @@ class AdminStoreServiceStub:
                 request_serializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.RecordAuditEventRequest.SerializeToString,
                 response_deserializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.RecordAuditEventResponse.FromString,
                 _registered_method=True)
+        self.BatchRecordAuditEvents = channel.unary_unary(
+                '/lomas.admin.v1.AdminStoreService/BatchRecordAuditEvents',
+                request_serializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.BatchRecordAuditEventsRequest.SerializeToString,
+                response_deserializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.BatchRecordAuditEventsResponse.FromString,
+                _registered_method=True)
         self.ListAuditEvents = channel.unary_unary(
                 '/lomas.admin.v1.AdminStoreService/ListAuditEvents',
                 request_serializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.ListAuditEventsRequest.SerializeToString,
@@ -284,6 +289,15 @@ class AdminStoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchRecordAuditEvents(self, request, context):
+        """Appends several audit events in one transaction, in order: all of them or none (AIP-233). The
+        gateway sends the query calls it records in the background this way, so that under load the
+        store spends one call and one transaction on many events rather than one on each.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListAuditEvents(self, request, context):
         """Lists audit events, newest first, optionally of one actor.
         """
@@ -388,6 +402,11 @@ def add_AdminStoreServiceServicer_to_server(servicer, server):
                     servicer.RecordAuditEvent,
                     request_deserializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.RecordAuditEventRequest.FromString,
                     response_serializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.RecordAuditEventResponse.SerializeToString,
+            ),
+            'BatchRecordAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchRecordAuditEvents,
+                    request_deserializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.BatchRecordAuditEventsRequest.FromString,
+                    response_serializer=lomas_dot_admin_dot_v1_dot_admin__store__pb2.BatchRecordAuditEventsResponse.SerializeToString,
             ),
             'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAuditEvents,
@@ -912,6 +931,33 @@ class AdminStoreService:
             '/lomas.admin.v1.AdminStoreService/RecordAuditEvent',
             lomas_dot_admin_dot_v1_dot_admin__store__pb2.RecordAuditEventRequest.SerializeToString,
             lomas_dot_admin_dot_v1_dot_admin__store__pb2.RecordAuditEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchRecordAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lomas.admin.v1.AdminStoreService/BatchRecordAuditEvents',
+            lomas_dot_admin_dot_v1_dot_admin__store__pb2.BatchRecordAuditEventsRequest.SerializeToString,
+            lomas_dot_admin_dot_v1_dot_admin__store__pb2.BatchRecordAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -83,6 +83,11 @@ class AdminStoreServiceStub:
     """
     RecordAuditEvent: _grpc.UnaryUnaryMultiCallable[_admin_store_pb2.RecordAuditEventRequest, _admin_store_pb2.RecordAuditEventResponse]
     """Appends an event to the audit trail of admin actions and query calls."""
+    BatchRecordAuditEvents: _grpc.UnaryUnaryMultiCallable[_admin_store_pb2.BatchRecordAuditEventsRequest, _admin_store_pb2.BatchRecordAuditEventsResponse]
+    """Appends several audit events in one transaction, in order: all of them or none (AIP-233). The
+    gateway sends the query calls it records in the background this way, so that under load the
+    store spends one call and one transaction on many events rather than one on each.
+    """
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_admin_store_pb2.ListAuditEventsRequest, _admin_store_pb2.ListAuditEventsResponse]
     """Lists audit events, newest first, optionally of one actor."""
 
@@ -141,6 +146,11 @@ class AdminStoreServiceAsyncStub(AdminStoreServiceStub):
     """
     RecordAuditEvent: _aio.UnaryUnaryMultiCallable[_admin_store_pb2.RecordAuditEventRequest, _admin_store_pb2.RecordAuditEventResponse]  # type: ignore[assignment]
     """Appends an event to the audit trail of admin actions and query calls."""
+    BatchRecordAuditEvents: _aio.UnaryUnaryMultiCallable[_admin_store_pb2.BatchRecordAuditEventsRequest, _admin_store_pb2.BatchRecordAuditEventsResponse]  # type: ignore[assignment]
+    """Appends several audit events in one transaction, in order: all of them or none (AIP-233). The
+    gateway sends the query calls it records in the background this way, so that under load the
+    store spends one call and one transaction on many events rather than one on each.
+    """
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_admin_store_pb2.ListAuditEventsRequest, _admin_store_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
     """Lists audit events, newest first, optionally of one actor."""
 
@@ -310,6 +320,17 @@ class AdminStoreServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_store_pb2.RecordAuditEventResponse, _abc.Awaitable[_admin_store_pb2.RecordAuditEventResponse]]:
         """Appends an event to the audit trail of admin actions and query calls."""
+
+    @_abc_1.abstractmethod
+    def BatchRecordAuditEvents(
+        self,
+        request: _admin_store_pb2.BatchRecordAuditEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_store_pb2.BatchRecordAuditEventsResponse, _abc.Awaitable[_admin_store_pb2.BatchRecordAuditEventsResponse]]:
+        """Appends several audit events in one transaction, in order: all of them or none (AIP-233). The
+        gateway sends the query calls it records in the background this way, so that under load the
+        store spends one call and one transaction on many events rather than one on each.
+        """
 
     @_abc_1.abstractmethod
     def ListAuditEvents(
