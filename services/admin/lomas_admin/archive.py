@@ -181,7 +181,4 @@ def _append_audit_event(
         )
 
     params = record_fields(event)
-    if tx is None:
-        requests.run("RecordAuditEvent", request_id, params, work, idempotency.NOTHING)
-    else:
-        requests.run_in(tx, "RecordAuditEvent", request_id, params, work, idempotency.NOTHING)
+    requests.run("RecordAuditEvent", request_id, params, work, idempotency.NOTHING, tx=tx)

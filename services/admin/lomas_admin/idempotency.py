@@ -70,58 +70,53 @@ class RequestLog:
         params: Mapping[str, Any],
         work: Callable[[Transaction], T],
         codec: Codec[T],
+        *,
+        tx: Transaction | None = None,
     ) -> T:
         """`work(tx)` in one transaction (re-run if it loses a race); with a request id, its first
-        answer is stored there too and returned to every retry."""
-        if request_id:
-            check_name(request_id, "request_id", "INVALID_ARGUMENT")
-        return self._db.run(lambda tx: self.run_in(tx, method, request_id, params, work, codec))
-
-    def run_in(
-        self,
-        tx: Transaction,
-        method: str,
-        request_id: str,
-        params: Mapping[str, Any],
-        work: Callable[[Transaction], T],
-        codec: Codec[T],
-    ) -> T:
-        """As `run`, inside the caller's transaction `tx`: several calls answered in one
-        transaction (a batch), all or none. A race lost here fails `tx`, whose owner re-runs it."""
+        answer is stored there too and returned to every retry. Given `tx`, in the caller's
+        transaction: several calls answered in one transaction (a batch), all or none; a race lost
+        there fails `tx`, whose owner re-runs it."""
         if not request_id:
-            return work(tx)
+            return self._db.run(work) if tx is None else work(tx)
         check_name(request_id, "request_id", "INVALID_ARGUMENT")
         fingerprint = _fingerprint(params)
-        row = tx.fetchone(
-            "SELECT fingerprint, response FROM admin_requests WHERE method = ? AND request_id = ?",
-            (method, request_id),
-        )
-        if row is not None:
-            if row["fingerprint"] != fingerprint:
-                raise InvalidArgument(
-                    "this request_id was already used for another request",
-                    reason="REQUEST_ID_REUSED",
-                    metadata={"requestId": request_id},
-                )
-            return codec.decode(json.loads(row["response"]))
-        now = self._clock()
-        tx.execute(
-            "DELETE FROM admin_requests WHERE created_at < ?", (stamp(now - self._retention),)
-        )
-        # Claim the id before the work: a concurrent call with it waits on this row and then fails
-        # on the key, and the database layer re-runs the transaction for it, which then finds this
-        # call's answer (instead of, say, NOT_FOUND from a delete this call already made).
-        tx.execute(
-            "INSERT INTO admin_requests (method, request_id, fingerprint, response, created_at)"
-            " VALUES (?, ?, ?, '', ?)",
-            (method, request_id, fingerprint, stamp(now)),
-        )
-        result = work(tx)  # if it raises, the claim rolls back with it
-        tx.execute(
-            "UPDATE admin_requests SET response = ? WHERE method = ? AND request_id = ?",
-            (json.dumps(codec.encode(result), separators=(",", ":")), method, request_id),
-        )
-        return result
+
+        def once(tx: Transaction) -> T:
+            row = tx.fetchone(
+                "SELECT fingerprint, response FROM admin_requests"
+                " WHERE method = ? AND request_id = ?",
+                (method, request_id),
+            )
+            if row is not None:
+                if row["fingerprint"] != fingerprint:
+                    raise InvalidArgument(
+                        "this request_id was already used for another request",
+                        reason="REQUEST_ID_REUSED",
+                        metadata={"requestId": request_id},
+                    )
+                return codec.decode(json.loads(row["response"]))
+            now = self._clock()
+            tx.execute(
+                "DELETE FROM admin_requests WHERE created_at < ?",
+                (stamp(now - self._retention),),
+            )
+            # Claim the id before the work: a concurrent call with it waits on this row and then
+            # fails on the key, and the database layer re-runs `once` for it, which then finds this
+            # call's answer (instead of, say, NOT_FOUND from a delete this call already made).
+            tx.execute(
+                "INSERT INTO admin_requests (method, request_id, fingerprint, response, created_at)"
+                " VALUES (?, ?, ?, '', ?)",
+                (method, request_id, fingerprint, stamp(now)),
+            )
+            result = work(tx)  # if it raises, the claim rolls back with it
+            tx.execute(
+                "UPDATE admin_requests SET response = ? WHERE method = ? AND request_id = ?",
+                (json.dumps(codec.encode(result), separators=(",", ":")), method, request_id),
+            )
+            return result
+
+        return self._db.run(once) if tx is None else once(tx)
 
 
 # Codecs of the answers the admin store replays ------------------------------------------------

@@ -17,10 +17,9 @@ from admin_testing import FakeClock
 from lomas.admin.v1 import admin_store_pb2_grpc
 from lomas_admin.archive import QueryArchive
 from lomas_admin.idempotency import RequestLog
-from lomas_admin.main import AdminSettings, start
 from lomas_admin.store import AdminStore
 from lomas_common.db import Database
-from lomas_common.settings import ServerSettings
+from lomas_testing.admin_store import running_admin_store
 from lomas_testing.databases import (
     KINDS,
     open_database,
@@ -62,24 +61,9 @@ def archive(database: Database, requests: RequestLog) -> QueryArchive:
 @pytest.fixture
 def stub(database_url: str) -> Iterator[admin_store_pb2_grpc.AdminStoreServiceStub]:
     """A client of `lomas_admin.main.start` (the production wiring) listening on a free port."""
-    settings = AdminSettings(
-        server=ServerSettings(
-            listen="127.0.0.1:0",
-            max_message_bytes=4 * 1024 * 1024,
-            grace_seconds=0.0,
-            otel_exporter="none",
-            log_level="WARNING",
-            service_token="",
-            threads=4,
-        ),
-        database_url=database_url,
-        bootstrap_admin="root",
-    )
-    server, db = start(settings)
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-    try:
-        yield admin_store_pb2_grpc.AdminStoreServiceStub(channel)
-    finally:
-        channel.close()
-        server.stop()
-        db.close()
+    with running_admin_store(database_url, bootstrap_admin="root") as target:
+        channel = grpc.insecure_channel(target)
+        try:
+            yield admin_store_pb2_grpc.AdminStoreServiceStub(channel)
+        finally:
+            channel.close()

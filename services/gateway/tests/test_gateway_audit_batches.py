@@ -16,13 +16,12 @@ import pytest
 
 from lomas.admin.v1 import admin_store_pb2, admin_store_pb2_grpc
 from lomas.gateway.v1 import gateway_pb2
-from lomas_admin.main import AdminSettings, start
 from lomas_common.peers import AsyncPeer, PeerSettings
 from lomas_common.rpc_errors import peer_unavailable
 from lomas_common.server import CallOutcome
-from lomas_common.settings import ServerSettings
 from lomas_gateway.audit import MAX_BATCH_EVENTS, AuditTrail
 from lomas_gateway.auth import Caller, caller_var
+from lomas_testing.admin_store import running_admin_store
 from lomas_testing.databases import sqlite_url
 
 ESTIMATE = "/lomas.gateway.v1.GatewayService/EstimateQueryCost"
@@ -32,25 +31,8 @@ BATCH = "BatchRecordAuditEvents"
 @pytest.fixture
 def admin_target(tmp_path: Path) -> Iterator[str]:
     """The address of a real admin store (`lomas_admin.main.start`) on a SQLite file."""
-    settings = AdminSettings(
-        server=ServerSettings(
-            listen="127.0.0.1:0",
-            max_message_bytes=4 * 1024 * 1024,
-            grace_seconds=0.0,
-            otel_exporter="none",
-            log_level="WARNING",
-            service_token="",
-            threads=4,
-        ),
-        database_url=sqlite_url(tmp_path / "admin.db"),
-        bootstrap_admin="",
-    )
-    server, db = start(settings)
-    try:
-        yield f"127.0.0.1:{server.port}"
-    finally:
-        server.stop()
-        db.close()
+    with running_admin_store(sqlite_url(tmp_path / "admin.db")) as target:
+        yield target
 
 
 class CountingAdmin(AsyncPeer[admin_store_pb2_grpc.AdminStoreServiceStub]):
