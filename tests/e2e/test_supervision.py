@@ -184,7 +184,10 @@ def test_a_worker_killed_mid_query_is_restarted_and_the_query_completes_once(
         # The worker marked the reservation accessed: it is loading the data. Crash it.
         wait_for(lambda: ACCESS in kinds(entries(mesh, issuer, user, "SLOW")), 30, "data access")
         old = crash(running, "worker-0")
-        assert COMMIT not in kinds(entries(mesh, issuer, user, "SLOW")), "killed mid-query"
+        # Charged with the access mark (no refund after data access), and crashed mid-query:
+        # nothing is archived yet.
+        assert COMMIT in kinds(entries(mesh, issuer, user, "SLOW"))
+        assert archived(mesh, issuer, user) == [], "killed mid-query"
         # The launcher starts a new worker by itself; the task is redelivered to it.
         wait_for(lambda: mesh.service("worker-0").process.pid != old, RESTART_SECONDS, "restart")
         release = pending.result(timeout=45)
