@@ -24,7 +24,6 @@ import contextvars
 import logging
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -33,6 +32,7 @@ from redis import exceptions as redis_errors
 
 from lomas.admin.v1 import admin_store_pb2
 from lomas_common.server import CallOutcome
+from lomas_gateway.recent import RecentlyUsed
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,7 @@ class AccessCache:
         self._redis = aioredis.Redis.from_url(redis_url)
         self._key = generation_key(prefix)
         self._max_age = max_age_seconds
-        self._max_entries = max_entries
-        self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
+        self._entries: RecentlyUsed[tuple[str, str], _Entry] = RecentlyUsed(max_entries)
 
     async def authorize(
         self, subject: str, dataset: str, read: Authorize
@@ -103,13 +102,9 @@ class AccessCache:
             and entry.generation == generation
             and now - entry.read_at < self._max_age
         ):
-            self._entries.move_to_end(key)
             return entry.access
         access = await read()
-        self._entries[key] = _Entry(generation, now, access)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
+        self._entries.put(key, _Entry(generation, now, access))
         return access
 
     async def observe(self, outcome: CallOutcome) -> None:

@@ -21,7 +21,6 @@ import logging
 import time
 import urllib.error
 import urllib.request
-from collections import OrderedDict
 from dataclasses import dataclass
 from http.client import HTTPMessage
 from pathlib import Path
@@ -31,6 +30,7 @@ import jwt
 
 from lomas_common.errors import BackendUnavailable, Unauthenticated
 from lomas_common.server import Authenticator
+from lomas_gateway.recent import RecentlyUsed
 from lomas_gateway.settings import AuthSettings, check_fetch_url
 
 log = logging.getLogger(__name__)
@@ -255,24 +255,17 @@ class VerifiedTokens:
     `VERIFIED_TOKEN_SECONDS`, whichever comes first (most recently used kept)."""
 
     def __init__(self, max_entries: int = MAX_VERIFIED_TOKENS) -> None:
-        self._max_entries = max_entries
-        self._tokens: OrderedDict[str, VerifiedToken] = OrderedDict()
+        self._tokens: RecentlyUsed[str, VerifiedToken] = RecentlyUsed(max_entries)
 
     def get(self, token: str) -> VerifiedToken | None:
         verified = self._tokens.get(token)
-        if verified is None:
+        if verified is not None and time.time() >= verified.until:
+            self._tokens.pop(token)
             return None
-        if time.time() >= verified.until:
-            del self._tokens[token]
-            return None
-        self._tokens.move_to_end(token)
         return verified
 
     def put(self, token: str, verified: VerifiedToken) -> None:
-        self._tokens[token] = verified
-        self._tokens.move_to_end(token)
-        while len(self._tokens) > self._max_entries:
-            self._tokens.popitem(last=False)
+        self._tokens.put(token, verified)
 
 
 class JwtVerifier:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from lomas.common.v1 import dataset_pb2, privacy_pb2, query_pb2
 from lomas.executor.v1 import executor_pb2, executor_pb2_grpc
 from lomas_common.peers import AsyncPeer
+from lomas_gateway.recent import RecentlyUsed
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,7 @@ class CostCache:
     """
 
     def __init__(self, max_entries: int = 10_000) -> None:
-        self._max_entries = max_entries
-        self._prices: OrderedDict[bytes, Priced] = OrderedDict()
+        self._prices: RecentlyUsed[bytes, Priced] = RecentlyUsed(max_entries)
 
     @staticmethod
     def key(subject: str, dataset: dataset_pb2.DatasetDescriptor, query: query_pb2.Query) -> bytes:
@@ -73,16 +72,10 @@ class CostCache:
         )
 
     def get(self, key: bytes) -> Priced | None:
-        priced = self._prices.get(key)
-        if priced is not None:
-            self._prices.move_to_end(key)
-        return priced
+        return self._prices.get(key)
 
     def put(self, key: bytes, priced: Priced) -> None:
-        self._prices[key] = priced
-        self._prices.move_to_end(key)
-        while len(self._prices) > self._max_entries:
-            self._prices.popitem(last=False)
+        self._prices.put(key, priced)
 
 
 class Pricer:

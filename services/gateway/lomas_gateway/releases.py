@@ -13,10 +13,10 @@ the archive.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from lomas.common.v1 import privacy_pb2
+from lomas_gateway.recent import RecentlyUsed
 
 # What the releases kept may weigh in all, and at most one of them.
 MAX_TOTAL_BYTES = 64 * 1024 * 1024
@@ -34,27 +34,16 @@ class KnownReleases:
     def __init__(
         self, max_total_bytes: int = MAX_TOTAL_BYTES, max_release_bytes: int = MAX_RELEASE_BYTES
     ) -> None:
-        self._max_total = max_total_bytes
         self._max_release = max_release_bytes
-        self._total = 0
-        self._releases: OrderedDict[str, KnownRelease] = OrderedDict()
+        self._releases: RecentlyUsed[str, KnownRelease] = RecentlyUsed(
+            max_total_bytes, lambda known: len(known.release)
+        )
 
     def find(self, fingerprint: str) -> KnownRelease | None:
-        known = self._releases.get(fingerprint)
-        if known is not None:
-            self._releases.move_to_end(fingerprint)
-        return known
+        return self._releases.get(fingerprint)
 
     def remember(self, fingerprint: str, known: KnownRelease) -> None:
-        self._forget(fingerprint)
         if len(known.release) > self._max_release:
+            self._releases.pop(fingerprint)  # the latest release only, or none
             return
-        self._releases[fingerprint] = known
-        self._total += len(known.release)
-        while self._total > self._max_total:
-            self._forget(next(iter(self._releases)))
-
-    def _forget(self, fingerprint: str) -> None:
-        gone = self._releases.pop(fingerprint, None)
-        if gone is not None:
-            self._total -= len(gone.release)
+        self._releases.put(fingerprint, known)
