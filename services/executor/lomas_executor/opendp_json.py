@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from opendp import mod as opendp_mod
@@ -125,20 +125,26 @@ def _referenced(node: dict[str, Any], index: int) -> int:
 
 def build_parts(parts: list[dict[str, Any]]) -> Any:
     """The measurement of checked parts: each part built once, with OpenDP's own hook, in order."""
-    built: list[Any] = []
+    return _rebuilt(parts, opendp_mod._deserialization_hook)
 
-    def build(value: Any) -> Any:
+
+def _rebuilt(parts: list[dict[str, Any]], make: Callable[[dict[str, Any]], Any]) -> Any:
+    """The last of checked `parts`, each part made once, in order: every JSON object, innermost
+    first, becomes `make(object)`, and a reference becomes the part it names, made already."""
+    made: list[Any] = []
+
+    def rebuilt(value: Any) -> Any:
         if isinstance(value, dict):
             if PART_REFERENCE_KEY in value:
-                return built[value[PART_REFERENCE_KEY]]
-            return opendp_mod._deserialization_hook({k: build(v) for k, v in value.items()})
+                return made[value[PART_REFERENCE_KEY]]
+            return make({name: rebuilt(item) for name, item in value.items()})
         if isinstance(value, list):
-            return [build(item) for item in value]
+            return [rebuilt(item) for item in value]
         return value
 
     for part in parts:
-        built.append(build(part))
-    return built[-1]
+        made.append(rebuilt(part))
+    return made[-1]
 
 
 def canonical_measurement_json(text: str) -> str:
@@ -187,12 +193,7 @@ class _Interned:
         self._by_text: dict[str, _Part] = {}
 
     def part(self, node: dict[str, Any]) -> _Part:
-        text = json.dumps(
-            node,
-            sort_keys=True,
-            separators=(",", ":"),
-            default=lambda part: {PART_REFERENCE_KEY: part.serial},  # never a value's spelling
-        )
+        text = _compact(node, lambda part: part.serial)  # a serial is never a value's spelling
         known = self._by_text.get(text)
         if known is None:
             known = self._by_text[text] = _Part(node, len(self._by_text))
@@ -202,25 +203,26 @@ class _Interned:
         """`json.loads` hook for OpenDP's own form (where a part reference has no place)."""
         if PART_REFERENCE_KEY in node:
             raise ValueError("a part reference in OpenDP's own form")
-        return self.part(node) if "__function__" in node else node
+        return self._node(node)
 
     def parts(self, parts: list[dict[str, Any]]) -> _Part:
         """The measurement of checked parts of the parts form, as `_Part`s."""
-        done: list[_Part] = []
+        root: _Part = _rebuilt(parts, self._node)
+        return root
 
-        def converted(value: Any) -> Any:
-            if isinstance(value, dict):
-                if PART_REFERENCE_KEY in value:
-                    return done[value[PART_REFERENCE_KEY]]
-                node = {name: converted(item) for name, item in value.items()}
-                return self.part(node) if "__function__" in node else node
-            if isinstance(value, list):
-                return [converted(item) for item in value]
-            return value
+    def _node(self, node: dict[str, Any]) -> Any:
+        return self.part(node) if "__function__" in node else node
 
-        for part in parts:
-            done.append(converted(part))
-        return done[-1]
+
+def _compact(value: Any, reference: Callable[[_Part], int]) -> str:
+    """`value` as JSON, keys sorted, no white space; each `_Part` in it as a reference to
+    `reference(part)`."""
+    return json.dumps(
+        value,
+        sort_keys=True,
+        separators=(",", ":"),
+        default=lambda part: {PART_REFERENCE_KEY: reference(part)},
+    )
 
 
 def _canonical_text(root: _Part) -> str:
@@ -231,14 +233,7 @@ def _canonical_text(root: _Part) -> str:
         if isinstance(value, _Part):
             if value.serial not in indexes:
                 visit(value.node)
-                texts.append(
-                    json.dumps(
-                        value.node,
-                        sort_keys=True,
-                        separators=(",", ":"),
-                        default=lambda part: {PART_REFERENCE_KEY: indexes[part.serial]},
-                    )
-                )
+                texts.append(_compact(value.node, lambda part: indexes[part.serial]))
                 indexes[value.serial] = len(texts) - 1
         elif isinstance(value, dict):
             for name in sorted(value):

@@ -6,9 +6,9 @@ anything else. `QueryLifecycle.start` and `finish` then take a real query throug
 1. the price: an executor prices the query on the metadata alone (no data) and returns its
    canonical form, over which the fingerprint is taken (`pricing.py`); then `_look_back`: a retry
    gets the first answer of its request id, a query the caller already had released gets a free
-   replay (from the releases this gateway knows when the request id is new, `releases.py`); an identical query already in flight is waited for, and its
-   release is the answer (`_follow_identical`: single flight across replicas,
-   `claims.QueryFlights`);
+   replay (from the releases this gateway knows when the request id is new, `releases.py`); an
+   identical query already in flight is waited for, and its release is the answer
+   (`_follow_identical`: single flight across replicas, `claims.QueryFlights`);
 2. `_reserve`: the ledger holds the cost atomically, keyed by the query id (no reservation, no run);
 3. `_dispatch`: a Celery task carries the query to a worker, which stores the outcome before the
    task is acknowledged;
@@ -19,8 +19,8 @@ Reads before the reservation: the admin store answers `authorize` (kept until an
 writes, `access.py`) and the look back (one call that reads the request id's stored outcome and the
 earlier release together; none for a new request id whose release this gateway knows, or a new
 `fresh` one); the user's may-query flag and the dataset's descriptor come with the grant, so
-nothing else is read. A query that leads its
-flight looks back once more (see `_follow_identical`).
+nothing else is read. A query that leads its flight looks back once more (see
+`_follow_identical`).
 
 Completion: the normal road is the worker's announcement on Redis pub/sub, which carries the
 outcome itself when it is small, so the gateway answers without another read. Two fallbacks exist
