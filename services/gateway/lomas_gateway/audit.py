@@ -8,7 +8,9 @@ BatchRecordAuditEvents call, then looking again. There is no timer: a lone event
 batches grow by themselves while a call is in flight, so under load the admin store spends one call
 and one transaction on many events. One flusher sending in queue order keeps each caller's events in
 order. The queue is bounded: when the admin store cannot keep up, further events are dropped,
-counted in `dropped_events` and logged, and never hold a query back.
+counted in `dropped_events` and logged, and never hold a query back. Each caller may hold only a
+share of it (`MAX_QUEUED_EVENTS_PER_CALLER`): one caller flooding free calls drops its own events
+once its share is full, not everyone else's.
 Real queries are also in the query archive, with their release.
 
 Calls refused by a per-user limit (rate, concurrency) reached no service and are not recorded one by
@@ -41,6 +43,9 @@ MAX_BATCH_EVENTS = 500
 # Query-call events waiting for the admin store (a few MB): beyond it they are dropped, never waited
 # for, so a slow or absent admin store cannot slow queries or fill the gateway's memory.
 MAX_QUEUED_EVENTS = 10_000
+# One caller's share of that queue: a tenth, so that it takes ten flooding callers, not one, to
+# crowd out the events of everyone else.
+MAX_QUEUED_EVENTS_PER_CALLER = 1_000
 # A failed batch is tried once more after the peer's retry advice, at most this long: meanwhile new
 # events queue up behind it.
 MAX_RETRY_PAUSE_SECONDS = 1.0
@@ -62,15 +67,20 @@ class AuditTrail:
         admin: AsyncPeer[admin_store_pb2_grpc.AdminStoreServiceStub],
         *,
         max_queued_events: int = MAX_QUEUED_EVENTS,
+        max_queued_per_caller: int = MAX_QUEUED_EVENTS_PER_CALLER,
     ) -> None:
         self._admin = admin
         self._max_queued = max_queued_events
+        self._max_per_caller = max_queued_per_caller
         self._queue: deque[admin_store_pb2.AuditEvent] = deque()
+        self._queued_by: Counter[str] = Counter()  # events in the queue, per caller
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False
-        # Events dropped since the queue last had room (0: it has room).
+        # Events dropped since the queue last had room (0: it has room), and per caller since its
+        # share last had room.
         self._dropped_since_room = 0
+        self._dropped_over_share: Counter[str] = Counter()
         self.refused_by_limits: Counter[str] = Counter()
         self.dropped_events: Counter[str] = Counter()
 
@@ -100,6 +110,17 @@ class AuditTrail:
         self._enqueue(event)
 
     def _enqueue(self, event: admin_store_pb2.AuditEvent) -> None:
+        if self._queued_by[event.actor] >= self._max_per_caller:
+            self.dropped_events[event.actor] += 1
+            if not self._dropped_over_share[event.actor]:
+                log.error(
+                    "caller %r holds %d queued audit events, its share: its query-call events are"
+                    " dropped until the admin store catches up",
+                    event.actor,
+                    self._max_per_caller,
+                )
+            self._dropped_over_share[event.actor] += 1
+            return
         if len(self._queue) >= self._max_queued:
             self.dropped_events[event.actor] += 1
             if not self._dropped_since_room:
@@ -111,6 +132,7 @@ class AuditTrail:
             self._dropped_since_room += 1
             return
         self._queue.append(event)
+        self._queued_by[event.actor] += 1
         self._wake.set()
         if self._flusher is None or self._flusher.done():
             # A context of its own: the flusher works for every caller, not for the one whose
@@ -127,6 +149,7 @@ class AuditTrail:
                 await self._wake.wait()
                 continue
             batch = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_BATCH_EVENTS))]
+            self._taken(batch)
             await self._send(batch)
             # Half empty, not merely below the bound: under steady overload the queue hovers at
             # the bound, and this line would otherwise alternate with the one above on every batch.
@@ -136,6 +159,23 @@ class AuditTrail:
                     self._dropped_since_room,
                 )
                 self._dropped_since_room = 0
+
+    def _taken(self, batch: list[admin_store_pb2.AuditEvent]) -> None:
+        """Give the callers of `batch` their share back (the events left the queue). A caller who
+        lost events hears of it again once none of its events waits, not merely below its share:
+        a caller flooding at its share would otherwise alternate the two lines on every batch."""
+        for event in batch:
+            self._queued_by[event.actor] -= 1
+            if self._queued_by[event.actor] > 0:
+                continue
+            del self._queued_by[event.actor]
+            dropped = self._dropped_over_share.pop(event.actor, 0)
+            if dropped:
+                log.error(
+                    "caller %r has room again: %d of its query-call events were dropped",
+                    event.actor,
+                    dropped,
+                )
 
     async def _send(self, batch: list[admin_store_pb2.AuditEvent]) -> None:
         """One BatchRecordAuditEvents call, tried twice. The batch's request id makes the second

@@ -1,7 +1,8 @@
 """The audit trail's background writes of query calls, against a real admin store (SQLite): they
 arrive all, in each caller's order, in batches that grow by themselves when calls come together; a
 lone event leaves at once; close() sends what is queued; a failed batch is tried once more without
-being written twice; a full queue drops events (counted) instead of holding a query back."""
+being written twice; a full queue drops events (counted) instead of holding a query back, and one
+caller fills only its share of it."""
 
 from __future__ import annotations
 
@@ -146,7 +147,7 @@ def test_close_sends_everything_queued(admin_target: str) -> None:
     async def scenario() -> None:
         admin = CountingAdmin(admin_target)
         try:
-            trail = AuditTrail(admin)
+            trail = AuditTrail(admin, max_queued_per_caller=total)  # one caller's burst
             for k in range(total):  # queued without a pause: the flusher has not run yet
                 await observe_as(trail, "alice", f"D{k}")
             await trail.close()
@@ -230,3 +231,41 @@ def test_a_full_queue_drops_and_counts_events_without_holding_queries(
     assert len(messages) == 2
     assert messages[0].startswith("audit queue full (10 events)")
     assert messages[1] == "audit queue has room again: 5 query-call events were dropped"
+
+
+def test_one_callers_flood_fills_only_its_share_of_the_queue(
+    admin_target: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the admin store stalls, a caller beyond its share of the queue loses its own events
+    (counted, logged once, and once more when it has room again); another caller's still queue."""
+
+    async def scenario() -> AuditTrail:
+        admin = CountingAdmin(admin_target)
+        try:
+            trail = AuditTrail(admin, max_queued_events=10, max_queued_per_caller=4)
+            admin.gate.clear()
+            await observe_as(trail, "alice", "D0")
+            while not admin.calls:  # the flusher took D0 and waits on the admin store
+                await asyncio.sleep(0)
+            for k in range(1, 9):
+                await asyncio.wait_for(observe_as(trail, "alice", f"D{k}"), 1)
+            for k in range(1, 4):
+                await observe_as(trail, "bob", f"B{k}")
+            admin.gate.set()
+            await trail.close()
+            assert await stored(admin) == [
+                *[("alice", f"D{k}") for k in range(5)],
+                *[("bob", f"B{k}") for k in range(1, 4)],
+            ]
+            return trail
+        finally:
+            await admin.close()
+
+    with caplog.at_level(logging.ERROR, logger="lomas_gateway.audit"):
+        trail = asyncio.run(scenario())
+    assert trail.dropped_events == {"alice": 4}
+    assert [r.getMessage() for r in caplog.records] == [
+        "caller 'alice' holds 4 queued audit events, its share: its query-call events are dropped"
+        " until the admin store catches up",
+        "caller 'alice' has room again: 4 of its query-call events were dropped",
+    ]
